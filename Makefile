@@ -1,0 +1,101 @@
+# lorad — a hand-written Makefile.
+#   make            build build/lorad (and the test tools)
+#   make run        install what is missing, build, serve the embedded default model on 127.0.0.1:8080
+#   make test       install what is missing, build (normal + ASan/UBSan), run every test
+#   make bench      benchmarks (not pass/fail; prints figures and ratios)
+#   make asan       the ASan+UBSan build in build/asan
+# Variables: BUILD (output dir), SAN=1 (sanitizers), PORT, HOST, PY.
+
+CC      ?= cc
+BUILD   ?= build
+PY      ?= /usr/bin/python3
+PORT    ?= 8080
+HOST    ?= 127.0.0.1
+PKGS    := libmicrohttpd jansson libuv libpcre2-8 libutf8proc openblas
+
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
+
+OPT     ?= -O2
+CFLAGS  ?= $(OPT) -g
+WFLAGS  := -Wall -Wextra -Wstrict-prototypes -Wno-unused-parameter -Wno-format-truncation -Werror
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -pthread -fno-strict-aliasing $(WFLAGS) $(CFLAGS) \
+             -Icore -Iadapters -Iserver $(PKG_CFLAGS) -MMD -MP
+LDLIBS  = $(PKG_LIBS) -lm -pthread
+ifeq ($(SAN),1)
+ALL_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS    += -fsanitize=address,undefined
+endif
+
+# Objects, one group per module. A test links only the groups it needs, so a module under
+# construction cannot break the build of another module's tests.
+obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
+COMMON  := $(call obj,core/err.c $(wildcard core/util*.c))
+ST      := $(call obj,core/safetensors.c)
+MODEL   := $(call obj,core/model.c)
+TOK     := $(call obj,$(sort $(wildcard core/tok*.c)))
+ENGINE  := $(call obj,$(sort $(wildcard core/kern*.c core/forward*.c core/kv.c core/sampler.c \
+                                         core/engine.c core/t5*.c)))
+ADAPT   := $(call obj,$(sort $(wildcard adapters/*.c)))
+SERVER  := $(call obj,$(sort $(filter-out server/main.c,$(wildcard server/*.c))))
+CORE_ALL := $(COMMON) $(ST) $(MODEL) $(TOK) $(ENGINE)
+
+UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(sort $(wildcard tests/unit/check_*.c)))
+TOOLS      := $(BUILD)/lr-generate
+
+.SECONDARY:
+.PHONY: all run test unit asan bench fuzz soak deps models clean
+all: $(BUILD)/lorad $(TOOLS) $(UNIT_TESTS)
+
+deps:
+	@./scripts/deps.sh
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/lorad: $(BUILD)/server/main.o $(SERVER) $(ADAPT) $(CORE_ALL)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/lr-generate: $(BUILD)/tests/tools/generate.o $(ADAPT) $(CORE_ALL)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# Unit test programs: check_<module>.c links the groups its module needs.
+$(BUILD)/tests/check_err:         $(COMMON)
+$(BUILD)/tests/check_tokenizer:   $(COMMON) $(TOK)
+$(BUILD)/tests/check_safetensors: $(COMMON) $(ST)
+$(BUILD)/tests/check_model:       $(COMMON) $(ST) $(MODEL)
+$(BUILD)/tests/check_kernels:     $(COMMON) $(ST) $(MODEL) $(ENGINE)
+$(BUILD)/tests/check_kv:          $(COMMON) $(ST) $(MODEL) $(ENGINE)
+$(BUILD)/tests/check_sampler:     $(COMMON) $(ST) $(MODEL) $(ENGINE)
+$(BUILD)/tests/check_engine:      $(COMMON) $(ST) $(MODEL) $(ENGINE)
+# Every check_<x>.c needs a line above naming its groups.
+$(BUILD)/tests/check_%: $(BUILD)/tests/unit/check_%.o
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(CHECK_LIBS)
+
+# The embedded default model: small, generated deterministically by our own generator.
+DEFAULT_MODEL := $(BUILD)/models/default
+$(DEFAULT_MODEL)/config.json: tests/gen/gen_model.py
+	$(PY) tests/gen/gen_model.py --preset default --out $(DEFAULT_MODEL)
+
+run: deps
+	@$(MAKE) --no-print-directory $(BUILD)/lorad $(DEFAULT_MODEL)/config.json
+	$(BUILD)/lorad --model $(DEFAULT_MODEL) --host $(HOST) --port $(PORT)
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 OPT=-O1 all
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory asan
+	@BUILD=$(BUILD) PY=$(PY) ./tests/run_all.sh
+
+bench: deps
+	@$(MAKE) --no-print-directory all $(BUILD)/lr-bench
+	@BUILD=$(BUILD) PY=$(PY) ./tests/bench/run.sh
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
