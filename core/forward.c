@@ -1,0 +1,279 @@
+/* forward.c — the decoder-only transformer forward pass over a batch of tokens (SPEC-HF B.3–B.5).
+ *
+ * For every layer: RMSNorm → q/k/v (one matmul each over all rows, + bias, + LoRA hook) → RoPE →
+ * K/V appended to each row's sequence blocks → causal (optionally sliding-window) GQA attention
+ * of every row over its own sequence → o_proj → residual → RMSNorm → gate/up → SiLU(gate)⊙up →
+ * down → residual. Then the final norm. Logits are computed separately, only for the rows the
+ * engine samples from. This module schedules nothing and samples nothing: that is core/engine.
+ */
+#include "forward.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct fwd_ctx {
+    fwd_params par;
+    const lr_model *m;
+    int H, I, nH, nKV, hd, qd, kvd, V;
+    int nth;
+    /* Activations, all for max_tokens rows (T). */
+    float *h;     // (T, H) residual stream
+    float *x;     // (T, H) output of o_proj / down_proj before the residual add
+    float *xn;    // (T, H) normed input of a block; after the last layer: final hidden state
+    float *q;     // (T, nH*hd)
+    float *k;     // (T, nKV*hd)
+    float *v;     // (T, nKV*hd)
+    float *att;   // (T, nH*hd) attention output (heads concatenated)
+    float *g;     // (T, I) gate, then act(gate)*up
+    float *u;     // (T, I) up
+    float *cos;   // (T, hd/2) RoPE tables of this batch's positions
+    float *sin;   // (T, hd/2)
+    float *scores; // (nth, max_pos) attention scores per thread
+    float *panel;  // matmul panel scratch (KERN_PANEL_ROWS, max in-dim)
+    float *dscratch; // (T, delta->scratch_per_token) LoRA scratch
+    float *gath;   // (max_logit_rows, H) rows gathered for the lm_head
+    int layer;     // layer being attended (task context)
+    const fwd_batch *batch;
+};
+
+static void *fwd_alloc(size_t n_floats, int *fail)
+{
+    if (n_floats == 0)
+        n_floats = 1;
+    void *p = calloc(n_floats, sizeof(float));
+    if (!p)
+        *fail = 1;
+    return p;
+}
+
+int fwd_create(const fwd_params *p, lr_error *err, fwd_ctx **out)
+{
+    *out = NULL;
+    const lr_model *m = p->model;
+    const lr_config *cf = &m->cfg;
+    if (cf->arch == LR_ARCH_T5)
+        return lr_error_set(err, LR_EUNSUPPORTED,
+                            "the forward pass does not run T5 (encoder-decoder) models yet");
+    if (p->max_tokens < 1 || p->max_logit_rows < 1)
+        return lr_error_set(err, LR_EINVAL, "forward: max_tokens (%d) and max_logit_rows (%d) "
+                                            "must be at least 1",
+                            p->max_tokens, p->max_logit_rows);
+    if (cf->n_heads < 1 || cf->n_kv_heads < 1 || cf->n_heads % cf->n_kv_heads != 0 ||
+        cf->head_dim < 2 || cf->head_dim % 2 != 0 || cf->hidden < 1 || cf->inter < 1 ||
+        cf->vocab < 1 || cf->n_layers < 1 || cf->max_pos < 1)
+        return lr_error_set(err, LR_EINVAL,
+                            "forward: unusable model shape (heads %d, kv heads %d, head_dim %d, "
+                            "hidden %d, intermediate %d, vocab %d, layers %d, context %d)",
+                            cf->n_heads, cf->n_kv_heads, cf->head_dim, cf->hidden, cf->inter,
+                            cf->vocab, cf->n_layers, cf->max_pos);
+    fwd_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return lr_error_set(err, LR_ENOMEM, "forward: out of memory");
+    c->par = *p;
+    c->m = m;
+    c->H = cf->hidden;
+    c->I = cf->inter;
+    c->nH = cf->n_heads;
+    c->nKV = cf->n_kv_heads;
+    c->hd = cf->head_dim;
+    c->qd = c->nH * c->hd;
+    c->kvd = c->nKV * c->hd;
+    c->V = cf->vocab;
+    c->nth = kern_pool_threads(p->pool);
+    size_t T = (size_t)p->max_tokens;
+    int fail = 0;
+    c->h = fwd_alloc(T * c->H, &fail);
+    c->x = fwd_alloc(T * c->H, &fail);
+    c->xn = fwd_alloc(T * c->H, &fail);
+    c->q = fwd_alloc(T * c->qd, &fail);
+    c->k = fwd_alloc(T * c->kvd, &fail);
+    c->v = fwd_alloc(T * c->kvd, &fail);
+    c->att = fwd_alloc(T * c->qd, &fail);
+    c->g = fwd_alloc(T * c->I, &fail);
+    c->u = fwd_alloc(T * c->I, &fail);
+    c->cos = fwd_alloc(T * (c->hd / 2), &fail);
+    c->sin = fwd_alloc(T * (c->hd / 2), &fail);
+    c->scores = fwd_alloc((size_t)c->nth * (size_t)cf->max_pos, &fail);
+    int64_t maxin = c->H > c->I ? c->H : c->I;
+    if (c->qd > maxin)
+        maxin = c->qd;
+    c->panel = fwd_alloc(kern_matmul_scratch_floats(maxin), &fail);
+    int spt = p->delta ? p->delta->scratch_per_token : 0;
+    c->dscratch = fwd_alloc(T * (size_t)(spt > 0 ? spt : 0), &fail);
+    c->gath = fwd_alloc((size_t)p->max_logit_rows * c->H, &fail);
+    if (fail) {
+        fwd_destroy(c);
+        return lr_error_set(err, LR_ENOMEM,
+                            "forward: cannot allocate activation buffers for %d tokens",
+                            p->max_tokens);
+    }
+    *out = c;
+    return 0;
+}
+
+void fwd_destroy(fwd_ctx *c)
+{
+    if (!c)
+        return;
+    float *bufs[] = {c->h,   c->x,   c->xn,  c->q,      c->k,     c->v,     c->att,    c->g,
+                     c->u,   c->cos, c->sin, c->scores, c->panel, c->dscratch, c->gath};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        free(bufs[i]);
+    free(c);
+}
+
+/* The LoRA hook: for every maximal run of rows sharing a non-NULL adapter that has this
+ * module, add the adapter's delta to y in place (rows t0..t1-1). */
+static void fwd_hook(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod, const float *x,
+                     int ldx, float *y, int ldy, const float *bias)
+{
+    const eng_delta_ops *d = c->par.delta;
+    if (!d || !b->adapter)
+        return;
+    int t = 0;
+    while (t < b->n) {
+        const void *a = b->adapter[t];
+        int t1 = t + 1;
+        while (t1 < b->n && b->adapter[t1] == a)
+            t1++;
+        if (a && d->has_module(a, layer, mod))
+            d->apply(a, layer, mod, x, ldx, y, ldy, bias, t, t1, c->dscratch);
+        t = t1;
+    }
+}
+
+/* y[n, W.rows] = x·Wᵀ (+ bias) (+ LoRA delta). */
+static void fwd_linear(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod, const lr_mat *W,
+                       const float *bias, const float *x, int ldx, float *y, int ldy)
+{
+    kern_matmul(c->par.pool, y, ldy, x, ldx, b->n, W, c->panel);
+    if (bias)
+        kern_add_bias(y, ldy, bias, b->n, (int)W->rows);
+    fwd_hook(c, b, layer, mod, x, ldx, y, ldy, bias);
+}
+
+/* Attention for (row, head) items split across threads. For row t at position p, query head h
+ * reads KV head h / (nH / nKV) of its own sequence at positions lo..p, where lo = 0 or, on a
+ * sliding-window layer of width W, max(0, p − W + 1):
+ *   s_j = (q · k_j) · hd^-0.5;  a = softmax(s);  out_h = Σ_j a_j · v_j. */
+static void fwd_attn_task(void *ctx, int ith, int nth)
+{
+    fwd_ctx *c = ctx;
+    const fwd_batch *b = c->batch;
+    const lr_config *cf = &c->m->cfg;
+    int l = c->layer;
+    int W = (cf->sliding_window > 0 && cf->window_layer && cf->window_layer[l])
+                ? cf->sliding_window
+                : 0;
+    int rep = c->nH / c->nKV;
+    float scale = 1.0f / sqrtf((float)c->hd);
+    float *sc = c->scores + (size_t)ith * (size_t)cf->max_pos;
+    const kv_pool *kvp = c->par.kv;
+    int64_t items = (int64_t)b->n * c->nH;
+    for (int64_t it = ith; it < items; it += nth) {
+        int t = (int)(it / c->nH), h = (int)(it % c->nH);
+        int p = b->pos[t];
+        int lo = W > 0 && p - W + 1 > 0 ? p - W + 1 : 0;
+        int kvh = h / rep;
+        const float *q = c->q + (size_t)t * c->qd + (size_t)h * c->hd;
+        const kv_seq *s = b->kv[t];
+        for (int j = lo; j <= p; j++)
+            sc[j - lo] =
+                kern_dot_f32(q, kv_k(kvp, s, KV_SELF, l, j) + (size_t)kvh * c->hd, c->hd) * scale;
+        kern_softmax(sc, p - lo + 1);
+        float *o = c->att + (size_t)t * c->qd + (size_t)h * c->hd;
+        memset(o, 0, sizeof(float) * (size_t)c->hd);
+        for (int j = lo; j <= p; j++) {
+            const float *vv = kv_v(kvp, s, KV_SELF, l, j) + (size_t)kvh * c->hd;
+            float a = sc[j - lo];
+            for (int d = 0; d < c->hd; d++)
+                o[d] += a * vv[d];
+        }
+    }
+}
+
+int fwd_forward(fwd_ctx *c, const fwd_batch *b, lr_error *err)
+{
+    const lr_model *m = c->m;
+    const lr_config *cf = &m->cfg;
+    int n = b->n, H = c->H, half = c->hd / 2;
+    if (n < 1 || n > c->par.max_tokens)
+        return lr_error_set(err, LR_EINVAL, "forward: batch of %d rows (1..%d allowed)", n,
+                            c->par.max_tokens);
+    for (int t = 0; t < n; t++) {
+        if (b->ids[t] < 0 || b->ids[t] >= c->V)
+            return lr_error_set(err, LR_EINVAL, "forward: row %d has token id %d outside [0, %d)",
+                                t, b->ids[t], c->V);
+        if (b->pos[t] < 0 || b->pos[t] >= cf->max_pos ||
+            b->pos[t] >= kv_seq_capacity(c->par.kv, b->kv[t], KV_SELF))
+            return lr_error_set(err, LR_EINVAL,
+                                "forward: row %d has position %d outside its KV table (%d) or "
+                                "the context (%d)",
+                                t, b->pos[t], kv_seq_capacity(c->par.kv, b->kv[t], KV_SELF),
+                                cf->max_pos);
+    }
+    c->batch = b;
+
+    // Embedding gather (+ embedding LoRA) into the residual stream h (n, H).
+    for (int t = 0; t < n; t++) {
+        float *row = c->h + (size_t)t * H;
+        kern_mat_row(&m->embed, b->ids[t], row);
+        if (b->adapter && b->adapter[t] && c->par.delta && c->par.delta->embed)
+            c->par.delta->embed(b->adapter[t], b->ids[t], row);
+    }
+    // RoPE tables for this batch: angle = float(pos) · inv_freq[k], cos/sin in fp32.
+    for (int t = 0; t < n; t++) {
+        for (int k = 0; k < half; k++) {
+            float ang = (float)b->pos[t] * m->rope_inv_freq[k];
+            c->cos[(size_t)t * half + k] = cosf(ang);
+            c->sin[(size_t)t * half + k] = sinf(ang);
+        }
+    }
+
+    for (int l = 0; l < cf->n_layers; l++) {
+        const lr_layer *L = &m->layers[l];
+        // Attention block.
+        kern_rmsnorm(c->xn, c->h, L->attn_norm, n, H, cf->norm_eps);
+        fwd_linear(c, b, l, LR_MOD_Q, &L->q, L->bq, c->xn, H, c->q, c->qd);
+        fwd_linear(c, b, l, LR_MOD_K, &L->k, L->bk, c->xn, H, c->k, c->kvd);
+        fwd_linear(c, b, l, LR_MOD_V, &L->v, L->bv, c->xn, H, c->v, c->kvd);
+        for (int t = 0; t < n; t++) {
+            const float *cs = c->cos + (size_t)t * half, *sn = c->sin + (size_t)t * half;
+            kern_rope(c->q + (size_t)t * c->qd, c->nH, c->hd, cs, sn);
+            kern_rope(c->k + (size_t)t * c->kvd, c->nKV, c->hd, cs, sn);
+            // Post-RoPE keys and the values go to the row's sequence blocks.
+            memcpy(kv_k(c->par.kv, b->kv[t], KV_SELF, l, b->pos[t]), c->k + (size_t)t * c->kvd,
+                   sizeof(float) * (size_t)c->kvd);
+            memcpy(kv_v(c->par.kv, b->kv[t], KV_SELF, l, b->pos[t]), c->v + (size_t)t * c->kvd,
+                   sizeof(float) * (size_t)c->kvd);
+        }
+        c->layer = l;
+        kern_pool_run(c->par.pool, fwd_attn_task, c);
+        fwd_linear(c, b, l, LR_MOD_O, &L->o, L->bo, c->att, c->qd, c->x, H);
+        kern_add(c->h, c->x, (int64_t)n * H);
+        // MLP block.
+        kern_rmsnorm(c->xn, c->h, L->mlp_norm, n, H, cf->norm_eps);
+        fwd_linear(c, b, l, LR_MOD_GATE, &L->gate, L->bgate, c->xn, H, c->g, c->I);
+        fwd_linear(c, b, l, LR_MOD_UP, &L->up, L->bup, c->xn, H, c->u, c->I);
+        kern_act_mul(c->g, c->u, (int64_t)n * c->I, cf->act);
+        fwd_linear(c, b, l, LR_MOD_DOWN, &L->down, L->bdown, c->g, c->I, c->x, H);
+        kern_add(c->h, c->x, (int64_t)n * H);
+    }
+    kern_rmsnorm(c->xn, c->h, m->final_norm, n, H, cf->norm_eps);
+    return 0;
+}
+
+const float *fwd_hidden(const fwd_ctx *c, int r) { return c->xn + (size_t)r * c->H; }
+
+void fwd_logits(fwd_ctx *c, const int32_t *rows, int n, float *logits)
+{
+    LR_ASSERT(n >= 0 && n <= c->par.max_logit_rows);
+    if (n == 0)
+        return;
+    // Gather the rows first, so the lm_head (the biggest matrix) is read once for all of them.
+    for (int i = 0; i < n; i++)
+        memcpy(c->gath + (size_t)i * c->H, c->xn + (size_t)rows[i] * c->H,
+               sizeof(float) * (size_t)c->H);
+    kern_matmul(c->par.pool, logits, c->V, c->gath, c->H, n, &c->m->lm_head, c->panel);
+}

@@ -1,0 +1,664 @@
+/* kernels.c — numeric kernels (matmul, dot products, conversions, RMSNorm, RoPE, softmax,
+ * activations) and the small pthread pool that splits them across cores.
+ *
+ * This module knows tensors only as raw pointers and lr_mat views; it knows nothing of layers,
+ * sequences or the KV cache (that is core/forward). Correctness comes first: every kernel has a
+ * naive double-precision twin in tests/unit/check_kernels.c. The vector variants are compiled
+ * with __attribute__((target)) so the file builds with the project's generic flags and picks
+ * the best variant at run time.
+ */
+#include "kernels.h"
+
+#include <cblas.h>
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------------------------------ */
+/* Thread pool                                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+struct kern_worker {
+    kern_pool *pool;
+    int ith;
+};
+
+struct kern_pool {
+    int n;                    /* threads including the caller */
+    pthread_t *th;            /* [n-1] */
+    struct kern_worker *args; /* [n-1] */
+    pthread_mutex_t mu;
+    pthread_cond_t go, done;
+    unsigned long gen; /* bumped for every kern_pool_run; workers run once per value */
+    int remaining;     /* workers still busy with the current generation */
+    int stop;
+    kern_task fn;
+    void *ctx;
+};
+
+static void *kern_worker_main(void *arg)
+{
+    struct kern_worker *w = arg;
+    kern_pool *p = w->pool;
+    unsigned long seen = 0;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->stop && p->gen == seen)
+            pthread_cond_wait(&p->go, &p->mu);
+        if (p->stop)
+            break;
+        seen = p->gen;
+        kern_task fn = p->fn;
+        void *ctx = p->ctx;
+        pthread_mutex_unlock(&p->mu);
+        fn(ctx, w->ith, p->n);
+        pthread_mutex_lock(&p->mu);
+        if (--p->remaining == 0)
+            pthread_cond_signal(&p->done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+int kern_pool_create(int n, lr_error *err, kern_pool **out)
+{
+    *out = NULL;
+    if (n <= 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n = c > 0 ? (int)c : 1;
+    }
+    if (n > 256)
+        n = 256;
+    kern_pool *p = calloc(1, sizeof *p);
+    if (!p)
+        return lr_error_set(err, LR_ENOMEM, "out of memory creating the compute thread pool");
+    p->n = n;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->go, NULL);
+    pthread_cond_init(&p->done, NULL);
+    if (n > 1) {
+        p->th = calloc((size_t)n - 1, sizeof *p->th);
+        p->args = calloc((size_t)n - 1, sizeof *p->args);
+        if (!p->th || !p->args) {
+            kern_pool_destroy(p);
+            return lr_error_set(err, LR_ENOMEM, "out of memory creating the compute thread pool");
+        }
+        for (int i = 0; i < n - 1; i++) {
+            p->args[i] = (struct kern_worker){p, i + 1};
+            if (pthread_create(&p->th[i], NULL, kern_worker_main, &p->args[i]) != 0) {
+                p->n = i + 1; /* join only the threads that exist */
+                kern_pool_destroy(p);
+                return lr_error_set(err, LR_EINTERNAL, "cannot start compute thread %d of %d",
+                                    i + 2, n);
+            }
+        }
+    }
+    openblas_set_num_threads(n);
+    kern_get_isa(); /* decide the ISA now, not inside the first forward */
+    *out = p;
+    return 0;
+}
+
+void kern_pool_destroy(kern_pool *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; p->th && i < p->n - 1; i++)
+        pthread_join(p->th[i], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->go);
+    pthread_cond_destroy(&p->done);
+    free(p->th);
+    free(p->args);
+    free(p);
+}
+
+int kern_pool_threads(const kern_pool *p) { return p ? p->n : 1; }
+
+void kern_pool_run(kern_pool *p, kern_task fn, void *ctx)
+{
+    if (!p || p->n == 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->ctx = ctx;
+    p->remaining = p->n - 1;
+    p->gen++;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    fn(ctx, 0, p->n);
+    pthread_mutex_lock(&p->mu);
+    while (p->remaining > 0)
+        pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Rows [*r0, *r1) of n for thread ith of nth: contiguous, balanced slices. */
+static void kern_slice(int64_t n, int ith, int nth, int64_t *r0, int64_t *r1)
+{
+    *r0 = n * ith / nth;
+    *r1 = n * (ith + 1) / nth;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* ISA dispatch                                                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+static int g_isa = -1; /* -1: not decided yet */
+
+kern_isa kern_cpu_isa(void)
+{
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+        return KERN_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c"))
+        return KERN_ISA_AVX2;
+    return KERN_ISA_SCALAR;
+}
+
+kern_isa kern_get_isa(void)
+{
+    int isa = __atomic_load_n(&g_isa, __ATOMIC_RELAXED);
+    if (isa < 0) {
+        isa = (int)kern_cpu_isa();
+        __atomic_store_n(&g_isa, isa, __ATOMIC_RELAXED);
+    }
+    return (kern_isa)isa;
+}
+
+kern_isa kern_set_isa(kern_isa isa)
+{
+    kern_isa cpu = kern_cpu_isa();
+    if (isa > cpu)
+        isa = cpu;
+    __atomic_store_n(&g_isa, (int)isa, __ATOMIC_RELAXED);
+    return isa;
+}
+
+const char *kern_isa_name(kern_isa isa)
+{
+    switch (isa) {
+    case KERN_ISA_AVX512:
+        return "avx512";
+    case KERN_ISA_AVX2:
+        return "avx2";
+    default:
+        return "scalar";
+    }
+}
+
+#define TGT_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TGT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+
+/* ------------------------------------------------------------------------------------------ */
+/* Conversions                                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+/* IEEE binary16 → binary32: sign, 5-bit exponent (bias 15), 10-bit mantissa. Subnormals are
+ * renormalised; exponent 31 is inf/NaN (NaN payload kept in the top mantissa bits). */
+static float f16_scalar(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t man = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: value = man · 2^-24 */
+            int e = -1;
+            do {
+                e++;
+                man <<= 1;
+            } while (!(man & 0x400));
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static float bf16_scalar(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline uint16_t load_u16(const void *p, int64_t i)
+{
+    uint16_t v;
+    memcpy(&v, (const char *)p + 2 * i, 2);
+    return v;
+}
+
+TGT_AVX512 static void f16_to_f32_avx512(const void *src, float *dst, int64_t n)
+{
+    const char *s = src;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + 2 * i))));
+    for (; i < n; i++)
+        dst[i] = f16_scalar(load_u16(src, i));
+}
+
+TGT_AVX2 static void f16_to_f32_avx2(const void *src, float *dst, int64_t n)
+{
+    const char *s = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + 2 * i))));
+    for (; i < n; i++)
+        dst[i] = f16_scalar(load_u16(src, i));
+}
+
+TGT_AVX512 static void bf16_to_f32_avx512(const void *src, float *dst, int64_t n)
+{
+    const char *s = src;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + 2 * i)));
+        _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+    }
+    for (; i < n; i++)
+        dst[i] = bf16_scalar(load_u16(src, i));
+}
+
+TGT_AVX2 static void bf16_to_f32_avx2(const void *src, float *dst, int64_t n)
+{
+    const char *s = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + 2 * i)));
+        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+    }
+    for (; i < n; i++)
+        dst[i] = bf16_scalar(load_u16(src, i));
+}
+
+void kern_f16_to_f32(const void *src, float *dst, int64_t n)
+{
+    switch (kern_get_isa()) {
+    case KERN_ISA_AVX512:
+        f16_to_f32_avx512(src, dst, n);
+        return;
+    case KERN_ISA_AVX2:
+        f16_to_f32_avx2(src, dst, n);
+        return;
+    default:
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = f16_scalar(load_u16(src, i));
+    }
+}
+
+void kern_bf16_to_f32(const void *src, float *dst, int64_t n)
+{
+    switch (kern_get_isa()) {
+    case KERN_ISA_AVX512:
+        bf16_to_f32_avx512(src, dst, n);
+        return;
+    case KERN_ISA_AVX2:
+        bf16_to_f32_avx2(src, dst, n);
+        return;
+    default:
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = bf16_scalar(load_u16(src, i));
+    }
+}
+
+void kern_mat_row(const lr_mat *W, int64_t r, float *dst)
+{
+    const char *row = (const char *)W->data;
+    switch (W->dtype) {
+    case LR_DT_F32:
+        memcpy(dst, row + (size_t)r * (size_t)W->cols * 4, (size_t)W->cols * 4);
+        return;
+    case LR_DT_F16:
+        kern_f16_to_f32(row + (size_t)r * (size_t)W->cols * 2, dst, W->cols);
+        return;
+    case LR_DT_BF16:
+        kern_bf16_to_f32(row + (size_t)r * (size_t)W->cols * 2, dst, W->cols);
+        return;
+    }
+    LR_ASSERT(!"unknown lr_dtype");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Dot products                                                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+TGT_AVX512 static float dot_f32_avx512(const float *a, const float *b, int64_t n)
+{
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
+    }
+    for (; i + 16 <= n; i += 16)
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+TGT_AVX2 static float hsum256(__m256 v)
+{
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+    return _mm_cvtss_f32(lo);
+}
+
+TGT_AVX2 static float dot_f32_avx2(const float *a, const float *b, int64_t n)
+{
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+    }
+    for (; i + 8 <= n; i += 8)
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    float s = hsum256(_mm256_add_ps(acc0, acc1));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+TGT_AVX512 static float dot_f16_avx512(const float *a, const void *b, int64_t n)
+{
+    const char *s = b;
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 w = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + 2 * i)));
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), w, acc);
+    }
+    float r = _mm512_reduce_add_ps(acc);
+    for (; i < n; i++)
+        r += a[i] * f16_scalar(load_u16(b, i));
+    return r;
+}
+
+TGT_AVX2 static float dot_f16_avx2(const float *a, const void *b, int64_t n)
+{
+    const char *s = b;
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 w = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + 2 * i)));
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), w, acc);
+    }
+    float r = hsum256(acc);
+    for (; i < n; i++)
+        r += a[i] * f16_scalar(load_u16(b, i));
+    return r;
+}
+
+TGT_AVX512 static float dot_bf16_avx512(const float *a, const void *b, int64_t n)
+{
+    const char *s = b;
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + 2 * i)));
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)),
+                              acc);
+    }
+    float r = _mm512_reduce_add_ps(acc);
+    for (; i < n; i++)
+        r += a[i] * bf16_scalar(load_u16(b, i));
+    return r;
+}
+
+TGT_AVX2 static float dot_bf16_avx2(const float *a, const void *b, int64_t n)
+{
+    const char *s = b;
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + 2 * i)));
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)),
+                              acc);
+    }
+    float r = hsum256(acc);
+    for (; i < n; i++)
+        r += a[i] * bf16_scalar(load_u16(b, i));
+    return r;
+}
+
+float kern_dot_f32(const float *a, const float *b, int64_t n)
+{
+    switch (kern_get_isa()) {
+    case KERN_ISA_AVX512:
+        return dot_f32_avx512(a, b, n);
+    case KERN_ISA_AVX2:
+        return dot_f32_avx2(a, b, n);
+    default: {
+        float s = 0;
+        for (int64_t i = 0; i < n; i++)
+            s += a[i] * b[i];
+        return s;
+    }
+    }
+}
+
+float kern_dot_f16(const float *a, const void *b, int64_t n)
+{
+    switch (kern_get_isa()) {
+    case KERN_ISA_AVX512:
+        return dot_f16_avx512(a, b, n);
+    case KERN_ISA_AVX2:
+        return dot_f16_avx2(a, b, n);
+    default: {
+        float s = 0;
+        for (int64_t i = 0; i < n; i++)
+            s += a[i] * f16_scalar(load_u16(b, i));
+        return s;
+    }
+    }
+}
+
+float kern_dot_bf16(const float *a, const void *b, int64_t n)
+{
+    switch (kern_get_isa()) {
+    case KERN_ISA_AVX512:
+        return dot_bf16_avx512(a, b, n);
+    case KERN_ISA_AVX2:
+        return dot_bf16_avx2(a, b, n);
+    default: {
+        float s = 0;
+        for (int64_t i = 0; i < n; i++)
+            s += a[i] * bf16_scalar(load_u16(b, i));
+        return s;
+    }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Matmul                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct mm_job {
+    float *y;
+    int ldy;
+    const float *x;
+    int ldx;
+    int T;
+    const lr_mat *W;
+    float *panel;   /* panel conversion target [nr, cols] */
+    int64_t r0, nr; /* panel rows of W */
+} mm_job;
+
+/* Direct kernel: thread ith computes y[:, o] for its slice of W's rows, reading W in its own
+ * dtype. Used for small T, where converting W would cost more than the products. */
+static void mm_direct_task(void *ctx, int ith, int nth)
+{
+    const mm_job *j = ctx;
+    const lr_mat *W = j->W;
+    int64_t o0, o1;
+    kern_slice(W->rows, ith, nth, &o0, &o1);
+    size_t esz = W->dtype == LR_DT_F32 ? 4 : 2;
+    for (int64_t o = o0; o < o1; o++) {
+        const void *row = (const char *)W->data + (size_t)o * (size_t)W->cols * esz;
+        for (int t = 0; t < j->T; t++) {
+            const float *x = j->x + (size_t)t * (size_t)j->ldx;
+            float s;
+            if (W->dtype == LR_DT_F16)
+                s = kern_dot_f16(x, row, W->cols);
+            else if (W->dtype == LR_DT_BF16)
+                s = kern_dot_bf16(x, row, W->cols);
+            else
+                s = kern_dot_f32(x, row, W->cols);
+            j->y[(size_t)t * (size_t)j->ldy + (size_t)o] = s;
+        }
+    }
+}
+
+/* Panel conversion: thread ith converts its slice of the panel's rows to f32. */
+static void mm_convert_task(void *ctx, int ith, int nth)
+{
+    const mm_job *j = ctx;
+    int64_t a, b;
+    kern_slice(j->nr, ith, nth, &a, &b);
+    for (int64_t r = a; r < b; r++)
+        kern_mat_row(j->W, j->r0 + r, j->panel + (size_t)r * (size_t)j->W->cols);
+}
+
+size_t kern_matmul_scratch_floats(int64_t cols) { return (size_t)KERN_PANEL_ROWS * (size_t)cols; }
+
+void kern_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T, const lr_mat *W,
+                 float *scratch)
+{
+    if (T <= 0 || W->rows == 0)
+        return;
+    mm_job j = {y, ldy, x, ldx, T, W, scratch, 0, 0};
+    if (W->dtype == LR_DT_F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)W->rows, (int)W->cols, 1.0f,
+                    x, ldx, (const float *)W->data, (int)W->cols, 0.0f, y, ldy);
+        return;
+    }
+    if (T <= KERN_DIRECT_T) {
+        kern_pool_run(p, mm_direct_task, &j);
+        return;
+    }
+    LR_ASSERT(scratch != NULL);
+    for (int64_t r0 = 0; r0 < W->rows; r0 += KERN_PANEL_ROWS) {
+        j.r0 = r0;
+        j.nr = W->rows - r0 < KERN_PANEL_ROWS ? W->rows - r0 : KERN_PANEL_ROWS;
+        kern_pool_run(p, mm_convert_task, &j);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)j.nr, (int)W->cols, 1.0f, x,
+                    ldx, scratch, (int)W->cols, 0.0f, y + r0, ldy);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Row-wise operations                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+void kern_rmsnorm(float *out, const float *x, const float *w, int T, int n, float eps)
+{
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * (size_t)n;
+        float *o = out + (size_t)t * (size_t)n;
+        /* The statistic is accumulated in double: it is cheap and lands closer to the float64
+         * reference than HF's own fp32 reduction, whose summation order we cannot copy. */
+        double ss = 0;
+        for (int j = 0; j < n; j++)
+            ss += (double)xr[j] * xr[j];
+        float inv = 1.0f / sqrtf((float)(ss / n) + eps);
+        for (int j = 0; j < n; j++)
+            o[j] = w[j] * (xr[j] * inv);
+    }
+}
+
+void kern_add_bias(float *y, int ldy, const float *b, int T, int n)
+{
+    for (int t = 0; t < T; t++) {
+        float *r = y + (size_t)t * (size_t)ldy;
+        for (int j = 0; j < n; j++)
+            r[j] += b[j];
+    }
+}
+
+void kern_add(float *y, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] += x[i];
+}
+
+static float act_apply(float z, lr_act act)
+{
+    switch (act) {
+    case LR_ACT_SILU:
+        return z / (1.0f + expf(-z));
+    case LR_ACT_GELU:
+        return 0.5f * z * (1.0f + erff(z * 0.70710678118654752f));
+    case LR_ACT_GELU_TANH:
+        return 0.5f * z *
+               (1.0f + tanhf(0.79788456080286536f * (z + 0.044715f * z * z * z)));
+    case LR_ACT_RELU:
+        return z > 0 ? z : 0;
+    }
+    return z;
+}
+
+void kern_act_mul(float *g, const float *u, int64_t n, lr_act act)
+{
+    if (u) {
+        for (int64_t i = 0; i < n; i++)
+            g[i] = act_apply(g[i], act) * u[i];
+    } else {
+        for (int64_t i = 0; i < n; i++)
+            g[i] = act_apply(g[i], act);
+    }
+}
+
+void kern_rope(float *v, int n_heads, int hd, const float *cos, const float *sin)
+{
+    int half = hd / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *x = v + (size_t)h * (size_t)hd;
+        for (int k = 0; k < half; k++) {
+            float a = x[k], b = x[k + half];
+            x[k] = a * cos[k] - b * sin[k];
+            x[k + half] = b * cos[k] + a * sin[k];
+        }
+    }
+}
+
+void kern_softmax(float *x, int n)
+{
+    float mx = x[0];
+    for (int i = 1; i < n; i++)
+        if (x[i] > mx)
+            mx = x[i];
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        sum += x[i];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int i = 0; i < n; i++)
+        x[i] *= inv;
+}

@@ -1,0 +1,84 @@
+/* kernels.h — the numeric kernels of the forward pass and the thread pool that runs them.
+ *
+ * Every kernel opens with the maths it computes. Work is split across the pool's threads by
+ * (ith, nth): thread ith of nth takes its own slice of rows, so all kernels look alike (ggml
+ * style). The caller thread is worker 0; kern_pool_run returns when every slice is done.
+ *
+ * Instruction-set dispatch is decided once at kern_pool_create (or forced with kern_set_isa for
+ * tests): AVX-512, AVX2+FMA+F16C, or portable scalar C, so one binary runs on any x86-64.
+ * Nothing here allocates after creation.
+ */
+#ifndef LR_KERNELS_H
+#define LR_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "model.h"
+
+typedef struct kern_pool kern_pool;
+
+typedef enum { KERN_ISA_SCALAR = 0, KERN_ISA_AVX2 = 1, KERN_ISA_AVX512 = 2 } kern_isa;
+
+/* A slice of work: thread ith of nth. */
+typedef void (*kern_task)(void *ctx, int ith, int nth);
+
+/* Create a pool of n threads (n <= 0: all online cores; the caller counts as one, so n-1 are
+ * started) and set OpenBLAS to the same count. Returns 0 or LR_ENOMEM / LR_EINTERNAL. */
+int kern_pool_create(int n, lr_error *err, kern_pool **out);
+/* Join the threads and free. kern_pool_destroy(NULL) does nothing. */
+void kern_pool_destroy(kern_pool *p);
+int kern_pool_threads(const kern_pool *p);
+/* Run fn(ctx, ith, nth) for ith = 0..nth-1 (ith 0 on the calling thread) and wait for all. */
+void kern_pool_run(kern_pool *p, kern_task fn, void *ctx);
+
+/* The best ISA this CPU supports; and the ISA kernels use now (process-wide). kern_set_isa
+ * clamps to what the CPU supports and returns the ISA actually selected. */
+kern_isa kern_cpu_isa(void);
+kern_isa kern_get_isa(void);
+kern_isa kern_set_isa(kern_isa isa);
+const char *kern_isa_name(kern_isa isa);
+
+/* ---- element conversion ---- */
+/* dst[i] = f32(src[i]) for IEEE binary16 (incl. subnormals, inf, NaN) / bfloat16 (bits << 16). */
+void kern_f16_to_f32(const void *src, float *dst, int64_t n);
+void kern_bf16_to_f32(const void *src, float *dst, int64_t n);
+/* Row r of W (any dtype) as f32 into dst[W->cols]. */
+void kern_mat_row(const lr_mat *W, int64_t r, float *dst);
+
+/* ---- dot products ---- */
+/* Σ_i a[i]·b[i] with f32 accumulation; b in f32 / f16 / bf16 (b may be unaligned). */
+float kern_dot_f32(const float *a, const float *b, int64_t n);
+float kern_dot_f16(const float *a, const void *b, int64_t n);
+float kern_dot_bf16(const float *a, const void *b, int64_t n);
+
+/* ---- matmul ----
+ * y[t, o] = Σ_i x[t, i] · W[o, i]   for t < T, o < W->rows, i < W->cols   (y = x·Wᵀ)
+ * F32: one cblas_sgemm (RowMajor, NoTrans, Trans). F16/BF16: for T <= KERN_DIRECT_T a direct
+ * kernel reads the half weights (rows of W split across threads); otherwise panels of
+ * KERN_PANEL_ROWS rows of W are converted to f32 in `scratch` (threads split the panel) and
+ * multiplied with sgemm. scratch: kern_matmul_scratch_floats(W->cols) floats (NULL allowed for
+ * F32). x, y must not overlap. */
+#define KERN_DIRECT_T 4
+#define KERN_PANEL_ROWS 256
+size_t kern_matmul_scratch_floats(int64_t cols);
+void kern_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T, const lr_mat *W,
+                 float *scratch);
+
+/* ---- row-wise operations ---- */
+/* out[t, j] = w[j] · x[t, j] / sqrt(mean_j(x[t, j]²) + eps)   (RMSNorm, fp32 statistics). */
+void kern_rmsnorm(float *out, const float *x, const float *w, int T, int n, float eps);
+/* y[t, j] += b[j]. */
+void kern_add_bias(float *y, int ldy, const float *b, int T, int n);
+/* g[t, j] = act(g[t, j]) · u[t, j], act = SiLU z/(1+e^-z) (or GELU variants). */
+void kern_act_mul(float *g, const float *u, int64_t n, lr_act act);
+/* y[i] += x[i]. */
+void kern_add(float *y, const float *x, int64_t n);
+/* In-place RoPE, HF rotate_half layout, on n_heads head vectors of size hd at v (stride hd):
+ * for k < hd/2: v'[k] = v[k]·cos[k] − v[k+hd/2]·sin[k]; v'[k+hd/2] = v[k+hd/2]·cos[k] + v[k]·sin[k]. */
+void kern_rope(float *v, int n_heads, int hd, const float *cos, const float *sin);
+/* x[i] = exp(x[i] − max) / Σ exp(…), fp32, in place. Returns nothing; n >= 1. */
+void kern_softmax(float *x, int n);
+
+#endif
