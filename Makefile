@@ -64,6 +64,7 @@ $(BUILD)/lr-generate: $(BUILD)/tests/tools/generate.o $(ADAPT) $(CORE_ALL)
 # Unit test programs: check_<module>.c links the groups its module needs.
 $(BUILD)/tests/check_err:         $(COMMON)
 $(BUILD)/tests/check_tokenizer:   $(COMMON) $(TOK)
+$(BUILD)/tests/check_tok_unigram: $(COMMON) $(TOK)
 $(BUILD)/tests/check_safetensors: $(COMMON) $(ST)
 $(BUILD)/tests/check_model:       $(COMMON) $(ST) $(MODEL)
 $(BUILD)/tests/check_kernels:     $(COMMON) $(ST) $(MODEL) $(ENGINE)
