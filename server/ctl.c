@@ -1,0 +1,276 @@
+/* ctl.c — startup, the libuv control loop and shutdown. The loop runs on the main thread and
+ * does no request work: HTTP requests are served by libmicrohttpd's connection threads and
+ * generation by the engine thread. The loop owns the signals (SIGTERM/SIGINT drain, SIGHUP
+ * reserved for adapter rescans), a uv_async that connection threads poke when a request ends
+ * (so a drain finishes as soon as the last one does), and a housekeeping timer.
+ *
+ * Drain: /health and new requests answer 503, the engine stops admitting, in-flight requests
+ * (streams included) run to completion, bounded by --drain-timeout; then the HTTP server is
+ * stopped (waiters give up), the engine is destroyed (aborting what is left) and we exit 0. */
+#include "ctl.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+#include "api.h"
+#include "engine.h"
+#include "http.h"
+#include "log.h"
+#include "met.h"
+#include "model.h"
+#include "tokenizer.h"
+
+typedef struct ctl_state {
+    const cli_config *cfg;
+    api_ctx api;
+    http_server *http;
+    uv_loop_t loop;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_async_t wake;
+    uv_timer_t house;
+    int draining;
+    uint64_t drain_deadline; /* uv_now() ms */
+} ctl_state;
+
+static double ms_since(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) * 1e-6;
+}
+
+static const char *dtype_name(lr_dtype d)
+{
+    return d == LR_DT_F16 ? "f16" : d == LR_DT_BF16 ? "bf16" : "f32";
+}
+
+/* Weight tensors of the model (matrices and vectors present), for the startup log. */
+static int count_tensors(const lr_model *m)
+{
+    int n = (m->embed.data != NULL) + (m->lm_head.data && m->lm_head.data != m->embed.data) +
+            (m->final_norm != NULL);
+    for (int i = 0; i < m->cfg.n_layers && m->layers; i++) {
+        const lr_layer *l = &m->layers[i];
+        const lr_mat *mats[] = {&l->q, &l->k, &l->v, &l->o, &l->gate, &l->up, &l->down};
+        const float *vecs[] = {l->attn_norm, l->mlp_norm, l->bq, l->bk, l->bv, l->bo,
+                               l->bgate, l->bup, l->bdown};
+        for (size_t k = 0; k < sizeof mats / sizeof mats[0]; k++)
+            n += mats[k]->data != NULL;
+        for (size_t k = 0; k < sizeof vecs / sizeof vecs[0]; k++)
+            n += vecs[k] != NULL;
+    }
+    return n;
+}
+
+/* Stop the loop once nothing is in flight or the drain deadline passed. */
+static void check_drain(ctl_state *st)
+{
+    if (!st->draining)
+        return;
+    int left = http_in_flight(st->http);
+    if (left == 0) {
+        log_msg(LOG_INFO, "lorad: drained; stopping");
+        uv_stop(&st->loop);
+    } else if (uv_now(&st->loop) >= st->drain_deadline) {
+        log_msg(LOG_WARN, "lorad: drain timeout (%ds) with %d request(s) in flight; stopping",
+                st->cfg->drain_timeout, left);
+        uv_stop(&st->loop);
+    }
+}
+
+static void on_term(uv_signal_t *h, int signum)
+{
+    ctl_state *st = h->data;
+    if (st->draining) {
+        log_msg(LOG_WARN, "lorad: %s again; stopping now", strsignal(signum));
+        uv_stop(&st->loop);
+        return;
+    }
+    st->draining = 1;
+    st->drain_deadline = uv_now(&st->loop) + (uint64_t)st->cfg->drain_timeout * 1000;
+    atomic_store(&st->api.draining, 1);
+    eng_drain(st->api.eng);
+    log_msg(LOG_INFO, "lorad: %s: draining %d in-flight request(s), at most %ds",
+            strsignal(signum), http_in_flight(st->http), st->cfg->drain_timeout);
+    /* Poll faster while draining, so that the deadline is honoured closely. */
+    uv_timer_start(&st->house, NULL, 0, 0);
+    uv_timer_set_repeat(&st->house, 50);
+    uv_timer_again(&st->house);
+    check_drain(st);
+}
+
+static void on_hup(uv_signal_t *h, int signum)
+{
+    log_msg(LOG_INFO, "lorad: SIGHUP received (reserved for adapter rescans; nothing to do yet)");
+}
+
+static void on_wake(uv_async_t *h)
+{
+    check_drain(h->data);
+}
+
+static void on_house(uv_timer_t *h)
+{
+    ctl_state *st = h->data;
+    check_drain(st);
+    if (!st->draining && log_get_level() == LOG_DEBUG) {
+        eng_stats es;
+        eng_get_stats(st->api.eng, &es);
+        log_msg(LOG_DEBUG, "engine: running %d waiting %d kv %d/%d steps %llu", es.running,
+                es.waiting, es.kv_blocks_used, es.kv_blocks_total,
+                (unsigned long long)es.steps);
+    }
+}
+
+static void request_done(void *user)
+{
+    ctl_state *st = user;
+    uv_async_send(&st->wake);
+}
+
+static void close_cb(uv_handle_t *h)
+{
+}
+
+int ctl_run(const cli_config *cfg)
+{
+    ctl_state st;
+    memset(&st, 0, sizeof st);
+    st.cfg = cfg;
+    lr_model *model = NULL;
+    tok_tokenizer *tok = NULL;
+    eng_engine *eng = NULL;
+    met_metrics *met = NULL;
+    lr_error err;
+    lr_error_clear(&err);
+    int rc = 1, loop_ok = 0;
+    struct timespec t0;
+
+    signal(SIGPIPE, SIG_IGN);
+    log_msg(LOG_INFO, "lorad %s: loading model %s", LORAD_VERSION, cfg->model_dir);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (lr_model_load(cfg->model_dir, &err, &model) != 0) {
+        log_msg(LOG_ERROR, "lorad: cannot load the model: %s", err.msg);
+        goto out;
+    }
+    log_msg(LOG_INFO,
+            "model: %d tensors, dtype %s, %lld weight bytes, %d layers, hidden %d, vocab %d, "
+            "context %d, loaded in %.0f ms",
+            count_tensors(model), dtype_name(model->embed.dtype), (long long)model->weight_bytes,
+            model->cfg.n_layers, model->cfg.hidden, model->cfg.vocab, model->cfg.max_pos,
+            ms_since(&t0));
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (tok_load_dir(cfg->model_dir, &err, &tok) != 0) {
+        log_msg(LOG_ERROR, "lorad: cannot load the tokenizer: %s", err.msg);
+        goto out;
+    }
+    log_msg(LOG_INFO, "tokenizer: %d tokens (bos %d, eos %d), loaded in %.0f ms",
+            tok_vocab_size(tok), (int)tok_bos_id(tok), (int)tok_eos_id(tok), ms_since(&t0));
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    eng_params ep = {
+        .model = model,
+        .threads = cfg->threads,
+        .max_batch_tokens = cfg->max_batch_tokens,
+        .max_seqs = cfg->max_seqs,
+        .max_queue = cfg->max_queue,
+        .kv_cache_mb = cfg->kv_cache_mb,
+        .kv_block_tokens = 16,
+        .delta = NULL,
+    };
+    if (eng_create(&ep, &err, &eng) != 0) {
+        log_msg(LOG_ERROR, "lorad: cannot start the engine: %s", err.msg);
+        goto out;
+    }
+    eng_stats es;
+    eng_get_stats(eng, &es);
+    log_msg(LOG_INFO,
+            "engine: %d KV blocks of %d tokens (%lld MiB), %d batch tokens, %d sequences, "
+            "queue %d, %d threads, started in %.0f ms",
+            es.kv_blocks_total, ep.kv_block_tokens, (long long)cfg->kv_cache_mb,
+            cfg->max_batch_tokens, cfg->max_seqs, cfg->max_queue, cfg->threads,
+            ms_since(&t0));
+
+    if (!(met = met_create())) {
+        log_msg(LOG_ERROR, "lorad: out of memory");
+        goto out;
+    }
+    st.api.model = model;
+    st.api.tok = tok;
+    st.api.eng = eng;
+    st.api.met = met;
+    st.api.served_name = cfg->served_name;
+    st.api.max_tokens_default = cfg->max_tokens_default;
+    st.api.max_pos = model->cfg.max_pos;
+    st.api.vocab = model->cfg.vocab < tok_vocab_size(tok) ? model->cfg.vocab
+                                                          : tok_vocab_size(tok);
+    st.api.created = (long long)time(NULL);
+    st.api.max_body_bytes = cfg->max_body_bytes;
+
+    if (uv_loop_init(&st.loop) != 0) {
+        log_msg(LOG_ERROR, "lorad: cannot create the event loop");
+        goto out;
+    }
+    loop_ok = 1;
+    uv_signal_init(&st.loop, &st.sig_term);
+    uv_signal_init(&st.loop, &st.sig_int);
+    uv_signal_init(&st.loop, &st.sig_hup);
+    uv_async_init(&st.loop, &st.wake, on_wake);
+    uv_timer_init(&st.loop, &st.house);
+    st.sig_term.data = st.sig_int.data = st.sig_hup.data = &st;
+    st.wake.data = st.house.data = &st;
+    uv_signal_start(&st.sig_term, on_term, SIGTERM);
+    uv_signal_start(&st.sig_int, on_term, SIGINT);
+    uv_signal_start(&st.sig_hup, on_hup, SIGHUP);
+    uv_timer_start(&st.house, on_house, 1000, 1000);
+
+    http_params hp = {
+        .host = cfg->host,
+        .port = cfg->port,
+        .max_body_bytes = cfg->max_body_bytes,
+        .idle_timeout = cfg->idle_timeout,
+        .max_connections = cfg->max_connections,
+        .api = &st.api,
+        .on_request_done = request_done,
+        .user = &st,
+    };
+    int port = 0;
+    if (http_start(&hp, &err, &st.http, &port) != 0) {
+        log_msg(LOG_ERROR, "lorad: %s", err.msg);
+        goto out;
+    }
+    /* The one line scripts and tests wait for; printed bare so that it is easy to parse. */
+    fprintf(stderr, "lorad: listening on http://%s:%d\n", cfg->host, port);
+    fflush(stderr);
+
+    uv_run(&st.loop, UV_RUN_DEFAULT);
+    rc = 0;
+
+out:
+    /* Waiters give up, the HTTP server joins its threads, then the engine aborts the rest. */
+    atomic_store(&st.api.stopping, 1);
+    http_stop(st.http);
+    st.http = NULL;
+    eng_destroy(eng);
+    st.api.eng = NULL;
+    if (loop_ok) {
+        uv_close((uv_handle_t *)&st.sig_term, close_cb);
+        uv_close((uv_handle_t *)&st.sig_int, close_cb);
+        uv_close((uv_handle_t *)&st.sig_hup, close_cb);
+        uv_close((uv_handle_t *)&st.wake, close_cb);
+        uv_close((uv_handle_t *)&st.house, close_cb);
+        uv_run(&st.loop, UV_RUN_DEFAULT);
+        uv_loop_close(&st.loop);
+    }
+    met_destroy(met);
+    tok_destroy(tok);
+    lr_model_free(model);
+    if (rc == 0)
+        log_msg(LOG_INFO, "lorad: stopped");
+    return rc;
+}
