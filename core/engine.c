@@ -540,7 +540,8 @@ int eng_create(const eng_params *params, lr_error *err, eng_engine **out)
     if (rc)
         goto fail;
     kv_params kp = {m->cfg.n_layers, m->cfg.n_kv_heads * m->cfg.head_dim, p.kv_block_tokens,
-                    p.kv_cache_mb * 1024 * 1024, m->cfg.max_pos};
+                    p.kv_cache_bytes > 0 ? p.kv_cache_bytes : p.kv_cache_mb * 1024 * 1024,
+                    m->cfg.max_pos};
     rc = kv_pool_create(&kp, err, &e->kv);
     if (rc)
         goto fail;

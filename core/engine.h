@@ -108,6 +108,8 @@ typedef struct eng_params {
     int64_t kv_cache_mb;        /* KV pool size in MiB (default 256) */
     int kv_block_tokens;        /* tokens per KV block (default 16) */
     const eng_delta_ops *delta; /* may be NULL (no adapters) */
+    int64_t kv_cache_bytes;     /* > 0: exact KV pool budget in bytes, overriding kv_cache_mb
+                                 * (budgets below 1 MiB, for tests and tiny models) */
 } eng_params;
 
 /* Statistics for /metrics (a snapshot; counters since start). */

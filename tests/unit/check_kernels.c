@@ -1,0 +1,325 @@
+/* check_kernels.c — every kernel against a naive double-precision loop, on every ISA variant the
+ * CPU supports (scalar, AVX2, AVX-512), with 1 and several threads. */
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* Independent binary16 decoding: value = (-1)^s · 2^(e-15) · (1 + m/1024), subnormal
+ * 2^-14 · m/1024. */
+static double ref_f16(uint16_t h)
+{
+    int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
+    double v;
+    if (e == 0)
+        v = ldexp(m, -24);
+    else if (e == 31)
+        v = m ? NAN : INFINITY;
+    else
+        v = ldexp(1024 + m, e - 25);
+    return s ? -v : v;
+}
+
+static double ref_bf16(uint16_t h)
+{
+    uint32_t b = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
+static uint32_t rng_state = 12345;
+static float frand(void) /* uniform in [-1, 1) */
+{
+    rng_state = rng_state * 1664525u + 1013904223u;
+    return (float)((rng_state >> 8) & 0xffffff) / 8388608.0f - 1.0f;
+}
+
+/* f32 → binary16 bits by round-to-nearest via the reference (search is fine for tests). */
+static uint16_t to_f16(float x)
+{
+    /* Use the hardware-independent route: scale into the normal range and truncate, which is
+     * enough to produce valid, varied half values for matmul tests. */
+    uint32_t b;
+    memcpy(&b, &x, 4);
+    uint32_t s = (b >> 16) & 0x8000;
+    int e = (int)((b >> 23) & 255) - 127 + 15;
+    uint32_t m = (b >> 13) & 1023;
+    if (e <= 0)
+        return (uint16_t)s;
+    if (e >= 31)
+        return (uint16_t)(s | 0x7bff);
+    return (uint16_t)(s | ((uint32_t)e << 10) | m);
+}
+
+static const kern_isa isas[] = {KERN_ISA_SCALAR, KERN_ISA_AVX2, KERN_ISA_AVX512};
+
+START_TEST(test_f16_all_values)
+{
+    static uint16_t src[65536];
+    static float dst[65536];
+    for (int i = 0; i < 65536; i++)
+        src[i] = (uint16_t)i;
+    for (int k = 0; k < 3; k++) {
+        if (kern_set_isa(isas[k]) != isas[k])
+            continue;
+        kern_f16_to_f32(src + 1, dst + 1, 65535); /* odd start: unaligned source */
+        dst[0] = 0;
+        for (int i = 1; i < 65536; i++) {
+            double r = ref_f16((uint16_t)i);
+            if (isnan(r))
+                ck_assert_msg(isnan(dst[i]), "isa %s: 0x%04x not NaN", kern_isa_name(isas[k]), i);
+            else
+                ck_assert_msg((double)dst[i] == r && !signbit(dst[i]) == !signbit(r),
+                              "isa %s: 0x%04x → %g, expected %g", kern_isa_name(isas[k]), i,
+                              dst[i], r);
+        }
+        kern_bf16_to_f32(src + 1, dst + 1, 65535);
+        for (int i = 1; i < 65536; i++) {
+            double r = ref_bf16((uint16_t)i);
+            if (isnan(r))
+                ck_assert(isnan(dst[i]));
+            else
+                ck_assert_msg((double)dst[i] == r, "bf16 0x%04x", i);
+        }
+    }
+    ck_assert_double_eq(ref_f16(0x3c00), 1.0);
+    ck_assert_double_eq(ref_f16(0x7bff), 65504.0);
+    kern_set_isa(kern_cpu_isa());
+}
+END_TEST
+
+/* y = x·Wᵀ against a double loop over the decoded weights, for all dtypes, ISAs, thread
+ * counts and T on both sides of the direct/panel switch; rows > one panel, cols not a multiple
+ * of any vector width. */
+START_TEST(test_matmul)
+{
+    enum { ROWS = 300, COLS = 70, TMAX = 17 };
+    float *wf = malloc(sizeof(float) * ROWS * COLS);
+    uint16_t *wh = malloc(2 * ROWS * COLS + 2);
+    uint16_t *wb = malloc(2 * ROWS * COLS + 2);
+    float *x = malloc(sizeof(float) * TMAX * (COLS + 3));
+    float *y = malloc(sizeof(float) * TMAX * (ROWS + 5));
+    float *scratch = malloc(sizeof(float) * kern_matmul_scratch_floats(COLS));
+    for (int i = 0; i < ROWS * COLS; i++) {
+        wf[i] = frand();
+        wh[i + 1] = to_f16(frand());
+        wb[i] = (uint16_t)(0x3f80 + (frand() > 0 ? 0 : 0x8000) + ((int)(fabsf(frand()) * 127)));
+    }
+    for (int i = 0; i < TMAX * (COLS + 3); i++)
+        x[i] = frand();
+    const int Ts[] = {1, 2, 4, 5, 17};
+    const int threads[] = {1, 3};
+    for (int th = 0; th < 2; th++) {
+        kern_pool *pool;
+        ck_assert_int_eq(kern_pool_create(threads[th], NULL, &pool), 0);
+        for (int k = 0; k < 3; k++) {
+            if (kern_set_isa(isas[k]) != isas[k])
+                continue;
+            for (int dt = 0; dt < 3; dt++) {
+                lr_mat W = {(lr_dtype)dt, dt == 0 ? (const void *)wf
+                                          : dt == 1 ? (const void *)(wh + 1)
+                                                    : (const void *)wb,
+                            ROWS, COLS};
+                for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+                    int T = Ts[ti];
+                    memset(y, 0, sizeof(float) * TMAX * (ROWS + 5));
+                    kern_matmul(pool, y, ROWS + 5, x, COLS + 3, T, &W, scratch);
+                    for (int t = 0; t < T; t++)
+                        for (int o = 0; o < ROWS; o++) {
+                            double s = 0, a = 0;
+                            for (int i = 0; i < COLS; i++) {
+                                double w = dt == 0   ? wf[o * COLS + i]
+                                           : dt == 1 ? ref_f16(wh[1 + o * COLS + i])
+                                                     : ref_bf16(wb[o * COLS + i]);
+                                s += (double)x[t * (COLS + 3) + i] * w;
+                                a += fabs((double)x[t * (COLS + 3) + i] * w);
+                            }
+                            double got = y[t * (ROWS + 5) + o];
+                            ck_assert_msg(fabs(got - s) <= 1e-5 * (a + 1e-30),
+                                          "dtype %d isa %s threads %d T %d: y[%d,%d] = %.9g, "
+                                          "expected %.9g",
+                                          dt, kern_isa_name(isas[k]), threads[th], T, t, o, got, s);
+                        }
+                }
+            }
+        }
+        kern_pool_destroy(pool);
+    }
+    kern_set_isa(kern_cpu_isa());
+    free(wf);
+    free(wh);
+    free(wb);
+    free(x);
+    free(y);
+    free(scratch);
+}
+END_TEST
+
+START_TEST(test_dot)
+{
+    float a[131], b[131];
+    uint16_t h[131];
+    for (int i = 0; i < 131; i++) {
+        a[i] = frand();
+        b[i] = frand();
+        h[i] = to_f16(frand());
+    }
+    for (int k = 0; k < 3; k++) {
+        if (kern_set_isa(isas[k]) != isas[k])
+            continue;
+        for (int n = 0; n <= 131; n += 7) {
+            double s = 0, sh = 0, sa = 0;
+            for (int i = 0; i < n; i++) {
+                s += (double)a[i] * b[i];
+                sh += (double)a[i] * ref_f16(h[i]);
+                sa += fabs((double)a[i] * b[i]) + fabs((double)a[i] * ref_f16(h[i]));
+            }
+            ck_assert(fabs(kern_dot_f32(a, b, n) - s) <= 1e-6 * (sa + 1e-30));
+            ck_assert(fabs(kern_dot_f16(a, h, n) - sh) <= 1e-6 * (sa + 1e-30));
+        }
+    }
+    kern_set_isa(kern_cpu_isa());
+}
+END_TEST
+
+START_TEST(test_rmsnorm)
+{
+    enum { T = 3, N = 37 };
+    float x[T * N], w[N], out[T * N];
+    for (int i = 0; i < T * N; i++)
+        x[i] = frand() * 3;
+    for (int i = 0; i < N; i++)
+        w[i] = frand();
+    kern_rmsnorm(out, x, w, T, N, 1e-5f);
+    for (int t = 0; t < T; t++) {
+        double ss = 0;
+        for (int j = 0; j < N; j++)
+            ss += (double)x[t * N + j] * x[t * N + j];
+        double inv = 1.0 / sqrt(ss / N + 1e-5);
+        for (int j = 0; j < N; j++) {
+            double r = w[j] * x[t * N + j] * inv;
+            ck_assert_msg(fabs(out[t * N + j] - r) <= 1e-6 * (1 + fabs(r)), "rmsnorm %d %d", t, j);
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_rope)
+{
+    enum { NH = 3, HD = 8 };
+    float v[NH * HD], v0[NH * HD], c[HD / 2], s[HD / 2];
+    for (int i = 0; i < NH * HD; i++)
+        v0[i] = v[i] = frand();
+    double ang[HD / 2];
+    for (int k = 0; k < HD / 2; k++) {
+        ang[k] = 5.0 * pow(10000.0, -2.0 * k / HD);
+        c[k] = (float)cos(ang[k]);
+        s[k] = (float)sin(ang[k]);
+    }
+    kern_rope(v, NH, HD, c, s);
+    /* rotate_half: out = v ⊙ [cos, cos] + [-v2, v1] ⊙ [sin, sin]. */
+    for (int h = 0; h < NH; h++)
+        for (int d = 0; d < HD; d++) {
+            int k = d % (HD / 2);
+            double rot = d < HD / 2 ? -v0[h * HD + d + HD / 2] : v0[h * HD + d - HD / 2];
+            double r = v0[h * HD + d] * cos(ang[k]) + rot * sin(ang[k]);
+            ck_assert_msg(fabs(v[h * HD + d] - r) < 1e-6, "rope h %d d %d", h, d);
+        }
+}
+END_TEST
+
+START_TEST(test_softmax_act)
+{
+    float x[50];
+    double e[50], sum = 0;
+    for (int i = 0; i < 50; i++)
+        x[i] = frand() * 20;
+    double mx = -1e300;
+    for (int i = 0; i < 50; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    for (int i = 0; i < 50; i++)
+        sum += e[i] = exp(x[i] - mx);
+    kern_softmax(x, 50);
+    for (int i = 0; i < 50; i++)
+        ck_assert(fabs(x[i] - e[i] / sum) < 1e-6);
+    float z[4] = {-3.5f, -0.1f, 0.7f, 4.2f}, u[4] = {1.5f, -2, 0.25f, 3};
+    const lr_act acts[] = {LR_ACT_SILU, LR_ACT_GELU, LR_ACT_GELU_TANH, LR_ACT_RELU};
+    for (int a = 0; a < 4; a++) {
+        float g[4];
+        memcpy(g, z, sizeof g);
+        kern_act_mul(g, u, 4, acts[a]);
+        for (int i = 0; i < 4; i++) {
+            double q = z[i], r;
+            if (a == 0)
+                r = q / (1 + exp(-q));
+            else if (a == 1)
+                r = 0.5 * q * (1 + erf(q / sqrt(2.0)));
+            else if (a == 2)
+                r = 0.5 * q * (1 + tanh(sqrt(2 / M_PI) * (q + 0.044715 * q * q * q)));
+            else
+                r = q > 0 ? q : 0;
+            ck_assert_msg(fabs(g[i] - r * u[i]) < 1e-5, "act %d at %g", a, q);
+        }
+    }
+}
+END_TEST
+
+struct cover {
+    int hits[64];
+    int nth_seen;
+};
+static void cover_task(void *ctx, int ith, int nth)
+{
+    struct cover *c = ctx;
+    __atomic_add_fetch(&c->hits[ith], 1, __ATOMIC_RELAXED);
+    c->nth_seen = nth;
+}
+
+START_TEST(test_pool)
+{
+    kern_pool *p;
+    ck_assert_int_eq(kern_pool_create(4, NULL, &p), 0);
+    ck_assert_int_eq(kern_pool_threads(p), 4);
+    struct cover c;
+    memset(&c, 0, sizeof c);
+    for (int r = 0; r < 1000; r++)
+        kern_pool_run(p, cover_task, &c);
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(c.hits[i], 1000);
+    ck_assert_int_eq(c.hits[4], 0);
+    ck_assert_int_eq(c.nth_seen, 4);
+    kern_pool_destroy(p);
+    kern_pool_destroy(NULL);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("kernels");
+    TCase *tc;
+    tc = tcase_create("convert");
+    tcase_add_test(tc, test_f16_all_values);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("matmul");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_matmul);
+    tcase_add_test(tc, test_dot);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("rowwise");
+    tcase_add_test(tc, test_rmsnorm);
+    tcase_add_test(tc, test_rope);
+    tcase_add_test(tc, test_softmax_act);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("pool");
+    tcase_add_test(tc, test_pool);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
