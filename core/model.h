@@ -149,5 +149,10 @@ void lr_rope_inv_freq(const lr_config *cfg, float *inv_freq);
 /* Convert n half/bfloat16 values to f32 (IEEE binary16 incl. subnormals/inf/NaN; bf16 << 16). */
 void lr_f16_to_f32(const uint16_t *src, float *dst, int64_t n);
 void lr_bf16_to_f32(const uint16_t *src, float *dst, int64_t n);
+/* Added for tests (additive): the portable bit-level path lr_f16_to_f32 falls back to, and
+ * whether lr_f16_to_f32 uses the F16C instructions on this CPU. Both paths give identical bits
+ * (NaNs come out quiet with their payload, as F16C does). */
+void lr_f16_to_f32_scalar(const uint16_t *src, float *dst, int64_t n);
+int lr_f16c_available(void);
 
 #endif
