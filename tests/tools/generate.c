@@ -1,0 +1,284 @@
+/* generate.c — lr-generate: greedy generation from token ids through the real engine, printing
+ * the same JSON lines as tests/ref/ref.py so parity tests can diff the two.
+ *
+ *   lr-generate --model DIR [--adapter DIR[:scale]]... --prompt 1,2,3 [--prompt ...]
+ *               --max-tokens N [--top-logprobs K] [--batch] [--threads N]
+ *               [--kv-cache-mb M] [--max-batch-tokens B]
+ *
+ * One line per prompt, in input order: {"prompt": [...], "tokens": [...], "logprobs": [...],
+ * "top": [[[id, lp], ...] per step]}. Greedy (temperature 0), eos ignored. Without --batch the
+ * prompts run one after another; with --batch all are submitted at once and share batches.
+ * --kv-cache-mb takes fractions (0.05) so tests can force preemption on tiny models.
+ * Test tool, not product: it exits on errors with a message on stderr.
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "model.h"
+
+typedef struct gen_req {
+    int32_t *prompt;
+    int n_prompt;
+    int32_t *tokens;
+    float *lp;
+    int32_t *top_ids; /* [max_tokens * k] */
+    float *top_lp;
+    int n_gen, n_top;
+    int done;
+    eng_finish finish;
+    char error[512];
+} gen_req;
+
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
+static int g_max_tokens, g_top;
+
+static int on_event(void *user, const eng_event *ev)
+{
+    gen_req *r = user;
+    if (ev->token >= 0 && r->n_gen < g_max_tokens) {
+        int k = r->n_gen++;
+        r->tokens[k] = ev->token;
+        r->lp[k] = ev->logprob;
+        r->n_top = ev->n_top;
+        for (int i = 0; i < ev->n_top && i < g_top; i++) {
+            r->top_ids[k * g_top + i] = ev->top_ids[i];
+            r->top_lp[k * g_top + i] = ev->top_logprobs[i];
+        }
+    }
+    if (ev->finish != ENG_FINISH_NONE) {
+        pthread_mutex_lock(&g_mu);
+        r->done = 1;
+        r->finish = ev->finish;
+        if (ev->error)
+            snprintf(r->error, sizeof r->error, "%s", ev->error);
+        pthread_cond_broadcast(&g_cv);
+        pthread_mutex_unlock(&g_mu);
+    }
+    return 0;
+}
+
+static void wait_done(gen_req *r)
+{
+    pthread_mutex_lock(&g_mu);
+    while (!r->done)
+        pthread_cond_wait(&g_cv, &g_mu);
+    pthread_mutex_unlock(&g_mu);
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: lr-generate --model DIR [--adapter DIR[:scale]]... --prompt 1,2,3 "
+                    "[--prompt ...] --max-tokens N [--top-logprobs K] [--batch] [--threads N] "
+                    "[--kv-cache-mb M] [--max-batch-tokens B]\n");
+    exit(2);
+}
+
+static long parse_long(const char *s, const char *flag, long lo, long hi)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) {
+        fprintf(stderr, "lr-generate: %s must be an integer in [%ld, %ld], got '%s'\n", flag, lo,
+                hi, s);
+        exit(2);
+    }
+    return v;
+}
+
+static int parse_prompt(const char *s, gen_req *r)
+{
+    int cap = 16;
+    r->prompt = malloc(sizeof(int32_t) * cap);
+    r->n_prompt = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < INT32_MIN || v > INT32_MAX)
+            return -1;
+        if (r->n_prompt == cap) {
+            cap *= 2;
+            r->prompt = realloc(r->prompt, sizeof(int32_t) * cap);
+        }
+        r->prompt[r->n_prompt++] = (int32_t)v;
+        p = end;
+        if (*p == ',')
+            p++;
+        else if (*p)
+            return -1;
+    }
+    return r->n_prompt > 0 ? 0 : -1;
+}
+
+static void print_float(float f)
+{
+    if (isfinite(f))
+        printf("%.9g", f);
+    else
+        printf("%s", f < 0 ? "-1e38" : "1e38");
+}
+
+static void print_result(const gen_req *r)
+{
+    printf("{\"prompt\": [");
+    for (int i = 0; i < r->n_prompt; i++)
+        printf(i ? ", %d" : "%d", r->prompt[i]);
+    printf("], \"tokens\": [");
+    for (int i = 0; i < r->n_gen; i++)
+        printf(i ? ", %d" : "%d", r->tokens[i]);
+    printf("], \"logprobs\": [");
+    for (int i = 0; i < r->n_gen; i++) {
+        if (i)
+            printf(", ");
+        print_float(r->lp[i]);
+    }
+    printf("], \"top\": [");
+    for (int i = 0; i < r->n_gen; i++) {
+        printf(i ? ", [" : "[");
+        for (int k = 0; k < g_top; k++) {
+            printf(k ? ", [%d, " : "[%d, ", r->top_ids[i * g_top + k]);
+            print_float(r->top_lp[i * g_top + k]);
+            printf("]");
+        }
+        printf("]");
+    }
+    printf("]}\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *model_dir = NULL;
+    int n_req = 0, batch = 0, threads = 0, max_batch = 0;
+    double kv_mb = 0;
+    gen_req *reqs = calloc((size_t)argc, sizeof *reqs);
+    g_max_tokens = -1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--batch")) {
+            batch = 1;
+            continue;
+        }
+        if (!v)
+            usage();
+        i++;
+        if (!strcmp(a, "--model")) {
+            model_dir = v;
+        } else if (!strcmp(a, "--adapter")) {
+            fprintf(stderr, "adapters not supported yet\n");
+            return 2;
+        } else if (!strcmp(a, "--prompt")) {
+            if (parse_prompt(v, &reqs[n_req]) != 0) {
+                fprintf(stderr, "lr-generate: --prompt wants comma-separated token ids, got '%s'\n",
+                        v);
+                return 2;
+            }
+            n_req++;
+        } else if (!strcmp(a, "--max-tokens")) {
+            g_max_tokens = (int)parse_long(v, a, 1, 1 << 20);
+        } else if (!strcmp(a, "--top-logprobs")) {
+            g_top = (int)parse_long(v, a, 0, ENG_MAX_TOP_LOGPROBS);
+        } else if (!strcmp(a, "--threads")) {
+            threads = (int)parse_long(v, a, 0, 1024);
+        } else if (!strcmp(a, "--max-batch-tokens")) {
+            max_batch = (int)parse_long(v, a, 1, 1 << 20);
+        } else if (!strcmp(a, "--kv-cache-mb")) {
+            char *end;
+            kv_mb = strtod(v, &end);
+            if (*end || !(kv_mb > 0)) {
+                fprintf(stderr, "lr-generate: --kv-cache-mb must be a positive number, got '%s'\n",
+                        v);
+                return 2;
+            }
+        } else {
+            usage();
+        }
+    }
+    if (!model_dir || n_req == 0 || g_max_tokens < 1)
+        usage();
+
+    lr_error err;
+    lr_error_clear(&err);
+    lr_model *m = NULL;
+    if (lr_model_load(model_dir, &err, &m) != 0) {
+        fprintf(stderr, "lr-generate: %s\n", err.msg);
+        return 1;
+    }
+    eng_params ep;
+    memset(&ep, 0, sizeof ep);
+    ep.model = m;
+    ep.threads = threads;
+    ep.max_batch_tokens = max_batch;
+    ep.max_seqs = n_req < 64 ? (n_req > 0 ? 64 : 1) : n_req;
+    ep.max_queue = n_req + 1;
+    if (kv_mb > 0)
+        ep.kv_cache_bytes = (int64_t)(kv_mb * 1024 * 1024);
+    eng_engine *e = NULL;
+    if (eng_create(&ep, &err, &e) != 0) {
+        fprintf(stderr, "lr-generate: %s\n", err.msg);
+        lr_model_free(m);
+        return 1;
+    }
+    for (int i = 0; i < n_req; i++) {
+        gen_req *r = &reqs[i];
+        r->tokens = calloc((size_t)g_max_tokens, sizeof(int32_t));
+        r->lp = calloc((size_t)g_max_tokens, sizeof(float));
+        r->top_ids = calloc((size_t)g_max_tokens * (g_top + 1), sizeof(int32_t));
+        r->top_lp = calloc((size_t)g_max_tokens * (g_top + 1), sizeof(float));
+    }
+    int rc = 0;
+    for (int i = 0; i < n_req && rc == 0; i++) {
+        eng_request_params q;
+        memset(&q, 0, sizeof q);
+        q.prompt = reqs[i].prompt;
+        q.n_prompt = reqs[i].n_prompt;
+        q.sampling.temperature = 0;
+        q.sampling.top_p = 1;
+        q.sampling.repetition_penalty = 1;
+        q.max_tokens = g_max_tokens;
+        q.ignore_eos = 1;
+        q.top_logprobs = g_top;
+        q.cb = on_event;
+        q.user = &reqs[i];
+        if (eng_submit(e, &q, &err, NULL) != 0) {
+            fprintf(stderr, "lr-generate: prompt %d: %s\n", i + 1, err.msg);
+            rc = 1;
+            break;
+        }
+        if (!batch)
+            wait_done(&reqs[i]);
+    }
+    if (rc == 0) {
+        for (int i = 0; i < n_req; i++) {
+            wait_done(&reqs[i]);
+            if (reqs[i].finish == ENG_FINISH_ERROR || reqs[i].finish == ENG_FINISH_ABORT) {
+                fprintf(stderr, "lr-generate: prompt %d failed: %s\n", i + 1,
+                        reqs[i].error[0] ? reqs[i].error : "aborted");
+                rc = 1;
+            }
+        }
+    }
+    if (rc == 0)
+        for (int i = 0; i < n_req; i++)
+            print_result(&reqs[i]);
+    fflush(stdout);
+    eng_destroy(e);
+    lr_model_free(m);
+    for (int i = 0; i < n_req; i++) {
+        free(reqs[i].prompt);
+        free(reqs[i].tokens);
+        free(reqs[i].lp);
+        free(reqs[i].top_ids);
+        free(reqs[i].top_lp);
+    }
+    free(reqs);
+    return rc;
+}
