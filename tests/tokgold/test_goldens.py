@@ -12,6 +12,9 @@ WITHOUT that library, from the tokenizer.json files alone, with deliberately nai
   - ids_plain, for the SentencePiece-BPE files without a pre-tokenizer regex (llama2, gemma3) =
     a textbook BPE: added-token split (leftmost-longest), normalizer, lowest-rank-leftmost merges,
     byte fallback;
+  - ids_plain, for the byte-level files (llama3, qwen3) = the same BPE after NFC (qwen3), the
+    Llama-3/Qwen2 split regex written out procedurally as SPEC-HF E.2 describes it (no regex
+    engine), and the GPT-2 byte-to-char map; ignore_merges honoured;
   - the DecodeStream steps concatenate (plus *_flush) to the whole decode.
 Runs fetch.sh first (idempotent) for the files in tests/.cache/tok.
 Run: /usr/bin/python3 tests/tokgold/test_goldens.py
@@ -21,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
 import unittest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -28,6 +32,15 @@ GOLD = os.path.join(ROOT, "tests", "data", "tok")
 CACHE = os.path.join(ROOT, "tests", ".cache", "tok")
 NAMES = ["llama2", "llama3", "qwen3", "gemma3", "t5", "t5_flux"]
 NAIVE_BPE = {"llama2", "gemma3"}  # no regex pre-tokenizer: a plain BPE reproduces them
+NAIVE_BYTELEVEL = {"llama3", "qwen3"}  # regex split written out by hand (SPEC-HF E.2), then BPE
+
+# The two split patterns we know how to do by hand; anything else in a file is a test error.
+P_LLAMA3 = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+            "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+P_QWEN2 = P_LLAMA3.replace("\\p{N}{1,3}", "\\p{N}")
+# Oniguruma's \s: Unicode White_Space (Python's str.isspace() also takes U+001C..U+001F).
+WHITE_SPACE = set("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000") | {
+    chr(c) for c in range(0x2000, 0x200B)}
 
 
 def ensure_fetched():
@@ -180,12 +193,23 @@ class Tok:
             return n["prepend"] + s if s else s
         if t == "Replace":
             return s.replace(n["pattern"]["String"], n["content"])
+        if t == "NFC":
+            return unicodedata.normalize("NFC", s)
         raise NotImplementedError("normalizer " + t)
 
     def pre_tokenize(self, s):
         p = self.j["pre_tokenizer"]
         if p is None:
             return [s]
+        if p["type"] == "Sequence":
+            split, bl = p["pretokenizers"]
+            assert split["type"] == "Split" and split["behavior"] == "Isolated" and not split["invert"]
+            assert bl["type"] == "ByteLevel" and not bl["add_prefix_space"] and not bl["use_regex"]
+            pat = split["pattern"]["Regex"]
+            assert pat in (P_LLAMA3, P_QWEN2), pat
+            words = split_llama3(s, 3 if pat == P_LLAMA3 else 1)
+            table = bytes_to_unicode()
+            return ["".join(table[b] for b in w.encode("utf-8")) for w in words]
         assert p["type"] == "Split" and p["behavior"] == "MergedWithPrevious", p
         delim, words, start = p["pattern"]["String"], [], 0
         while True:
@@ -199,13 +223,15 @@ class Tok:
 
     def bpe(self, word):
         m = self.j["model"]
+        if m.get("ignore_merges") and word in self.vocab:
+            return [self.vocab[word]]
         syms = []  # list of (piece, is_unk)
         for ch in word:
             if ch in self.vocab:
                 syms.append((ch, False))
                 continue
             bts = ["<0x%02X>" % b for b in ch.encode("utf-8")]
-            if m["byte_fallback"] and all(b in self.vocab for b in bts):
+            if m.get("byte_fallback") and all(b in self.vocab for b in bts):
                 syms.extend((b, False) for b in bts)
             elif m["fuse_unk"] and syms and syms[-1][1]:
                 continue
@@ -247,6 +273,74 @@ class Tok:
         return out
 
 
+def split_llama3(s, max_digits):
+    """The Llama-3 (max_digits 3) / Qwen2 (1) pre-tokenizer regex, as a hand-written scanner:
+    at each position the first alternative that matches wins (SPEC-HF E.2, procedural form)."""
+    def cat(c):
+        return unicodedata.category(c)[0]
+
+    def is_l(k):
+        return k < n and cat(s[k]) == "L"
+
+    def is_n(k):
+        return k < n and cat(s[k]) == "N"
+
+    def is_ws(k):
+        return k < n and s[k] in WHITE_SPACE
+
+    def is_other(k):  # [^\s\p{L}\p{N}]
+        return k < n and not is_ws(k) and not is_l(k) and not is_n(k)
+
+    out, i, n = [], 0, len(s)
+    while i < n:
+        j = None
+        # 1. (?i:'s|'t|'re|'ve|'m|'ll|'d)
+        if s[i] == "'":
+            for suf in ("s", "t", "re", "ve", "m", "ll", "d"):
+                if s[i + 1:i + 1 + len(suf)].casefold() == suf:
+                    j = i + 1 + len(suf)
+                    break
+        # 2. [^\r\n\p{L}\p{N}]?\p{L}+
+        if j is None:
+            k = i
+            if s[i] not in "\r\n" and not is_l(i) and not is_n(i) and is_l(i + 1):
+                k = i + 1
+            if is_l(k):
+                while is_l(k):
+                    k += 1
+                j = k
+        # 3. \p{N}{1,max}
+        if j is None and is_n(i):
+            k = i
+            while is_n(k) and k - i < max_digits:
+                k += 1
+            j = k
+        # 4.  ?[^\s\p{L}\p{N}]+[\r\n]*
+        if j is None:
+            k = i + 1 if s[i] == " " and is_other(i + 1) else i
+            if is_other(k):
+                while is_other(k):
+                    k += 1
+                while k < n and s[k] in "\r\n":
+                    k += 1
+                j = k
+        if j is None:
+            assert is_ws(i), (s, i)
+            e = i
+            while is_ws(e):
+                e += 1
+            last_nl = max((k for k in range(i, e) if s[k] in "\r\n"), default=-1)
+            if last_nl >= 0:  # 5. \s*[\r\n]+
+                j = last_nl + 1
+            elif e == n or e - i == 1:  # 6. \s+(?!\S) at the end / 7. \s+ single char
+                j = e
+            else:  # 6. \s+(?!\S): all but the last white space char
+                j = e - 1
+        out.append(s[i:j])
+        i = j
+    return out
+
+
 class GoldenTest(unittest.TestCase):
     corpus = None
 
@@ -270,7 +364,7 @@ class GoldenTest(unittest.TestCase):
         texts = {c["text"] for c in cases}
         for t in self.corpus:
             self.assertIn(t, texts, "%s: golden is stale, corpus string %r missing (rerun gen.mjs)" % (name, t))
-        if name in NAIVE_BPE:
+        if name in NAIVE_BPE or name in NAIVE_BYTELEVEL:
             tok.setup_bpe()
         for c in cases:
             where = "%s [%s]" % (name, c["tag"])
@@ -283,7 +377,7 @@ class GoldenTest(unittest.TestCase):
             self.assertEqual("".join(c["stream_skip"]) + c["stream_skip_flush"], c["decoded_skip"],
                              where + ": stream skip")
             self.assertEqual(len(c["stream"]), len(c["ids_special"]), where)
-            if name in NAIVE_BPE:
+            if name in NAIVE_BPE or name in NAIVE_BYTELEVEL:
                 self.assertEqual(c["ids_plain"], tok.encode_plain(c["text"]), where + ": naive BPE encode")
 
     def test_llama2(self):
