@@ -36,12 +36,9 @@ static uint32_t f16_bits_to_f32_bits(uint16_t h)
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t exp = (h >> 10) & 0x1fu;
     uint32_t man = h & 0x3ffu;
-    if (exp == 0x1f)
-        return sign | 0x7f800000u | (man << 13) | (man ? 0x00400000u : 0);
-    if (exp != 0)
-        return sign | ((exp + 112u) << 23) | (man << 13);
-    if (man == 0)
-        return sign;
+    if (exp == 0x1f) return sign | 0x7f800000u | (man << 13) | (man ? 0x00400000u : 0);
+    if (exp != 0) return sign | ((exp + 112u) << 23) | (man << 13);
+    if (man == 0) return sign;
     /* Subnormal: value = man · 2^-24. Shift until the implicit bit (0x400) appears. */
     exp = 113; /* 127 - 15 + 1 */
     while (!(man & 0x400u)) {
@@ -63,7 +60,7 @@ void lr_f16_to_f32_scalar(const uint16_t *src, float *dst, int64_t n)
 }
 
 __attribute__((target("avx,f16c"))) static void f16_to_f32_f16c(const uint16_t *src, float *dst,
-                                                                  int64_t n)
+                                                                int64_t n)
 {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -130,8 +127,8 @@ static int get_int(json_t *o, const char *file, const char *key, int def, int lo
         return lr_error_set(err, LR_EFORMAT, "%s: \"%s\" must be an integer", file, key);
     json_int_t x = json_integer_value(v);
     if (x < lo || x > hi)
-        return lr_error_set(err, LR_ERANGE, "%s: \"%s\" is %lld; it must be in [%d, %d]", file,
-                            key, (long long)x, lo, hi);
+        return lr_error_set(err, LR_ERANGE, "%s: \"%s\" is %lld; it must be in [%d, %d]", file, key,
+                            (long long)x, lo, hi);
     *out = (int)x;
     return 0;
 }
@@ -170,11 +167,9 @@ static int get_bool(json_t *o, const char *file, const char *key, int def, int *
 
 /* A special token id: from generation_config.json if set there, else config.json, else def.
  * -1 means none. */
-static int get_token_id(json_t *cfg, json_t *gen, const char *key, int def, int *out,
-                        lr_error *err)
+static int get_token_id(json_t *cfg, json_t *gen, const char *key, int def, int *out, lr_error *err)
 {
-    if (gen && field(gen, key))
-        return get_int(gen, GEN, key, def, -1, INT32_MAX, out, err);
+    if (gen && field(gen, key)) return get_int(gen, GEN, key, def, -1, INT32_MAX, out, err);
     /* In config.json an explicit null means "none", unlike a missing key (class default). */
     json_t *v = json_object_get(cfg, key);
     if (v && json_is_null(v)) {
@@ -199,8 +194,7 @@ static int get_eos(json_t *cfg, json_t *gen, int def, lr_config *c, lr_error *er
         }
     }
     c->n_eos = 0;
-    if (json_is_null(v))
-        return 0;
+    if (json_is_null(v)) return 0;
     if (json_is_integer(v)) {
         json_int_t x = json_integer_value(v);
         if (x < 0 || x > INT32_MAX)
@@ -213,14 +207,15 @@ static int get_eos(json_t *cfg, json_t *gen, int def, lr_config *c, lr_error *er
         return lr_error_set(err, LR_EFORMAT,
                             "%s: \"eos_token_id\" must be an integer or a list of integers", file);
     if (json_array_size(v) > LR_MAX_EOS)
-        return lr_error_set(err, LR_ERANGE, "%s: \"eos_token_id\" lists %zu ids; at most %d are "
-                            "supported", file, json_array_size(v), LR_MAX_EOS);
+        return lr_error_set(err, LR_ERANGE,
+                            "%s: \"eos_token_id\" lists %zu ids; at most %d are "
+                            "supported",
+                            file, json_array_size(v), LR_MAX_EOS);
     size_t i;
     json_t *e;
     json_array_foreach(v, i, e)
     {
-        if (!json_is_integer(e) || json_integer_value(e) < 0 ||
-            json_integer_value(e) > INT32_MAX)
+        if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) > INT32_MAX)
             return lr_error_set(err, LR_EFORMAT, "%s: \"eos_token_id\"[%zu] is not a token id",
                                 file, i);
         c->eos_ids[c->n_eos++] = (int)json_integer_value(e);
@@ -252,16 +247,14 @@ static int parse_rope(json_t *cfg, lr_config *c, lr_error *err)
 {
     double theta = 10000.0;
     int rc = get_num(cfg, CFG, "rope_theta", 10000.0, 1e-30, 1e30, &theta, err);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     const char *where = "rope_scaling";
     json_t *rs = field(cfg, "rope_parameters");
     if (rs) {
         where = "rope_parameters";
         if (!json_is_object(rs))
             return lr_error_set(err, LR_EFORMAT, "%s: \"rope_parameters\" must be an object", CFG);
-        if ((rc = get_num(rs, CFG, "rope_theta", theta, 1e-30, 1e30, &theta, err)))
-            return rc;
+        if ((rc = get_num(rs, CFG, "rope_theta", theta, 1e-30, 1e30, &theta, err))) return rc;
     } else {
         rs = field(cfg, "rope_scaling");
         if (rs && !json_is_object(rs))
@@ -272,30 +265,25 @@ static int parse_rope(json_t *cfg, lr_config *c, lr_error *err)
     c->rope_type = LR_ROPE_DEFAULT;
     c->rope_factor = 1.0f;
     double prf = 1.0;
-    if ((rc = get_num(cfg, CFG, "partial_rotary_factor", 1.0, 0.0, 1.0, &prf, err)))
-        return rc;
-    if (rs && (rc = get_num(rs, CFG, "partial_rotary_factor", prf, 0.0, 1.0, &prf, err)))
-        return rc;
+    if ((rc = get_num(cfg, CFG, "partial_rotary_factor", 1.0, 0.0, 1.0, &prf, err))) return rc;
+    if (rs && (rc = get_num(rs, CFG, "partial_rotary_factor", prf, 0.0, 1.0, &prf, err))) return rc;
     if (prf != 1.0)
         return lr_error_set(err, LR_EUNSUPPORTED,
-                            "%s: \"partial_rotary_factor\" %g is not supported (only 1.0)", CFG, prf);
-    if (!rs)
-        return 0;
+                            "%s: \"partial_rotary_factor\" %g is not supported (only 1.0)", CFG,
+                            prf);
+    if (!rs) return 0;
     json_t *jt = field(rs, "rope_type");
-    if (!jt)
-        jt = field(rs, "type");
+    if (!jt) jt = field(rs, "type");
     if (!json_is_string(jt))
         return lr_error_set(err, LR_EFORMAT, "%s: \"%s\" has no string \"rope_type\" or \"type\"",
                             CFG, where);
     const char *type = json_string_value(jt);
-    if (!strcmp(type, "default"))
-        return 0;
+    if (!strcmp(type, "default")) return 0;
     double f, lo, hi;
     if (!strcmp(type, "linear")) {
         if (!field(rs, "factor"))
             return lr_error_set(err, LR_EFORMAT, "%s: %s type linear needs \"factor\"", CFG, where);
-        if ((rc = get_num(rs, CFG, "factor", 1.0, 1e-6, 1e9, &f, err)))
-            return rc;
+        if ((rc = get_num(rs, CFG, "factor", 1.0, 1e-6, 1e9, &f, err))) return rc;
         c->rope_type = LR_ROPE_LINEAR;
         c->rope_factor = (float)f;
         return 0;
@@ -311,8 +299,8 @@ static int parse_rope(json_t *cfg, lr_config *c, lr_error *err)
         if ((rc = get_num(rs, CFG, "factor", 1.0, 1e-6, 1e9, &f, err)) ||
             (rc = get_num(rs, CFG, "low_freq_factor", 1.0, 1e-6, 1e9, &lo, err)) ||
             (rc = get_num(rs, CFG, "high_freq_factor", 1.0, 1e-6, 1e9, &hi, err)) ||
-            (rc = get_int(rs, CFG, "original_max_position_embeddings", 0, 1, INT32_MAX, &omax,
-                          err)))
+            (rc =
+                 get_int(rs, CFG, "original_max_position_embeddings", 0, 1, INT32_MAX, &omax, err)))
             return rc;
         if (!(hi > lo))
             return lr_error_set(err, LR_ERANGE,
@@ -337,8 +325,7 @@ static int parse_rope(json_t *cfg, lr_config *c, lr_error *err)
 static int parse_window(json_t *cfg, lr_config *c, lr_error *err)
 {
     c->window_layer = calloc((size_t)c->n_layers, 1);
-    if (!c->window_layer)
-        return lr_error_set(err, LR_ENOMEM, "out of memory");
+    if (!c->window_layer) return lr_error_set(err, LR_ENOMEM, "out of memory");
     int rc, sw = 0, use = 1, mwl = 0;
     if (c->arch == LR_ARCH_MISTRAL) {
         if (!json_object_get(cfg, "sliding_window"))
@@ -359,8 +346,7 @@ static int parse_window(json_t *cfg, lr_config *c, lr_error *err)
         return 0; /* Llama and T5 have no sliding window */
     }
     c->sliding_window = sw;
-    if (!sw)
-        return 0;
+    if (!sw) return 0;
     json_t *lt = field(cfg, "layer_types");
     if (lt) {
         if (!json_is_array(lt) || json_array_size(lt) != (size_t)c->n_layers)
@@ -399,8 +385,7 @@ static int parse_arch(json_t *cfg, lr_arch *out, lr_error *err)
     const int nk = (int)(sizeof known / sizeof known[0]);
     json_t *a = field(cfg, "architectures");
     if (a) {
-        if (!json_is_array(a) || json_array_size(a) == 0 ||
-            !json_is_string(json_array_get(a, 0)))
+        if (!json_is_array(a) || json_array_size(a) == 0 || !json_is_string(json_array_get(a, 0)))
             return lr_error_set(err, LR_EFORMAT,
                                 "%s: \"architectures\" must be a non-empty list of strings", CFG);
         const char *name = json_string_value(json_array_get(a, 0));
@@ -453,8 +438,7 @@ static int parse_llama_family(json_t *cfg, lr_config *c, lr_error *err)
         (rc = get_int(cfg, CFG, "intermediate_size", d_inter, 1, MAX_DIM, &c->inter, err)) ||
         (rc = get_int(cfg, CFG, "num_hidden_layers", 32, 1, MAX_LAYERS, &c->n_layers, err)) ||
         (rc = get_int(cfg, CFG, "num_attention_heads", 32, 1, MAX_HEADS, &c->n_heads, err)) ||
-        (rc = get_int(cfg, CFG, "max_position_embeddings", d_max, 1, INT32_MAX, &c->max_pos,
-                      err)))
+        (rc = get_int(cfg, CFG, "max_position_embeddings", d_max, 1, INT32_MAX, &c->max_pos, err)))
         return rc;
     /* num_key_value_heads: explicit null → n_heads; absent → the class default (None for Llama,
      * i.e. n_heads; 8 for Mistral; 32 for Qwen2), as the Python constructors do. */
@@ -463,27 +447,24 @@ static int parse_llama_family(json_t *cfg, lr_config *c, lr_error *err)
     if ((rc = get_int(cfg, CFG, "num_key_value_heads", def_kv, 1, MAX_HEADS, &c->n_kv_heads, err)))
         return rc;
     if (c->n_heads % c->n_kv_heads)
-        return lr_error_set(err, LR_EINVAL,
-                            "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d",
-                            CFG, c->n_heads, c->n_kv_heads);
-    if ((rc = get_int(cfg, CFG, "head_dim", c->hidden / c->n_heads, 1, 1 << 16, &c->head_dim,
-                      err)))
+        return lr_error_set(
+            err, LR_EINVAL,
+            "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", CFG,
+            c->n_heads, c->n_kv_heads);
+    if ((rc = get_int(cfg, CFG, "head_dim", c->hidden / c->n_heads, 1, 1 << 16, &c->head_dim, err)))
         return rc;
     if (c->head_dim < 2 || c->head_dim % 2)
         return lr_error_set(err, LR_EINVAL, "%s: head_dim %d must be even and at least 2 for RoPE",
                             CFG, c->head_dim);
     double eps;
-    if ((rc = get_num(cfg, CFG, "rms_norm_eps", 1e-6, 0.0, 1.0, &eps, err)))
-        return rc;
+    if ((rc = get_num(cfg, CFG, "rms_norm_eps", 1e-6, 0.0, 1.0, &eps, err))) return rc;
     c->norm_eps = (float)eps;
     const char *act = "silu";
     json_t *ja = field(cfg, "hidden_act");
     if (ja && !(act = json_string_value(ja)))
         return lr_error_set(err, LR_EFORMAT, "%s: \"hidden_act\" must be a string", CFG);
-    if ((rc = parse_act(CFG, "hidden_act", act, &c->act, err)))
-        return rc;
-    if ((rc = get_bool(cfg, CFG, "tie_word_embeddings", 0, &c->tie_embed, err)))
-        return rc;
+    if ((rc = parse_act(CFG, "hidden_act", act, &c->act, err))) return rc;
+    if ((rc = get_bool(cfg, CFG, "tie_word_embeddings", 0, &c->tie_embed, err))) return rc;
     if (c->arch == LR_ARCH_LLAMA) {
         if ((rc = get_bool(cfg, CFG, "attention_bias", 0, &c->attn_bias, err)) ||
             (rc = get_bool(cfg, CFG, "mlp_bias", 0, &c->mlp_bias, err)))
@@ -493,8 +474,7 @@ static int parse_llama_family(json_t *cfg, lr_config *c, lr_error *err)
         c->attn_bias = c->arch == LR_ARCH_QWEN2;
         c->mlp_bias = 0;
     }
-    if ((rc = parse_rope(cfg, c, err)))
-        return rc;
+    if ((rc = parse_rope(cfg, c, err))) return rc;
     return parse_window(cfg, c, err);
 }
 
@@ -506,8 +486,8 @@ static int parse_t5(json_t *cfg, lr_config *c, lr_error *err)
         (rc = get_int(cfg, CFG, "d_kv", 64, 1, 1 << 16, &c->head_dim, err)) ||
         (rc = get_int(cfg, CFG, "d_ff", 2048, 1, MAX_DIM, &c->inter, err)) ||
         (rc = get_int(cfg, CFG, "num_layers", 6, 1, MAX_LAYERS, &c->n_layers, err)) ||
-        (rc = get_int(cfg, CFG, "num_decoder_layers", c->n_layers, 1, MAX_LAYERS,
-                      &c->n_dec_layers, err)) ||
+        (rc = get_int(cfg, CFG, "num_decoder_layers", c->n_layers, 1, MAX_LAYERS, &c->n_dec_layers,
+                      err)) ||
         (rc = get_int(cfg, CFG, "num_heads", 8, 1, MAX_HEADS, &c->n_heads, err)) ||
         (rc = get_int(cfg, CFG, "relative_attention_num_buckets", 32, 2, 1 << 16, &c->rel_buckets,
                       err)) ||
@@ -518,8 +498,7 @@ static int parse_t5(json_t *cfg, lr_config *c, lr_error *err)
         return rc;
     c->n_kv_heads = c->n_heads;
     double eps;
-    if ((rc = get_num(cfg, CFG, "layer_norm_epsilon", 1e-6, 0.0, 1.0, &eps, err)))
-        return rc;
+    if ((rc = get_num(cfg, CFG, "layer_norm_epsilon", 1e-6, 0.0, 1.0, &eps, err))) return rc;
     c->norm_eps = (float)eps;
     /* feed_forward_proj: "ACT" or "gated-ACT"; "gated-gelu" means gelu_new (configuration_t5). */
     const char *ff = "relu";
@@ -536,16 +515,13 @@ static int parse_t5(json_t *cfg, lr_config *c, lr_error *err)
         c->gated_ff = 1;
         act = dash + 1;
     }
-    if (!strcmp(ff, "gated-gelu"))
-        act = "gelu_new";
-    if ((rc = parse_act(CFG, "feed_forward_proj", act, &c->act, err)))
-        return rc;
+    if (!strcmp(ff, "gated-gelu")) act = "gelu_new";
+    if ((rc = parse_act(CFG, "feed_forward_proj", act, &c->act, err))) return rc;
     c->rope_theta = 0.0f; /* T5 has no RoPE: relative position buckets instead */
     c->rope_type = LR_ROPE_DEFAULT;
     c->rope_factor = 1.0f;
     c->window_layer = calloc((size_t)c->n_layers, 1);
-    if (!c->window_layer)
-        return lr_error_set(err, LR_ENOMEM, "out of memory");
+    if (!c->window_layer) return lr_error_set(err, LR_ENOMEM, "out of memory");
     return 0;
 }
 
@@ -571,18 +547,15 @@ int lr_config_parse(const char *config_json, const char *gen_config_json, lr_con
 {
     memset(cfg, 0, sizeof *cfg);
     json_t *gen = NULL, *c = load_json_text(config_json, CFG, err);
-    if (!c)
-        return err ? err->code : LR_EFORMAT;
+    if (!c) return err ? err->code : LR_EFORMAT;
     int rc = 0;
     if (gen_config_json && !(gen = load_json_text(gen_config_json, GEN, err))) {
         rc = err ? err->code : LR_EFORMAT;
         goto out;
     }
-    if ((rc = parse_arch(c, &cfg->arch, err)))
-        goto out;
+    if ((rc = parse_arch(c, &cfg->arch, err))) goto out;
     rc = cfg->arch == LR_ARCH_T5 ? parse_t5(c, cfg, err) : parse_llama_family(c, cfg, err);
-    if (rc)
-        goto out;
+    if (rc) goto out;
     /* Special ids with the class defaults: Llama/Mistral bos 1 eos 2; Qwen2 none; T5 pad 0,
      * eos 1, decoder start 0. */
     int is_t5 = cfg->arch == LR_ARCH_T5, is_qwen = cfg->arch == LR_ARCH_QWEN2;
@@ -597,15 +570,13 @@ int lr_config_parse(const char *config_json, const char *gen_config_json, lr_con
 out:
     json_decref(c);
     json_decref(gen);
-    if (rc)
-        lr_config_clear(cfg);
+    if (rc) lr_config_clear(cfg);
     return rc;
 }
 
 void lr_config_clear(lr_config *cfg)
 {
-    if (!cfg)
-        return;
+    if (!cfg) return;
     free(cfg->window_layer);
     memset(cfg, 0, sizeof *cfg);
 }
@@ -618,7 +589,9 @@ void lr_config_clear(lr_config *cfg)
  *   llama3: wavelen = 2π/inv; keep inv if wavelen < Lo/hi, inv/f if wavelen > Lo/lo, else blend
  *           s = (Lo/wavelen − lo)/(hi − lo); inv' = (1−s)·inv/f + s·inv.
  * Every operation is a single fp32 operation in the order torch evaluates it; constants that are
- * Python doubles in HF (2π, hi − lo, Lo/lo, Lo/hi) are formed in double and rounded once. */
+ * Python doubles in HF (2π, hi − lo, Lo/lo, Lo/hi) are formed in double and rounded once. A
+ * Python scalar divided by a tensor is reciprocal(tensor) · scalar in torch (Tensor.__rtruediv__),
+ * two roundings, so "2π / inv" and "Lo / wavelen" are computed that way here too. */
 void lr_rope_inv_freq(const lr_config *cfg, float *inv)
 {
     int d = cfg->head_dim, half = d / 2;
@@ -637,14 +610,13 @@ void lr_rope_inv_freq(const lr_config *cfg, float *inv)
         float two_pi = (float)(2.0 * M_PI), span = (float)(hi - lo);
         float lo_f = (float)lo, ctx_f = (float)lo_ctx;
         for (int k = 0; k < half; k++) {
-            float wave = two_pi / inv[k];
-            if (wave < high_wave)
-                continue;
+            float wave = (1.0f / inv[k]) * two_pi;
+            if (wave < high_wave) continue;
             if (wave > low_wave) {
                 inv[k] = inv[k] / f;
                 continue;
             }
-            float s = (ctx_f / wave - lo_f) / span;
+            float s = ((1.0f / wave) * ctx_f - lo_f) / span;
             inv[k] = (1.0f - s) * inv[k] / f + s * inv[k];
         }
     }
@@ -709,8 +681,7 @@ static int get_mat(loader *L, const char *name, int required, int64_t rows, int6
     int rc;
     const st_tensor *t = need(L, name, required, 2, shape, &rc);
     memset(out, 0, sizeof *out);
-    if (!t)
-        return rc;
+    if (!t) return rc;
     out->dtype = to_lr_dtype(t->dtype);
     out->data = t->data;
     out->rows = rows;
@@ -726,20 +697,17 @@ static int get_f32(loader *L, const char *name, int required, int ndim, const in
     int rc;
     const st_tensor *t = need(L, name, required, ndim, shape, &rc);
     *out = NULL;
-    if (!t)
-        return rc;
+    if (!t) return rc;
     model_priv *p = L->p;
     if (p->nbufs == p->capbufs) {
         int cap = p->capbufs ? 2 * p->capbufs : 64;
         void **nb = realloc(p->bufs, (size_t)cap * sizeof *nb);
-        if (!nb)
-            return lr_error_set(L->err, LR_ENOMEM, "out of memory");
+        if (!nb) return lr_error_set(L->err, LR_ENOMEM, "out of memory");
         p->bufs = nb;
         p->capbufs = cap;
     }
     float *buf = malloc((size_t)(t->numel ? t->numel : 1) * sizeof *buf);
-    if (!buf)
-        return lr_error_set(L->err, LR_ENOMEM, "out of memory for tensor '%s'", name);
+    if (!buf) return lr_error_set(L->err, LR_ENOMEM, "out of memory for tensor '%s'", name);
     p->bufs[p->nbufs++] = buf;
     if (t->dtype == ST_F32)
         memcpy(buf, t->data, t->nbytes);
@@ -771,8 +739,7 @@ static int load_llama(loader *L)
     else if ((rc = get_mat(L, "lm_head.weight", 1, V, H, &m->lm_head)))
         return rc;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
-    if (!m->layers)
-        return lr_error_set(L->err, LR_ENOMEM, "out of memory");
+    if (!m->layers) return lr_error_set(L->err, LR_ENOMEM, "out of memory");
     int qkv_b = c->attn_bias, o_b = c->attn_bias && c->arch != LR_ARCH_QWEN2, mb = c->mlp_bias;
     for (int i = 0; i < c->n_layers; i++) {
         lr_layer *l = &m->layers[i];
@@ -792,8 +759,7 @@ static int load_llama(loader *L)
                       (rc = get_vec(L, NAME("self_attn.k_proj.bias"), 1, kvd, &l->bk)) ||
                       (rc = get_vec(L, NAME("self_attn.v_proj.bias"), 1, kvd, &l->bv))))
             return rc;
-        if (o_b && (rc = get_vec(L, NAME("self_attn.o_proj.bias"), 1, H, &l->bo)))
-            return rc;
+        if (o_b && (rc = get_vec(L, NAME("self_attn.o_proj.bias"), 1, H, &l->bo))) return rc;
         if (mb && ((rc = get_vec(L, NAME("mlp.gate_proj.bias"), 1, I, &l->bgate)) ||
                    (rc = get_vec(L, NAME("mlp.up_proj.bias"), 1, I, &l->bup)) ||
                    (rc = get_vec(L, NAME("mlp.down_proj.bias"), 1, H, &l->bdown))))
@@ -811,14 +777,11 @@ static int t5_attn(loader *L, const char *prefix, lr_mat *q, lr_mat *k, lr_mat *
     char n[160];
     int rc;
     snprintf(n, sizeof n, "%s.q.weight", prefix);
-    if ((rc = get_mat(L, n, 1, inner, H, q)))
-        return rc;
+    if ((rc = get_mat(L, n, 1, inner, H, q))) return rc;
     snprintf(n, sizeof n, "%s.k.weight", prefix);
-    if ((rc = get_mat(L, n, 1, inner, H, k)))
-        return rc;
+    if ((rc = get_mat(L, n, 1, inner, H, k))) return rc;
     snprintf(n, sizeof n, "%s.v.weight", prefix);
-    if ((rc = get_mat(L, n, 1, inner, H, v)))
-        return rc;
+    if ((rc = get_mat(L, n, 1, inner, H, v))) return rc;
     snprintf(n, sizeof n, "%s.o.weight", prefix);
     return get_mat(L, n, 1, H, inner, o);
 }
@@ -832,14 +795,12 @@ static int t5_ff(loader *L, const char *prefix, lr_layer *l)
     int rc;
     if (c->gated_ff) {
         snprintf(n, sizeof n, "%s.DenseReluDense.wi_0.weight", prefix);
-        if ((rc = get_mat(L, n, 1, I, H, &l->gate)))
-            return rc;
+        if ((rc = get_mat(L, n, 1, I, H, &l->gate))) return rc;
         snprintf(n, sizeof n, "%s.DenseReluDense.wi_1.weight", prefix);
     } else {
         snprintf(n, sizeof n, "%s.DenseReluDense.wi.weight", prefix);
     }
-    if ((rc = get_mat(L, n, 1, I, H, &l->up)))
-        return rc;
+    if ((rc = get_mat(L, n, 1, I, H, &l->up))) return rc;
     snprintf(n, sizeof n, "%s.DenseReluDense.wo.weight", prefix);
     return get_mat(L, n, 1, H, I, &l->down);
 }
@@ -857,8 +818,7 @@ static int load_t5(loader *L)
         emb = "encoder.embed_tokens.weight";
     else if (!st_set_find(L->p->set, emb) && st_set_find(L->p->set, "decoder.embed_tokens.weight"))
         emb = "decoder.embed_tokens.weight";
-    if ((rc = get_mat(L, emb, 1, V, H, &m->embed)))
-        return rc;
+    if ((rc = get_mat(L, emb, 1, V, H, &m->embed))) return rc;
     if (c->tie_embed)
         m->lm_head = m->embed;
     else if ((rc = get_mat(L, "lm_head.weight", 1, V, H, &m->lm_head)))
@@ -872,44 +832,33 @@ static int load_t5(loader *L)
         return rc;
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     m->dec_layers = calloc((size_t)c->n_dec_layers, sizeof *m->dec_layers);
-    if (!m->layers || !m->dec_layers)
-        return lr_error_set(L->err, LR_ENOMEM, "out of memory");
+    if (!m->layers || !m->dec_layers) return lr_error_set(L->err, LR_ENOMEM, "out of memory");
     char p[128], n[160];
     for (int i = 0; i < c->n_layers; i++) {
         lr_layer *l = &m->layers[i];
         snprintf(n, sizeof n, "encoder.block.%d.layer.0.layer_norm.weight", i);
-        if ((rc = get_vec(L, n, 1, H, &l->attn_norm)))
-            return rc;
+        if ((rc = get_vec(L, n, 1, H, &l->attn_norm))) return rc;
         snprintf(n, sizeof n, "encoder.block.%d.layer.1.layer_norm.weight", i);
-        if ((rc = get_vec(L, n, 1, H, &l->mlp_norm)))
-            return rc;
+        if ((rc = get_vec(L, n, 1, H, &l->mlp_norm))) return rc;
         snprintf(p, sizeof p, "encoder.block.%d.layer.0.SelfAttention", i);
-        if ((rc = t5_attn(L, p, &l->q, &l->k, &l->v, &l->o)))
-            return rc;
+        if ((rc = t5_attn(L, p, &l->q, &l->k, &l->v, &l->o))) return rc;
         snprintf(p, sizeof p, "encoder.block.%d.layer.1", i);
-        if ((rc = t5_ff(L, p, l)))
-            return rc;
+        if ((rc = t5_ff(L, p, l))) return rc;
     }
     for (int i = 0; i < c->n_dec_layers; i++) {
         lr_layer *l = &m->dec_layers[i];
         snprintf(n, sizeof n, "decoder.block.%d.layer.0.layer_norm.weight", i);
-        if ((rc = get_vec(L, n, 1, H, &l->attn_norm)))
-            return rc;
+        if ((rc = get_vec(L, n, 1, H, &l->attn_norm))) return rc;
         snprintf(n, sizeof n, "decoder.block.%d.layer.1.layer_norm.weight", i);
-        if ((rc = get_vec(L, n, 1, H, &l->xattn_norm)))
-            return rc;
+        if ((rc = get_vec(L, n, 1, H, &l->xattn_norm))) return rc;
         snprintf(n, sizeof n, "decoder.block.%d.layer.2.layer_norm.weight", i);
-        if ((rc = get_vec(L, n, 1, H, &l->mlp_norm)))
-            return rc;
+        if ((rc = get_vec(L, n, 1, H, &l->mlp_norm))) return rc;
         snprintf(p, sizeof p, "decoder.block.%d.layer.0.SelfAttention", i);
-        if ((rc = t5_attn(L, p, &l->q, &l->k, &l->v, &l->o)))
-            return rc;
+        if ((rc = t5_attn(L, p, &l->q, &l->k, &l->v, &l->o))) return rc;
         snprintf(p, sizeof p, "decoder.block.%d.layer.1.EncDecAttention", i);
-        if ((rc = t5_attn(L, p, &l->xq, &l->xk, &l->xv, &l->xo)))
-            return rc;
+        if ((rc = t5_attn(L, p, &l->xq, &l->xk, &l->xv, &l->xo))) return rc;
         snprintf(p, sizeof p, "decoder.block.%d.layer.2", i);
-        if ((rc = t5_ff(L, p, l)))
-            return rc;
+        if ((rc = t5_ff(L, p, l))) return rc;
     }
     return 0;
 }
@@ -968,24 +917,20 @@ int lr_model_load(const char *dir, lr_error *err, lr_model **out)
         goto fail;
     }
     m->priv = p;
-    if ((rc = read_text(dir, CFG, &cfg_text, err)))
-        goto fail;
+    if ((rc = read_text(dir, CFG, &cfg_text, err))) goto fail;
     rc = read_text(dir, GEN, &gen_text, err);
     if (rc == LR_ENOTFOUND) { /* generation_config.json is optional */
         lr_error_clear(err);
         rc = 0;
     }
-    if (rc)
-        goto fail;
+    if (rc) goto fail;
     if ((rc = lr_config_parse(cfg_text, gen_text, &m->cfg, err))) {
         lr_error_prefix(err, "%s/", dir);
         goto fail;
     }
-    if ((rc = st_set_open_dir(dir, err, &p->set)))
-        goto fail;
+    if ((rc = st_set_open_dir(dir, err, &p->set))) goto fail;
     loader L = {m, p, err};
-    if ((rc = m->cfg.arch == LR_ARCH_T5 ? load_t5(&L) : load_llama(&L)))
-        goto fail;
+    if ((rc = m->cfg.arch == LR_ARCH_T5 ? load_t5(&L) : load_llama(&L))) goto fail;
     if (m->cfg.arch != LR_ARCH_T5) {
         m->rope_inv_freq = malloc((size_t)(m->cfg.head_dim / 2) * sizeof(float));
         if (!m->rope_inv_freq) {
@@ -1007,8 +952,7 @@ fail:
 
 void lr_model_free(lr_model *m)
 {
-    if (!m)
-        return;
+    if (!m) return;
     model_priv *p = m->priv;
     if (p) {
         for (int i = 0; i < p->nbufs; i++)

@@ -23,12 +23,12 @@
 #include <unistd.h>
 
 struct st_file {
-    char label[128];        /* base name of the file, or the caller's label */
-    const uint8_t *base;    /* the whole file, size bytes */
+    char label[128];     /* base name of the file, or the caller's label */
+    const uint8_t *base; /* the whole file, size bytes */
     size_t size;
-    void *map;              /* our mmap (NULL for st_open_mem and for empty files) */
-    json_t *root;           /* parsed header; tensor names point into its keys */
-    int n;                  /* tensors, in data order */
+    void *map;    /* our mmap (NULL for st_open_mem and for empty files) */
+    json_t *root; /* parsed header; tensor names point into its keys */
+    int n;        /* tensors, in data order */
     st_tensor *t;
     const st_tensor **by_name; /* [n] sorted by name, for st_find */
 };
@@ -64,8 +64,7 @@ int st_dtype_bits(int dtype)
 static int dtype_parse(const char *s)
 {
     for (int i = 0; i < ST_DTYPE_COUNT; i++)
-        if (strcmp(s, dtype_names[i]) == 0)
-            return i;
+        if (strcmp(s, dtype_names[i]) == 0) return i;
     return -1;
 }
 
@@ -81,8 +80,7 @@ char *st_shape_str(const int64_t *shape, int ndim, char *buf, size_t size)
     used += (size_t)snprintf(buf, size, "[");
     for (int i = 0; i < ndim && used < size; i++)
         used += (size_t)snprintf(buf + used, size - used, "%s%" PRId64, i ? ", " : "", shape[i]);
-    if (used < size)
-        snprintf(buf + used, size - used, "]");
+    if (used < size) snprintf(buf + used, size - used, "]");
     return buf;
 }
 
@@ -91,8 +89,7 @@ static int fail(lr_error *err, const char *label, int code, const char *fmt, ...
     __attribute__((format(printf, 4, 5)));
 static int fail(lr_error *err, const char *label, int code, const char *fmt, ...)
 {
-    if (!err)
-        return code;
+    if (!err) return code;
     char msg[sizeof err->msg];
     va_list ap;
     va_start(ap, fmt);
@@ -113,11 +110,9 @@ static const char *base_name(const char *path)
 /* A JSON integer in [0, INT64_MAX]; reals, strings, negatives are refused. */
 static int get_nonneg_int(const json_t *v, int64_t *out)
 {
-    if (!json_is_integer(v))
-        return -1;
+    if (!json_is_integer(v)) return -1;
     json_int_t x = json_integer_value(v);
-    if (x < 0)
-        return -1;
+    if (x < 0) return -1;
     *out = (int64_t)x;
     return 0;
 }
@@ -178,15 +173,16 @@ static int parse_entry(const char *label, const char *name, json_t *v, st_tensor
                     "tensor '%.200s': \"data_offsets\" must be two non-negative integers", name);
     if (b > e)
         return fail(err, label, LR_EFORMAT,
-                    "tensor '%.200s': data_offsets [%" PRId64 ", %" PRId64 "] end before they begin",
+                    "tensor '%.200s': data_offsets [%" PRId64 ", %" PRId64
+                    "] end before they begin",
                     name, b, e);
     if ((uint64_t)(e - b) != bits / 8) {
         char sh[160];
         return fail(err, label, LR_EFORMAT,
                     "tensor '%.200s': data_offsets [%" PRId64 ", %" PRId64 "] give %" PRId64
                     " bytes but %s %s needs %" PRIu64,
-                    name, b, e, e - b, dtype_names[dt], st_shape_str(t->shape, t->ndim, sh, sizeof sh),
-                    bits / 8);
+                    name, b, e, e - b, dtype_names[dt],
+                    st_shape_str(t->shape, t->ndim, sh, sizeof sh), bits / 8);
     }
     if ((uint64_t)(e - b) > SIZE_MAX)
         return fail(err, label, LR_EFORMAT, "tensor '%.200s' is too large for this machine", name);
@@ -205,10 +201,8 @@ typedef struct {
 static int cmp_entry(const void *a, const void *b)
 {
     const entry *x = a, *y = b;
-    if (x->begin != y->begin)
-        return x->begin < y->begin ? -1 : 1;
-    if (x->end != y->end)
-        return x->end < y->end ? -1 : 1;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end) return x->end < y->end ? -1 : 1;
     return strcmp(x->t.name, y->t.name);
 }
 
@@ -241,8 +235,7 @@ static int parse_file(st_file *f, lr_error *err)
                     "header length %" PRIu64 " runs past the end of the file (%zu bytes)", n,
                     f->size);
     const char *hdr = (const char *)f->base + 8;
-    if (hdr[0] != '{')
-        return fail(err, label, LR_EFORMAT, "header does not start with '{'");
+    if (hdr[0] != '{') return fail(err, label, LR_EFORMAT, "header does not start with '{'");
 
     json_error_t je;
     f->root = json_loadb(hdr, (size_t)n, JSON_REJECT_DUPLICATES, &je);
@@ -256,8 +249,7 @@ static int parse_file(st_file *f, lr_error *err)
     if (cap > (size_t)INT32_MAX)
         return fail(err, label, LR_EFORMAT, "header lists too many tensors");
     entry *ent = calloc(cap ? cap : 1, sizeof *ent);
-    if (!ent)
-        return fail(err, label, LR_ENOMEM, "out of memory for %zu tensor entries", cap);
+    if (!ent) return fail(err, label, LR_ENOMEM, "out of memory for %zu tensor entries", cap);
     int rc = 0, cnt = 0;
     const char *key;
     json_t *val;
@@ -281,8 +273,7 @@ static int parse_file(st_file *f, lr_error *err)
             continue;
         }
         rc = parse_entry(label, key, val, &ent[cnt].t, &ent[cnt].begin, &ent[cnt].end, err);
-        if (rc)
-            goto out;
+        if (rc) goto out;
         cnt++;
     }
 
@@ -337,19 +328,16 @@ out:
 static st_file *file_new(const char *label)
 {
     st_file *f = calloc(1, sizeof *f);
-    if (f)
-        snprintf(f->label, sizeof f->label, "%s", label);
+    if (f) snprintf(f->label, sizeof f->label, "%s", label);
     return f;
 }
 
 int st_open_mem(const void *buf, size_t len, const char *label, lr_error *err, st_file **out)
 {
     *out = NULL;
-    if (!label)
-        label = "<memory>";
+    if (!label) label = "<memory>";
     st_file *f = file_new(label);
-    if (!f)
-        return fail(err, label, LR_ENOMEM, "out of memory");
+    if (!f) return fail(err, label, LR_ENOMEM, "out of memory");
     f->base = buf;
     f->size = len;
     int rc = parse_file(f, err);
@@ -367,8 +355,8 @@ int st_open(const char *path, lr_error *err, st_file **out)
     const char *label = base_name(path);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return fail(err, label, errno == ENOENT ? LR_ENOTFOUND : LR_EIO, "cannot open %s: %s",
-                    path, strerror(errno));
+        return fail(err, label, errno == ENOENT ? LR_ENOTFOUND : LR_EIO, "cannot open %s: %s", path,
+                    strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;
@@ -409,10 +397,8 @@ int st_open(const char *path, lr_error *err, st_file **out)
 
 void st_close(st_file *f)
 {
-    if (!f)
-        return;
-    if (f->map)
-        munmap(f->map, f->size);
+    if (!f) return;
+    if (f->map) munmap(f->map, f->size);
     json_decref(f->root);
     free(f->t);
     free(f->by_name);
@@ -441,8 +427,7 @@ static const st_tensor *find_sorted(const st_tensor *const *v, int n, const char
     while (lo <= hi) {
         int mid = lo + (hi - lo) / 2;
         int c = strcmp(v[mid]->name, name);
-        if (c == 0)
-            return v[mid];
+        if (c == 0) return v[mid];
         if (c < 0)
             lo = mid + 1;
         else
@@ -471,8 +456,7 @@ const char *st_metadata(const st_file *f, const char *key)
 
 void st_set_close(st_set *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     for (int i = 0; i < s->nfiles; i++)
         st_close(s->files[i]);
     free(s->files);
@@ -512,8 +496,7 @@ static int join(char *buf, size_t size, const char *dir, const char *name, lr_er
 /* A shard name must be a plain file name inside the model folder. */
 static int shard_name_ok(const char *s)
 {
-    return s[0] != '\0' && strchr(s, '/') == NULL && strstr(s, "..") == NULL &&
-           strcmp(s, ".") != 0;
+    return s[0] != '\0' && strchr(s, '/') == NULL && strstr(s, "..") == NULL && strcmp(s, ".") != 0;
 }
 
 static int set_from_index(st_set *s, const char *dir, const char *ipath, lr_error *err)
@@ -561,13 +544,11 @@ static int set_from_index(st_set *s, const char *dir, const char *ipath, lr_erro
         }
         st_file *f = NULL;
         for (int i = 0; i < s->nfiles && !f; i++)
-            if (strcmp(s->files[i]->label, shard) == 0)
-                f = s->files[i];
+            if (strcmp(s->files[i]->label, shard) == 0) f = s->files[i];
         if (!f) {
             char path[4096];
             rc = join(path, sizeof path, dir, shard, err);
-            if (rc)
-                goto out;
+            if (rc) goto out;
             rc = st_open(path, err, &f);
             if (rc) {
                 lr_error_prefix(err, "%s: weight_map shard: ", label);
@@ -594,22 +575,18 @@ int st_set_open_dir(const char *dir, lr_error *err, st_set **out)
 {
     *out = NULL;
     st_set *s = calloc(1, sizeof *s);
-    if (!s)
-        return lr_error_set(err, LR_ENOMEM, "%s: out of memory", dir);
+    if (!s) return lr_error_set(err, LR_ENOMEM, "%s: out of memory", dir);
     char path[4096];
     int rc = join(path, sizeof path, dir, INDEX_NAME, err);
-    if (rc)
-        goto fail;
+    if (rc) goto fail;
     if (access(path, F_OK) == 0) {
         rc = set_from_index(s, dir, path, err);
-        if (rc)
-            goto fail;
+        if (rc) goto fail;
         *out = s;
         return 0;
     }
     rc = join(path, sizeof path, dir, SINGLE_NAME, err);
-    if (rc)
-        goto fail;
+    if (rc) goto fail;
     if (access(path, F_OK) != 0) {
         rc = lr_error_set(err, LR_ENOTFOUND, "%s: no %s or %s in the model folder", dir,
                           SINGLE_NAME, INDEX_NAME);
@@ -621,8 +598,7 @@ int st_set_open_dir(const char *dir, lr_error *err, st_set **out)
         goto fail;
     }
     rc = st_open(path, err, &s->files[0]);
-    if (rc)
-        goto fail;
+    if (rc) goto fail;
     s->nfiles = 1;
     st_file *f = s->files[0];
     s->by_name = calloc(f->n ? (size_t)f->n : 1, sizeof *s->by_name);

@@ -22,32 +22,34 @@
 /* Every dtype spelling of the format, in the safetensors enum order. Files may contain any of
  * them; lorad computes only with F32, F16 and BF16 and refuses the others where it needs a
  * tensor (st_tensor_is_float). */
+/* clang-format off */
 #define ST_DTYPE_MAP(X)                                                                            \
     X(BOOL, 8) X(U8, 8) X(I8, 8) X(I16, 16) X(U16, 16) X(I32, 32) X(U32, 32) X(I64, 64)             \
-        X(U64, 64) X(F16, 16) X(BF16, 16) X(F32, 32) X(F64, 64) X(C64, 64) X(F8_E4M3, 8)            \
-            X(F8_E5M2, 8) X(F8_E8M0, 8) X(F8_E4M3FNUZ, 8) X(F8_E5M2FNUZ, 8) X(F4, 4)               \
-                X(F6_E2M3, 6) X(F6_E3M2, 6)
+    X(U64, 64) X(F16, 16) X(BF16, 16) X(F32, 32) X(F64, 64) X(C64, 64)                             \
+    X(F8_E4M3, 8) X(F8_E5M2, 8) X(F8_E8M0, 8) X(F8_E4M3FNUZ, 8) X(F8_E5M2FNUZ, 8)                  \
+    X(F4, 4) X(F6_E2M3, 6) X(F6_E3M2, 6)
+/* clang-format on */
 
 typedef enum {
 #define ST_DT_ENUM(name, bits) ST_##name,
     ST_DTYPE_MAP(ST_DT_ENUM)
 #undef ST_DT_ENUM
-        ST_DTYPE_COUNT
+    ST_DTYPE_COUNT
 } st_dtype;
 
-#define ST_MAX_DIMS 8             /* rank limit we accept */
-#define ST_MAX_HEADER 100000000u  /* MAX_HEADER_SIZE of the reference reader */
+#define ST_MAX_DIMS 8            /* rank limit we accept */
+#define ST_MAX_HEADER 100000000u /* MAX_HEADER_SIZE of the reference reader */
 
 /* One tensor of a file. Plain data, borrowed from its st_file. */
 typedef struct st_tensor {
-    const char *name;   /* NUL-terminated tensor name */
-    const char *file;   /* label of the owning file (its base name), for error messages */
+    const char *name; /* NUL-terminated tensor name */
+    const char *file; /* label of the owning file (its base name), for error messages */
     st_dtype dtype;
-    int ndim;                     /* 0 = scalar */
-    int64_t shape[ST_MAX_DIMS];   /* shape[0 .. ndim) */
-    int64_t numel;                /* product of shape (1 for a scalar) */
-    const void *data;             /* start of its bytes; may be unaligned; NULL iff nbytes == 0 */
-    size_t nbytes;                /* numel * bits / 8 */
+    int ndim;                   /* 0 = scalar */
+    int64_t shape[ST_MAX_DIMS]; /* shape[0 .. ndim) */
+    int64_t numel;              /* product of shape (1 for a scalar) */
+    const void *data;           /* start of its bytes; may be unaligned; NULL iff nbytes == 0 */
+    size_t nbytes;              /* numel * bits / 8 */
 } st_tensor;
 
 typedef struct st_file st_file;

@@ -235,8 +235,7 @@ START_TEST(test_llama_real)
     ck_assert_int_eq(c.head_dim, 128); /* head_dim != hidden / heads (160) */
     lr_config_clear(&c);
     /* model_type alone identifies the class when architectures is missing. */
-    c = parse_ok("{\"model_type\":\"llama\",\"head_dim\":null,\"num_key_value_heads\":null}",
-                 NULL);
+    c = parse_ok("{\"model_type\":\"llama\",\"head_dim\":null,\"num_key_value_heads\":null}", NULL);
     ck_assert_int_eq(c.arch, LR_ARCH_LLAMA);
     ck_assert_int_eq(c.head_dim, 128);
     ck_assert_int_eq(c.n_kv_heads, 32);
@@ -246,8 +245,8 @@ END_TEST
 
 START_TEST(test_mistral)
 {
-    lr_config c = parse_ok("{\"architectures\":[\"MistralForCausalLM\"],\"num_hidden_layers\":3}",
-                           NULL);
+    lr_config c =
+        parse_ok("{\"architectures\":[\"MistralForCausalLM\"],\"num_hidden_layers\":3}", NULL);
     ck_assert_int_eq(c.arch, LR_ARCH_MISTRAL);
     ck_assert_int_eq(c.n_kv_heads, 8); /* MistralConfig default */
     ck_assert_int_eq(c.inter, 14336);
@@ -272,8 +271,8 @@ START_TEST(test_mistral)
     ck_assert_int_eq(c.attn_bias, 0); /* MistralAttention has no biases whatever the file says */
     ck_assert_int_eq(c.mlp_bias, 0);
     lr_config_clear(&c);
-    parse_fail("{\"architectures\":[\"MistralForCausalLM\"],\"sliding_window\":0}", NULL,
-               LR_ERANGE, "\"sliding_window\" is 0");
+    parse_fail("{\"architectures\":[\"MistralForCausalLM\"],\"sliding_window\":0}", NULL, LR_ERANGE,
+               "\"sliding_window\" is 0");
 }
 END_TEST
 
@@ -460,8 +459,8 @@ START_TEST(test_config_errors)
                "duplicate");
     parse_fail("{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":\"4096\"}", NULL,
                LR_EFORMAT, "\"hidden_size\" must be an integer");
-    parse_fail("{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":64.5}", NULL,
-               LR_EFORMAT, "\"hidden_size\" must be an integer");
+    parse_fail("{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":64.5}", NULL, LR_EFORMAT,
+               "\"hidden_size\" must be an integer");
     parse_fail("{\"architectures\":[\"LlamaForCausalLM\"],\"num_hidden_layers\":-1}", NULL,
                LR_ERANGE, "\"num_hidden_layers\" is -1");
     parse_fail("{\"architectures\":[\"LlamaForCausalLM\"],\"vocab_size\":99999999999}", NULL,
@@ -480,8 +479,9 @@ START_TEST(test_config_errors)
                LR_EFORMAT, "\"tie_word_embeddings\" must be true or false");
     parse_fail("{\"architectures\":[\"LlamaForCausalLM\"],\"rms_norm_eps\":-1}", NULL, LR_ERANGE,
                "\"rms_norm_eps\"");
-    parse_fail("{\"architectures\":[\"LlamaForCausalLM\"]}", "{\"eos_token_id\":[1,2,3,4,5,6,7,8,9]}",
-               LR_ERANGE, "generation_config.json: \"eos_token_id\" lists 9 ids");
+    parse_fail("{\"architectures\":[\"LlamaForCausalLM\"]}",
+               "{\"eos_token_id\":[1,2,3,4,5,6,7,8,9]}", LR_ERANGE,
+               "generation_config.json: \"eos_token_id\" lists 9 ids");
     parse_fail("{\"architectures\":[\"LlamaForCausalLM\"],\"eos_token_id\":[1,\"x\"]}", NULL,
                LR_EFORMAT, "config.json: \"eos_token_id\"[1] is not a token id");
     parse_fail("{\"architectures\":[\"LlamaForCausalLM\"],\"eos_token_id\":\"2\"}", NULL,
@@ -564,8 +564,7 @@ static float wval(const char *name, int64_t i)
 static uint16_t to_f16(float f)
 {
     uint32_t b = fbits(f);
-    if ((b & 0x7fffffffu) == 0)
-        return (uint16_t)(b >> 16);
+    if ((b & 0x7fffffffu) == 0) return (uint16_t)(b >> 16);
     uint32_t s = (b >> 16) & 0x8000u, e = (b >> 23) & 0xff, m = b & 0x7fffff;
     return (uint16_t)(s | ((e - 112) << 10) | (m >> 13));
 }
@@ -610,13 +609,15 @@ static void write_st(const char *path, const wlist *l, int from, int to)
         const wdesc *d = &l->t[i];
         size_t nb = (size_t)wnumel(d) * (size_t)WSIZE[d->dt];
         if (d->ndim == 2)
-            hl += (size_t)sprintf(hdr + hl, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld,%lld],"
-                                            "\"data_offsets\":[%zu,%zu]}",
+            hl += (size_t)sprintf(hdr + hl,
+                                  ",\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld,%lld],"
+                                  "\"data_offsets\":[%zu,%zu]}",
                                   d->name, WNAMES[d->dt], (long long)d->shape[0],
                                   (long long)d->shape[1], off, off + nb);
         else
-            hl += (size_t)sprintf(hdr + hl, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld],"
-                                            "\"data_offsets\":[%zu,%zu]}",
+            hl += (size_t)sprintf(hdr + hl,
+                                  ",\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld],"
+                                  "\"data_offsets\":[%zu,%zu]}",
                                   d->name, WNAMES[d->dt], (long long)d->shape[0], off, off + nb);
         off += nb;
     }
@@ -661,8 +662,8 @@ static void write_text(const char *dir, const char *name, const char *text)
 enum { V = 16, H = 8, I = 12, NL = 2, NH = 2, NKV = 1 };
 
 typedef struct {
-    const char *arch;      /* "LlamaForCausalLM", ... */
-    int dt;                /* dtype of the matrices; 1-D tensors are F32 unless norm_dt set */
+    const char *arch; /* "LlamaForCausalLM", ... */
+    int dt;           /* dtype of the matrices; 1-D tensors are F32 unless norm_dt set */
     int norm_dt;
     int tie, attn_bias, mlp_bias;
     int head_dim;          /* 0 = H / NH, not written */
@@ -677,13 +678,11 @@ static char g_dir[64];
 static void rm_dir(const char *dir)
 {
     DIR *d = opendir(dir);
-    if (!d)
-        return;
+    if (!d) return;
     struct dirent *e;
     char path[512];
     while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue;
+        if (e->d_name[0] == '.') continue;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         unlink(path);
     }
@@ -725,8 +724,7 @@ static wlist *llama_list(const spec *s, int64_t *matrix_bytes)
             wadd(l, nd, NKV * hd, 0, "model.layers.%d.self_attn.k_proj.bias", i);
             wadd(l, nd, NKV * hd, 0, "model.layers.%d.self_attn.v_proj.bias", i);
         }
-        if (s->attn_bias && !qwen)
-            wadd(l, nd, H, 0, "model.layers.%d.self_attn.o_proj.bias", i);
+        if (s->attn_bias && !qwen) wadd(l, nd, H, 0, "model.layers.%d.self_attn.o_proj.bias", i);
         if (s->mlp_bias) {
             wadd(l, nd, I, 0, "model.layers.%d.mlp.gate_proj.bias", i);
             wadd(l, nd, I, 0, "model.layers.%d.mlp.up_proj.bias", i);
@@ -736,21 +734,16 @@ static wlist *llama_list(const spec *s, int64_t *matrix_bytes)
         wadd(l, W_F32, hd / 2, 0, "model.layers.%d.self_attn.rotary_emb.inv_freq", i);
     }
     wadd(l, nd, H, 0, "model.norm.weight", 0);
-    if (!s->tie)
-        wadd(l, s->dt, V, H, "lm_head.weight", 0);
+    if (!s->tie) wadd(l, s->dt, V, H, "lm_head.weight", 0);
     wadd(l, W_I32, 3, 0, "some.unknown.extra", 0);
     *matrix_bytes = 0;
     for (int i = 0; i < l->n; i++)
-        if (l->t[i].ndim == 2)
-            *matrix_bytes += wnumel(&l->t[i]) * WSIZE[l->t[i].dt];
+        if (l->t[i].ndim == 2) *matrix_bytes += wnumel(&l->t[i]) * WSIZE[l->t[i].dt];
     for (int i = 0; i < l->n; i++) {
         wdesc *d = &l->t[i];
-        if (s->omit && !strcmp(d->name, s->omit))
-            *d = l->t[--l->n];
-        if (s->bad_shape && !strcmp(d->name, s->bad_shape))
-            d->shape[0] += 1;
-        if (s->bad_dtype && !strcmp(d->name, s->bad_dtype))
-            d->dt = W_I32;
+        if (s->omit && !strcmp(d->name, s->omit)) *d = l->t[--l->n];
+        if (s->bad_shape && !strcmp(d->name, s->bad_shape)) d->shape[0] += 1;
+        if (s->bad_dtype && !strcmp(d->name, s->bad_dtype)) d->dt = W_I32;
     }
     return l;
 }
@@ -759,8 +752,7 @@ static void write_model(const spec *s, int64_t *matrix_bytes)
 {
     char cfg[1024];
     char hdbuf[32] = "";
-    if (s->head_dim)
-        snprintf(hdbuf, sizeof hdbuf, ",\"head_dim\":%d", s->head_dim);
+    if (s->head_dim) snprintf(hdbuf, sizeof hdbuf, ",\"head_dim\":%d", s->head_dim);
     snprintf(cfg, sizeof cfg,
              "{\"architectures\":[\"%s\"],\"vocab_size\":%d,\"hidden_size\":%d,"
              "\"intermediate_size\":%d,\"num_hidden_layers\":%d,\"num_attention_heads\":%d,"
@@ -786,8 +778,8 @@ static void write_model(const spec *s, int64_t *matrix_bytes)
             snprintf(path, sizeof path, "%s/%s", g_dir, shard);
             write_st(path, l, from, to);
             for (int i = from; i < to; i++)
-                il += (size_t)sprintf(idx + il, "%s\"%s\":\"%s\"", i ? "," : "", l->t[i].name,
-                                      shard);
+                il +=
+                    (size_t)sprintf(idx + il, "%s\"%s\":\"%s\"", i ? "," : "", l->t[i].name, shard);
         }
         sprintf(idx + il, "}}");
         write_text(g_dir, "model.safetensors.index.json", idx);
@@ -934,8 +926,12 @@ END_TEST
 
 START_TEST(test_load_bf16_biases)
 {
-    spec s = {.arch = "LlamaForCausalLM", .dt = W_BF16, .norm_dt = W_BF16, .attn_bias = 1,
-              .mlp_bias = 1, .head_dim = 6};
+    spec s = {.arch = "LlamaForCausalLM",
+              .dt = W_BF16,
+              .norm_dt = W_BF16,
+              .attn_bias = 1,
+              .mlp_bias = 1,
+              .head_dim = 6};
     roundtrip(&s);
 }
 END_TEST
@@ -980,7 +976,9 @@ START_TEST(test_load_errors)
     write_model(&s, &mb);
     load_fail(LR_EUNSUPPORTED, "has dtype I32; lorad needs F32, F16 or BF16");
     /* Qwen2 without its q bias. */
-    spec q = {.arch = "Qwen2ForCausalLM", .dt = W_F32, .norm_dt = W_F32,
+    spec q = {.arch = "Qwen2ForCausalLM",
+              .dt = W_F32,
+              .norm_dt = W_F32,
               .omit = "model.layers.0.self_attn.q_proj.bias"};
     write_model(&q, &mb);
     load_fail(LR_EFORMAT, "missing tensor 'model.layers.0.self_attn.q_proj.bias'");
@@ -1053,8 +1051,7 @@ static void write_t5(int gated, int tie, const char *embed_name, int64_t *matrix
         snprintf(f, sizeof f, "%s.final_layer_norm.weight", st);
         wadd(l, W_F32, TD, 0, f, 0);
     }
-    if (!tie)
-        wadd(l, W_F32, TV, TD, "lm_head.weight", 0);
+    if (!tie) wadd(l, W_F32, TV, TD, "lm_head.weight", 0);
     *matrix_bytes = 0;
     for (int i = 0; i < l->n; i++)
         if (l->t[i].ndim == 2 && !strstr(l->t[i].name, "relative_attention_bias"))
@@ -1075,10 +1072,10 @@ START_TEST(test_load_t5)
     check_mat(&m->lm_head, "lm_head.weight", LR_DT_F32, TV, TD);
     check_vec(m->enc_final_norm, "encoder.final_layer_norm.weight", TD);
     check_vec(m->final_norm, "decoder.final_layer_norm.weight", TD);
-    check_vec(m->enc_rel_bias, "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-              TB * TH);
-    check_vec(m->dec_rel_bias, "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-              TB * TH);
+    check_vec(m->enc_rel_bias,
+              "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", TB * TH);
+    check_vec(m->dec_rel_bias,
+              "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", TB * TH);
     ck_assert_ptr_null(m->rope_inv_freq);
     char n[160];
     int in = TH * TKV;
@@ -1112,8 +1109,8 @@ START_TEST(test_load_t5)
     m = load_ok();
     check_mat(&m->embed, "encoder.embed_tokens.weight", LR_DT_F32, TV, TD);
     ck_assert_ptr_eq(m->lm_head.data, m->embed.data);
-    check_mat(&m->layers[0].up, "encoder.block.0.layer.1.DenseReluDense.wi.weight", LR_DT_F32,
-              TFF, TD);
+    check_mat(&m->layers[0].up, "encoder.block.0.layer.1.DenseReluDense.wi.weight", LR_DT_F32, TFF,
+              TD);
     ck_assert_ptr_null(m->layers[0].gate.data);
     ck_assert_int_eq(m->weight_bytes, mb);
     lr_model_free(m);
@@ -1142,13 +1139,11 @@ START_TEST(test_generated_models)
     struct dirent *e;
     int loaded = 0;
     while ((e = readdir(d))) {
-        if (e->d_name[0] == '.' || strstr(e->d_name, ".tmp-gen"))
-            continue;
+        if (e->d_name[0] == '.' || strstr(e->d_name, ".tmp-gen")) continue;
         char dir[1024], cfgp[1100];
         snprintf(dir, sizeof dir, "%s/%s", root, e->d_name);
         snprintf(cfgp, sizeof cfgp, "%s/config.json", dir);
-        if (access(cfgp, F_OK) != 0)
-            continue;
+        if (access(cfgp, F_OK) != 0) continue;
         lr_model *m = NULL;
         lr_error err;
         lr_error_clear(&err);
@@ -1160,8 +1155,7 @@ START_TEST(test_generated_models)
         ck_assert_ptr_nonnull(m->layers[c->n_layers - 1].down.data);
         ck_assert_int_gt(m->weight_bytes, 0);
         ck_assert_int_ge(c->n_eos, 1);
-        if (c->arch == LR_ARCH_QWEN2)
-            ck_assert_ptr_nonnull(m->layers[0].bq);
+        if (c->arch == LR_ARCH_QWEN2) ck_assert_ptr_nonnull(m->layers[0].bq);
         printf("loaded %-16s arch %d L=%d H=%d dtype %d weights %lld bytes\n", e->d_name, c->arch,
                c->n_layers, c->hidden, m->embed.dtype, (long long)m->weight_bytes);
         lr_model_free(m);

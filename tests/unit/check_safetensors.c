@@ -29,8 +29,7 @@ static uint8_t *build(const char *hdr, size_t pad, const void *data, size_t dlen
         b[i] = (uint8_t)((uint64_t)n >> (8 * i));
     memcpy(b + 8, hdr, h);
     memset(b + 8 + h, ' ', n - h);
-    if (dlen)
-        memcpy(b + 8 + n, data, dlen);
+    if (dlen) memcpy(b + 8 + n, data, dlen);
     return b;
 }
 
@@ -50,8 +49,7 @@ static void write_file(const char *path, const void *buf, size_t len)
 {
     FILE *fp = fopen(path, "wb");
     ck_assert_ptr_nonnull(fp);
-    if (len)
-        ck_assert_uint_eq(fwrite(buf, 1, len, fp), len);
+    if (len) ck_assert_uint_eq(fwrite(buf, 1, len, fp), len);
     fclose(fp);
 }
 
@@ -218,15 +216,18 @@ END_TEST
 START_TEST(test_unknown_dtypes_allowed)
 {
     /* Every dtype spelling is accepted in a file (F4 needs an even count, F6 a multiple of 4). */
-    const char *names[] = {"BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64", "F16",
-                           "BF16", "F32", "F64", "C64", "F8_E4M3", "F8_E5M2", "F8_E8M0",
-                           "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F4", "F6_E2M3", "F6_E3M2"};
-    const int bits[] = {8, 8, 8, 16, 16, 32, 32, 64, 64, 16, 16, 32, 64, 64, 8, 8, 8, 8, 8, 4, 6, 6};
+    const char *names[] = {"BOOL",        "U8",  "I8",      "I16",     "U16",     "I32",
+                           "U32",         "I64", "U64",     "F16",     "BF16",    "F32",
+                           "F64",         "C64", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ",
+                           "F8_E5M2FNUZ", "F4",  "F6_E2M3", "F6_E3M2"};
+    const int bits[] = {8,  8,  8,  16, 16, 32, 32, 64, 64, 16, 16,
+                        32, 64, 64, 8,  8,  8,  8,  8,  4,  6,  6};
     for (int i = 0; i < 22; i++) {
         char hdr[256];
         int bytes = 4 * bits[i] / 8; /* shape [4] */
-        snprintf(hdr, sizeof hdr, "{\"t\":{\"dtype\":\"%s\",\"shape\":[4],\"data_offsets\":[0,%d]}}",
-                 names[i], bytes);
+        snprintf(hdr, sizeof hdr,
+                 "{\"t\":{\"dtype\":\"%s\",\"shape\":[4],\"data_offsets\":[0,%d]}}", names[i],
+                 bytes);
         uint8_t data[64] = {0};
         size_t len;
         uint8_t *b = build(hdr, 0, data, (size_t)bytes, &len);
