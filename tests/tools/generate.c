@@ -217,7 +217,7 @@ int main(int argc, char **argv)
     ep.model = m;
     ep.threads = threads;
     ep.max_batch_tokens = max_batch;
-    ep.max_seqs = n_req < 64 ? (n_req > 0 ? 64 : 1) : n_req;
+    ep.max_seqs = n_req > 64 ? n_req : 64;
     ep.max_queue = n_req + 1;
     if (kv_mb > 0)
         ep.kv_cache_bytes = (int64_t)(kv_mb * 1024 * 1024);
@@ -270,6 +270,15 @@ int main(int argc, char **argv)
         for (int i = 0; i < n_req; i++)
             print_result(&reqs[i]);
     fflush(stdout);
+    /* Scheduler figures on stderr, for tests that must prove preemption or chunking happened. */
+    eng_stats st;
+    eng_get_stats(e, &st);
+    fprintf(stderr,
+            "lr-generate: stats steps=%llu prompt_tokens=%llu generated_tokens=%llu "
+            "preemptions=%llu kv_blocks_total=%d\n",
+            (unsigned long long)st.steps, (unsigned long long)st.prompt_tokens,
+            (unsigned long long)st.generated_tokens, (unsigned long long)st.preemptions,
+            st.kv_blocks_total);
     eng_destroy(e);
     lr_model_free(m);
     for (int i = 0; i < n_req; i++) {
