@@ -34,16 +34,11 @@ struct tokpc {
 
 static int b64_value(unsigned char c)
 {
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
     return -1;
 }
 
@@ -55,8 +50,7 @@ static int b64_decode(const char *s, size_t len, uint8_t **out, size_t *out_len,
         return lr_error_set(err, LR_EFORMAT,
                             "precompiled_charsmap: base64 length %zu is not a multiple of 4", len);
     size_t pad = 0;
-    if (len >= 1 && s[len - 1] == '=')
-        pad = (len >= 2 && s[len - 2] == '=') ? 2 : 1;
+    if (len >= 1 && s[len - 1] == '=') pad = (len >= 2 && s[len - 2] == '=') ? 2 : 1;
     uint8_t *buf = malloc(len / 4 * 3 + 1);
     if (!buf)
         return lr_error_set(err, LR_ENOMEM, "precompiled_charsmap: out of memory decoding base64");
@@ -75,8 +69,8 @@ static int b64_decode(const char *s, size_t len, uint8_t **out, size_t *out_len,
                                     (unsigned char)s[i + k], i + k);
             }
         }
-        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 |
-                     (uint32_t)v[3];
+        uint32_t w =
+            (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
         size_t keep = last ? 3 - pad : 3;
         /* Canonical padding: the bits that fall off the end must be zero. */
         if (last && pad && (w & ((1u << (8 * pad)) - 1)) != 0) {
@@ -94,10 +88,22 @@ static int b64_decode(const char *s, size_t len, uint8_t **out, size_t *out_len,
 
 /* ---- the double array ---------------------------------------------------------------------- */
 
-static inline int unit_has_leaf(uint32_t u) { return (u >> 8) & 1; }
-static inline uint32_t unit_value(uint32_t u) { return u & 0x7FFFFFFFu; }
-static inline uint32_t unit_label(uint32_t u) { return u & 0x800000FFu; }
-static inline size_t unit_offset(uint32_t u) { return (size_t)(u >> 10) << ((u & 0x200) >> 6); }
+static inline int unit_has_leaf(uint32_t u)
+{
+    return (u >> 8) & 1;
+}
+static inline uint32_t unit_value(uint32_t u)
+{
+    return u & 0x7FFFFFFFu;
+}
+static inline uint32_t unit_label(uint32_t u)
+{
+    return u & 0x800000FFu;
+}
+static inline size_t unit_offset(uint32_t u)
+{
+    return (size_t)(u >> 10) << ((u & 0x200) >> 6);
+}
 
 /* Common-prefix search, stopping at the first (shortest) key that is a prefix of key[0:n];
  * a 0x00 byte ends the key as in Darts. Returns 1 and the blob offset in *value, or 0.
@@ -107,15 +113,12 @@ static int pc_shortest_match(const tokpc *p, const uint8_t *key, size_t n, uint3
     size_t pos = unit_offset(p->units[0]);
     for (size_t i = 0; i < n && key[i] != 0; i++) {
         pos ^= key[i];
-        if (pos >= p->n_units)
-            return 0;
+        if (pos >= p->n_units) return 0;
         uint32_t u = p->units[pos];
-        if (unit_label(u) != key[i])
-            return 0;
+        if (unit_label(u) != key[i]) return 0;
         pos ^= unit_offset(u);
         if (unit_has_leaf(u)) {
-            if (pos >= p->n_units)
-                return 0;
+            if (pos >= p->n_units) return 0;
             *value = unit_value(p->units[pos]);
             return 1;
         }
@@ -141,18 +144,15 @@ static int pc_validate_trie(const tokpc *p, lr_error *err)
     for (;;) {
         for (unsigned c = 1; c < 256; c++) {
             size_t q = from ^ c;
-            if (q >= n || unit_label(p->units[q]) != c || (seen[q / 8] >> (q % 8) & 1))
-                continue;
+            if (q >= n || unit_label(p->units[q]) != c || (seen[q / 8] >> (q % 8) & 1)) continue;
             seen[q / 8] |= (uint8_t)(1u << (q % 8));
             stack[top++] = (uint32_t)q;
         }
-        if (top == 0)
-            break;
+        if (top == 0) break;
         size_t q = stack[--top];
         uint32_t u = p->units[q];
         from = q ^ unit_offset(u);
-        if (!unit_has_leaf(u))
-            continue;
+        if (!unit_has_leaf(u)) continue;
         if (from >= n) {
             rc = lr_error_set(err, LR_EFORMAT,
                               "precompiled_charsmap: trie unit %zu has a leaf at index %zu, past "
@@ -189,8 +189,7 @@ static int utf8_valid(const uint8_t *s, size_t n)
     while (i < n) {
         utf8proc_int32_t cp;
         utf8proc_ssize_t k = utf8proc_iterate(s + i, (utf8proc_ssize_t)(n - i), &cp);
-        if (k <= 0)
-            return 0;
+        if (k <= 0) return 0;
         i += (size_t)k;
     }
     return 1;
@@ -202,21 +201,18 @@ int tokpc_create(const char *charsmap_base64, lr_error *err, tokpc **out)
     uint8_t *raw = NULL;
     size_t raw_len = 0;
     int rc;
-    if (!p)
-        return lr_error_set(err, LR_ENOMEM, "precompiled_charsmap: out of memory");
-    if (!charsmap_base64)
-        goto done; /* identity */
+    if (!p) return lr_error_set(err, LR_ENOMEM, "precompiled_charsmap: out of memory");
+    if (!charsmap_base64) goto done; /* identity */
     rc = b64_decode(charsmap_base64, strlen(charsmap_base64), &raw, &raw_len, err);
-    if (rc)
-        goto fail;
+    if (rc) goto fail;
     if (raw_len < 4) {
         rc = lr_error_set(err, LR_EFORMAT,
                           "precompiled_charsmap: %zu bytes, too short for the trie size field",
                           raw_len);
         goto fail;
     }
-    uint32_t trie_size = (uint32_t)raw[0] | (uint32_t)raw[1] << 8 | (uint32_t)raw[2] << 16 |
-                         (uint32_t)raw[3] << 24;
+    uint32_t trie_size =
+        (uint32_t)raw[0] | (uint32_t)raw[1] << 8 | (uint32_t)raw[2] << 16 | (uint32_t)raw[3] << 24;
     if (trie_size == 0 || trie_size % 4 != 0 || trie_size > raw_len - 4) {
         rc = lr_error_set(err, LR_EFORMAT,
                           "precompiled_charsmap: trie size field %u is zero, not a multiple of "
@@ -234,8 +230,8 @@ int tokpc_create(const char *charsmap_base64, lr_error *err, tokpc **out)
     }
     for (size_t i = 0; i < p->n_units; i++) {
         const uint8_t *b = raw + 4 + 4 * i;
-        p->units[i] = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
-                      (uint32_t)b[3] << 24;
+        p->units[i] =
+            (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
     }
     memcpy(p->blob, raw + 4 + trie_size, p->blob_len);
     p->blob[p->blob_len] = '\0';
@@ -252,8 +248,7 @@ int tokpc_create(const char *charsmap_base64, lr_error *err, tokpc **out)
         goto fail;
     }
     rc = pc_validate_trie(p, err);
-    if (rc)
-        goto fail;
+    if (rc) goto fail;
 done:
     free(raw);
     *out = p;
@@ -266,8 +261,7 @@ fail:
 
 void tokpc_destroy(tokpc *p)
 {
-    if (!p)
-        return;
+    if (!p) return;
     free(p->units);
     free(p->blob);
     free(p);
@@ -287,8 +281,7 @@ static int buf_put(pc_buf *b, const void *src, size_t n)
         while (cap < b->len + n + 1)
             cap *= 2;
         char *s = realloc(b->s, cap);
-        if (!s)
-            return LR_ENOMEM;
+        if (!s) return LR_ENOMEM;
         b->s = s;
         b->cap = cap;
     }
@@ -309,8 +302,7 @@ static int pc_emit_cluster(const tokpc *p, const uint8_t *s, size_t n, pc_buf *b
         size_t k = (size_t)utf8proc_iterate(s + i, (utf8proc_ssize_t)(n - i), &cp);
         int rc = pc_shortest_match(p, s + i, k, &v) ? buf_put(b, p->blob + v, strlen(p->blob + v))
                                                     : buf_put(b, s + i, k);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         i += k;
     }
     return 0;
@@ -322,16 +314,14 @@ int tokpc_normalize(const tokpc *p, const char *in, size_t n, char **out, size_t
     const uint8_t *s = (const uint8_t *)in;
     pc_buf b = {0};
     int rc = buf_put(&b, "", 0);
-    if (rc)
-        goto fail;
+    if (rc) goto fail;
     b.s[0] = '\0';
     if (!p->units) {
         if (n && !utf8_valid(s, n)) {
             rc = LR_EINVAL;
             goto fail;
         }
-        if ((rc = buf_put(&b, s, n)))
-            goto fail;
+        if ((rc = buf_put(&b, s, n))) goto fail;
         goto done;
     }
     /* Cluster boundaries from utf8proc's UAX #29 rules; the state carries the regional-indicator
@@ -346,15 +336,13 @@ int tokpc_normalize(const tokpc *p, const char *in, size_t n, char **out, size_t
             goto fail;
         }
         if (prev >= 0 && utf8proc_grapheme_break_stateful(prev, cp, &state)) {
-            if ((rc = pc_emit_cluster(p, s + start, i - start, &b)))
-                goto fail;
+            if ((rc = pc_emit_cluster(p, s + start, i - start, &b))) goto fail;
             start = i;
         }
         prev = cp;
         i += (size_t)k;
     }
-    if (n > start && (rc = pc_emit_cluster(p, s + start, n - start, &b)))
-        goto fail;
+    if (n > start && (rc = pc_emit_cluster(p, s + start, n - start, &b))) goto fail;
 done:
     b.s[b.len] = '\0';
     *out = b.s;

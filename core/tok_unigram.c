@@ -27,11 +27,11 @@ struct tokug {
     int byte_fallback;
     double *scores;   /* (n_pieces,) */
     double unk_score; /* min over all scores − UG_UNK_PENALTY */
-    int32_t *node_id; /* (n_nodes,) id of the piece ending at this trie node, or -1; node 0 = root */
+    int32_t *node_id; /* (n_nodes,) id of the piece ending here or -1; node 0 = root */
     size_t n_nodes;
-    uint64_t *edge_key; /* (edge_cap,) node << 8 | byte, or UG_EMPTY */
-    uint32_t *edge_child; /* (edge_cap,) */
-    size_t edge_mask;     /* edge_cap − 1, edge_cap a power of two */
+    uint64_t *edge_key;    /* (edge_cap,) node << 8 | byte, or UG_EMPTY */
+    uint32_t *edge_child;  /* (edge_cap,) */
+    size_t edge_mask;      /* edge_cap − 1, edge_cap a power of two */
     int32_t byte_ids[256]; /* id of "<0xHH>" or -1 */
 };
 
@@ -46,10 +46,8 @@ static inline uint32_t trie_child(const tokug *u, uint32_t node, uint8_t b)
 {
     uint64_t key = (uint64_t)node << 8 | b;
     for (size_t i = edge_slot(u, key);; i = (i + 1) & u->edge_mask) {
-        if (u->edge_key[i] == key)
-            return u->edge_child[i];
-        if (u->edge_key[i] == UG_EMPTY)
-            return 0;
+        if (u->edge_key[i] == key) return u->edge_child[i];
+        if (u->edge_key[i] == UG_EMPTY) return 0;
     }
 }
 
@@ -77,8 +75,7 @@ int tokug_piece_id(const tokug *u, const char *s, size_t len)
     uint32_t node = 0;
     for (size_t j = 0; j < len; j++) {
         node = trie_child(u, node, (uint8_t)s[j]);
-        if (node == 0)
-            return -1;
+        if (node == 0) return -1;
     }
     return len ? u->node_id[node] : -1;
 }
@@ -89,8 +86,7 @@ static int utf8_valid(const uint8_t *s, size_t n)
     while (i < n) {
         utf8proc_int32_t cp;
         utf8proc_ssize_t k = utf8proc_iterate(s + i, (utf8proc_ssize_t)(n - i), &cp);
-        if (k <= 0)
-            return 0;
+        if (k <= 0) return 0;
         i += (size_t)k;
     }
     return 1;
@@ -108,15 +104,13 @@ int tokug_create(const char *const *pieces, const double *scores, int n, int unk
     size_t total = 0;
     double min_score = INFINITY;
     for (int i = 0; i < n; i++) {
-        if (!pieces[i])
-            return lr_error_set(err, LR_EINVAL, "unigram: piece %d is NULL", i);
+        if (!pieces[i]) return lr_error_set(err, LR_EINVAL, "unigram: piece %d is NULL", i);
         size_t len = strlen(pieces[i]);
         if (!utf8_valid((const uint8_t *)pieces[i], len))
             return lr_error_set(err, LR_EFORMAT, "unigram: piece %d is not valid UTF-8", i);
         if (!isfinite(scores[i]))
             return lr_error_set(err, LR_EFORMAT, "unigram: piece %d has a non-finite score", i);
-        if (scores[i] < min_score)
-            min_score = scores[i];
+        if (scores[i] < min_score) min_score = scores[i];
         total += len;
     }
     if (total >= UINT32_MAX)
@@ -124,8 +118,7 @@ int tokug_create(const char *const *pieces, const double *scores, int n, int unk
                             total);
 
     tokug *u = calloc(1, sizeof *u);
-    if (!u)
-        return lr_error_set(err, LR_ENOMEM, "unigram: out of memory");
+    if (!u) return lr_error_set(err, LR_ENOMEM, "unigram: out of memory");
     u->n_pieces = n;
     u->unk_id = unk_id;
     u->byte_fallback = byte_fallback != 0;
@@ -142,8 +135,7 @@ int tokug_create(const char *const *pieces, const double *scores, int n, int unk
         tokug_destroy(u);
         return lr_error_set(err, LR_ENOMEM, "unigram: out of memory for %d pieces", n);
     }
-    if (n)
-        memcpy(u->scores, scores, (size_t)n * sizeof *scores);
+    if (n) memcpy(u->scores, scores, (size_t)n * sizeof *scores);
     for (size_t i = 0; i < cap; i++)
         u->edge_key[i] = UG_EMPTY;
     u->node_id[0] = -1;
@@ -161,8 +153,7 @@ int tokug_create(const char *const *pieces, const double *scores, int n, int unk
 
 void tokug_destroy(tokug *u)
 {
-    if (!u)
-        return;
+    if (!u) return;
     free(u->scores);
     free(u->node_id);
     free(u->edge_key);
@@ -175,8 +166,7 @@ static int ids_push(tok_ids *o, int32_t id)
     if (o->n == o->cap) {
         size_t cap = o->cap ? 2 * o->cap : 16;
         int32_t *v = realloc(o->v, cap * sizeof *v);
-        if (!v)
-            return LR_ENOMEM;
+        if (!v) return LR_ENOMEM;
         o->v = v;
         o->cap = cap;
     }
@@ -191,20 +181,19 @@ static inline size_t utf8_len(uint8_t c)
 }
 
 /* Emit a run of fused unknown nodes w[a:b] as tokenize() does: the run's text is looked up as a
- * piece (a fused run can spell one), else byte pieces when byte_fallback and all exist, else unk. */
+ * piece (a fused run can spell one), else byte pieces when byte_fallback and all exist, else unk.
+ */
 static int emit_unknown(const tokug *u, const uint8_t *w, size_t a, size_t b, tok_ids *out)
 {
     int id = tokug_piece_id(u, (const char *)w + a, b - a);
-    if (id >= 0)
-        return ids_push(out, id);
+    if (id >= 0) return ids_push(out, id);
     if (u->byte_fallback) {
         size_t j = a;
         while (j < b && u->byte_ids[w[j]] >= 0)
             j++;
         if (j == b) {
             for (j = a; j < b; j++)
-                if (ids_push(out, u->byte_ids[w[j]]))
-                    return LR_ENOMEM;
+                if (ids_push(out, u->byte_ids[w[j]])) return LR_ENOMEM;
             return 0;
         }
     }
@@ -216,10 +205,8 @@ int tokug_encode(const tokug *u, const char *word, size_t len, tok_ids *out)
     LR_ASSERT(u && out && (word || len == 0));
     const uint8_t *w = (const uint8_t *)word;
     size_t n0 = out->n;
-    if (len == 0)
-        return 0;
-    if (!utf8_valid(w, len))
-        return LR_EINVAL;
+    if (len == 0) return 0;
+    if (!utf8_valid(w, len)) return LR_EINVAL;
 
     /* Lattice, indexed by byte position e = end of the best path's last node:
      * score (len+1,) best path score; from (len+1,) its last node's start or SIZE_MAX if none yet;
@@ -245,11 +232,9 @@ int tokug_encode(const tokug *u, const char *word, size_t len, tok_ids *out)
         /* Common-prefix search, shortest piece first; a strictly greater score replaces. */
         for (size_t j = s; j < len; j++) {
             node = trie_child(u, node, w[j]);
-            if (node == 0)
-                break;
+            if (node == 0) break;
             int32_t pid = u->node_id[node];
-            if (pid < 0)
-                continue;
+            if (pid < 0) continue;
             double cand = base + u->scores[pid];
             size_t e = j + 1;
             if (from[e] == SIZE_MAX || cand > score[e]) {
@@ -257,8 +242,7 @@ int tokug_encode(const tokug *u, const char *word, size_t len, tok_ids *out)
                 from[e] = s;
                 id[e] = pid;
             }
-            if (e - s == mblen)
-                has_single = 1;
+            if (e - s == mblen) has_single = 1;
         }
         if (!has_single) {
             size_t e = s + mblen;
@@ -287,23 +271,20 @@ int tokug_encode(const tokug *u, const char *word, size_t len, tok_ids *out)
     for (size_t k = np; path[k] != len; k++) {
         size_t a = path[k], b = path[k + 1];
         if (id[b] != u->unk_id) {
-            if ((rc = ids_push(out, id[b])))
-                goto out;
+            if ((rc = ids_push(out, id[b]))) goto out;
             continue;
         }
         /* Fuse this unknown node with the unknown nodes that follow it. */
         while (path[k + 1] != len && id[path[k + 2]] == u->unk_id)
             k++;
         b = path[k + 1];
-        if ((rc = emit_unknown(u, w, a, b, out)))
-            goto out;
+        if ((rc = emit_unknown(u, w, a, b, out))) goto out;
     }
 out:
     free(score);
     free(from);
     free(id);
     free(path);
-    if (rc)
-        out->n = n0;
+    if (rc) out->n = n0;
     return rc;
 }

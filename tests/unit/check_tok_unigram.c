@@ -44,10 +44,8 @@ static char *b64_encode(const uint8_t *d, size_t n)
     size_t o = 0;
     for (size_t i = 0; i < n; i += 3) {
         uint32_t w = (uint32_t)d[i] << 16;
-        if (i + 1 < n)
-            w |= (uint32_t)d[i + 1] << 8;
-        if (i + 2 < n)
-            w |= d[i + 2];
+        if (i + 1 < n) w |= (uint32_t)d[i + 1] << 8;
+        if (i + 2 < n) w |= d[i + 2];
         s[o++] = A[w >> 18 & 63];
         s[o++] = A[w >> 12 & 63];
         s[o++] = i + 1 < n ? A[w >> 6 & 63] : '=';
@@ -91,6 +89,9 @@ static uint32_t value_unit(uint32_t v)
  *   'a' (97): leaf, offset 1 → its node position is 97^1 = 96; unit[96] = value 0 → "xyz".
  *   "ab": child of node 96 along 'b' (98) at 96^98 = 2: leaf, offset 1 → value at 3 → 4 "uv".
  *   '\r' (13): leaf, offset 1 → node 12; unit[12] = value 7 → "_".
+ *   "a\xCC\x81" (a + U+0301, one cluster): node 96 along 0xCC → 96^0xCC = 172, offset 1 → 173;
+ *   along 0x81 → 173^0x81 = 44: leaf, offset 1 → value at 45 → 4 "uv". Only the SHORTEST
+ *   prefix ("a") may be used, so this key is never the answer.
  * Blob: "xyz\0uv\0_\0". */
 static void tiny_trie(uint32_t *units)
 {
@@ -102,6 +103,9 @@ static void tiny_trie(uint32_t *units)
     units[3] = value_unit(4);
     units[13] = node_unit('\r', 1, 1);
     units[12] = value_unit(7);
+    units[172] = node_unit(0xCC, 1, 0);
+    units[44] = node_unit(0x81, 1, 1);
+    units[45] = value_unit(4);
 }
 static const char tiny_blob[] = "xyz\0uv\0_"; /* plus the literal's own NUL: 10 bytes */
 
@@ -124,8 +128,8 @@ static void expect_norm(const tokpc *p, const char *in, const char *want)
     size_t n = 0;
     ck_assert_int_eq(tokpc_normalize(p, in, strlen(in), &out, &n), 0);
     ck_assert_uint_eq(n, strlen(want));
-    ck_assert_msg(memcmp(out, want, n) == 0 && out[n] == '\0', "normalize(\"%s\") = \"%s\", want \"%s\"",
-                  in, out, want);
+    ck_assert_msg(memcmp(out, want, n) == 0 && out[n] == '\0',
+                  "normalize(\"%s\") = \"%s\", want \"%s\"", in, out, want);
     free(out);
 }
 
@@ -222,19 +226,18 @@ static size_t utf8_dec(const char *s, uint32_t *cp)
 
 /* The T5 tokenizer.json pipeline by hand: Precompiled → Strip(right) → Replace(" {2,}" → "▁")
  * → Metaspace(always, split) → Unigram per word → append </s> (1). */
-static void t5_encode(const t5 *m, const char *text, tok_ids *ids)
+static void t5_encode(const t5 *m, const char *text, size_t len, int add_eos, tok_ids *ids)
 {
     char *norm;
     size_t n;
-    ck_assert_int_eq(tokpc_normalize(m->pc, text, strlen(text), &norm, &n), 0);
+    ck_assert_int_eq(tokpc_normalize(m->pc, text, len, &norm, &n), 0);
     /* Strip right: cut after the last non-whitespace character. */
     size_t keep = 0;
     for (size_t i = 0; i < n;) {
         uint32_t cp;
         size_t k = utf8_dec(norm + i, &cp);
         i += k;
-        if (!is_ws(cp))
-            keep = i;
+        if (!is_ws(cp)) keep = i;
     }
     /* Replace runs of 2+ spaces by ▁, then Metaspace: every remaining ' ' → ▁. Both give ▁, so
      * one pass suffices; what matters is that a run of spaces becomes ONE ▁ and a single space
@@ -260,21 +263,36 @@ static void t5_encode(const t5 *m, const char *text, tok_ids *ids)
     size_t start = 0;
     for (size_t i = 0; i <= o; i++) {
         int cut = (i == o) || (i > start && i + 3 <= o && memcmp(s + i, META, 3) == 0);
-        if (!cut)
-            continue;
-        if (i > start)
-            ck_assert_int_eq(tokug_encode(m->ug, s + start, i - start, ids), 0);
+        if (!cut) continue;
+        if (i > start) ck_assert_int_eq(tokug_encode(m->ug, s + start, i - start, ids), 0);
         start = i;
     }
-    int32_t eos = 1;
-    ids->v = realloc(ids->v, (ids->n + 1) * sizeof *ids->v);
-    ids->v[ids->n++] = eos;
-    ids->cap = ids->n;
+    if (add_eos) {
+        ids->v = realloc(ids->v, (ids->n + 1) * sizeof *ids->v);
+        ids->v[ids->n++] = 1; /* </s> */
+        ids->cap = ids->n;
+    }
     free(s);
     free(norm);
 }
 
 /* ---- T5 golden ----------------------------------------------------------------------------- */
+
+static void expect_json_ids(const tok_ids *got, json_t *want, const char *what)
+{
+    int same = got->n == json_array_size(want);
+    for (size_t i = 0; same && i < got->n; i++)
+        same = got->v[i] == json_integer_value(json_array_get(want, i));
+    if (!same) {
+        char buf[2048];
+        size_t o = 0;
+        for (size_t i = 0; i < got->n && o + 16 < sizeof buf; i++)
+            o += (size_t)snprintf(buf + o, sizeof buf - o, "%d ", got->v[i]);
+        buf[o] = '\0';
+        ck_abort_msg("\"%s\": got [%s] (%zu ids, want %zu)", what, buf, got->n,
+                     json_array_size(want));
+    }
+}
 
 START_TEST(test_t5_expected_ids)
 {
@@ -286,22 +304,49 @@ START_TEST(test_t5_expected_ids)
         const char *text = json_string_value(json_object_get(e, "text"));
         json_t *want = json_object_get(e, "ids");
         tok_ids got = {0};
-        t5_encode(&m, text, &got);
-        int same = got.n == json_array_size(want);
-        for (size_t i = 0; same && i < got.n; i++)
-            same = got.v[i] == json_integer_value(json_array_get(want, i));
-        if (!same) {
-            char buf[2048];
-            size_t o = 0;
-            for (size_t i = 0; i < got.n && o + 16 < sizeof buf; i++)
-                o += (size_t)snprintf(buf + o, sizeof buf - o, "%d ", got.v[i]);
-            buf[o] = '\0';
-            ck_abort_msg("case %zu \"%s\": got [%s] (%zu ids, want %zu)", c, text, buf, got.n,
-                         json_array_size(want));
-        }
+        t5_encode(&m, text, strlen(text), 1, &got);
+        expect_json_ids(&got, want, text);
         free(got.v);
     }
     json_decref(cases);
+    t5_free(&m);
+}
+END_TEST
+
+/* The repo's HF-tokenizers goldens (tests/data/tok/golden_t5.json, 119 hard strings: whitespace
+ * runs, CR LF, NBSP, zero-width, combining/NFD, control chars incl. U+0000, emoji, CJK…): every
+ * case without added-token text (not handled at this level) must give ids_plain exactly. */
+START_TEST(test_t5_tokgold)
+{
+    t5 m = t5_load();
+    json_error_t jerr;
+    json_t *g = json_load_file("tests/data/tok/golden_t5.json", JSON_ALLOW_NUL, &jerr);
+    ck_assert_msg(g != NULL, "tests/data/tok/golden_t5.json: %s", jerr.text);
+    json_t *added = json_object_get(m.root, "added_tokens");
+    json_t *cases = json_object_get(g, "cases");
+    size_t checked = 0;
+    for (size_t c = 0; c < json_array_size(cases); c++) {
+        json_t *e = json_array_get(cases, c);
+        json_t *jt = json_object_get(e, "text");
+        const char *text = json_string_value(jt);
+        size_t len = json_string_length(jt);
+        int has_added = 0;
+        for (size_t a = 0; a < json_array_size(added) && !has_added; a++) {
+            const char *tok =
+                json_string_value(json_object_get(json_array_get(added, a), "content"));
+            has_added = memmem(text, len, tok, strlen(tok)) != NULL;
+        }
+        if (has_added) continue;
+        tok_ids got = {0};
+        t5_encode(&m, text, len, 0, &got);
+        expect_json_ids(&got, json_object_get(e, "ids_plain"),
+                        json_string_value(json_object_get(e, "tag")));
+        free(got.v);
+        checked++;
+    }
+    fprintf(stderr, "check_tok_unigram: %zu golden_t5 cases checked\n", checked);
+    ck_assert_uint_ge(checked, 100);
+    json_decref(g);
     t5_free(&m);
 }
 END_TEST
@@ -313,11 +358,17 @@ START_TEST(test_t5_charsmap_rules)
     t5 m = t5_load();
     expect_norm(m.pc, "a\r\nb", "a b");
     expect_norm(m.pc, "a\n\rb", "a  b");
-    expect_norm(m.pc, "a\tb\xC2\xA0" "c", "a b c");               /* tab, NBSP → space */
-    expect_norm(m.pc, "\xEF\xAC\x81" "ne", "fine");               /* U+FB01 ﬁ → fi */
-    expect_norm(m.pc, "\xEF\xBC\xA1\xEF\xBC\xA2", "AB");         /* fullwidth Ａ Ｂ */
-    expect_norm(m.pc, "e\xCC\x81", "\xC3\xA9");                   /* e + U+0301 → é */
-    expect_norm(m.pc, "x\x01y", "xy");                            /* control char dropped */
+    expect_norm(m.pc,
+                "a\tb\xC2\xA0"
+                "c",
+                "a b c"); /* tab, NBSP → space */
+    expect_norm(m.pc,
+                "\xEF\xAC\x81"
+                "ne",
+                "fine");                                 /* U+FB01 ﬁ → fi */
+    expect_norm(m.pc, "\xEF\xBC\xA1\xEF\xBC\xA2", "AB"); /* fullwidth Ａ Ｂ */
+    expect_norm(m.pc, "e\xCC\x81", "\xC3\xA9");          /* e + U+0301 → é */
+    expect_norm(m.pc, "x\x01y", "xy");                   /* control char dropped */
     expect_norm(m.pc, "", "");
     /* Invalid UTF-8 is an error, not a crash. */
     char *out = (char *)0x1;
@@ -482,8 +533,8 @@ static void expect_ids(const tokug *u, const char *word, const int32_t *want, si
     int same = got.n == n_want;
     for (size_t i = 0; same && i < n_want; i++)
         same = got.v[i] == want[i];
-    ck_assert_msg(same, "encode(\"%s\"): got %zu ids (first %d), want %zu (first %d)", word,
-                  got.n, got.n ? got.v[0] : -1, n_want, n_want ? want[0] : -1);
+    ck_assert_msg(same, "encode(\"%s\"): got %zu ids (first %d), want %zu (first %d)", word, got.n,
+                  got.n ? got.v[0] : -1, n_want, n_want ? want[0] : -1);
     free(got.v);
 }
 #define EXPECT_IDS(u, word, ...)                                                                   \
@@ -554,7 +605,8 @@ START_TEST(test_ug_unk)
     tokug_destroy(u);
 
     /* HF quirk: a fused unk run is looked up as a piece. Scores positive: "xy" 30 is min → unk
-     * score 20; unk(x)+unk(y) = 40 > 30 so the unk path wins, and its text "xy" IS a piece → [1]. */
+     * score 20; unk(x)+unk(y) = 40 > 30 so the unk path wins, and its text "xy" IS a piece → [1].
+     */
     const char *q[] = {"<unk>", "xy"};
     const double qs[] = {50.0, 30.0};
     u = mk_ug(q, qs, 2, 0, 0);
@@ -627,8 +679,7 @@ static void bf_walk(bf *b, size_t pos, int k, double sc)
             ids[m++] = id >= 0 ? id : 0;
             i = j;
         }
-        if (sc > b->best + 1e-9)
-            b->n_opt = 0, b->best = sc;
+        if (sc > b->best + 1e-9) b->n_opt = 0, b->best = sc;
         if (sc >= b->best - 1e-9 && b->n_opt < 64) {
             memcpy(b->opt[b->n_opt], ids, (size_t)m * sizeof ids[0]);
             b->opt_n[b->n_opt++] = m;
@@ -638,10 +689,8 @@ static void bf_walk(bf *b, size_t pos, int k, double sc)
     int single = 0;
     for (int i = 1; i < b->n; i++) { /* id 0 is <unk>, spelled "<unk>": never in these words */
         size_t l = strlen(b->pieces[i]);
-        if (l == 0 || pos + l > b->len || memcmp(b->w + pos, b->pieces[i], l) != 0)
-            continue;
-        if (bf_lookup(b, b->pieces[i], l) != i)
-            continue; /* a shadowed duplicate */
+        if (l == 0 || pos + l > b->len || memcmp(b->w + pos, b->pieces[i], l) != 0) continue;
+        if (bf_lookup(b, b->pieces[i], l) != i) continue; /* a shadowed duplicate */
         single |= (l == 1);
         b->seg_start[k] = (int)pos;
         b->seg_id[k] = i;
@@ -674,8 +723,7 @@ START_TEST(test_ug_bruteforce)
             store[i][l] = '\0';
             pieces[i] = store[i];
             scores[i] = -(double)(RND() % 100000) / 7919.0;
-            if (scores[i] < min)
-                min = scores[i];
+            if (scores[i] < min) min = scores[i];
         }
         tokug *u = mk_ug(pieces, scores, n, 0, 0);
         for (int wi = 0; wi < 10; wi++) {
@@ -684,8 +732,13 @@ START_TEST(test_ug_bruteforce)
             for (size_t j = 0; j < len; j++)
                 w[j] = "abcd"[RND() % 4];
             w[len] = '\0';
-            bf b = {.pieces = pieces, .scores = scores, .n = n, .unk_score = min - 10.0,
-                    .w = w, .len = len, .best = -INFINITY};
+            bf b = {.pieces = pieces,
+                    .scores = scores,
+                    .n = n,
+                    .unk_score = min - 10.0,
+                    .w = w,
+                    .len = len,
+                    .best = -INFINITY};
             bf_walk(&b, 0, 0, 0.0);
             tok_ids got = {0};
             ck_assert_int_eq(tokug_encode(u, w, len, &got), 0);
@@ -733,11 +786,10 @@ START_TEST(test_ug_large_word)
     /* Every letter is a T5 piece, so no unk, and the ids spell the word back. */
     size_t o = 0;
     for (size_t i = 0; i < ids.n; i++) {
-        const char *piece = json_string_value(
-            json_array_get(json_array_get(json_object_get(json_object_get(m.root, "model"),
-                                                          "vocab"),
-                                          (size_t)ids.v[i]),
-                           0));
+        const char *piece = json_string_value(json_array_get(
+            json_array_get(json_object_get(json_object_get(m.root, "model"), "vocab"),
+                           (size_t)ids.v[i]),
+            0));
         size_t l = strlen(piece);
         ck_assert_msg(o + l <= len && memcmp(w + o, piece, l) == 0, "id %zu does not spell", i);
         o += l;
@@ -780,10 +832,15 @@ int main(void)
         const char *name;
         const TTest *test;
     } cases[] = {
-        {"t5_expected_ids", test_t5_expected_ids}, {"t5_charsmap_rules", test_t5_charsmap_rules},
-        {"precompiled_rules", test_pc_tiny_rules}, {"precompiled_hostile", test_pc_hostile},
-        {"unigram_ties", test_ug_ties},            {"unigram_unk", test_ug_unk},
-        {"unigram_bruteforce", test_ug_bruteforce}, {"unigram_large_word", test_ug_large_word},
+        {"t5_expected_ids", test_t5_expected_ids},
+        {"t5_tokgold", test_t5_tokgold},
+        {"t5_charsmap_rules", test_t5_charsmap_rules},
+        {"precompiled_rules", test_pc_tiny_rules},
+        {"precompiled_hostile", test_pc_hostile},
+        {"unigram_ties", test_ug_ties},
+        {"unigram_unk", test_ug_unk},
+        {"unigram_bruteforce", test_ug_bruteforce},
+        {"unigram_large_word", test_ug_large_word},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name);
