@@ -1,0 +1,621 @@
+#!/usr/bin/python3
+"""End-to-end test of the lorad daemon: starts it on port 0 with the generated default model and
+talks HTTP to it like a client would (stdlib only).
+
+Runs the ASan build ($LORAD_ASAN_BUILD/lorad) when it exists, else $LORAD_BUILD/lorad. The model
+is $LORAD_MODELS/default, generated with tests/gen/gen_model.py when missing. Greedy outputs are
+checked against the float64 reference (tests/ref/ref.py), not against the daemon itself.
+
+Exit status 0 when every check passed; each failure is printed with what was expected.
+"""
+
+import http.client
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+PY = "/usr/bin/python3"
+MAX_BODY = 65536
+FAILS = []
+CHECKS = [0]
+
+
+def check(cond, what):
+    CHECKS[0] += 1
+    if not cond:
+        FAILS.append(what)
+        print("FAIL:", what, flush=True)
+    return cond
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+def find_binary():
+    for var, default in (("LORAD_ASAN_BUILD", "build/asan"), ("LORAD_BUILD", "build")):
+        d = os.environ.get(var, default)
+        p = os.path.join(d if os.path.isabs(d) else os.path.join(ROOT, d), "lorad")
+        if os.access(p, os.X_OK):
+            return p
+    sys.exit("test_server: no lorad binary in $LORAD_ASAN_BUILD or $LORAD_BUILD (run make)")
+
+
+def find_model():
+    root = os.environ.get("LORAD_MODELS", "build/testmodels")
+    if not os.path.isabs(root):
+        root = os.path.join(ROOT, root)
+    d = os.path.join(root, "default")
+    if not os.path.exists(os.path.join(d, "config.json")):
+        subprocess.run([PY, os.path.join(ROOT, "tests/gen/gen_model.py"), "--preset", "default",
+                        "--out", d], check=True)
+    return d
+
+
+class Daemon:
+    def __init__(self, binary, model, extra=()):
+        self.lines = []
+        self.cond = threading.Condition()
+        args = [binary, "--model", model, "--port", "0", "--max-body-bytes", str(MAX_BODY),
+                "--drain-timeout", "60", "--threads", "2"] + list(extra)
+        env = dict(os.environ)
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1")
+        env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     env=env)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.port = None
+        deadline = time.time() + 120
+        with self.cond:
+            while self.port is None and time.time() < deadline and self.proc.poll() is None:
+                for ln in self.lines:
+                    m = re.search(r"lorad: listening on http://([^\s:]+|\[[^\]]+\]):(\d+)", ln)
+                    if m:
+                        self.port = int(m.group(2))
+                self.cond.wait(0.2)
+        if self.port is None:
+            self.proc.kill()
+            sys.exit("test_server: the daemon did not start:\n" + "".join(self.lines[-30:]))
+
+    def _read(self):
+        for raw in self.proc.stderr:
+            with self.cond:
+                self.lines.append(raw.decode("utf-8", "replace"))
+                self.cond.notify_all()
+
+    def stderr(self):
+        with self.cond:
+            return "".join(self.lines)
+
+    def stop(self, timeout=60):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = None
+        self.reader.join(5)
+        return rc
+
+
+D = None
+
+
+def request(method, path, body=None, raw=None, timeout=120, headers=None):
+    """(status, headers, parsed JSON or text)."""
+    c = http.client.HTTPConnection("127.0.0.1", D.port, timeout=timeout)
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    h = {"Content-Type": "application/json"}
+    h.update(headers or {})
+    c.request(method, path, body=data, headers=h)
+    r = c.getresponse()
+    text = r.read()
+    c.close()
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = text.decode("utf-8", "replace")
+    return r.status, dict(r.getheaders()), parsed
+
+
+def post(path, body, **kw):
+    return request("POST", path, body, **kw)
+
+
+def complete(**body):
+    body.setdefault("prompt", "Hello")
+    st, _, r = post("/v1/completions", body)
+    if not check(st == 200, "completion %r answered %d: %r" % (body, st, r)):
+        return None
+    return r
+
+
+def stream(body):
+    """POST a streamed completion; returns (list of chunk dicts, saw [DONE], raw text)."""
+    body = dict(body, stream=True)
+    c = http.client.HTTPConnection("127.0.0.1", D.port, timeout=120)
+    c.request("POST", "/v1/completions", body=json.dumps(body),
+              headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    check(r.status == 200, "stream status %d" % r.status)
+    check(r.getheader("Content-Type", "").startswith("text/event-stream"),
+          "stream content type %r" % r.getheader("Content-Type"))
+    raw = r.read().decode("utf-8")
+    c.close()
+    chunks, done = [], False
+    for ev in raw.split("\n\n"):
+        if not ev.strip():
+            continue
+        check(ev.startswith("data: "), "SSE event without 'data: ': %r" % ev[:80])
+        payload = ev[len("data: "):]
+        if payload == "[DONE]":
+            done = True
+            continue
+        check(not done, "data after [DONE]")
+        chunks.append(json.loads(payload))
+    return chunks, done, raw
+
+
+def metrics():
+    st, _, text = request("GET", "/metrics")
+    check(st == 200, "/metrics status %d" % st)
+    vals = {}
+    for ln in text.splitlines():
+        if ln.startswith("#") or not ln.strip():
+            continue
+        name, _, v = ln.rpartition(" ")
+        vals[name] = float(v)
+    return vals
+
+
+def ref_greedy(model, prompt_ids, n, top=0):
+    out = subprocess.run([PY, os.path.join(ROOT, "tests/ref/ref.py"), "--model", model,
+                          "--prompt", ",".join(map(str, prompt_ids)), "--max-tokens", str(n),
+                          "--top-logprobs", str(top)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[0])
+
+
+def tokenize(text, add_special=True):
+    st, _, r = post("/tokenize", {"content": text, "add_special": add_special})
+    check(st == 200 and isinstance(r.get("tokens"), list), "tokenize %r: %d %r" % (text, st, r))
+    return r["tokens"]
+
+
+# ---------------------------------------------------------------- checks
+
+
+def t_cli(binary, model):
+    r = subprocess.run([binary, "--help"], capture_output=True, text=True)
+    check(r.returncode == 0 and "--max-body-bytes" in r.stdout, "--help exits 0 and lists flags")
+    for bad in (["--port", "abc"], ["--port", "70000"], ["--log-level", "loud"],
+                ["--threads", "-1"], ["--bogus", "1"], []):
+        args = [binary] + (["--model", model] if bad else []) + bad
+        r = subprocess.run(args, capture_output=True, text=True)
+        check(r.returncode == 2 and "lorad:" in r.stderr,
+              "bad flags %r exit 2 with a message (got %d, %r)" % (bad, r.returncode, r.stderr))
+
+
+def t_health_models():
+    st, _, r = request("GET", "/health")
+    check(st == 200 and r == {"status": "ok"}, "/health: %d %r" % (st, r))
+    st, _, r = request("GET", "/v1/models")
+    check(st == 200 and r.get("object") == "list" and r["data"][0]["id"] == "default"
+          and r["data"][0]["object"] == "model", "/v1/models: %d %r" % (st, r))
+
+
+def t_tokenize():
+    text = "Hello world, this is lorad. 12345 héllo ✓"
+    ids = tokenize(text, add_special=False)
+    st, _, r = post("/detokenize", {"tokens": ids})
+    check(st == 200 and r.get("content") == text, "detokenize(tokenize(x)) == x: %r" % (r,))
+    with_bos = tokenize(text)
+    check(with_bos[0] == 504 and with_bos[1:] == ids,
+          "add_special prepends the BOS id 504: %r vs %r" % (with_bos[:3], ids[:3]))
+    st, _, r = post("/detokenize", {"tokens": with_bos})
+    check(st == 200 and r.get("content") == "<|begin_of_text|>" + text,
+          "detokenize keeps special tokens: %r" % (r,))
+
+
+def t_greedy(model):
+    prompt = "The quick brown fox"
+    ids = tokenize(prompt)
+    a = complete(prompt=prompt, temperature=0, max_tokens=12, ignore_eos=True,
+                 return_token_ids=True)
+    b = complete(prompt=prompt, temperature=0, max_tokens=12, ignore_eos=True,
+                 return_token_ids=True)
+    if not a or not b:
+        return None
+    ca, cb = a["choices"][0], b["choices"][0]
+    check(a["object"] == "text_completion" and a["model"] == "default"
+          and a["id"].startswith("cmpl-"), "response shape: %r" % {k: a[k] for k in ("object", "model", "id")})
+    check(ca["text"] == cb["text"] and ca["token_ids"] == cb["token_ids"], "greedy is deterministic")
+    check(ca["finish_reason"] == "length", "max_tokens ends with finish_reason length: %r" % ca["finish_reason"])
+    check(a["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 12, "total_tokens": len(ids) + 12},
+          "usage %r (prompt has %d tokens)" % (a["usage"], len(ids)))
+    check(ca["prompt_token_ids"] == ids, "prompt_token_ids equal /tokenize")
+    check(len(ca["token_ids"]) == 12, "12 token_ids")
+    ref = ref_greedy(model, ids, 12)
+    check(ref["min_gap"] < 1e-3 or ca["token_ids"] == ref["tokens"],
+          "greedy tokens equal the float64 reference: %r vs %r" % (ca["token_ids"], ref["tokens"]))
+    st, _, d = post("/detokenize", {"tokens": ca["token_ids"]})
+    if "<|" not in d.get("content", ""):
+        check(d.get("content") == ca["text"], "text == detokenize(token_ids): %r vs %r" % (ca["text"], d))
+    # The same prompt as token ids gives the same completion.
+    c = complete(prompt=ids, temperature=0, max_tokens=12, ignore_eos=True, return_token_ids=True)
+    if c:
+        check(c["choices"][0]["token_ids"] == ca["token_ids"], "token-id prompt == string prompt")
+    # max_tokens
+    m = complete(prompt=prompt, temperature=0, max_tokens=3, ignore_eos=True, return_token_ids=True)
+    if m:
+        check(m["choices"][0]["token_ids"] == ca["token_ids"][:3] and m["usage"]["completion_tokens"] == 3,
+              "max_tokens 3 gives the first 3 greedy tokens")
+    # Batched prompts: an array of strings and an array of id arrays.
+    bb = complete(prompt=[prompt, "Another prompt"], temperature=0, max_tokens=12, ignore_eos=True,
+                  return_token_ids=True)
+    if bb:
+        check([x["index"] for x in bb["choices"]] == [0, 1], "two prompts → choices 0, 1")
+        check(bb["choices"][0]["token_ids"] == ca["token_ids"], "batched prompt 0 == alone")
+    bi = complete(prompt=[ids, ids[:3]], temperature=0, max_tokens=2, ignore_eos=True)
+    if bi:
+        check(len(bi["choices"]) == 2, "array of id arrays → 2 choices")
+    return prompt, ids, ca
+
+
+def t_logprobs(model, prompt, ids, greedy):
+    r = complete(prompt=prompt, temperature=0, max_tokens=8, ignore_eos=True, logprobs=3,
+                 return_token_ids=True)
+    if not r:
+        return
+    c = r["choices"][0]
+    lp = c["logprobs"]
+    check(set(lp) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"}, "logprobs keys %r" % list(lp))
+    check(all(len(lp[k]) == 8 for k in lp), "8 logprob entries each")
+    check(c["token_ids"] == greedy["token_ids"][:8], "logprobs do not change greedy tokens")
+    ref = ref_greedy(model, ids, 8, top=3)
+    for i in range(8):
+        v = lp["token_logprobs"][i]
+        check(v <= 1e-6, "logprob %d ≤ 0: %r" % (i, v))
+        check(abs(v - ref["logprobs"][i]) < 2e-3,
+              "logprob %d equals the reference: %r vs %r" % (i, v, ref["logprobs"][i]))
+        tops = lp["top_logprobs"][i]
+        check(isinstance(tops, dict) and 1 <= len(tops) <= 4, "top_logprobs %d: %r" % (i, tops))
+        check(abs(max(tops.values()) - v) < 1e-5, "greedy token is the top alternative at %d" % i)
+        check(sum(math.exp(x) for x in tops.values()) <= 1.0 + 1e-4, "top probabilities sum ≤ 1")
+    offs = lp["text_offset"]
+    check(offs[0] == 0 and offs == sorted(offs) and offs[-1] <= len(c["text"]),
+          "text_offset starts at 0, is monotone and inside the text: %r" % offs)
+    check("".join(lp["tokens"]) == c["text"] or "<|" in "".join(lp["tokens"]),
+          "logprobs tokens concatenate to the text")
+    # Consistency: the echoed prompt logprobs of (prompt + first 5 generated) equal the generated
+    # logprobs above.
+    e = complete(prompt=ids + c["token_ids"][:5], temperature=0, max_tokens=1, echo=True, logprobs=3)
+    if e:
+        elp = e["choices"][0]["logprobs"]
+        n = len(ids) + 5 + 1
+        check(len(elp["token_logprobs"]) == n, "echo+logprobs has prompt+generated entries: %d vs %d" % (len(elp["token_logprobs"]), n))
+        check(elp["token_logprobs"][0] is None and elp["top_logprobs"][0] is None,
+              "first prompt token has a null logprob")
+        for i in range(5):
+            a, b = elp["token_logprobs"][len(ids) + i], lp["token_logprobs"][i]
+            check(a is not None and abs(a - b) < 2e-3, "prompt logprob %d == generated logprob: %r vs %r" % (i, a, b))
+        check(abs(elp["token_logprobs"][-1] - lp["token_logprobs"][5]) < 2e-3, "next generated logprob matches")
+
+
+def t_echo(prompt, greedy):
+    r = complete(prompt=prompt, temperature=0, max_tokens=12, ignore_eos=True, echo=True)
+    if r:
+        check(r["choices"][0]["text"] == prompt + greedy["text"], "echo prepends the prompt: %r" % r["choices"][0]["text"])
+
+
+def t_n_and_seed(prompt):
+    a = complete(prompt=prompt, n=2, temperature=1.0, seed=7, max_tokens=10, ignore_eos=True,
+                 return_token_ids=True)
+    b = complete(prompt=prompt, n=2, temperature=1.0, seed=7, max_tokens=10, ignore_eos=True,
+                 return_token_ids=True)
+    if a and b:
+        check([c["index"] for c in a["choices"]] == [0, 1], "n=2 → choices 0 and 1")
+        check([c["token_ids"] for c in a["choices"]] == [c["token_ids"] for c in b["choices"]],
+              "the same seed gives the same samples: %r vs %r" % ([c["token_ids"] for c in a["choices"]], [c["token_ids"] for c in b["choices"]]))
+        check(a["usage"]["completion_tokens"] == 20, "usage counts both choices")
+    g = complete(prompt=prompt, n=2, temperature=0, max_tokens=6, ignore_eos=True)
+    if g:
+        check(g["choices"][0]["text"] == g["choices"][1]["text"], "greedy n=2 choices agree")
+
+
+def t_stop(prompt, greedy):
+    # A stop string spanning two tokens: the last character of token k-1 and the first of token k.
+    r = complete(prompt=prompt, temperature=0, max_tokens=12, ignore_eos=True, logprobs=0)
+    if not r:
+        return
+    text, offs = r["choices"][0]["text"], r["choices"][0]["logprobs"]["text_offset"]
+    stop = None
+    for k in range(2, len(offs) - 1):
+        if offs[k] - 1 >= offs[k - 1] and offs[k + 1] > offs[k] and offs[k] < len(text):
+            stop = text[offs[k] - 1:offs[k] + 1]
+            break
+    if not check(stop, "found a token boundary to build a stop string in %r" % text):
+        return
+    want = text[:text.find(stop)]
+    s = complete(prompt=prompt, temperature=0, max_tokens=12, ignore_eos=True, stop=[stop])
+    if s:
+        c = s["choices"][0]
+        check(c["text"] == want and c["finish_reason"] == "stop",
+              "stop %r cuts %r to %r (got %r, %s)" % (stop, text, want, c["text"], c["finish_reason"]))
+    chunks, done, _ = stream(dict(prompt=prompt, temperature=0, max_tokens=12, ignore_eos=True,
+                                  stop=stop))
+    st_text = "".join(ch["choices"][0]["text"] for ch in chunks if ch["choices"])
+    check(st_text == want and chunks[-1]["choices"][0]["finish_reason"] == "stop",
+          "streamed stop: %r vs %r" % (st_text, want))
+    n = complete(prompt=prompt, temperature=0, max_tokens=12, ignore_eos=True, stop=["\x01never"])
+    if n:
+        check(n["choices"][0]["text"] == greedy["text"] and n["choices"][0]["finish_reason"] == "length",
+              "an absent stop string changes nothing")
+
+
+def t_stream(prompt, greedy):
+    body = dict(prompt=prompt, temperature=0, max_tokens=12, ignore_eos=True,
+                stream_options={"include_usage": True})
+    chunks, done, raw = stream(body)
+    check(done, "stream ends with data: [DONE]")
+    check(all(ch["object"] == "text_completion" for ch in chunks), "chunks are text_completion")
+    text = "".join(ch["choices"][0]["text"] for ch in chunks if ch["choices"])
+    check(text == greedy["text"], "streamed text == non-streamed: %r vs %r" % (text, greedy["text"]))
+    fins = [ch["choices"][0]["finish_reason"] for ch in chunks if ch["choices"]]
+    check(fins[-1] == "length" and all(f is None for f in fins[:-1]), "finish_reason only on the last chunk: %r" % fins)
+    last = chunks[-1] if chunks else {}
+    check(last.get("choices") == [] and last.get("usage", {}).get("completion_tokens") == 12,
+          "include_usage: a final chunk with usage and no choices: %r" % last)
+    check(all("usage" in ch and ch["usage"] is None for ch in chunks[:-1]), "usage null on other chunks")
+    chunks, done, _ = stream(dict(prompt=prompt, temperature=0, max_tokens=12, ignore_eos=True))
+    check(done and all("usage" not in ch for ch in chunks), "no usage chunk without include_usage")
+    # Streamed n=2 with echo: each index's texts concatenate to the non-streamed one.
+    chunks, done, _ = stream(dict(prompt=prompt, temperature=0, max_tokens=5, ignore_eos=True, n=2, echo=True))
+    for i in range(2):
+        t = "".join(ch["choices"][0]["text"] for ch in chunks if ch["choices"] and ch["choices"][0]["index"] == i)
+        check(t == prompt + complete(prompt=prompt, temperature=0, max_tokens=5, ignore_eos=True)["choices"][0]["text"],
+              "streamed echo n=2 index %d" % i)
+
+
+def t_eos():
+    # Without ignore_eos a greedy run may stop early with "stop"; with it, always the full length.
+    for p in ("a", "The end", "Once upon a time"):
+        r = complete(prompt=p, temperature=0, max_tokens=40, return_token_ids=True)
+        if r:
+            c = r["choices"][0]
+            if c["finish_reason"] == "stop":
+                check(c["token_ids"][-1] in (505, 507), "finish stop at an eos id: %r" % c["token_ids"][-3:])
+            else:
+                check(len(c["token_ids"]) == 40 and not (set(c["token_ids"]) & {505, 507}),
+                      "length finish has no eos")
+        r = complete(prompt=p, temperature=0, max_tokens=40, ignore_eos=True)
+        if r:
+            check(r["usage"]["completion_tokens"] == 40 and r["choices"][0]["finish_reason"] == "length",
+                  "ignore_eos runs to max_tokens")
+
+
+def t_malformed():
+    long_ids = [5] * 1100
+    cases = [
+        ("bad JSON", "POST", "/v1/completions", b"{", 400),
+        ("empty body", "POST", "/v1/completions", b"", 400),
+        ("body is an array", "POST", "/v1/completions", b"[1,2]", 400),
+        ("invalid UTF-8", "POST", "/v1/completions", b'{"prompt": "\xff\xfe"}', 400),
+        ("duplicate keys", "POST", "/v1/completions", b'{"prompt": "a", "prompt": "b"}', 400),
+        ("no prompt", "POST", "/v1/completions", {"max_tokens": 3}, 400),
+        ("prompt number", "POST", "/v1/completions", {"prompt": 5}, 400),
+        ("prompt empty array", "POST", "/v1/completions", {"prompt": []}, 400),
+        ("prompt mixed array", "POST", "/v1/completions", {"prompt": [[1, "a"]]}, 400),
+        ("token id too big", "POST", "/v1/completions", {"prompt": [99999]}, 400),
+        ("token id negative", "POST", "/v1/completions", {"prompt": [-1]}, 400),
+        ("prompt too long", "POST", "/v1/completions", {"prompt": long_ids}, 400),
+        ("max_tokens -1", "POST", "/v1/completions", {"prompt": "a", "max_tokens": -1}, 400),
+        ("max_tokens 0", "POST", "/v1/completions", {"prompt": "a", "max_tokens": 0}, 400),
+        ("max_tokens string", "POST", "/v1/completions", {"prompt": "a", "max_tokens": "10"}, 400),
+        ("max_tokens float", "POST", "/v1/completions", {"prompt": "a", "max_tokens": 2.5}, 400),
+        ("temperature -0.5", "POST", "/v1/completions", {"prompt": "a", "temperature": -0.5}, 400),
+        ("temperature string", "POST", "/v1/completions", {"prompt": "a", "temperature": "hot"}, 400),
+        ("top_p 0", "POST", "/v1/completions", {"prompt": "a", "top_p": 0}, 400),
+        ("top_p 1.5", "POST", "/v1/completions", {"prompt": "a", "top_p": 1.5}, 400),
+        ("top_k string", "POST", "/v1/completions", {"prompt": "a", "top_k": "5"}, 400),
+        ("min_p 1", "POST", "/v1/completions", {"prompt": "a", "min_p": 1.0}, 400),
+        ("logprobs 21", "POST", "/v1/completions", {"prompt": "a", "logprobs": 21}, 400),
+        ("logprobs bool", "POST", "/v1/completions", {"prompt": "a", "logprobs": True}, 400),
+        ("n 0", "POST", "/v1/completions", {"prompt": "a", "n": 0}, 400),
+        ("stream string", "POST", "/v1/completions", {"prompt": "a", "stream": "yes"}, 400),
+        ("echo string", "POST", "/v1/completions", {"prompt": "a", "echo": "true"}, 400),
+        ("stop number", "POST", "/v1/completions", {"prompt": "a", "stop": 5}, 400),
+        ("stop 17 strings", "POST", "/v1/completions", {"prompt": "a", "stop": ["x%d" % i for i in range(17)]}, 400),
+        ("stop empty string", "POST", "/v1/completions", {"prompt": "a", "stop": [""]}, 400),
+        ("presence_penalty 3", "POST", "/v1/completions", {"prompt": "a", "presence_penalty": 3}, 400),
+        ("repetition_penalty 0", "POST", "/v1/completions", {"prompt": "a", "repetition_penalty": 0}, 400),
+        ("seed string", "POST", "/v1/completions", {"prompt": "a", "seed": "x"}, 400),
+        ("stream_options string", "POST", "/v1/completions", {"prompt": "a", "stream_options": "x"}, 400),
+        ("suffix", "POST", "/v1/completions", {"prompt": "a", "suffix": "x"}, 400),
+        ("logit_bias", "POST", "/v1/completions", {"prompt": "a", "logit_bias": {"1": 5}}, 400),
+        ("best_of > n", "POST", "/v1/completions", {"prompt": "a", "best_of": 3}, 400),
+        ("unknown model", "POST", "/v1/completions", {"prompt": "a", "model": "nope"}, 404),
+        ("model ..", "POST", "/v1/completions", {"prompt": "a", "model": "../etc/passwd"}, 400),
+        ("model leading /", "POST", "/v1/completions", {"prompt": "a", "model": "/abs/path"}, 400),
+        ("model backslash", "POST", "/v1/completions", {"prompt": "a", "model": "a\\b"}, 400),
+        ("model control char", "POST", "/v1/completions", {"prompt": "a", "model": "a\u0001b"}, 400),
+        ("model NUL", "POST", "/v1/completions", b'{"prompt": "a", "model": "a\\u0000b"}', 400),
+        ("model number", "POST", "/v1/completions", {"prompt": "a", "model": 5}, 400),
+        ("unknown route", "GET", "/v1/nothing", None, 404),
+        ("unknown POST route", "POST", "/v2/completions", {"prompt": "a"}, 404),
+        ("GET completions", "GET", "/v1/completions", None, 405),
+        ("POST health", "POST", "/health", {}, 405),
+        ("DELETE models", "DELETE", "/v1/models", None, 405),
+        ("oversize body", "POST", "/v1/completions", {"prompt": "x" * (MAX_BODY + 100)}, 413),
+        ("tokenize without content", "POST", "/tokenize", {"text": "a"}, 400),
+        ("tokenize add_special string", "POST", "/tokenize", {"content": "a", "add_special": "no"}, 400),
+        ("detokenize tokens string", "POST", "/detokenize", {"tokens": "abc"}, 400),
+        ("detokenize id too big", "POST", "/detokenize", {"tokens": [999999]}, 400),
+        ("tokenize unknown model", "POST", "/tokenize", {"content": "a", "model": "zzz"}, 404),
+    ]
+    for name, method, path, body, want in cases:
+        raw = body if isinstance(body, bytes) else None
+        st, hdr, r = request(method, path, body=None if raw is not None else body, raw=raw)
+        ok = (st == want and isinstance(r, dict) and isinstance(r.get("error"), dict)
+              and isinstance(r["error"].get("message"), str) and r["error"]["message"]
+              and isinstance(r["error"].get("type"), str) and "param" in r["error"] and "code" in r["error"])
+        check(ok, "malformed '%s': want %d with an OpenAI error body, got %d %r" % (name, want, st, r))
+        if want == 405:
+            check("Allow" in hdr, "405 carries an Allow header (%s)" % name)
+    st, _, r = post("/v1/completions", {"prompt": "a", "max_tokens": -1})
+    check("max_tokens" in r["error"]["message"] and "-1" in r["error"]["message"]
+          and r["error"]["param"] == "max_tokens", "the message names the field and value: %r" % r)
+    st, _, r = post("/v1/completions", {"prompt": "a", "suffix": "x"})
+    check("suffix" in r["error"]["message"], "unsupported fields are named: %r" % r)
+    st, _, r = post("/v1/completions", {"prompt": "a", "model": "nope"})
+    check("nope" in r["error"]["message"], "404 names the model: %r" % r)
+    # Unknown fields are ignored; user is accepted.
+    r = complete(prompt="a", max_tokens=2, user="someone", frobnicate=3, temperature=0)
+    check(r is not None, "unknown fields are ignored")
+
+
+def t_disconnect():
+    before = metrics()
+    body = json.dumps({"prompt": "Tell me a long story", "max_tokens": 1000, "ignore_eos": True,
+                       "stream": True, "temperature": 0}).encode()
+    s = socket.create_connection(("127.0.0.1", D.port), timeout=60)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    got = b""
+    while b"data: " not in got:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    check(b"200 OK" in got and b"data: " in got, "stream started before the disconnect")
+    s.close()
+    deadline, m = time.time() + 20, {}
+    while time.time() < deadline:
+        m = metrics()
+        if m.get("lorad_running_sequences") == 0 and m.get("lorad_waiting_sequences") == 0:
+            break
+        time.sleep(0.1)
+    check(m.get("lorad_running_sequences") == 0 and m.get("lorad_waiting_sequences") == 0,
+          "after a disconnect nothing runs: %r" % {k: v for k, v in m.items() if "sequences" in k})
+    gen = m.get("lorad_generation_tokens_total", 0) - before.get("lorad_generation_tokens_total", 0)
+    print("disconnect: %d of 1000 tokens generated before the cancel took effect" % gen)
+    check(gen < 1000, "the abandoned stream was canceled before max_tokens (%d tokens)" % gen)
+    check(m.get('lorad_requests_total{endpoint="completions",status="499"}', 0) >= 1,
+          "the abandoned request is counted as 499")
+
+
+def t_concurrent():
+    prompts = ["Prompt number %d says" % i for i in range(16)]
+    one = []
+    for p in prompts:
+        r = complete(prompt=p, temperature=0, max_tokens=16, ignore_eos=True, return_token_ids=True)
+        one.append(r["choices"][0]["token_ids"] if r else None)
+    results = [None] * 16
+
+    def worker(i):
+        st, _, r = post("/v1/completions", {"prompt": prompts[i], "temperature": 0, "max_tokens": 16,
+                                            "ignore_eos": True, "return_token_ids": True})
+        results[i] = r["choices"][0]["token_ids"] if st == 200 else (st, r)
+
+    t0 = time.time()
+    ths = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join(300)
+    print("16 concurrent requests of 16 tokens: %.2fs" % (time.time() - t0))
+    for i in range(16):
+        check(results[i] == one[i], "concurrent request %d equals the sequential one: %r vs %r" % (i, results[i], one[i]))
+
+
+def t_metrics():
+    m = metrics()
+    for name in ("lorad_prompt_tokens_total", "lorad_generation_tokens_total", "lorad_running_sequences",
+                 "lorad_waiting_sequences", "lorad_kv_blocks_total", "lorad_kv_blocks_used",
+                 "lorad_engine_steps_total", "lorad_preemptions_total",
+                 "lorad_request_duration_seconds_count", 'lorad_request_duration_seconds_bucket{le="+Inf"}'):
+        check(name in m, "/metrics has %s" % name)
+    check(m.get('lorad_requests_total{endpoint="completions",status="200"}', 0) > 10, "completions counted")
+    check(m.get('lorad_requests_total{endpoint="completions",status="400"}', 0) > 20, "400s counted")
+    check(m.get("lorad_kv_blocks_total", 0) > 0, "KV pool is not empty")
+
+
+def t_sigterm():
+    result = {}
+
+    def worker():
+        try:
+            result["r"] = post("/v1/completions", {"prompt": "Drain me", "temperature": 0, "max_tokens": 1000,
+                                                    "ignore_eos": True}, timeout=300)
+        except Exception as e:  # noqa: BLE001
+            result["e"] = e
+
+    t = threading.Thread(target=worker)
+    t.start()
+    deadline = time.time() + 30
+    while time.time() < deadline and metrics().get("lorad_running_sequences", 0) < 1:
+        time.sleep(0.02)
+    D.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    try:
+        st, _, r = request("GET", "/health", timeout=10)
+        if t.is_alive():
+            check(st == 503 and "error" in r, "/health is 503 while draining: %d %r" % (st, r))
+            st, _, r = post("/v1/completions", {"prompt": "late"}, timeout=10)
+            check(st == 503, "new requests are refused while draining: %d" % st)
+    except OSError as e:
+        check(not t.is_alive(), "daemon reachable while draining: %r" % e)
+    t.join(300)
+    st, _, r = result.get("r", (None, None, result.get("e")))
+    check(st == 200 and r["usage"]["completion_tokens"] + r["usage"]["prompt_tokens"] >= 1000,
+          "the in-flight request completes during the drain: %r %r" % (st, str(r)[:200]))
+    rc = D.stop(120)
+    check(rc == 0, "exit code 0 after SIGTERM (got %r)" % rc)
+
+
+def main():
+    global D
+    binary, model = find_binary(), find_model()
+    print("binary %s, model %s" % (binary, model), flush=True)
+    t_cli(binary, model)
+    D = Daemon(binary, model)
+    try:
+        t_health_models()
+        t_tokenize()
+        g = t_greedy(model)
+        if g:
+            prompt, ids, greedy = g
+            t_logprobs(model, prompt, ids, greedy)
+            t_echo(prompt, greedy)
+            t_n_and_seed(prompt)
+            t_stop(prompt, greedy)
+            t_stream(prompt, greedy)
+        t_eos()
+        t_malformed()
+        t_disconnect()
+        t_concurrent()
+        t_metrics()
+        t_sigterm()
+    finally:
+        if D.proc.poll() is None:
+            D.stop(60)
+    err = D.stderr()
+    check("ERROR: AddressSanitizer" not in err and "runtime error:" not in err
+          and "ERROR: LeakSanitizer" not in err, "sanitizer-clean daemon stderr")
+    if FAILS:
+        print("---- daemon stderr (last 40 lines) ----")
+        print("".join(err.splitlines(True)[-40:]))
+    print("%d checks, %d failed" % (CHECKS[0], len(FAILS)))
+    return 1 if FAILS else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
