@@ -333,7 +333,8 @@ static int cmp_ptr(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static void engine_step(eng_engine *e)
+/* One scheduling round and forward pass. Returns the number of slices run (0: nothing to do). */
+static int engine_step(eng_engine *e)
 {
     pthread_mutex_lock(&e->mu);
     int nd = take_canceled(e);
@@ -352,7 +353,7 @@ static void engine_step(eng_engine *e)
         seq_free(e, s);
     }
     if (ns == 0)
-        return;
+        return 0;
 
     /* Group the slices by adapter (stable insertion sort: few slices), so each adapter's rows
      * form one run for the LoRA hook. */
@@ -433,6 +434,7 @@ static void engine_step(eng_engine *e)
     pthread_mutex_unlock(&e->mu);
     for (int i = 0; i < nd; i++)
         seq_free(e, e->done[i]);
+    return ns;
 }
 
 static void *engine_main(void *arg)
@@ -446,7 +448,21 @@ static void *engine_main(void *arg)
         pthread_mutex_unlock(&e->mu);
         if (stop)
             break;
-        engine_step(e);
+        if (engine_step(e) == 0) {
+            /* Work exists but none could be scheduled (should not happen: an idle pool admits
+             * or rejects the head of the queue). Wait a little rather than spin. */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 1000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_mutex_lock(&e->mu);
+            if (!e->stop)
+                pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+            pthread_mutex_unlock(&e->mu);
+        }
     }
     /* Shutdown: every unfinished request gets ABORT. */
     pthread_mutex_lock(&e->mu);
