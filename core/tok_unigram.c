@@ -4,9 +4,11 @@
  * Unigram::encode_optimized followed by Unigram::tokenize (SPEC-HF.md E.3). It does not
  * normalize, pre-tokenize or handle added tokens; tokenizer.c does that around it.
  *
- * The trie is a hashed one: each edge (node, byte) → child lives in one open-addressing table, so
- * a common-prefix search from position s costs one probe per byte and stops at the first missing
- * edge, giving O(len · max_piece_len) per word with no per-character allocation.
+ * The trie is a hashed one: each edge (node, byte) → child is one 64-bit entry of an
+ * open-addressing table sized from the exact node count (at most half full), so a common-prefix
+ * search from position s costs one probe per byte and stops at the first missing edge, giving
+ * O(len · max_piece_len) per word with no per-character allocation. T5's 32,100 pieces make
+ * about 2^17 nodes: a 2 MiB table.
  */
 #include "tok_unigram.h"
 
@@ -19,7 +21,9 @@
 
 /* HF's K_UNK_PENALTY: an unknown character scores min_score − 10. */
 #define UG_UNK_PENALTY 10.0
-#define UG_EMPTY UINT64_MAX
+/* Edge entries are (node << 8 | byte) << 32 | child; 0 marks an empty slot, since the only edge
+ * with key 0 would be a NUL byte out of the root, which no (C string) piece has. */
+#define UG_MAX_NODES (1u << 24)
 
 struct tokug {
     int n_pieces;
@@ -29,25 +33,26 @@ struct tokug {
     double unk_score; /* min over all scores − UG_UNK_PENALTY */
     int32_t *node_id; /* (n_nodes,) id of the piece ending here or -1; node 0 = root */
     size_t n_nodes;
-    uint64_t *edge_key;    /* (edge_cap,) node << 8 | byte, or UG_EMPTY */
-    uint32_t *edge_child;  /* (edge_cap,) */
+    uint64_t *edge;        /* (edge_cap,) packed edges, see UG_MAX_NODES */
     size_t edge_mask;      /* edge_cap − 1, edge_cap a power of two */
+    int edge_shift;        /* 64 − log2(edge_cap) */
     int32_t byte_ids[256]; /* id of "<0xHH>" or -1 */
 };
 
-static inline size_t edge_slot(const tokug *u, uint64_t key)
+static inline size_t edge_slot(const tokug *u, uint32_t key)
 {
     /* Fibonacci hashing; the high bits of the product are the well-mixed ones. */
-    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 20) & u->edge_mask;
+    return (size_t)(((uint64_t)key * 0x9E3779B97F4A7C15ull) >> u->edge_shift);
 }
 
 /* Child of `node` along byte b, or 0 (the root is never a child). */
 static inline uint32_t trie_child(const tokug *u, uint32_t node, uint8_t b)
 {
-    uint64_t key = (uint64_t)node << 8 | b;
+    uint32_t key = node << 8 | b;
     for (size_t i = edge_slot(u, key);; i = (i + 1) & u->edge_mask) {
-        if (u->edge_key[i] == key) return u->edge_child[i];
-        if (u->edge_key[i] == UG_EMPTY) return 0;
+        uint64_t e = u->edge[i];
+        if ((uint32_t)(e >> 32) == key) return (uint32_t)e;
+        if (e == 0) return 0;
     }
 }
 
@@ -55,19 +60,44 @@ static void trie_insert(tokug *u, const uint8_t *s, size_t len, int32_t id)
 {
     uint32_t node = 0;
     for (size_t j = 0; j < len; j++) {
-        uint64_t key = (uint64_t)node << 8 | s[j];
+        uint32_t key = node << 8 | s[j];
         size_t i = edge_slot(u, key);
-        while (u->edge_key[i] != UG_EMPTY && u->edge_key[i] != key)
+        while (u->edge[i] != 0 && (uint32_t)(u->edge[i] >> 32) != key)
             i = (i + 1) & u->edge_mask;
-        if (u->edge_key[i] == UG_EMPTY) {
-            /* Capacity was sized from the total piece bytes, so a node and a slot are free. */
-            u->edge_key[i] = key;
-            u->edge_child[i] = (uint32_t)u->n_nodes;
+        if (u->edge[i] == 0) {
+            /* The table and node_id were sized from the exact node count: both have room. */
+            u->edge[i] = (uint64_t)key << 32 | (uint32_t)u->n_nodes;
             u->node_id[u->n_nodes++] = -1;
         }
-        node = u->edge_child[i];
+        node = (uint32_t)u->edge[i];
     }
     u->node_id[node] = id; /* a later duplicate overwrites: HF's map keeps the last id */
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Number of trie nodes (root included) = 1 + the number of distinct non-empty prefixes, counted
+ * over the sorted pieces as Σ (len − common prefix with the previous piece). */
+static int count_nodes(const char *const *pieces, int n, size_t *out)
+{
+    const char **v = malloc((n ? (size_t)n : 1) * sizeof *v);
+    if (!v) return LR_ENOMEM;
+    memcpy(v, pieces, (size_t)n * sizeof *v);
+    qsort(v, (size_t)n, sizeof *v, cmp_str);
+    size_t nodes = 1;
+    for (int i = 0; i < n; i++) {
+        size_t lcp = 0;
+        if (i > 0)
+            while (v[i][lcp] && v[i][lcp] == v[i - 1][lcp])
+                lcp++;
+        nodes += strlen(v[i]) - lcp;
+    }
+    free(v);
+    *out = nodes;
+    return 0;
 }
 
 int tokug_piece_id(const tokug *u, const char *s, size_t len)
@@ -101,7 +131,6 @@ int tokug_create(const char *const *pieces, const double *scores, int n, int unk
         return lr_error_set(err, LR_EINVAL,
                             "unigram: unk_id %d is not an id of the %d-piece vocabulary", unk_id,
                             n);
-    size_t total = 0;
     double min_score = INFINITY;
     for (int i = 0; i < n; i++) {
         if (!pieces[i]) return lr_error_set(err, LR_EINVAL, "unigram: piece %d is NULL", i);
@@ -111,11 +140,14 @@ int tokug_create(const char *const *pieces, const double *scores, int n, int unk
         if (!isfinite(scores[i]))
             return lr_error_set(err, LR_EFORMAT, "unigram: piece %d has a non-finite score", i);
         if (scores[i] < min_score) min_score = scores[i];
-        total += len;
     }
-    if (total >= UINT32_MAX)
-        return lr_error_set(err, LR_ETOOLARGE, "unigram: vocabulary of %zu bytes is too large",
-                            total);
+    size_t nodes;
+    if (count_nodes(pieces, n, &nodes))
+        return lr_error_set(err, LR_ENOMEM, "unigram: out of memory for %d pieces", n);
+    if (nodes >= UG_MAX_NODES)
+        return lr_error_set(err, LR_ETOOLARGE,
+                            "unigram: the vocabulary needs %zu trie nodes, more than %u", nodes,
+                            UG_MAX_NODES);
 
     tokug *u = calloc(1, sizeof *u);
     if (!u) return lr_error_set(err, LR_ENOMEM, "unigram: out of memory");
@@ -124,20 +156,19 @@ int tokug_create(const char *const *pieces, const double *scores, int n, int unk
     u->byte_fallback = byte_fallback != 0;
     u->unk_score = min_score - UG_UNK_PENALTY;
     size_t cap = 16;
-    while (cap < 2 * (total + 1))
-        cap *= 2;
+    int bits = 4;
+    while (cap < 2 * nodes)
+        cap *= 2, bits++;
     u->edge_mask = cap - 1;
+    u->edge_shift = 64 - bits;
     u->scores = malloc((n ? (size_t)n : 1) * sizeof *u->scores);
-    u->node_id = malloc((total + 1) * sizeof *u->node_id);
-    u->edge_key = malloc(cap * sizeof *u->edge_key);
-    u->edge_child = malloc(cap * sizeof *u->edge_child);
-    if (!u->scores || !u->node_id || !u->edge_key || !u->edge_child) {
+    u->node_id = malloc(nodes * sizeof *u->node_id);
+    u->edge = calloc(cap, sizeof *u->edge);
+    if (!u->scores || !u->node_id || !u->edge) {
         tokug_destroy(u);
         return lr_error_set(err, LR_ENOMEM, "unigram: out of memory for %d pieces", n);
     }
     if (n) memcpy(u->scores, scores, (size_t)n * sizeof *scores);
-    for (size_t i = 0; i < cap; i++)
-        u->edge_key[i] = UG_EMPTY;
     u->node_id[0] = -1;
     u->n_nodes = 1;
     for (int i = 0; i < n; i++)
@@ -156,8 +187,7 @@ void tokug_destroy(tokug *u)
     if (!u) return;
     free(u->scores);
     free(u->node_id);
-    free(u->edge_key);
-    free(u->edge_child);
+    free(u->edge);
     free(u);
 }
 
