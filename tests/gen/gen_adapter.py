@@ -69,6 +69,12 @@ PLAN = {
     "head_dim": ["all7", "dora"],
 }
 
+# Seeds (the --seed value) for PLAN entries whose seed-0 weights gave a greedy top-1/top-2 logit
+# gap below 0.005 on the parity prompts; chosen with the reference so that every gap is >= 0.02.
+SEEDS = {("default", "all7"): 1, ("default", "bf16"): 3, ("default", "noprefix"): 1,
+         ("default", "t8"): 1, ("default", "t10"): 1, ("default", "t12"): 1, ("gqa", "all7"): 2,
+         ("head_dim", "dora"): 3}
+
 LORA_DEFAULTS = {
     "alpha_pattern": {}, "auto_mapping": None, "base_model_name_or_path": None, "bias": "none",
     "corda_config": None, "eva_config": None, "exclude_modules": None, "fan_in_fan_out": False,
@@ -225,7 +231,8 @@ def generate_all(base_root, out_root, force=False, models_gen=True):
     for b, variants in PLAN.items():
         os.makedirs(os.path.join(out_root, b), exist_ok=True)
         for v in variants:
-            n += generate(os.path.join(base_root, b), v, os.path.join(out_root, b, v), 0, force)
+            n += generate(os.path.join(base_root, b), v, os.path.join(out_root, b, v),
+                          SEEDS.get((b, v), 0), force)
     return n
 
 

@@ -118,10 +118,10 @@ def compare(c, r, tol=TOL):
 
 def print_table(rows):
     """rows: list of dicts with keys name, mode, dlp, dtop, gap, secs, ok."""
-    print("%-28s %-8s %10s %10s %9s %7s  %s" % ("model", "mode", "max|dlp|", "max|dtop|", "min gap",
+    print("%-36s %-7s %10s %10s %9s %7s  %s" % ("model", "mode", "max|dlp|", "max|dtop|", "min gap",
                                              "secs", "result"))
     for r in rows:
-        print("%-28s %-8s %10.2e %10.2e %9.4f %7.2f  %s" % (r["name"], r["mode"], r["dlp"], r["dtop"],
+        print("%-36s %-7s %10.2e %10.2e %9.4f %7.2f  %s" % (r["name"], r["mode"], r["dlp"], r["dtop"],
                                                           r["gap"], r["secs"], "ok" if r["ok"] else "FAIL"))
 
 
