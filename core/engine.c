@@ -27,7 +27,7 @@
 
 typedef struct eng_seq {
     uint64_t id;
-    uint64_t order; /* admission stamp: the largest is the youngest running sequence */
+    uint64_t order;       /* admission stamp: the largest is the youngest running sequence */
     eng_request_params p; /* p.prompt points at tokens */
     int32_t *tokens;      /* [cap] prompt, then generated tokens */
     int n_prompt, n_gen, cap;
@@ -80,22 +80,21 @@ struct eng_engine {
     eng_stats st;
 
     /* Step buffers, sized at create. */
-    eng_slice *slices;      /* [max_seqs] */
-    int32_t *ids, *pos;     /* [max_batch_tokens] */
-    kv_seq **rkv;           /* [max_batch_tokens] */
-    const void **radapter;  /* [max_batch_tokens] */
-    eng_lrow *lrows;        /* [max_batch_tokens] */
-    int32_t *lidx;          /* [max_logit_rows] */
-    float *logits;          /* [max_logit_rows, V] */
+    eng_slice *slices;     /* [max_seqs] */
+    int32_t *ids, *pos;    /* [max_batch_tokens] */
+    kv_seq **rkv;          /* [max_batch_tokens] */
+    const void **radapter; /* [max_batch_tokens] */
+    eng_lrow *lrows;       /* [max_batch_tokens] */
+    int32_t *lidx;         /* [max_logit_rows] */
+    float *logits;         /* [max_logit_rows, V] */
     float *smp_scratch;
-    eng_seq **done;         /* [max_seqs + 1] finished this step */
+    eng_seq **done; /* [max_seqs + 1] finished this step */
     int max_logit_rows;
 };
 
 static void seq_free(eng_engine *e, eng_seq *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     kv_seq_release(e->kv, &s->kv);
     kv_seq_free(&s->kv);
     smp_seq_destroy(s->smp);
@@ -103,7 +102,10 @@ static void seq_free(eng_engine *e, eng_seq *s)
     free(s);
 }
 
-static int seq_len(const eng_seq *s) { return s->n_prompt + s->n_gen; }
+static int seq_len(const eng_seq *s)
+{
+    return s->n_prompt + s->n_gen;
+}
 
 /* Deliver one event; returns the callback's answer (1 = stop). */
 static int seq_emit(eng_seq *s, eng_event *ev)
@@ -116,8 +118,7 @@ static int seq_emit(eng_seq *s, eng_event *ev)
 /* A pure finish event (ABORT / ERROR). */
 static void seq_finish(eng_seq *s, eng_finish why, const char *msg)
 {
-    if (s->finished)
-        return;
+    if (s->finished) return;
     s->finished = 1;
     eng_event ev;
     memset(&ev, 0, sizeof ev);
@@ -144,19 +145,16 @@ static void wait_push_front(eng_engine *e, eng_seq *s)
 {
     s->next = e->wait_head;
     e->wait_head = s;
-    if (!e->wait_tail)
-        e->wait_tail = s;
+    if (!e->wait_tail) e->wait_tail = s;
     e->n_waiting++;
 }
 
 static eng_seq *wait_pop_front(eng_engine *e)
 {
     eng_seq *s = e->wait_head;
-    if (!s)
-        return NULL;
+    if (!s) return NULL;
     e->wait_head = s->next;
-    if (!e->wait_head)
-        e->wait_tail = NULL;
+    if (!e->wait_head) e->wait_tail = NULL;
     s->next = NULL;
     e->n_waiting--;
     return s;
@@ -173,8 +171,7 @@ static eng_seq *preempt_youngest(eng_engine *e)
 {
     int yi = 0;
     for (int i = 1; i < e->n_running; i++)
-        if (e->running[i]->order > e->running[yi]->order)
-            yi = i;
+        if (e->running[i]->order > e->running[yi]->order) yi = i;
     eng_seq *v = e->running[yi];
     running_remove_at(e, yi);
     kv_seq_release(e->kv, &v->kv);
@@ -195,8 +192,7 @@ static int take_canceled(eng_engine *e)
         eng_seq *s = *pp;
         if (__atomic_load_n(&s->cancel, __ATOMIC_RELAXED)) {
             *pp = s->next;
-            if (e->wait_tail == s)
-                e->wait_tail = prev;
+            if (e->wait_tail == s) e->wait_tail = prev;
             e->n_waiting--;
             e->done[nd++] = s;
             if (nd > e->par.max_seqs) /* e->done is full: the rest go next step */
@@ -228,8 +224,7 @@ static int schedule(eng_engine *e, int *n_done)
     for (int i = 0; i < e->n_running && budget > 0; i++) {
         eng_seq *s = e->running[i];
         int len = seq_len(s);
-        if (len - s->n_done != 1)
-            continue;
+        if (len - s->n_done != 1) continue;
         int preempted_self = 0;
         while (kv_seq_reserve(e->kv, &s->kv, KV_SELF, len) != 0) {
             /* The pool is dry: the youngest sequence gives its blocks back. */
@@ -250,8 +245,7 @@ static int schedule(eng_engine *e, int *n_done)
     for (int i = 0; i < e->n_running && budget > 0; i++) {
         eng_seq *s = e->running[i];
         int rem = seq_len(s) - s->n_done;
-        if (rem <= 1)
-            continue;
+        if (rem <= 1) continue;
         int c = rem < budget ? rem : budget;
         e->slices[ns++] = (eng_slice){s, s->n_done, c};
         budget -= c;
@@ -263,8 +257,7 @@ static int schedule(eng_engine *e, int *n_done)
         if (len > e->ctx_limit) {
             wait_pop_front(e);
             e->done[(*n_done)++] = s; /* can never fit: finished with ERROR by the caller */
-            if (*n_done > e->par.max_seqs)
-                break;
+            if (*n_done > e->par.max_seqs) break;
             continue;
         }
         if (kv_seq_reserve(e->kv, &s->kv, KV_SELF, len) != 0)
@@ -285,8 +278,7 @@ static int schedule(eng_engine *e, int *n_done)
 static int is_eos(const eng_engine *e, int32_t tok)
 {
     for (int i = 0; i < e->m->cfg.n_eos; i++)
-        if (e->m->cfg.eos_ids[i] == tok)
-            return 1;
+        if (e->m->cfg.eos_ids[i] == tok) return 1;
     return 0;
 }
 
@@ -294,8 +286,7 @@ static int is_eos(const eng_engine *e, int32_t tok)
 static void handle_logits(eng_engine *e, const eng_lrow *r, const float *lg)
 {
     eng_seq *s = r->s;
-    if (s->finished)
-        return;
+    if (s->finished) return;
     eng_event ev;
     memset(&ev, 0, sizeof ev);
     ev.n_top = s->p.top_logprobs;
@@ -305,8 +296,7 @@ static void handle_logits(eng_engine *e, const eng_lrow *r, const float *lg)
         ev.logprob = smp_logprobs(lg, e->V, tok, ev.n_top, ev.top_ids, ev.top_logprobs);
         ev.finish = ENG_FINISH_NONE;
         s->lp_next = r->prompt_pos + 1;
-        if (seq_emit(s, &ev))
-            s->finished = 1;
+        if (seq_emit(s, &ev)) s->finished = 1;
         return;
     }
     int32_t tok = smp_sample(s->smp, lg, e->smp_scratch);
@@ -323,8 +313,7 @@ static void handle_logits(eng_engine *e, const eng_lrow *r, const float *lg)
     e->st.generated_tokens++;
     pthread_mutex_unlock(&e->mu);
     int stop = seq_emit(s, &ev);
-    if (ev.finish != ENG_FINISH_NONE || stop)
-        s->finished = 1;
+    if (ev.finish != ENG_FINISH_NONE || stop) s->finished = 1;
 }
 
 static int cmp_ptr(const void *a, const void *b)
@@ -352,8 +341,7 @@ static int engine_step(eng_engine *e)
                        "shorter prompt");
         seq_free(e, s);
     }
-    if (ns == 0)
-        return 0;
+    if (ns == 0) return 0;
 
     /* Group the slices by adapter (stable insertion sort: few slices), so each adapter's rows
      * form one run for the LoRA hook. */
@@ -383,12 +371,10 @@ static int engine_step(eng_engine *e)
             e->pos[n] = p;
             e->rkv[n] = &s->kv;
             e->radapter[n] = s->p.adapter;
-            if (p < s->n_prompt)
-                n_prompt_rows++;
+            if (p < s->n_prompt) n_prompt_rows++;
             if (s->p.prompt_logprobs && p + 1 < s->n_prompt && p + 1 >= s->lp_next)
                 e->lrows[nl++] = (eng_lrow){n, s, p + 1};
-            if (p == len - 1)
-                e->lrows[nl++] = (eng_lrow){n, s, 0};
+            if (p == len - 1) e->lrows[nl++] = (eng_lrow){n, s, 0};
             n++;
         }
     }
@@ -427,8 +413,7 @@ static int engine_step(eng_engine *e)
     }
     e->st.steps++;
     e->st.prompt_tokens += n_prompt_rows;
-    if (n_adapters >= 2)
-        e->st.mixed_adapter_steps++;
+    if (n_adapters >= 2) e->st.mixed_adapter_steps++;
     if ((uint64_t)n_adapters > e->st.max_adapters_in_step)
         e->st.max_adapters_in_step = (uint64_t)n_adapters;
     pthread_mutex_unlock(&e->mu);
@@ -446,8 +431,7 @@ static void *engine_main(void *arg)
             pthread_cond_wait(&e->cv, &e->mu);
         int stop = e->stop;
         pthread_mutex_unlock(&e->mu);
-        if (stop)
-            break;
+        if (stop) break;
         if (engine_step(e) == 0) {
             /* Work exists but none could be scheduled (should not happen: an idle pool admits
              * or rejects the head of the queue). Wait a little rather than spin. */
@@ -459,8 +443,7 @@ static void *engine_main(void *arg)
                 ts.tv_nsec -= 1000000000;
             }
             pthread_mutex_lock(&e->mu);
-            if (!e->stop)
-                pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+            if (!e->stop) pthread_cond_timedwait(&e->cv, &e->mu, &ts);
             pthread_mutex_unlock(&e->mu);
         }
     }
@@ -492,8 +475,7 @@ static void *engine_main(void *arg)
 
 void eng_destroy(eng_engine *e)
 {
-    if (!e)
-        return;
+    if (!e) return;
     if (e->thread_started) {
         pthread_mutex_lock(&e->mu);
         e->stop = 1;
@@ -524,50 +506,40 @@ int eng_create(const eng_params *params, lr_error *err, eng_engine **out)
 {
     *out = NULL;
     const lr_model *m = params->model;
-    if (!m)
-        return lr_error_set(err, LR_EINVAL, "engine: no model given");
+    if (!m) return lr_error_set(err, LR_EINVAL, "engine: no model given");
     if (m->cfg.arch == LR_ARCH_T5)
         return lr_error_set(err, LR_EUNSUPPORTED,
                             "engine: T5 (encoder-decoder) models are not supported yet");
     eng_params p = *params;
-    if (p.max_batch_tokens <= 0)
-        p.max_batch_tokens = 512;
-    if (p.max_seqs <= 0)
-        p.max_seqs = 64;
+    if (p.max_batch_tokens <= 0) p.max_batch_tokens = 512;
+    if (p.max_seqs <= 0) p.max_seqs = 64;
     if (p.max_seqs > p.max_batch_tokens)
         p.max_seqs = p.max_batch_tokens; /* every running sequence gets its decode row */
-    if (p.max_queue <= 0)
-        p.max_queue = 1024;
-    if (p.kv_cache_mb <= 0)
-        p.kv_cache_mb = 256;
-    if (p.kv_block_tokens <= 0)
-        p.kv_block_tokens = 16;
+    if (p.max_queue <= 0) p.max_queue = 1024;
+    if (p.kv_cache_mb <= 0) p.kv_cache_mb = 256;
+    if (p.kv_block_tokens <= 0) p.kv_block_tokens = 16;
     if (p.delta && (!p.delta->has_module || !p.delta->apply))
         return lr_error_set(err, LR_EINVAL, "engine: the delta ops lack has_module or apply");
     eng_engine *e = calloc(1, sizeof *e);
-    if (!e)
-        return lr_error_set(err, LR_ENOMEM, "engine: out of memory");
+    if (!e) return lr_error_set(err, LR_ENOMEM, "engine: out of memory");
     e->par = p;
     e->m = m;
     e->V = m->cfg.vocab;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     int rc = kern_pool_create(p.threads, err, &e->pool);
-    if (rc)
-        goto fail;
+    if (rc) goto fail;
     kv_params kp = {m->cfg.n_layers, m->cfg.n_kv_heads * m->cfg.head_dim, p.kv_block_tokens,
                     p.kv_cache_bytes > 0 ? p.kv_cache_bytes : p.kv_cache_mb * 1024 * 1024,
                     m->cfg.max_pos};
     rc = kv_pool_create(&kp, err, &e->kv);
-    if (rc)
-        goto fail;
+    if (rc) goto fail;
     int64_t pool_tokens = (int64_t)kv_blocks_total(e->kv) * p.kv_block_tokens;
     e->ctx_limit = pool_tokens < m->cfg.max_pos ? (int)pool_tokens : m->cfg.max_pos;
     e->max_logit_rows = p.max_seqs;
     fwd_params fp = {m, e->pool, e->kv, p.max_batch_tokens, e->max_logit_rows, p.delta};
     rc = fwd_create(&fp, err, &e->fwd);
-    if (rc)
-        goto fail;
+    if (rc) goto fail;
     size_t T = (size_t)p.max_batch_tokens;
     e->running = calloc((size_t)p.max_seqs, sizeof *e->running);
     e->slices = calloc((size_t)p.max_seqs, sizeof *e->slices);
@@ -580,8 +552,8 @@ int eng_create(const eng_params *params, lr_error *err, eng_engine **out)
     e->logits = calloc((size_t)e->max_logit_rows * (size_t)e->V, sizeof(float));
     e->smp_scratch = calloc(smp_scratch_floats(e->V) + 1, sizeof(float));
     e->done = calloc((size_t)p.max_seqs * 2 + 2, sizeof *e->done);
-    if (!e->running || !e->slices || !e->ids || !e->pos || !e->rkv || !e->radapter ||
-        !e->lrows || !e->lidx || !e->logits || !e->smp_scratch || !e->done) {
+    if (!e->running || !e->slices || !e->ids || !e->pos || !e->rkv || !e->radapter || !e->lrows ||
+        !e->lidx || !e->logits || !e->smp_scratch || !e->done) {
         rc = lr_error_set(err, LR_ENOMEM, "engine: cannot allocate step buffers for %d tokens",
                           p.max_batch_tokens);
         goto fail;
@@ -601,8 +573,7 @@ fail:
 int eng_submit(eng_engine *e, const eng_request_params *p, lr_error *err, uint64_t *id_out)
 {
     const lr_config *cf = &e->m->cfg;
-    if (!p->cb)
-        return lr_error_set(err, LR_EINVAL, "request: no event callback given");
+    if (!p->cb) return lr_error_set(err, LR_EINVAL, "request: no event callback given");
     if (!p->prompt || p->n_prompt < 1)
         return lr_error_set(err, LR_EINVAL, "request: the prompt must hold at least one token");
     if (p->max_tokens < 1)
@@ -622,12 +593,10 @@ int eng_submit(eng_engine *e, const eng_request_params *p, lr_error *err, uint64
                             "most %d prompt tokens leave room for one generated token",
                             p->n_prompt, cf->max_pos, cf->max_pos - 1);
     int rc = smp_params_check(&p->sampling, err);
-    if (rc)
-        return rc;
+    if (rc) return rc;
 
     eng_seq *s = calloc(1, sizeof *s);
-    if (!s)
-        return lr_error_set(err, LR_ENOMEM, "request: out of memory");
+    if (!s) return lr_error_set(err, LR_ENOMEM, "request: out of memory");
     s->p = *p;
     s->n_prompt = p->n_prompt;
     int room = cf->max_pos - p->n_prompt;
@@ -661,8 +630,7 @@ int eng_submit(eng_engine *e, const eng_request_params *p, lr_error *err, uint64
     }
     s->id = ++e->next_id;
     wait_push_back(e, s);
-    if (id_out)
-        *id_out = s->id;
+    if (id_out) *id_out = s->id;
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
     return 0;
@@ -672,11 +640,9 @@ void eng_cancel(eng_engine *e, uint64_t id)
 {
     pthread_mutex_lock(&e->mu);
     for (eng_seq *s = e->wait_head; s; s = s->next)
-        if (s->id == id)
-            __atomic_store_n(&s->cancel, 1, __ATOMIC_RELAXED);
+        if (s->id == id) __atomic_store_n(&s->cancel, 1, __ATOMIC_RELAXED);
     for (int i = 0; i < e->n_running; i++)
-        if (e->running[i]->id == id)
-            __atomic_store_n(&e->running[i]->cancel, 1, __ATOMIC_RELAXED);
+        if (e->running[i]->id == id) __atomic_store_n(&e->running[i]->cancel, 1, __ATOMIC_RELAXED);
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
 }

@@ -65,15 +65,15 @@ typedef enum {
  * when the callback asked) has token = -1. After an event with finish != NONE the engine never
  * touches the request again. */
 typedef struct eng_event {
-    int32_t token;      /* sampled id, or -1 */
-    float logprob;      /* log-softmax of the raw logits (before sampling transforms) */
-    int n_top;          /* number of top entries filled (the request's top_logprobs) */
+    int32_t token; /* sampled id, or -1 */
+    float logprob; /* log-softmax of the raw logits (before sampling transforms) */
+    int n_top;     /* number of top entries filled (the request's top_logprobs) */
     int32_t top_ids[ENG_MAX_TOP_LOGPROBS];
     float top_logprobs[ENG_MAX_TOP_LOGPROBS];
     eng_finish finish;
-    int n_prompt;       /* prompt tokens (for usage) */
-    int n_generated;    /* tokens generated so far, including this one */
-    const char *error;  /* with ENG_FINISH_ERROR: a sentence saying why */
+    int n_prompt;      /* prompt tokens (for usage) */
+    int n_generated;   /* tokens generated so far, including this one */
+    const char *error; /* with ENG_FINISH_ERROR: a sentence saying why */
 } eng_event;
 
 /* Return 0 to continue, 1 to stop now (the engine then sends no further event: the request
@@ -87,14 +87,14 @@ typedef struct eng_request_params {
     /* Encoder-decoder (T5): the prompt is the encoder input; decoding starts from
      * cfg.decoder_start_id. Ignored for decoder-only models. */
     smp_params sampling;
-    int max_tokens;        /* >= 1 generated tokens at most */
-    int ignore_eos;        /* do not stop at eos ids */
-    int top_logprobs;      /* 0..ENG_MAX_TOP_LOGPROBS alternatives per token */
+    int max_tokens;   /* >= 1 generated tokens at most */
+    int ignore_eos;   /* do not stop at eos ids */
+    int top_logprobs; /* 0..ENG_MAX_TOP_LOGPROBS alternatives per token */
     /* Prompt logprobs (for echo + logprobs): if set, before any generated token the engine sends
      * one event per prompt position i >= 1 with token = prompt[i], its logprob given prompt[0..i)
      * and top alternatives, finish NONE and n_generated == 0. */
     int prompt_logprobs;
-    const void *adapter;   /* opaque, NULL = base; must stay valid until the final event */
+    const void *adapter; /* opaque, NULL = base; must stay valid until the final event */
     eng_event_cb cb;
     void *user;
 } eng_request_params;
@@ -116,7 +116,7 @@ typedef struct eng_params {
 typedef struct eng_stats {
     int running, waiting;
     int kv_blocks_total, kv_blocks_used;
-    uint64_t steps;              /* forward passes */
+    uint64_t steps; /* forward passes */
     uint64_t prompt_tokens, generated_tokens;
     uint64_t preemptions;
     uint64_t mixed_adapter_steps; /* passes whose batch held ≥ 2 different adapters */
@@ -139,6 +139,9 @@ int eng_submit(eng_engine *e, const eng_request_params *p, lr_error *err, uint64
 void eng_cancel(eng_engine *e, uint64_t id);
 /* Stop admitting new requests (eng_submit → LR_ESHUTDOWN); running ones continue. */
 void eng_drain(eng_engine *e);
+/* A snapshot of the statistics (thread-safe). A request's final event is delivered before the
+ * engine retires it in the same step, so a snapshot taken right after that event may still count
+ * it as running and its KV blocks as used. */
 void eng_get_stats(eng_engine *e, eng_stats *out);
 
 #endif

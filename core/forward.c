@@ -18,32 +18,30 @@ struct fwd_ctx {
     int H, I, nH, nKV, hd, qd, kvd, V;
     int nth;
     /* Activations, all for max_tokens rows (T). */
-    float *h;     // (T, H) residual stream
-    float *x;     // (T, H) output of o_proj / down_proj before the residual add
-    float *xn;    // (T, H) normed input of a block; after the last layer: final hidden state
-    float *q;     // (T, nH*hd)
-    float *k;     // (T, nKV*hd)
-    float *v;     // (T, nKV*hd)
-    float *att;   // (T, nH*hd) attention output (heads concatenated)
-    float *g;     // (T, I) gate, then act(gate)*up
-    float *u;     // (T, I) up
-    float *cos;   // (T, hd/2) RoPE tables of this batch's positions
-    float *sin;   // (T, hd/2)
-    float *scores; // (nth, max_pos) attention scores per thread
-    float *panel;  // matmul panel scratch (KERN_PANEL_ROWS, max in-dim)
+    float *h;        // (T, H) residual stream
+    float *x;        // (T, H) output of o_proj / down_proj before the residual add
+    float *xn;       // (T, H) normed input of a block; after the last layer: final hidden state
+    float *q;        // (T, nH*hd)
+    float *k;        // (T, nKV*hd)
+    float *v;        // (T, nKV*hd)
+    float *att;      // (T, nH*hd) attention output (heads concatenated)
+    float *g;        // (T, I) gate, then act(gate)*up
+    float *u;        // (T, I) up
+    float *cos;      // (T, hd/2) RoPE tables of this batch's positions
+    float *sin;      // (T, hd/2)
+    float *scores;   // (nth, max_pos) attention scores per thread
+    float *panel;    // matmul panel scratch (KERN_PANEL_ROWS, max in-dim)
     float *dscratch; // (T, delta->scratch_per_token) LoRA scratch
-    float *gath;   // (max_logit_rows, H) rows gathered for the lm_head
-    int layer;     // layer being attended (task context)
+    float *gath;     // (max_logit_rows, H) rows gathered for the lm_head
+    int layer;       // layer being attended (task context)
     const fwd_batch *batch;
 };
 
 static void *fwd_alloc(size_t n_floats, int *fail)
 {
-    if (n_floats == 0)
-        n_floats = 1;
+    if (n_floats == 0) n_floats = 1;
     void *p = calloc(n_floats, sizeof(float));
-    if (!p)
-        *fail = 1;
+    if (!p) *fail = 1;
     return p;
 }
 
@@ -56,8 +54,9 @@ int fwd_create(const fwd_params *p, lr_error *err, fwd_ctx **out)
         return lr_error_set(err, LR_EUNSUPPORTED,
                             "the forward pass does not run T5 (encoder-decoder) models yet");
     if (p->max_tokens < 1 || p->max_logit_rows < 1)
-        return lr_error_set(err, LR_EINVAL, "forward: max_tokens (%d) and max_logit_rows (%d) "
-                                            "must be at least 1",
+        return lr_error_set(err, LR_EINVAL,
+                            "forward: max_tokens (%d) and max_logit_rows (%d) "
+                            "must be at least 1",
                             p->max_tokens, p->max_logit_rows);
     if (cf->n_heads < 1 || cf->n_kv_heads < 1 || cf->n_heads % cf->n_kv_heads != 0 ||
         cf->head_dim < 2 || cf->head_dim % 2 != 0 || cf->hidden < 1 || cf->inter < 1 ||
@@ -68,8 +67,7 @@ int fwd_create(const fwd_params *p, lr_error *err, fwd_ctx **out)
                             cf->n_heads, cf->n_kv_heads, cf->head_dim, cf->hidden, cf->inter,
                             cf->vocab, cf->n_layers, cf->max_pos);
     fwd_ctx *c = calloc(1, sizeof *c);
-    if (!c)
-        return lr_error_set(err, LR_ENOMEM, "forward: out of memory");
+    if (!c) return lr_error_set(err, LR_ENOMEM, "forward: out of memory");
     c->par = *p;
     c->m = m;
     c->H = cf->hidden;
@@ -96,8 +94,7 @@ int fwd_create(const fwd_params *p, lr_error *err, fwd_ctx **out)
     c->sin = fwd_alloc(T * (c->hd / 2), &fail);
     c->scores = fwd_alloc((size_t)c->nth * (size_t)cf->max_pos, &fail);
     int64_t maxin = c->H > c->I ? c->H : c->I;
-    if (c->qd > maxin)
-        maxin = c->qd;
+    if (c->qd > maxin) maxin = c->qd;
     c->panel = fwd_alloc(kern_matmul_scratch_floats(maxin), &fail);
     int spt = p->delta ? p->delta->scratch_per_token : 0;
     c->dscratch = fwd_alloc(T * (size_t)(spt > 0 ? spt : 0), &fail);
@@ -114,10 +111,9 @@ int fwd_create(const fwd_params *p, lr_error *err, fwd_ctx **out)
 
 void fwd_destroy(fwd_ctx *c)
 {
-    if (!c)
-        return;
-    float *bufs[] = {c->h,   c->x,   c->xn,  c->q,      c->k,     c->v,     c->att,    c->g,
-                     c->u,   c->cos, c->sin, c->scores, c->panel, c->dscratch, c->gath};
+    if (!c) return;
+    float *bufs[] = {c->h, c->x,   c->xn,  c->q,      c->k,     c->v,        c->att, c->g,
+                     c->u, c->cos, c->sin, c->scores, c->panel, c->dscratch, c->gath};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     free(c);
@@ -129,8 +125,7 @@ static void fwd_hook(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod, c
                      int ldx, float *y, int ldy, const float *bias)
 {
     const eng_delta_ops *d = c->par.delta;
-    if (!d || !b->adapter)
-        return;
+    if (!d || !b->adapter) return;
     int t = 0;
     while (t < b->n) {
         const void *a = b->adapter[t];
@@ -148,8 +143,7 @@ static void fwd_linear(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod,
                        const float *bias, const float *x, int ldx, float *y, int ldy)
 {
     kern_matmul(c->par.pool, y, ldy, x, ldx, b->n, W, c->panel);
-    if (bias)
-        kern_add_bias(y, ldy, bias, b->n, (int)W->rows);
+    if (bias) kern_add_bias(y, ldy, bias, b->n, (int)W->rows);
     fwd_hook(c, b, layer, mod, x, ldx, y, ldy, bias);
 }
 
@@ -163,9 +157,8 @@ static void fwd_attn_task(void *ctx, int ith, int nth)
     const fwd_batch *b = c->batch;
     const lr_config *cf = &c->m->cfg;
     int l = c->layer;
-    int W = (cf->sliding_window > 0 && cf->window_layer && cf->window_layer[l])
-                ? cf->sliding_window
-                : 0;
+    int W = (cf->sliding_window > 0 && cf->window_layer && cf->window_layer[l]) ? cf->sliding_window
+                                                                                : 0;
     int rep = c->nH / c->nKV;
     float scale = 1.0f / sqrtf((float)c->hd);
     float *sc = c->scores + (size_t)ith * (size_t)cf->max_pos;
@@ -264,13 +257,15 @@ int fwd_forward(fwd_ctx *c, const fwd_batch *b, lr_error *err)
     return 0;
 }
 
-const float *fwd_hidden(const fwd_ctx *c, int r) { return c->xn + (size_t)r * c->H; }
+const float *fwd_hidden(const fwd_ctx *c, int r)
+{
+    return c->xn + (size_t)r * c->H;
+}
 
 void fwd_logits(fwd_ctx *c, const int32_t *rows, int n, float *logits)
 {
     LR_ASSERT(n >= 0 && n <= c->par.max_logit_rows);
-    if (n == 0)
-        return;
+    if (n == 0) return;
     // Gather the rows first, so the lm_head (the biggest matrix) is read once for all of them.
     for (int i = 0; i < n; i++)
         memcpy(c->gath + (size_t)i * c->H, c->xn + (size_t)rows[i] * c->H,

@@ -33,11 +33,11 @@ typedef struct fwd_params {
 } fwd_params;
 
 typedef struct fwd_batch {
-    int n;                        /* rows, 1..max_tokens */
-    const int32_t *ids;           /* [n] token ids */
-    const int32_t *pos;           /* [n] absolute positions */
-    kv_seq *const *kv;            /* [n] the row's sequence */
-    const void *const *adapter;   /* [n] adapter per row (NULL = base); the array may be NULL */
+    int n;                      /* rows, 1..max_tokens */
+    const int32_t *ids;         /* [n] token ids */
+    const int32_t *pos;         /* [n] absolute positions */
+    kv_seq *const *kv;          /* [n] the row's sequence */
+    const void *const *adapter; /* [n] adapter per row (NULL = base); the array may be NULL */
 } fwd_batch;
 
 /* Create a context: all activation buffers for max_tokens rows. Errors: LR_EUNSUPPORTED (T5 or

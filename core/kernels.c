@@ -48,16 +48,14 @@ static void *kern_worker_main(void *arg)
     for (;;) {
         while (!p->stop && p->gen == seen)
             pthread_cond_wait(&p->go, &p->mu);
-        if (p->stop)
-            break;
+        if (p->stop) break;
         seen = p->gen;
         kern_task fn = p->fn;
         void *ctx = p->ctx;
         pthread_mutex_unlock(&p->mu);
         fn(ctx, w->ith, p->n);
         pthread_mutex_lock(&p->mu);
-        if (--p->remaining == 0)
-            pthread_cond_signal(&p->done);
+        if (--p->remaining == 0) pthread_cond_signal(&p->done);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -70,11 +68,9 @@ int kern_pool_create(int n, lr_error *err, kern_pool **out)
         long c = sysconf(_SC_NPROCESSORS_ONLN);
         n = c > 0 ? (int)c : 1;
     }
-    if (n > 256)
-        n = 256;
+    if (n > 256) n = 256;
     kern_pool *p = calloc(1, sizeof *p);
-    if (!p)
-        return lr_error_set(err, LR_ENOMEM, "out of memory creating the compute thread pool");
+    if (!p) return lr_error_set(err, LR_ENOMEM, "out of memory creating the compute thread pool");
     p->n = n;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->go, NULL);
@@ -104,8 +100,7 @@ int kern_pool_create(int n, lr_error *err, kern_pool **out)
 
 void kern_pool_destroy(kern_pool *p)
 {
-    if (!p)
-        return;
+    if (!p) return;
     pthread_mutex_lock(&p->mu);
     p->stop = 1;
     pthread_cond_broadcast(&p->go);
@@ -120,7 +115,10 @@ void kern_pool_destroy(kern_pool *p)
     free(p);
 }
 
-int kern_pool_threads(const kern_pool *p) { return p ? p->n : 1; }
+int kern_pool_threads(const kern_pool *p)
+{
+    return p ? p->n : 1;
+}
 
 void kern_pool_run(kern_pool *p, kern_task fn, void *ctx)
 {
@@ -180,8 +178,7 @@ kern_isa kern_get_isa(void)
 kern_isa kern_set_isa(kern_isa isa)
 {
     kern_isa cpu = kern_cpu_isa();
-    if (isa > cpu)
-        isa = cpu;
+    if (isa > cpu) isa = cpu;
     __atomic_store_n(&g_isa, (int)isa, __ATOMIC_RELAXED);
     return isa;
 }
@@ -254,7 +251,8 @@ TGT_AVX512 static void f16_to_f32_avx512(const void *src, float *dst, int64_t n)
     const char *s = src;
     int64_t i = 0;
     for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + 2 * i))));
+        _mm512_storeu_ps(dst + i,
+                         _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + 2 * i))));
     for (; i < n; i++)
         dst[i] = f16_scalar(load_u16(src, i));
 }
@@ -545,17 +543,19 @@ static void mm_convert_task(void *ctx, int ith, int nth)
         kern_mat_row(j->W, j->r0 + r, j->panel + (size_t)r * (size_t)j->W->cols);
 }
 
-size_t kern_matmul_scratch_floats(int64_t cols) { return (size_t)KERN_PANEL_ROWS * (size_t)cols; }
+size_t kern_matmul_scratch_floats(int64_t cols)
+{
+    return (size_t)KERN_PANEL_ROWS * (size_t)cols;
+}
 
 void kern_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T, const lr_mat *W,
                  float *scratch)
 {
-    if (T <= 0 || W->rows == 0)
-        return;
+    if (T <= 0 || W->rows == 0) return;
     mm_job j = {y, ldy, x, ldx, T, W, scratch, 0, 0};
     if (W->dtype == LR_DT_F32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)W->rows, (int)W->cols, 1.0f,
-                    x, ldx, (const float *)W->data, (int)W->cols, 0.0f, y, ldy);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)W->rows, (int)W->cols, 1.0f, x,
+                    ldx, (const float *)W->data, (int)W->cols, 0.0f, y, ldy);
         return;
     }
     if (T <= KERN_DIRECT_T) {
@@ -615,8 +615,7 @@ static float act_apply(float z, lr_act act)
     case LR_ACT_GELU:
         return 0.5f * z * (1.0f + erff(z * 0.70710678118654752f));
     case LR_ACT_GELU_TANH:
-        return 0.5f * z *
-               (1.0f + tanhf(0.79788456080286536f * (z + 0.044715f * z * z * z)));
+        return 0.5f * z * (1.0f + tanhf(0.79788456080286536f * (z + 0.044715f * z * z * z)));
     case LR_ACT_RELU:
         return z > 0 ? z : 0;
     }
@@ -651,8 +650,7 @@ void kern_softmax(float *x, int n)
 {
     float mx = x[0];
     for (int i = 1; i < n; i++)
-        if (x[i] > mx)
-            mx = x[i];
+        if (x[i] > mx) mx = x[i];
     double sum = 0;
     for (int i = 0; i < n; i++) {
         x[i] = expf(x[i] - mx);

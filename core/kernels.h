@@ -76,7 +76,8 @@ void kern_act_mul(float *g, const float *u, int64_t n, lr_act act);
 /* y[i] += x[i]. */
 void kern_add(float *y, const float *x, int64_t n);
 /* In-place RoPE, HF rotate_half layout, on n_heads head vectors of size hd at v (stride hd):
- * for k < hd/2: v'[k] = v[k]·cos[k] − v[k+hd/2]·sin[k]; v'[k+hd/2] = v[k+hd/2]·cos[k] + v[k]·sin[k]. */
+ * for k < hd/2: v'[k] = v[k]·cos[k] − v[k+hd/2]·sin[k]; v'[k+hd/2] = v[k+hd/2]·cos[k] +
+ * v[k]·sin[k]. */
 void kern_rope(float *v, int n_heads, int hd, const float *cos, const float *sin);
 /* x[i] = exp(x[i] − max) / Σ exp(…), fp32, in place. Returns nothing; n >= 1. */
 void kern_softmax(float *x, int n);

@@ -14,8 +14,8 @@ struct kv_pool {
     kv_params par;
     size_t block_floats; /* n_layers * 2 * block_tokens * kv_dim */
     int n_blocks;
-    float *data;     /* (n_blocks, n_layers, 2, block_tokens, kv_dim) */
-    int32_t *free_;  /* stack of free block ids [n_blocks] */
+    float *data;    /* (n_blocks, n_layers, 2, block_tokens, kv_dim) */
+    int32_t *free_; /* stack of free block ids [n_blocks] */
     int n_free;
     int max_blocks; /* per table: ceil(max_tokens / block_tokens) */
 };
@@ -36,11 +36,9 @@ int kv_pool_create(const kv_params *p, lr_error *err, kv_pool **out)
                             "kv cache: a budget of %lld bytes holds no block; one block of %d "
                             "tokens needs %zu bytes (raise --kv-cache-mb)",
                             (long long)p->bytes, p->block_tokens, bbytes);
-    if (n > INT32_MAX / 2)
-        n = INT32_MAX / 2;
+    if (n > INT32_MAX / 2) n = INT32_MAX / 2;
     kv_pool *kp = calloc(1, sizeof *kp);
-    if (!kp)
-        return lr_error_set(err, LR_ENOMEM, "kv cache: out of memory");
+    if (!kp) return lr_error_set(err, LR_ENOMEM, "kv cache: out of memory");
     kp->par = *p;
     kp->block_floats = bf;
     kp->n_blocks = (int)n;
@@ -64,23 +62,36 @@ int kv_pool_create(const kv_params *p, lr_error *err, kv_pool **out)
 
 void kv_pool_destroy(kv_pool *p)
 {
-    if (!p)
-        return;
+    if (!p) return;
     free(p->data);
     free(p->free_);
     free(p);
 }
 
-int kv_blocks_total(const kv_pool *p) { return p->n_blocks; }
-int kv_blocks_free(const kv_pool *p) { return p->n_free; }
-int kv_blocks_used(const kv_pool *p) { return p->n_blocks - p->n_free; }
-int kv_block_tokens(const kv_pool *p) { return p->par.block_tokens; }
-size_t kv_block_bytes(const kv_pool *p) { return p->block_floats * sizeof(float); }
+int kv_blocks_total(const kv_pool *p)
+{
+    return p->n_blocks;
+}
+int kv_blocks_free(const kv_pool *p)
+{
+    return p->n_free;
+}
+int kv_blocks_used(const kv_pool *p)
+{
+    return p->n_blocks - p->n_free;
+}
+int kv_block_tokens(const kv_pool *p)
+{
+    return p->par.block_tokens;
+}
+size_t kv_block_bytes(const kv_pool *p)
+{
+    return p->block_floats * sizeof(float);
+}
 
 int kv_blocks_for(const kv_pool *p, int n_tokens)
 {
-    if (n_tokens <= 0)
-        return 0;
+    if (n_tokens <= 0) return 0;
     return (int)(((int64_t)n_tokens + p->par.block_tokens - 1) / p->par.block_tokens);
 }
 
@@ -110,13 +121,10 @@ void kv_seq_free(kv_seq *s)
 int kv_seq_reserve(kv_pool *p, kv_seq *s, kv_table t, int n_tokens)
 {
     int need = kv_blocks_for(p, n_tokens);
-    if (need > s->max_blocks)
-        return LR_ERANGE;
+    if (need > s->max_blocks) return LR_ERANGE;
     int more = need - s->n_blocks[t];
-    if (more <= 0)
-        return 0;
-    if (more > p->n_free)
-        return LR_ENOMEM;
+    if (more <= 0) return 0;
+    if (more > p->n_free) return LR_ENOMEM;
     for (int i = 0; i < more; i++)
         s->blocks[t][s->n_blocks[t]++] = p->free_[--p->n_free];
     return 0;

@@ -3,7 +3,11 @@
  *
  *   lr-generate --model DIR [--adapter DIR[:scale]]... --prompt 1,2,3 [--prompt ...]
  *               --max-tokens N [--top-logprobs K] [--batch] [--threads N]
- *               [--kv-cache-mb M] [--max-batch-tokens B]
+ *               [--kv-cache-mb M] [--max-batch-tokens B] [--adapter-per-prompt]
+ *
+ * --adapter DIR[:scale] loads a PEFT folder; several form one weighted mix applied to every
+ * prompt. With --adapter-per-prompt the i-th --adapter belongs to the i-th prompt instead ("none"
+ * = the base), so one batch holds many adapters; equal folders share one adapter object.
  *
  * One line per prompt, in input order: {"prompt": [...], "tokens": [...], "logprobs": [...],
  * "top": [[[id, lp], ...] per step]}. Greedy (temperature 0), eos ignored. Without --batch the
@@ -19,7 +23,9 @@
 #include <string.h>
 
 #include "engine.h"
+#include "lora.h"
 #include "model.h"
+#include "peft.h"
 
 typedef struct gen_req {
     int32_t *prompt;
@@ -55,8 +61,7 @@ static int on_event(void *user, const eng_event *ev)
         pthread_mutex_lock(&g_mu);
         r->done = 1;
         r->finish = ev->finish;
-        if (ev->error)
-            snprintf(r->error, sizeof r->error, "%s", ev->error);
+        if (ev->error) snprintf(r->error, sizeof r->error, "%s", ev->error);
         pthread_cond_broadcast(&g_cv);
         pthread_mutex_unlock(&g_mu);
     }
@@ -71,11 +76,36 @@ static void wait_done(gen_req *r)
     pthread_mutex_unlock(&g_mu);
 }
 
+#define GEN_MAX_ADAPTERS 256
+
+typedef struct gen_adapter {
+    char dir[4096];
+    float scale;
+    peft_adapter *a;
+    lora_set *set; /* with --adapter-per-prompt: this adapter alone */
+} gen_adapter;
+
+/* Parse "DIR[:scale]". */
+static void parse_adapter(const char *v, gen_adapter *g)
+{
+    snprintf(g->dir, sizeof g->dir, "%s", v);
+    g->scale = 1.0f;
+    char *c = strrchr(g->dir, ':');
+    if (c) {
+        char *end;
+        double d = strtod(c + 1, &end);
+        if (end != c + 1 && !*end) {
+            g->scale = (float)d;
+            *c = 0;
+        }
+    }
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: lr-generate --model DIR [--adapter DIR[:scale]]... --prompt 1,2,3 "
                     "[--prompt ...] --max-tokens N [--top-logprobs K] [--batch] [--threads N] "
-                    "[--kv-cache-mb M] [--max-batch-tokens B]\n");
+                    "[--kv-cache-mb M] [--max-batch-tokens B] [--adapter-per-prompt]\n");
     exit(2);
 }
 
@@ -102,8 +132,7 @@ static int parse_prompt(const char *s, gen_req *r)
         char *end;
         errno = 0;
         long v = strtol(p, &end, 10);
-        if (end == p || errno || v < INT32_MIN || v > INT32_MAX)
-            return -1;
+        if (end == p || errno || v < INT32_MIN || v > INT32_MAX) return -1;
         if (r->n_prompt == cap) {
             cap *= 2;
             r->prompt = realloc(r->prompt, sizeof(int32_t) * cap);
@@ -136,8 +165,7 @@ static void print_result(const gen_req *r)
         printf(i ? ", %d" : "%d", r->tokens[i]);
     printf("], \"logprobs\": [");
     for (int i = 0; i < r->n_gen; i++) {
-        if (i)
-            printf(", ");
+        if (i) printf(", ");
         print_float(r->lp[i]);
     }
     printf("], \"top\": [");
@@ -156,7 +184,8 @@ static void print_result(const gen_req *r)
 int main(int argc, char **argv)
 {
     const char *model_dir = NULL;
-    int n_req = 0, batch = 0, threads = 0, max_batch = 0;
+    int n_req = 0, batch = 0, threads = 0, max_batch = 0, per_prompt = 0, n_ad = 0;
+    gen_adapter *ads = calloc(GEN_MAX_ADAPTERS, sizeof *ads);
     double kv_mb = 0;
     gen_req *reqs = calloc((size_t)argc, sizeof *reqs);
     g_max_tokens = -1;
@@ -167,14 +196,20 @@ int main(int argc, char **argv)
             batch = 1;
             continue;
         }
-        if (!v)
-            usage();
+        if (!strcmp(a, "--adapter-per-prompt")) {
+            per_prompt = 1;
+            continue;
+        }
+        if (!v) usage();
         i++;
         if (!strcmp(a, "--model")) {
             model_dir = v;
         } else if (!strcmp(a, "--adapter")) {
-            fprintf(stderr, "adapters not supported yet\n");
-            return 2;
+            if (n_ad == GEN_MAX_ADAPTERS) {
+                fprintf(stderr, "lr-generate: at most %d --adapter\n", GEN_MAX_ADAPTERS);
+                return 2;
+            }
+            parse_adapter(v, &ads[n_ad++]);
         } else if (!strcmp(a, "--prompt")) {
             if (parse_prompt(v, &reqs[n_req]) != 0) {
                 fprintf(stderr, "lr-generate: --prompt wants comma-separated token ids, got '%s'\n",
@@ -202,8 +237,7 @@ int main(int argc, char **argv)
             usage();
         }
     }
-    if (!model_dir || n_req == 0 || g_max_tokens < 1)
-        usage();
+    if (!model_dir || n_req == 0 || g_max_tokens < 1) usage();
 
     lr_error err;
     lr_error_clear(&err);
@@ -212,15 +246,82 @@ int main(int argc, char **argv)
         fprintf(stderr, "lr-generate: %s\n", err.msg);
         return 1;
     }
+    if (per_prompt && n_ad != n_req) {
+        fprintf(stderr, "lr-generate: --adapter-per-prompt wants one --adapter per --prompt "
+                        "(%d adapters, %d prompts)\n",
+                n_ad, n_req);
+        return 2;
+    }
+    /* Load each distinct folder once (orig[i] = first index with the same folder); per prompt
+     * the set of its adapter (one per folder and scale), or one mix for all prompts. */
+    int max_rank = 0;
+    int *orig = calloc((size_t)n_ad + 1, sizeof *orig);
+    for (int i = 0; i < n_ad; i++) {
+        orig[i] = i;
+        for (int j = 0; j < i; j++)
+            if (!strcmp(ads[j].dir, ads[i].dir)) {
+                orig[i] = j;
+                break;
+            }
+        if (orig[i] != i || !strcmp(ads[i].dir, "none"))
+            continue;
+        if (peft_load(ads[i].dir, m, NULL, &err, &ads[i].a) != 0) {
+            fprintf(stderr, "lr-generate: %s\n", err.msg);
+            return 1;
+        }
+        if (ads[i].a->max_rank > max_rank)
+            max_rank = ads[i].a->max_rank;
+    }
+    const void **req_ad = calloc((size_t)n_req + 1, sizeof *req_ad);
+    lora_set *mix = NULL;
+    if (per_prompt) {
+        for (int i = 0; i < n_req; i++) {
+            const peft_adapter *one = ads[orig[i]].a;
+            if (!one)
+                continue;
+            int same = -1;
+            for (int j = 0; j < i && same < 0; j++)
+                if (orig[j] == orig[i] && ads[j].scale == ads[i].scale && ads[j].set)
+                    same = j;
+            if (same >= 0) {
+                req_ad[i] = ads[same].set;
+                continue;
+            }
+            if (lora_set_create(m, &one, &ads[i].scale, 1, &err, &ads[i].set) != 0) {
+                fprintf(stderr, "lr-generate: %s\n", err.msg);
+                return 1;
+            }
+            req_ad[i] = ads[i].set;
+        }
+    } else if (n_ad > 0) {
+        const peft_adapter *list[GEN_MAX_ADAPTERS];
+        float sc[GEN_MAX_ADAPTERS];
+        int k = 0;
+        for (int i = 0; i < n_ad; i++)
+            if (ads[orig[i]].a) {
+                list[k] = ads[orig[i]].a;
+                sc[k++] = ads[i].scale;
+            }
+        if (k > 0 && lora_set_create(m, list, sc, k, &err, &mix) != 0) {
+            fprintf(stderr, "lr-generate: %s\n", err.msg);
+            return 1;
+        }
+        for (int i = 0; i < n_req; i++)
+            req_ad[i] = mix;
+    }
+    free(orig);
+    eng_delta_ops ops;
+    lora_ops(m, max_rank, &ops);
     eng_params ep;
     memset(&ep, 0, sizeof ep);
     ep.model = m;
+    if (n_ad > 0)
+        ep.delta = &ops;
     ep.threads = threads;
     ep.max_batch_tokens = max_batch;
     ep.max_seqs = n_req > 64 ? n_req : 64;
     ep.max_queue = n_req + 1;
-    if (kv_mb > 0)
-        ep.kv_cache_bytes = (int64_t)(kv_mb * 1024 * 1024);
+    if (kv_mb > 0) ep.kv_cache_bytes = (int64_t)(kv_mb * 1024 * 1024);
     eng_engine *e = NULL;
     if (eng_create(&ep, &err, &e) != 0) {
         fprintf(stderr, "lr-generate: %s\n", err.msg);
@@ -248,13 +349,13 @@ int main(int argc, char **argv)
         q.top_logprobs = g_top;
         q.cb = on_event;
         q.user = &reqs[i];
+        q.adapter = req_ad[i];
         if (eng_submit(e, &q, &err, NULL) != 0) {
             fprintf(stderr, "lr-generate: prompt %d: %s\n", i + 1, err.msg);
             rc = 1;
             break;
         }
-        if (!batch)
-            wait_done(&reqs[i]);
+        if (!batch) wait_done(&reqs[i]);
     }
     if (rc == 0) {
         for (int i = 0; i < n_req; i++) {
@@ -275,11 +376,20 @@ int main(int argc, char **argv)
     eng_get_stats(e, &st);
     fprintf(stderr,
             "lr-generate: stats steps=%llu prompt_tokens=%llu generated_tokens=%llu "
-            "preemptions=%llu kv_blocks_total=%d\n",
+            "preemptions=%llu kv_blocks_total=%d mixed_adapter_steps=%llu "
+            "max_adapters_in_step=%llu\n",
             (unsigned long long)st.steps, (unsigned long long)st.prompt_tokens,
             (unsigned long long)st.generated_tokens, (unsigned long long)st.preemptions,
-            st.kv_blocks_total);
+            st.kv_blocks_total, (unsigned long long)st.mixed_adapter_steps,
+            (unsigned long long)st.max_adapters_in_step);
     eng_destroy(e);
+    lora_set_destroy(mix);
+    for (int i = 0; i < n_ad; i++) {
+        lora_set_destroy(ads[i].set);
+        peft_free(ads[i].a);
+    }
+    free(ads);
+    free(req_ad);
     lr_model_free(m);
     for (int i = 0; i < n_req; i++) {
         free(reqs[i].prompt);

@@ -11,8 +11,8 @@
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
-#include <stdio.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -21,8 +21,18 @@
 
 /* ---- a tiny model ---------------------------------------------------------------------- */
 
-enum { V = 37, H = 16, I = 24, NL = 2, NH = 4, NKV = 2, HD = 6, QD = NH * HD, KVD = NKV * HD,
-       CTX = 64 };
+enum {
+    V = 37,
+    H = 16,
+    I = 24,
+    NL = 2,
+    NH = 4,
+    NKV = 2,
+    HD = 6,
+    QD = NH * HD,
+    KVD = NKV * HD,
+    CTX = 64
+};
 
 typedef struct tmat {
     lr_mat m;
@@ -169,8 +179,8 @@ static void tmodel_free(tmodel *tm)
     tmat_free(&tm->embed);
     tmat_free(&tm->head);
     for (int l = 0; l < NL; l++) {
-        tmat *ms[] = {&tm->q[l], &tm->k[l], &tm->v[l], &tm->o[l], &tm->gate[l], &tm->up[l],
-                      &tm->down[l]};
+        tmat *ms[] = {&tm->q[l],    &tm->k[l],  &tm->v[l],   &tm->o[l],
+                      &tm->gate[l], &tm->up[l], &tm->down[l]};
         for (int i = 0; i < 7; i++)
             tmat_free(ms[i]);
     }
@@ -190,7 +200,10 @@ typedef struct fake_ad {
     float *E; /* [V, H] embedding delta, or NULL */
 } fake_ad;
 
-static int mod_in(lr_module m) { return m == LR_MOD_O ? QD : m == LR_MOD_DOWN ? I : H; }
+static int mod_in(lr_module m)
+{
+    return m == LR_MOD_O ? QD : m == LR_MOD_DOWN ? I : H;
+}
 static int mod_out(lr_module m)
 {
     switch (m) {
@@ -293,7 +306,8 @@ static void ref_linear(const tmat *W, const float *b, const fake_ad *ad, int l, 
                 double w = W->ref[o * in + i];
                 if (ad && ad->has[l][mod])
                     for (int r = 0; r < R; r++)
-                        w += (double)ad->scale * ad->B[l][mod][o * R + r] * ad->A[l][mod][r * in + i];
+                        w += (double)ad->scale * ad->B[l][mod][o * R + r] *
+                             ad->A[l][mod][r * in + i];
                 s += w * x[t * in + i];
             }
             y[t * out + o] = s;
@@ -327,14 +341,17 @@ static void ref_rope(double *v, int nh, int pos, const float *inv)
 static void ref_forward(const tmodel *tm, const fake_ad *ad, const int32_t *tok, int n, double *lp)
 {
     double *h = calloc((size_t)n * H, sizeof(double)), *x = calloc((size_t)n * H, sizeof(double));
-    double *q = calloc((size_t)n * QD, sizeof(double)), *k = calloc((size_t)n * KVD, sizeof(double));
-    double *v = calloc((size_t)n * KVD, sizeof(double)), *att = calloc((size_t)n * QD, sizeof(double));
+    double *q = calloc((size_t)n * QD, sizeof(double)),
+           *k = calloc((size_t)n * KVD, sizeof(double));
+    double *v = calloc((size_t)n * KVD, sizeof(double)),
+           *att = calloc((size_t)n * QD, sizeof(double));
     double *g = calloc((size_t)n * I, sizeof(double)), *u = calloc((size_t)n * I, sizeof(double));
     double *y = calloc((size_t)n * H, sizeof(double)), *sc = calloc((size_t)n, sizeof(double));
     const lr_config *c = &tm->m.cfg;
     for (int t = 0; t < n; t++)
         for (int j = 0; j < H; j++)
-            h[t * H + j] = tm->embed.ref[tok[t] * H + j] + (ad && ad->E ? ad->E[tok[t] * H + j] : 0);
+            h[t * H + j] =
+                tm->embed.ref[tok[t] * H + j] + (ad && ad->E ? ad->E[tok[t] * H + j] : 0);
     for (int l = 0; l < NL; l++) {
         const lr_layer *L = &tm->layers[l];
         ref_norm(h, L->attn_norm, n, x);
@@ -414,9 +431,9 @@ typedef struct rec {
     eng_finish finish;
     int last_n_generated;
     char error[256];
-    int stop_at;          /* callback returns 1 at this generated count (0 = never) */
-    int cancel_at;        /* calls eng_cancel at this generated count */
-    int block_first;      /* first event waits until released */
+    int stop_at;     /* callback returns 1 at this generated count (0 = never) */
+    int cancel_at;   /* calls eng_cancel at this generated count */
+    int block_first; /* first event waits until released */
     uint64_t id;
     eng_engine *eng;
 } rec;
@@ -455,14 +472,12 @@ static int on_event(void *user, const eng_event *ev)
                 sched_yield(); /* the submitter has not stored the id yet */
             eng_cancel(r->eng, r->id);
         }
-        if (r->stop_at && r->n_gen == r->stop_at)
-            ret = 1;
+        if (r->stop_at && r->n_gen == r->stop_at) ret = 1;
     }
     r->last_n_generated = ev->n_generated;
     if (ev->finish != ENG_FINISH_NONE || ret) {
         r->finish = ret ? ENG_FINISH_STOP : ev->finish;
-        if (ev->error)
-            snprintf(r->error, sizeof r->error, "%s", ev->error);
+        if (ev->error) snprintf(r->error, sizeof r->error, "%s", ev->error);
         pthread_mutex_lock(&g_mu);
         r->n_final++;
         g_finished++;
@@ -486,8 +501,7 @@ static void wait_idle(eng_engine *e, eng_stats *st)
 {
     for (int i = 0; i < 10000; i++) {
         eng_get_stats(e, st);
-        if (st->running == 0 && st->waiting == 0)
-            return;
+        if (st->running == 0 && st->waiting == 0) return;
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
@@ -555,7 +569,8 @@ static void check_against_ref(const tmodel *tm, const fake_ad *ad, const int32_t
     for (int i = 0; i < r->n_pl; i++) {
         ck_assert_int_eq(r->ptok[i], prompt[i + 1]);
         ck_assert_msg(fabs(r->plp[i] - lp[i * V + prompt[i + 1]]) < 1e-4,
-                      "prompt logprob %d: %g vs ref %g", i + 1, r->plp[i], lp[i * V + prompt[i + 1]]);
+                      "prompt logprob %d: %g vs ref %g", i + 1, r->plp[i],
+                      lp[i * V + prompt[i + 1]]);
     }
     for (int k = 0; k < r->n_gen; k++) {
         const double *row = lp + (size_t)(np - 1 + k) * V;
@@ -634,12 +649,10 @@ static void run_set(const eng_params *p, int32_t prompts[][24], const int *lens,
         eng_request_params q = greedy_req(prompts[i], lens[i], max_tok, &recs[i]);
         q.prompt_logprobs = 1;
         submit_ok(e, &q);
-        if (!together)
-            wait_finished(i + 1);
+        if (!together) wait_finished(i + 1);
     }
     wait_finished(n);
-    if (st)
-        wait_idle(e, st);
+    if (st) wait_idle(e, st);
     eng_destroy(e);
 }
 

@@ -48,10 +48,8 @@ static uint16_t to_f16(float x)
     uint32_t s = (b >> 16) & 0x8000;
     int e = (int)((b >> 23) & 255) - 127 + 15;
     uint32_t m = (b >> 13) & 1023;
-    if (e <= 0)
-        return (uint16_t)s;
-    if (e >= 31)
-        return (uint16_t)(s | 0x7bff);
+    if (e <= 0) return (uint16_t)s;
+    if (e >= 31) return (uint16_t)(s | 0x7bff);
     return (uint16_t)(s | ((uint32_t)e << 10) | m);
 }
 
@@ -64,8 +62,7 @@ START_TEST(test_f16_all_values)
     for (int i = 0; i < 65536; i++)
         src[i] = (uint16_t)i;
     for (int k = 0; k < 3; k++) {
-        if (kern_set_isa(isas[k]) != isas[k])
-            continue;
+        if (kern_set_isa(isas[k]) != isas[k]) continue;
         kern_f16_to_f32(src + 1, dst + 1, 65535); /* odd start: unaligned source */
         dst[0] = 0;
         for (int i = 1; i < 65536; i++) {
@@ -74,8 +71,8 @@ START_TEST(test_f16_all_values)
                 ck_assert_msg(isnan(dst[i]), "isa %s: 0x%04x not NaN", kern_isa_name(isas[k]), i);
             else
                 ck_assert_msg((double)dst[i] == r && !signbit(dst[i]) == !signbit(r),
-                              "isa %s: 0x%04x → %g, expected %g", kern_isa_name(isas[k]), i,
-                              dst[i], r);
+                              "isa %s: 0x%04x → %g, expected %g", kern_isa_name(isas[k]), i, dst[i],
+                              r);
         }
         kern_bf16_to_f32(src + 1, dst + 1, 65535);
         for (int i = 1; i < 65536; i++) {
@@ -117,12 +114,12 @@ START_TEST(test_matmul)
         kern_pool *pool;
         ck_assert_int_eq(kern_pool_create(threads[th], NULL, &pool), 0);
         for (int k = 0; k < 3; k++) {
-            if (kern_set_isa(isas[k]) != isas[k])
-                continue;
+            if (kern_set_isa(isas[k]) != isas[k]) continue;
             for (int dt = 0; dt < 3; dt++) {
-                lr_mat W = {(lr_dtype)dt, dt == 0 ? (const void *)wf
-                                          : dt == 1 ? (const void *)(wh + 1)
-                                                    : (const void *)wb,
+                lr_mat W = {(lr_dtype)dt,
+                            dt == 0   ? (const void *)wf
+                            : dt == 1 ? (const void *)(wh + 1)
+                                      : (const void *)wb,
                             ROWS, COLS};
                 for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
                     int T = Ts[ti];
@@ -169,8 +166,7 @@ START_TEST(test_dot)
         h[i] = to_f16(frand());
     }
     for (int k = 0; k < 3; k++) {
-        if (kern_set_isa(isas[k]) != isas[k])
-            continue;
+        if (kern_set_isa(isas[k]) != isas[k]) continue;
         for (int n = 0; n <= 131; n += 7) {
             double s = 0, sh = 0, sa = 0;
             for (int i = 0; i < n; i++) {

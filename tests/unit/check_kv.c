@@ -47,7 +47,7 @@ START_TEST(test_reserve_release)
     kv_seq a, b;
     ck_assert_int_eq(kv_seq_init(p, &a), 0);
     ck_assert_int_eq(kv_seq_init(p, &b), 0);
-    ck_assert_int_eq(a.max_blocks, 4); /* ceil(10 / 3) */
+    ck_assert_int_eq(a.max_blocks, 4);                      /* ceil(10 / 3) */
     ck_assert_int_eq(kv_seq_reserve(p, &a, KV_SELF, 7), 0); /* 3 blocks */
     ck_assert_int_eq(kv_seq_capacity(p, &a, KV_SELF), 9);
     ck_assert_int_eq(kv_blocks_used(p), 3);
