@@ -536,6 +536,38 @@ def t_concurrent():
         check(results[i] == one[i], "concurrent request %d equals the sequential one: %r vs %r" % (i, results[i], one[i]))
 
 
+def t_stalled():
+    """60 stalled clients (half-sent headers, half-sent bodies, unread streams) must not block
+    anyone else: every connection has its own thread and an idle timeout."""
+    socks = []
+    body = json.dumps({"prompt": "Stall", "max_tokens": 200, "ignore_eos": True, "stream": True}).encode()
+    for i in range(60):
+        s = socket.create_connection(("127.0.0.1", D.port), timeout=30)
+        if i % 3 == 0:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # headers never end
+        elif i % 3 == 1:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"pro")
+        else:  # a stream nobody reads
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        socks.append(s)
+    t0 = time.time()
+    st, _, r = request("GET", "/health", timeout=10)
+    check(st == 200, "health answers with 60 stalled clients")
+    r = complete(prompt="Still served", temperature=0, max_tokens=8, ignore_eos=True)
+    check(r is not None and time.time() - t0 < 30, "completions are served with 60 stalled clients (%.2fs)" % (time.time() - t0))
+    for s in socks:
+        s.close()
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        m = metrics()
+        if m.get("lorad_running_sequences") == 0 and m.get("lorad_waiting_sequences") == 0:
+            break
+        time.sleep(0.1)
+    check(m.get("lorad_running_sequences") == 0, "the unread streams were freed after their clients left")
+
+
 def t_metrics():
     m = metrics()
     for name in ("lorad_prompt_tokens_total", "lorad_generation_tokens_total", "lorad_running_sequences",
@@ -581,6 +613,40 @@ def t_sigterm():
     check(rc == 0, "exit code 0 after SIGTERM (got %r)" % rc)
 
 
+def t_queue_full(binary, model):
+    """With one running sequence and a queue of one, a burst gets 429s with an OpenAI error body
+    and the accepted requests still complete."""
+    global D
+    main_daemon, D = D, Daemon(binary, model, ["--max-seqs", "1", "--max-queue", "1"])
+    try:
+        results = [None] * 8
+
+        def worker(i):
+            results[i] = post("/v1/completions", {"prompt": "Queue %d" % i, "temperature": 0,
+                                                  "max_tokens": 200, "ignore_eos": True})
+
+        ths = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join(300)
+        codes = sorted(r[0] for r in results if r)
+        check(codes.count(200) >= 2 and codes.count(429) >= 1 and set(codes) <= {200, 429},
+              "a burst past --max-queue gets 429s and the rest complete: %r" % codes)
+        for st, _, r in results:
+            if st == 429:
+                check(r["error"]["type"] == "rate_limit_error" and r["error"]["message"],
+                      "429 has an OpenAI error body: %r" % r)
+                break
+    finally:
+        rc = D.stop(120)
+        check(rc == 0, "second daemon exits 0 (got %r)" % rc)
+        err = D.stderr()
+        check("ERROR: AddressSanitizer" not in err and "runtime error:" not in err,
+              "sanitizer-clean stderr of the queue daemon")
+        D = main_daemon
+
+
 def main():
     global D
     binary, model = find_binary(), find_model()
@@ -602,7 +668,9 @@ def main():
         t_malformed()
         t_disconnect()
         t_concurrent()
+        t_stalled()
         t_metrics()
+        t_queue_full(binary, model)
         t_sigterm()
     finally:
         if D.proc.poll() is None:
