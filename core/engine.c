@@ -225,8 +225,8 @@ static int schedule(eng_engine *e, int *n_done)
         eng_seq *s = e->running[i];
         int len = seq_len(s);
         if (len - s->n_done != 1) continue;
-        int preempted_self = 0;
-        while (kv_seq_reserve(e->kv, &s->kv, KV_SELF, len) != 0) {
+        int preempted_self = 0, rc;
+        while ((rc = kv_seq_reserve(e->kv, &s->kv, KV_SELF, len)) == LR_ENOMEM) {
             /* The pool is dry: the youngest sequence gives its blocks back. */
             eng_seq *v = preempt_youngest(e);
             if (v == s) {
@@ -234,6 +234,8 @@ static int schedule(eng_engine *e, int *n_done)
                 break;
             }
         }
+        /* len <= ctx_limit <= the table's capacity, so only ENOMEM can happen. */
+        LR_ASSERT(rc == 0 || preempted_self);
         if (preempted_self) {
             /* s was the youngest: nothing after it is left to schedule */
             break;
@@ -289,7 +291,7 @@ static void handle_logits(eng_engine *e, const eng_lrow *r, const float *lg)
     if (s->finished) return;
     eng_event ev;
     memset(&ev, 0, sizeof ev);
-    ev.n_top = s->p.top_logprobs;
+    ev.n_top = s->p.top_logprobs < e->V ? s->p.top_logprobs : e->V;
     if (r->prompt_pos > 0) {
         int32_t tok = s->tokens[r->prompt_pos];
         ev.token = tok;
