@@ -58,6 +58,7 @@ static inline uint32_t trie_child(const tokug *u, uint32_t node, uint8_t b)
 
 static void trie_insert(tokug *u, const uint8_t *s, size_t len, int32_t id)
 {
+    if (len == 0) return; /* HF's trie never yields an empty piece */
     uint32_t node = 0;
     for (size_t j = 0; j < len; j++) {
         uint32_t key = node << 8 | s[j];

@@ -622,6 +622,13 @@ START_TEST(test_ug_unk)
     ck_assert_int_eq(tokug_piece_id(u, "b", 1), -1);
     tokug_destroy(u);
 
+    /* An empty piece never matches and does not disturb the others. */
+    const char *ep[] = {"<unk>", "", "a"};
+    u = mk_ug(ep, ds, 3, 0, 0);
+    EXPECT_IDS(u, "aba", 2, 0, 2);
+    ck_assert_int_eq(tokug_piece_id(u, "", 0), -1);
+    tokug_destroy(u);
+
     /* Bad vocabularies. */
     lr_error err = {0};
     const char *bad[] = {"<unk>", "\xC3"};
