@@ -1,0 +1,265 @@
+/* lora.c — LoRA deltas applied unmerged, per run of batch rows (the CPU form of Punica's SGMV).
+ *
+ * For a run of T rows sharing a lora_set and one linear module, each member adapter adds
+ *   Y += k·s · (X·Aᵀ)·Bᵀ  (+ k·s·b_B with lora_bias)
+ * where k is the member's mix scale. DoRA (SPEC D.5) instead makes the output
+ *   Y = b + f ⊙ (X·W0ᵀ + k·s·B·A·X)
+ * with f the precomputed per-row factor; X·W0ᵀ is Y minus the bias when the adapter is alone,
+ * or a snapshot taken before any member touched Y when a mix holds a DoRA member.
+ *
+ * Not here: loading (adapters/peft), which adapter a request uses (adapters/registry).
+ */
+#include "lora.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Runs of at most this many rows use plain loops (decode tokens): cheaper than sgemm's setup. */
+#define LORA_LOOP_T 2
+
+typedef struct lora_member {
+    const peft_adapter *a;
+    float scale;
+    float **dora; /* [n_layers * LR_MOD_COUNT] factors at this scale, or NULL (use the module's) */
+} lora_member;
+
+struct lora_set {
+    int n;
+    lora_member *mem;
+    int n_layers;
+    int rmax, outmax;
+    int any_dora;
+    uint8_t *has; /* [n_layers * LR_MOD_COUNT] */
+};
+
+static int model_outmax(const lr_model *m)
+{
+    const lr_config *c = &m->cfg;
+    int o = c->hidden;
+    if (c->inter > o)
+        o = c->inter;
+    if (c->n_heads * c->head_dim > o)
+        o = c->n_heads * c->head_dim;
+    if (c->n_kv_heads * c->head_dim > o)
+        o = c->n_kv_heads * c->head_dim;
+    return o;
+}
+
+void lora_set_destroy(lora_set *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < s->n; i++) {
+        if (s->mem[i].dora) {
+            for (int j = 0; j < s->n_layers * LR_MOD_COUNT; j++)
+                free(s->mem[i].dora[j]);
+            free(s->mem[i].dora);
+        }
+    }
+    free(s->mem);
+    free(s->has);
+    free(s);
+}
+
+int lora_set_max_rank(const lora_set *s) { return s->rmax; }
+
+int lora_set_create(const lr_model *m, const peft_adapter *const *ads, const float *scales, int n,
+                    lr_error *err, lora_set **out)
+{
+    *out = NULL;
+    if (n < 1)
+        return lr_error_set(err, LR_EINVAL, "an adapter mix needs at least one adapter");
+    for (int i = 0; i < n; i++)
+        if (scales && !isfinite(scales[i]))
+            return lr_error_set(err, LR_EINVAL, "adapter mix: scale %d is not a finite number", i);
+    lora_set *s = calloc(1, sizeof *s);
+    if (!s)
+        return lr_error_set(err, LR_ENOMEM, "adapter mix: out of memory");
+    int L = m->cfg.n_layers, nm = L * LR_MOD_COUNT;
+    s->n = n;
+    s->n_layers = L;
+    s->outmax = model_outmax(m);
+    s->mem = calloc((size_t)n, sizeof *s->mem);
+    s->has = calloc((size_t)nm, 1);
+    if (!s->mem || !s->has)
+        goto nomem;
+    for (int i = 0; i < n; i++) {
+        lora_member *me = &s->mem[i];
+        me->a = ads[i];
+        me->scale = scales ? scales[i] : 1.0f;
+        LR_ASSERT(me->a->n_layers == L);
+        if (me->a->max_rank > s->rmax)
+            s->rmax = me->a->max_rank;
+        for (int j = 0; j < nm; j++) {
+            const peft_module *md = me->a->mods[j];
+            if (!md)
+                continue;
+            s->has[j] = 1;
+            if (!md->dora)
+                continue;
+            s->any_dora = 1;
+            if (me->scale == 1.0f)
+                continue;
+            /* The weight norm of DoRA uses the member's effective scaling k·s. */
+            if (!me->dora && !(me->dora = calloc((size_t)nm, sizeof *me->dora)))
+                goto nomem;
+            if (!(me->dora[j] = malloc(sizeof(float) * (size_t)md->out)))
+                goto nomem;
+            peft_dora_factor(m, j / LR_MOD_COUNT, (lr_module)(j % LR_MOD_COUNT), md,
+                             (double)md->s * me->scale, me->dora[j]);
+        }
+    }
+    *out = s;
+    return 0;
+nomem:
+    lora_set_destroy(s);
+    return lr_error_set(err, LR_ENOMEM, "adapter mix: out of memory");
+}
+
+void lora_ops(const lr_model *m, int max_rank, eng_delta_ops *ops)
+{
+    memset(ops, 0, sizeof *ops);
+    ops->has_module = lora_has_module;
+    ops->apply = lora_apply;
+    ops->embed = lora_embed;
+    // Scratch per row: tmp (r), the member's delta (out) and the base snapshot (out).
+    ops->scratch_per_token = max_rank + 2 * model_outmax(m);
+}
+
+int lora_has_module(const void *set, int layer, lr_module mod)
+{
+    const lora_set *s = set;
+    if (layer < 0 || layer >= s->n_layers || mod < 0 || mod >= LR_MOD_COUNT)
+        return 0;
+    return s->has[layer * LR_MOD_COUNT + mod];
+}
+
+/* tmp (T, r) = X (T, in) · Aᵀ. */
+static void shrink(const peft_module *md, const float *x, int ldx, int T, float *tmp)
+{
+    if (T <= LORA_LOOP_T) {
+        for (int t = 0; t < T; t++) {
+            const float *xr = x + (size_t)t * ldx;
+            for (int j = 0; j < md->r; j++) {
+                const float *a = md->A + (size_t)j * md->in;
+                float acc = 0;
+                for (int i = 0; i < md->in; i++)
+                    acc += xr[i] * a[i];
+                tmp[(size_t)t * md->r + j] = acc;
+            }
+        }
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, md->r, md->in, 1.0f, x, ldx, md->A,
+                md->in, 0.0f, tmp, md->r);
+}
+
+/* out (T, out) = beta·out + k · tmp (T, r) · Bᵀ (+ k·b_B). */
+static void expand(const peft_module *md, const float *tmp, int T, float k, float *o, int ldo,
+                   float beta)
+{
+    if (T <= LORA_LOOP_T) {
+        for (int t = 0; t < T; t++) {
+            const float *tr = tmp + (size_t)t * md->r;
+            float *yr = o + (size_t)t * ldo;
+            for (int q = 0; q < md->out; q++) {
+                const float *b = md->B + (size_t)q * md->r;
+                float acc = 0;
+                for (int j = 0; j < md->r; j++)
+                    acc += tr[j] * b[j];
+                yr[q] = (beta == 0.0f ? 0.0f : yr[q]) + k * acc;
+            }
+        }
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, md->out, md->r, k, tmp, md->r,
+                    md->B, md->r, beta, o, ldo);
+    }
+    if (md->bias_b)
+        for (int t = 0; t < T; t++)
+            for (int q = 0; q < md->out; q++)
+                o[(size_t)t * ldo + q] += k * md->bias_b[q];
+}
+
+void lora_apply(const void *set, int layer, lr_module mod, const float *x, int ldx, float *y,
+                int ldy, const float *bias, int t0, int t1, float *scratch)
+{
+    const lora_set *s = set;
+    int slot = layer * LR_MOD_COUNT + mod;
+    int T = t1 - t0;
+    if (T <= 0 || !lora_has_module(s, layer, mod))
+        return;
+    x += (size_t)t0 * ldx;
+    y += (size_t)t0 * ldy;
+    // Scratch layout: tmp (T, rmax) | delta (T, outmax) | base snapshot (T, outmax).
+    float *tmp = scratch;
+    float *delta = tmp + (size_t)T * s->rmax;
+    float *base = delta + (size_t)T * s->outmax;
+    int snap = 0;
+    if (s->n > 1 && s->any_dora) {
+        for (int i = 0; i < s->n && !snap; i++) {
+            const peft_module *md = s->mem[i].a->mods[slot];
+            snap = md && md->dora;
+        }
+    }
+    int out_w = 0;
+    for (int i = 0; i < s->n; i++)
+        if (s->mem[i].a->mods[slot])
+            out_w = s->mem[i].a->mods[slot]->out;
+    if (snap) {
+        // base = Y − bias, before any member changes Y.
+        for (int t = 0; t < T; t++)
+            for (int q = 0; q < out_w; q++)
+                base[(size_t)t * out_w + q] = y[(size_t)t * ldy + q] - (bias ? bias[q] : 0.0f);
+    }
+    for (int i = 0; i < s->n; i++) {
+        const lora_member *me = &s->mem[i];
+        const peft_module *md = me->a->mods[slot];
+        if (!md)
+            continue;
+        float k = md->s * me->scale;
+        shrink(md, x, ldx, T, tmp);
+        const float *f = md->dora ? (me->dora ? me->dora[slot] : md->dora) : NULL;
+        if (!f) {
+            expand(md, tmp, T, k, y, ldy, 1.0f);
+        } else if (!snap) {
+            // Y = b + f ⊙ ((Y − b) + k·B·A·X)
+            for (int t = 0; t < T && bias; t++)
+                for (int q = 0; q < md->out; q++)
+                    y[(size_t)t * ldy + q] -= bias[q];
+            expand(md, tmp, T, k, y, ldy, 1.0f);
+            for (int t = 0; t < T; t++)
+                for (int q = 0; q < md->out; q++)
+                    y[(size_t)t * ldy + q] =
+                        f[q] * y[(size_t)t * ldy + q] + (bias ? bias[q] : 0.0f);
+        } else {
+            // Y += (f − 1) ⊙ base + f ⊙ (k·B·A·X)
+            expand(md, tmp, T, k, delta, md->out, 0.0f);
+            for (int t = 0; t < T; t++)
+                for (int q = 0; q < md->out; q++)
+                    y[(size_t)t * ldy + q] += (f[q] - 1.0f) * base[(size_t)t * md->out + q] +
+                                              f[q] * delta[(size_t)t * md->out + q];
+        }
+    }
+}
+
+void lora_embed(const void *set, int32_t id, float *out_row)
+{
+    const lora_set *s = set;
+    for (int i = 0; i < s->n; i++) {
+        const peft_embed *e = s->mem[i].a->embed;
+        if (!e || id < 0 || id >= e->vocab)
+            continue;
+        // out += k·s · B (H, r) · A[:, id] (r)
+        float k = e->s * s->mem[i].scale;
+        const float *a = e->At + (size_t)id * e->r;
+        for (int h = 0; h < e->hidden; h++) {
+            const float *b = e->B + (size_t)h * e->r;
+            float acc = 0;
+            for (int j = 0; j < e->r; j++)
+                acc += b[j] * a[j];
+            out_row[h] += k * acc;
+        }
+    }
+}
