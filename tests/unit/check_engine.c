@@ -971,6 +971,60 @@ START_TEST(test_validation)
 }
 END_TEST
 
+/* Several threads submit and cancel at once; every request gets exactly one final event and the
+ * pool ends empty. (Run under TSan by hand; ASan in CI.) */
+enum { SUBMITTERS = 4, PER_THREAD = 15 };
+static rec stress_recs[SUBMITTERS][PER_THREAD];
+static eng_engine *stress_eng;
+
+static void *stress_main(void *arg)
+{
+    int t = (int)(intptr_t)arg;
+    int32_t prompt[20];
+    make_prompt(prompt, 20, t);
+    for (int i = 0; i < PER_THREAD; i++) {
+        rec *r = &stress_recs[t][i];
+        memset(r, 0, sizeof *r);
+        eng_request_params q = greedy_req(prompt, 1 + (i * 7 + t) % 20, 1 + i % 9, r);
+        q.prompt_logprobs = i % 2;
+        submit_ok(stress_eng, &q);
+        if (i % 3 == 0) eng_cancel(stress_eng, r->id);
+    }
+    return NULL;
+}
+
+START_TEST(test_concurrent_submit_cancel)
+{
+    reset_counters();
+    tmodel *tm = tmodel_new(variants[0], 23);
+    eng_params p = base_params(tm);
+    p.max_queue = SUBMITTERS * PER_THREAD;
+    p.kv_cache_bytes = 12 * 4 * (NL * 2 * KVD * 4); /* tight: preemption under load */
+    lr_error err;
+    ck_assert_int_eq(eng_create(&p, &err, &stress_eng), 0);
+    pthread_t th[SUBMITTERS];
+    for (int t = 0; t < SUBMITTERS; t++)
+        pthread_create(&th[t], NULL, stress_main, (void *)(intptr_t)t);
+    for (int t = 0; t < SUBMITTERS; t++)
+        pthread_join(th[t], NULL);
+    wait_finished(SUBMITTERS * PER_THREAD);
+    eng_stats st;
+    wait_idle(stress_eng, &st);
+    ck_assert_int_eq(st.kv_blocks_used, 0);
+    for (int t = 0; t < SUBMITTERS; t++)
+        for (int i = 0; i < PER_THREAD; i++) {
+            rec *r = &stress_recs[t][i];
+            ck_assert_int_eq(r->n_final, 1);
+            if (r->finish != ENG_FINISH_ABORT) {
+                ck_assert_int_eq(r->finish, ENG_FINISH_LENGTH);
+                ck_assert_int_eq(r->n_gen, 1 + i % 9);
+            }
+        }
+    eng_destroy(stress_eng);
+    tmodel_free(tm);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("engine");
@@ -988,6 +1042,7 @@ int main(void)
     tcase_add_test(tc, test_queue_full);
     tcase_add_test(tc, test_seeds);
     tcase_add_test(tc, test_validation);
+    tcase_add_test(tc, test_concurrent_submit_cancel);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
