@@ -161,9 +161,10 @@ static void do_completions(api_ctx *ctx, const char *body, size_t len, const api
     if (api_job_wait(job, conn) != 0) {
         /* The client went away (or the daemon is stopping): nobody reads this reply. */
         api_job_release(job);
-        fail(out, LR_ECANCELED, 499, NULL, "the client closed the connection");
         if (atomic_load(&ctx->stopping))
             fail(out, LR_ESHUTDOWN, 503, NULL, "the server is shutting down");
+        else
+            fail(out, LR_ECANCELED, 499, NULL, "the client closed the connection");
         return;
     }
     api_job_reply(job, out);

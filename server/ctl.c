@@ -82,6 +82,8 @@ static void check_drain(ctl_state *st)
     }
 }
 
+static void on_house(uv_timer_t *h);
+
 static void on_term(uv_signal_t *h, int signum)
 {
     ctl_state *st = h->data;
@@ -97,9 +99,7 @@ static void on_term(uv_signal_t *h, int signum)
     log_msg(LOG_INFO, "lorad: %s: draining %d in-flight request(s), at most %ds",
             strsignal(signum), http_in_flight(st->http), st->cfg->drain_timeout);
     /* Poll faster while draining, so that the deadline is honoured closely. */
-    uv_timer_start(&st->house, NULL, 0, 0);
-    uv_timer_set_repeat(&st->house, 50);
-    uv_timer_again(&st->house);
+    uv_timer_start(&st->house, on_house, 50, 50);
     check_drain(st);
 }
 

@@ -34,6 +34,7 @@ typedef struct http_req {
     char *body;
     size_t len, cap;
     int too_large;
+    size_t discarded; /* body bytes read and dropped past the limit */
     struct timespec t0;
     met_endpoint ep;
     int status;
@@ -131,6 +132,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         size_t n = *upload_size;
         *upload_size = 0;
         if (r->too_large || r->len + n > (size_t)srv->p.max_body_bytes) {
+            /* A client that keeps sending far past the limit is hostile: drop it. */
+            r->discarded += n;
+            if (r->discarded > 16 * (size_t)srv->p.max_body_bytes + (16u << 20))
+                return MHD_NO;
             r->too_large = 1;
             free(r->body);
             r->body = NULL;
