@@ -138,8 +138,7 @@ _TRAINED = {}
 
 def build(vocab_size, style="llama3"):
     """Return (tokenizer.json dict, special token ids dict) with exactly vocab_size ids in total
-    (BPE tokens + len(SPECIAL_TOKENS)); if the corpus cannot supply enough merges the tokenizer is
-    smaller and the caller's vocab_size just has unused rows (as padded real vocabularies do)."""
+    (BPE tokens + len(SPECIAL_TOKENS))."""
     n_bpe = vocab_size - len(SPECIAL_TOKENS)
     if n_bpe < 256:
         raise ValueError("vocab_size %d too small for 256 byte tokens + specials" % vocab_size)
@@ -153,6 +152,15 @@ def build(vocab_size, style="llama3"):
         if a not in have or b not in have or a + b not in have:
             break
         merges.append([a, b])
+    # Past what the corpus can teach (the 32000-id benchmark model), pad with decode-only filler
+    # tokens " tok<N>": reachable by no merge (the pre-tokenizer splits digits off), but every id
+    # the model can emit still decodes to text.
+    n_fill = 0
+    while len(vocab) < n_bpe:
+        tok = "\u0120tok%d" % n_fill
+        n_fill += 1
+        if tok not in have:
+            vocab.append(tok)
     vocab_map = {t: i for i, t in enumerate(vocab)}
     specials = {}
     added = []

@@ -205,8 +205,10 @@ def generate(base, variant, out, seed=0, force=False):
         h.update(fh.read())
     stamp = "%s %s %d %s" % (variant, os.path.abspath(base), seed, h.hexdigest())
     sp = os.path.join(out, ".gen_stamp")
-    if not force and os.path.exists(sp) and open(sp).read() == stamp:
-        return False
+    if not force and os.path.exists(sp):
+        with open(sp) as f:
+            if f.read() == stamp:
+                return False
     acfg, tensors = make_adapter(base, variant, seed)
     tmp = out.rstrip("/") + ".tmp-gen"
     shutil.rmtree(tmp, ignore_errors=True)

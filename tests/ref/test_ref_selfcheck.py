@@ -199,6 +199,18 @@ class Tokenizer(unittest.TestCase):
             self.assertEqual(len(gc["eos_token_id"]), 2)
 
 
+class TokenizerPadding(unittest.TestCase):
+    def test_large_vocab_is_padded_with_decodable_tokens(self):
+        tok, specials = bpe_tok.build(32000, "llama3")
+        vocab = tok["model"]["vocab"]
+        self.assertEqual(len(vocab) + len(specials), 32000)
+        self.assertEqual(sorted(vocab.values()), list(range(len(vocab))))
+        self.assertEqual(specials["<|begin_of_text|>"], len(vocab))
+        _, b2u = bpe_tok.bytes_to_unicode()
+        alphabet = set(b2u.values())
+        self.assertTrue(all(set(t) <= alphabet for t in vocab))
+
+
 def naive_forward(m, ids, loras=None, embed_lora=None):
     """Scalar-loop transcription of SPEC B.3-B.5 + D.3/D.5, for tiny models only."""
     loras = loras or {}
