@@ -285,7 +285,7 @@ static int buf_put(pc_buf *b, const void *src, size_t n)
         b->s = s;
         b->cap = cap;
     }
-    memcpy(b->s + b->len, src, n);
+    if (n) memcpy(b->s + b->len, src, n); /* src may be NULL when n is 0 */
     b->len += n;
     return 0;
 }

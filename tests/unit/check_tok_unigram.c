@@ -242,7 +242,7 @@ static void t5_encode(const t5 *m, const char *text, size_t len, int add_eos, to
     /* Replace runs of 2+ spaces by ▁, then Metaspace: every remaining ' ' → ▁. Both give ▁, so
      * one pass suffices; what matters is that a run of spaces becomes ONE ▁ and a single space
      * one ▁. Then prepend ▁ unless the (non-empty) string already starts with it. */
-    char *s = malloc(3 * keep + 4);
+    char *buf = malloc(3 * keep + 4), *s = buf + 3; /* 3 bytes of headroom for the prepend */
     size_t o = 0;
     for (size_t i = 0; i < keep;) {
         if (norm[i] == ' ') {
@@ -255,7 +255,7 @@ static void t5_encode(const t5 *m, const char *text, size_t len, int add_eos, to
         }
     }
     if (o > 0 && (o < 3 || memcmp(s, META, 3) != 0)) {
-        memmove(s + 3, s, o);
+        s -= 3;
         memcpy(s, META, 3);
         o += 3;
     }
@@ -272,7 +272,7 @@ static void t5_encode(const t5 *m, const char *text, size_t len, int add_eos, to
         ids->v[ids->n++] = 1; /* </s> */
         ids->cap = ids->n;
     }
-    free(s);
+    free(buf);
     free(norm);
 }
 
@@ -413,6 +413,10 @@ START_TEST(test_pc_tiny_rules)
     lr_error err = {0};
     ck_assert_int_eq(tokpc_create(NULL, &err, &p), 0);
     expect_norm(p, "a\r\n", "a\r\n");
+    ck_assert_int_eq(tokpc_normalize(p, NULL, 0, &out, &n), 0);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_str_eq(out, "");
+    free(out);
     tokpc_destroy(p);
     tokpc_destroy(NULL);
 }
@@ -505,6 +509,59 @@ START_TEST(test_pc_hostile)
     free(b);
     expect_norm(p, "aaaa", "aaaa");
     tokpc_destroy(p);
+    /* Random corruption of the tiny trie: reachable nodes with random offsets, leaf flags and
+     * values. create() must either reject the map or accept one that then normalizes without any
+     * out-of-bounds read (ASan build). At least some of each must occur for the test to mean
+     * anything. */
+    uint32_t rng = 99;
+#define RND32() (rng = rng * 1664525u + 1013904223u, rng ^ (rng >> 15))
+    int accepted = 0, rejected = 0;
+    for (int it = 0; it < 3000; it++) {
+        tiny_trie(units);
+        int flips = 1 + (int)(RND32() % 4);
+        for (int f = 0; f < flips; f++) {
+            uint32_t idx = RND32() % 256, r = RND32();
+            if (r & 1) /* a node the root can reach (label = idx), random offset and leaf bit */
+                units[idx] = node_unit((uint8_t)idx, (r >> 8) % 300, (r >> 4) & 1);
+            else if (r & 2) /* a value unit with a random, often too large, value */
+                units[idx] = value_unit((r >> 8) % 16);
+            else
+                units[idx] = r;
+        }
+        size_t bl = RND32() % (sizeof tiny_blob + 1);
+        b = charsmap_b64(units, 256, tiny_blob, bl, 0);
+        if (tokpc_create(b, &err, &p) != 0) {
+            rejected++;
+            free(b);
+            continue;
+        }
+        accepted++;
+        free(b);
+        static const char *const probes[] = {"a",
+                                             "ab",
+                                             "a\xCC\x81",
+                                             "\r\n",
+                                             "xa\rb\x01\x7f",
+                                             "\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80"};
+        for (size_t k = 0; k < sizeof probes / sizeof probes[0]; k++) {
+            char *o;
+            size_t on;
+            ck_assert_int_eq(tokpc_normalize(p, probes[k], strlen(probes[k]), &o, &on), 0);
+            free(o);
+        }
+        char word[64];
+        for (size_t k = 0; k < sizeof word; k++)
+            word[k] = (char)(1 + RND32() % 127);
+        char *o;
+        size_t on;
+        ck_assert_int_eq(tokpc_normalize(p, word, sizeof word, &o, &on), 0);
+        free(o);
+        tokpc_destroy(p);
+    }
+#undef RND32
+    ck_assert_int_gt(accepted, 100);
+    ck_assert_int_gt(rejected, 100);
+
     /* A root offset pointing far outside the array: every lookup misses, nothing is read OOB. */
     memset(units, 0, sizeof units);
     units[0] = node_unit(0, 1u << 21, 0);
