@@ -24,7 +24,8 @@ typedef struct tokug tokug;
  * byte_fallback: an unknown piece becomes <0xHH> byte tokens when all of them exist.
  * Duplicate pieces resolve to the LAST id, as HF's token→id map does. Empty pieces never match.
  * Returns 0 and a new model in *out, or LR_EINVAL (n < 0, unk_id out of range, NULL piece),
- * LR_EFORMAT (piece not valid UTF-8, non-finite score) / LR_ENOMEM with *err filled. */
+ * LR_EFORMAT (piece not valid UTF-8, non-finite score), LR_ETOOLARGE (2^24 trie nodes or more)
+ * or LR_ENOMEM, with *err filled; *out is untouched on error. */
 int tokug_create(const char *const *pieces, const double *scores, int n, int unk_id,
                  int byte_fallback, lr_error *err, tokug **out);
 void tokug_destroy(tokug *u);
