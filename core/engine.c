@@ -384,6 +384,15 @@ static int engine_step(eng_engine *e)
     lr_error err;
     lr_error_clear(&err);
     int rc = fwd_forward(e->fwd, &b, &err);
+    /* Pass counters before any event, so a snapshot taken after a request's last event
+     * includes the pass that produced it. */
+    pthread_mutex_lock(&e->mu);
+    e->st.steps++;
+    e->st.prompt_tokens += n_prompt_rows;
+    if (n_adapters >= 2) e->st.mixed_adapter_steps++;
+    if ((uint64_t)n_adapters > e->st.max_adapters_in_step)
+        e->st.max_adapters_in_step = (uint64_t)n_adapters;
+    pthread_mutex_unlock(&e->mu);
     if (rc == 0) {
         for (int i = 0; i < ns; i++)
             e->slices[i].s->n_done = e->slices[i].start + e->slices[i].count;
@@ -413,11 +422,6 @@ static int engine_step(eng_engine *e)
             i++;
         }
     }
-    e->st.steps++;
-    e->st.prompt_tokens += n_prompt_rows;
-    if (n_adapters >= 2) e->st.mixed_adapter_steps++;
-    if ((uint64_t)n_adapters > e->st.max_adapters_in_step)
-        e->st.max_adapters_in_step = (uint64_t)n_adapters;
     pthread_mutex_unlock(&e->mu);
     for (int i = 0; i < nd; i++)
         seq_free(e, e->done[i]);

@@ -139,9 +139,10 @@ int eng_submit(eng_engine *e, const eng_request_params *p, lr_error *err, uint64
 void eng_cancel(eng_engine *e, uint64_t id);
 /* Stop admitting new requests (eng_submit → LR_ESHUTDOWN); running ones continue. */
 void eng_drain(eng_engine *e);
-/* A snapshot of the statistics (thread-safe). A request's final event is delivered before the
- * engine retires it in the same step, so a snapshot taken right after that event may still count
- * it as running and its KV blocks as used. */
+/* A snapshot of the statistics (thread-safe). The counters of a pass (steps, tokens, adapter
+ * mixes) are updated before its events are delivered; but a request's final event comes before
+ * the engine retires it, so a snapshot taken right after that event may still count it as
+ * running and its KV blocks as used. */
 void eng_get_stats(eng_engine *e, eng_stats *out);
 
 #endif
