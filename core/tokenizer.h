@@ -48,6 +48,12 @@ int32_t tok_eos_id(const tok_tokenizer *t);
 const char *tok_bos_text(const tok_tokenizer *t); /* "" if none */
 const char *tok_eos_text(const tok_tokenizer *t);
 
+/* tokenizer_config.json clean_up_tokenization_spaces (default false when absent). */
+int tok_clean_up_spaces(const tok_tokenizer *t);
+/* transformers' clean_up_tokenization on s[0:n] in place (" ." → ".", " n't" → "n't", …);
+ * returns the new length and NUL-terminates. Apply after tok_decode when the flag is set. */
+size_t tok_clean_up_apply(char *s, size_t n);
+
 /* Streaming detokenisation (HF DecodeStream semantics, SPEC E.6): feed ids one at a time; text
  * is appended to *out only once final, never half a UTF-8 character; the concatenation of all
  * outputs (plus tok_stream_flush) equals tok_decode of all ids. */
@@ -55,7 +61,7 @@ typedef struct tok_stream tok_stream;
 int tok_stream_create(const tok_tokenizer *t, int skip_special, tok_stream **out);
 void tok_stream_destroy(tok_stream *s);
 /* Feed one id. Appends newly final text (possibly nothing) to buf: *buf is malloc'd/realloc'd by
- * the callee, *len/*cap track it (start {NULL,0,0}). */
+ * the callee, *len and *cap track it (start {NULL,0,0}). */
 int tok_stream_step(tok_stream *s, int32_t id, char **buf, size_t *len, size_t *cap);
 /* End of stream: append whatever is still held back (lossy, as whole decode would give). */
 int tok_stream_flush(tok_stream *s, char **buf, size_t *len, size_t *cap);

@@ -1,0 +1,51 @@
+/* tok_bpe.h — the BPE model of HF tokenizer.json (SentencePiece-converted and byte-level).
+ *
+ * Semantics of tokenizers' models/bpe (SPEC-HF.md E.1/E.2): per word, chars → vocab ids (with
+ * byte_fallback / fuse_unk / unk_token, continuing_subword_prefix, end_of_word_suffix), then the
+ * lowest-rank adjacent merge first (leftmost among equals) until none applies; ignore_merges
+ * emits a whole-word vocab hit directly. A tok_bpe is immutable after loading.
+ */
+#ifndef LR_TOK_BPE_H
+#define LR_TOK_BPE_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "tok_util.h"
+#include "tokenizer.h"
+
+typedef struct tok_bpe tok_bpe;
+
+/* Per-call scratch for tokbpe_encode, caller-owned, reused across words; start from {0} and
+ * release with tokbpe_scratch_free. Grows to the longest word seen; nothing else allocates. */
+typedef struct tok_bpe_scratch {
+    struct tok_sym {
+        int32_t id, prev, next, len;
+    } *sym;
+    size_t sym_cap;
+    struct tok_merge {
+        int32_t rank, pos, id;
+    } *heap;
+    size_t heap_cap;
+    tok_buf tmp;
+} tok_bpe_scratch;
+
+void tokbpe_scratch_free(tok_bpe_scratch *s);
+
+/* Build from the "model" object of tokenizer.json (borrowed). file names the source in errors
+ * ("tokenizer.json: BPE merge 12: 'a' is not in the vocabulary"). */
+int tokbpe_load(const json_t *model, const char *file, lr_error *err, tok_bpe **out);
+void tokbpe_destroy(tok_bpe *b);
+
+/* Tokenize one pre-tokenized word (UTF-8, len > 0) and APPEND its ids to out.
+ * Returns 0 or LR_ENOMEM. */
+int tokbpe_encode(const tok_bpe *b, const char *word, size_t len, tok_bpe_scratch *sc,
+                  tok_ids *out);
+
+int32_t tokbpe_piece_id(const tok_bpe *b, const char *s, size_t len); /* -1 if absent */
+const char *tokbpe_id_piece(const tok_bpe *b, int32_t id);            /* NULL if absent */
+int32_t tokbpe_max_id(const tok_bpe *b);                              /* -1 if empty */
+
+#endif
