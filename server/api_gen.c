@@ -541,9 +541,10 @@ static json_t *piece_json(const tok_tokenizer *tok, int32_t id)
         free(t);
         return json_string("");
     }
-    json_t *v = json_stringn_nocheck(t, tl);
+    /* The tokenizer decodes lossily, so this is valid UTF-8; stay safe if it is not. */
+    json_t *v = json_stringn(t, tl);
     free(t);
-    return v ? v : json_string("");
+    return v ? v : json_string("\xef\xbf\xbd");
 }
 
 /* logprobs entries [from, to) of s as {tokens, token_logprobs, top_logprobs, text_offset}. */
@@ -635,10 +636,18 @@ void api_job_reply(api_job *j, api_reply *out)
     json_t *choices = json_array();
     for (int i = 0; i < j->n_seqs; i++) {
         const api_seq *s = &j->seqs[i];
-        json_t *c = json_pack("{s:i, s:s%, s:o, s:s}", "index", s->index, "text", s->text ? s->text : "",
-                              s->text_len, "logprobs",
+        json_t *c = json_pack("{s:i, s:s%, s:o, s:s?}", "index", s->index, "text",
+                              s->text ? s->text : "", s->text_len, "logprobs",
                               j->req.logprobs >= 0 ? logprobs_json(j, s, 0, s->n_lp) : json_null(),
                               "finish_reason", finish_name(s->finish));
+        if (!c) {
+            json_decref(choices);
+            pthread_mutex_unlock(&j->mu);
+            api_err e;
+            api_fail(&e, LR_EINTERNAL, 500, NULL, "choice %d could not be encoded as JSON", i);
+            api_reply_error(out, &e);
+            return;
+        }
         if (j->req.return_token_ids) {
             const api_prompt *p = &j->req.prompts[s->prompt];
             json_object_set_new(c, "token_ids", ids_json(s->gen, s->n_gen_ids));
