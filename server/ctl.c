@@ -245,7 +245,10 @@ int ctl_run(const cli_config *cfg)
         goto out;
     }
     /* The one line scripts and tests wait for; printed bare so that it is easy to parse. */
-    fprintf(stderr, "lorad: listening on http://%s:%d\n", cfg->host, port);
+    if (strchr(cfg->host, ':')) /* an IPv6 literal goes in brackets in a URL */
+        fprintf(stderr, "lorad: listening on http://[%s]:%d\n", cfg->host, port);
+    else
+        fprintf(stderr, "lorad: listening on http://%s:%d\n", cfg->host, port);
     fflush(stderr);
 
     uv_run(&st.loop, UV_RUN_DEFAULT);
