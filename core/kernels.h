@@ -55,8 +55,8 @@ float kern_dot_bf16(const float *a, const void *b, int64_t n);
 
 /* ---- matmul ----
  * y[t, o] = Σ_i x[t, i] · W[o, i]   for t < T, o < W->rows, i < W->cols   (y = x·Wᵀ)
- * F32: one cblas_sgemm (RowMajor, NoTrans, Trans). F16/BF16: for T <= KERN_DIRECT_T a direct
- * kernel reads the half weights (rows of W split across threads); otherwise panels of
+ * For T <= KERN_DIRECT_T (decode) a direct kernel reads W once in its own dtype, rows of W split
+ * across threads. Otherwise F32: one cblas_sgemm (RowMajor, NoTrans, Trans); F16/BF16: panels of
  * KERN_PANEL_ROWS rows of W are converted to f32 in `scratch` (threads split the panel) and
  * multiplied with sgemm. scratch: kern_matmul_scratch_floats(W->cols) floats (NULL allowed for
  * F32). x, y must not overlap. */
