@@ -2,7 +2,8 @@
 //
 // How to regenerate (from the repository root; needs node + npm, see fetch.sh):
 //     tests/tokgold/fetch.sh && node tests/tokgold/gen.mjs
-// then review `git diff tests/data/tok/` and commit the goldens together with whatever changed
+// then run `/usr/bin/python3 tests/tokgold/test_goldens.py` (independent re-checks), review
+// `git diff tests/data/tok/` and commit the goldens together with whatever changed
 // (corpus.json, package.json + package-lock.json). Optional argument: names of the tokenizers to
 // redo (default: all of llama2 llama3 qwen3 gemma3 t5 t5_flux).
 //
