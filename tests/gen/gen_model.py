@@ -109,6 +109,14 @@ def parity_prompts(p):
     return [a, b, c]
 
 
+def long_prompt(p, n=150):
+    """One long prompt (n tokens: several KV blocks, positions far past llama3_rope's original
+    context of 32 and mistral_sw's window). Deterministic from the preset seed."""
+    rng = np.random.default_rng(p["seed"] + 99)
+    n_text = tokenizer_size(p) - len(bpe_tok.SPECIAL_TOKENS)
+    return [int(x) for x in rng.integers(0, n_text, size=n)]
+
+
 def _dtype_name(dt):
     return {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}[dt]
 
