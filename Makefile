@@ -73,10 +73,15 @@ $(BUILD)/tests/check_sampler:     $(COMMON) $(ST) $(MODEL) $(ENGINE)
 $(BUILD)/tests/check_engine:      $(COMMON) $(ST) $(MODEL) $(ENGINE)
 $(BUILD)/tests/check_peft:        $(COMMON) $(ST) $(MODEL) $(ENGINE) $(ADAPT)
 $(BUILD)/tests/check_lora:        $(COMMON) $(ST) $(MODEL) $(ENGINE) $(ADAPT)
+$(BUILD)/tests/check_registry:    $(COMMON) $(ST) $(MODEL) $(ENGINE) $(ADAPT)
 $(BUILD)/tests/check_api:         $(COMMON) $(TOK) $(ST) $(MODEL) $(ENGINE) $(SERVER)
 # Every check_<x>.c needs a line above naming its groups.
 $(BUILD)/tests/check_%: $(BUILD)/tests/unit/check_%.o
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(CHECK_LIBS)
+
+# Tokenizer benchmark (MB/s per tokenizer, 1 MB single-char worst cases).
+$(BUILD)/lr-tok-bench: $(BUILD)/tests/bench/tok_bench.o $(COMMON) $(TOK)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # The embedded default model: small, generated deterministically by our own generator.
 DEFAULT_MODEL := $(BUILD)/models/default
