@@ -99,7 +99,8 @@ static int buf_append(char **p, size_t *len, size_t *cap, const char *s, size_t 
         *p = q;
         *cap = c;
     }
-    memcpy(*p + *len, s, n);
+    if (n)
+        memcpy(*p + *len, s, n);
     *len += n;
     (*p)[*len] = '\0';
     return 0;
@@ -137,6 +138,8 @@ size_t api_stop_holdback(const char *text, size_t len, char *const *stop, int n_
 static int settle(api_seq *s, int final)
 {
     const api_cmpl_req *r = &s->job->req;
+    if (s->pend_len == 0) /* nothing decoded yet (pend may still be NULL) */
+        return 0;
     size_t cut = (size_t)-1;
     for (int i = 0; i < r->n_stop; i++) {
         const char *hit = memmem(s->pend, s->pend_len, r->stop[i], strlen(r->stop[i]));
@@ -153,7 +156,8 @@ static int settle(api_seq *s, int final)
         s->pend_len = 0;
         return 1;
     }
-    memmove(s->pend, s->pend + out, keep);
+    if (keep)
+        memmove(s->pend, s->pend + out, keep);
     s->pend_len = keep;
     return 0;
 }
