@@ -471,24 +471,42 @@ int32_t smp_sample(smp_seq *s, const float *logits, float *scratch)
             zsum += e[id];
         }
     } else {
-        zsum = 0;
-        for (int i = 0; i < V; i++) {
-            e[i] = expf(z[i]);
-            zsum += e[i];
-        }
-        if (top_p >= 1 && min_p <= 0) {
-            /* Plain sampling: walk the ids in order, nothing to select. */
-            double target = u * zsum, acc = 0;
-            int32_t last = best;
-            for (int i = 0; i < V; i++) {
-                if (e[i] > 0) {
-                    acc += e[i];
-                    last = i;
-                    if (target < acc)
-                        return i;
-                }
+        /* Four partial sums: a single double accumulator would make this loop wait on the
+         * latency of every add. */
+        double part[4] = {0, 0, 0, 0};
+        int i = 0;
+        for (; i + 4 <= V; i += 4)
+            for (int r = 0; r < 4; r++) {
+                e[i + r] = expf(z[i + r]);
+                part[r] += e[i + r];
             }
-            return last;
+        for (; i < V; i++) {
+            e[i] = expf(z[i]);
+            part[0] += e[i];
+        }
+        zsum = (part[0] + part[1]) + (part[2] + part[3]);
+        if (top_p >= 1 && min_p <= 0) {
+            /* Plain sampling: walk the ids in order, nothing to select; skip whole blocks of 8
+             * while the running sum stays at or below u·Z. */
+            double target = u * zsum, acc = 0;
+            int j = 0;
+            for (; j + 8 <= V; j += 8) {
+                double b = ((double)e[j] + e[j + 1]) + ((double)e[j + 2] + e[j + 3]) +
+                           (((double)e[j + 4] + e[j + 5]) + ((double)e[j + 6] + e[j + 7]));
+                if (acc + b > target)
+                    break;
+                acc += b;
+            }
+            for (; j < V; j++) {
+                acc += e[j];
+                if (target < acc)
+                    return j; /* e[j] > 0 here: acc just grew past target */
+            }
+            /* Rounding (block sums vs. one by one): the last id with mass is the right end. */
+            for (int t = V - 1; t >= 0; t--)
+                if (e[t] > 0)
+                    return t;
+            return best;
         }
         /* Candidates. min_p keeps e ≥ min_p (the maximum has e = 1). For top_p, the tokens with
          * e < c, c = (1 − p)·Z/V, carry less than V·c = (1 − p)·Z together, so those with e ≥ c
@@ -542,11 +560,16 @@ float smp_logprobs(const float *logits, int vocab, int32_t id, int n_top, int32_
     } else if (m == -INFINITY) {
         lse = INFINITY; /* no finite logit: every logprob is −inf */
     } else {
-        double sum = 0;
-        for (int i = 0; i < vocab; i++)
+        double part[4] = {0, 0, 0, 0}; /* independent accumulators, as in smp_sample */
+        int i = 0;
+        for (; i + 4 <= vocab; i += 4)
+            for (int r = 0; r < 4; r++)
+                if (!isnan(logits[i + r]))
+                    part[r] += exp((double)logits[i + r] - m);
+        for (; i < vocab; i++)
             if (!isnan(logits[i]))
-                sum += exp((double)logits[i] - m);
-        lse = m + log(sum);
+                part[0] += exp((double)logits[i] - m);
+        lse = m + log((part[0] + part[1]) + (part[2] + part[3]));
     }
 
 #define LP_OF(x)                                                                                   \
