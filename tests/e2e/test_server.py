@@ -515,6 +515,39 @@ def t_disconnect():
           "the abandoned request is counted as 499")
 
 
+def t_disconnect_plain():
+    """A non-streamed request whose client leaves is canceled too (the handler polls the socket)."""
+    before = metrics()
+    body = json.dumps({"prompt": "Another long story", "max_tokens": 1000, "ignore_eos": True,
+                       "temperature": 0, "n": 4}).encode()
+    s = socket.create_connection(("127.0.0.1", D.port), timeout=60)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    deadline = time.time() + 30
+    while time.time() < deadline and metrics().get("lorad_running_sequences", 0) < 1:
+        time.sleep(0.01)
+    s.close()
+    deadline, m = time.time() + 20, {}
+    while time.time() < deadline:
+        m = metrics()
+        if m.get("lorad_running_sequences") == 0 and m.get("lorad_waiting_sequences") == 0:
+            break
+        time.sleep(0.05)
+    gen = m.get("lorad_generation_tokens_total", 0) - before.get("lorad_generation_tokens_total", 0)
+    print("plain disconnect: %d of 4000 tokens generated before the cancel took effect" % gen)
+    check(m.get("lorad_running_sequences") == 0 and gen < 4000,
+          "a non-streamed request is canceled when its client leaves (%d tokens)" % gen)
+    key = 'lorad_requests_total{endpoint="completions",status="499"}'
+    check(m.get(key, 0) > before.get(key, 0), "and counted as 499")
+
+
+def t_sighup():
+    D.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    st, _, r = request("GET", "/health")
+    check(st == 200 and "SIGHUP" in D.stderr(), "SIGHUP is logged and the daemon keeps serving")
+
+
 def t_concurrent():
     prompts = ["Prompt number %d says" % i for i in range(16)]
     one = []
@@ -730,6 +763,8 @@ def main():
         run(t_eos)
         run(t_malformed)
         run(t_disconnect)
+        run(t_disconnect_plain)
+        run(t_sighup)
         run(t_concurrent)
         run(t_stalled)
         run(t_metrics)
