@@ -593,6 +593,20 @@ void reg_release(reg_registry *r, reg_handle *h)
     uv_async_send(&r->wake); /* a queued load may have room now */
 }
 
+int reg_release_set(reg_registry *r, const void *set)
+{
+    reg_entry *h = NULL;
+    pthread_mutex_lock(&r->mu);
+    for (reg_entry *e = r->head; e && !h; e = e->next)
+        if (e->set == set && e->refs > 0)
+            h = e;
+    pthread_mutex_unlock(&r->mu);
+    if (!h)
+        return LR_ENOTFOUND;
+    reg_release(r, h);
+    return 0;
+}
+
 int reg_register(reg_registry *r, const char *id, size_t len, const char *path, int pinned,
                  lr_error *err)
 {
@@ -747,12 +761,21 @@ void reg_get_stats(reg_registry *r, reg_stats *out)
     pthread_mutex_unlock(&r->mu);
 }
 
+/* Append id to a comma-separated Prometheus label value ('"' escaped; ids hold no backslash or
+ * newline). Ids that no longer fit are left out. */
 static void append_id(char *buf, size_t size, const char *id)
 {
-    size_t n = strlen(buf);
-    if (n + strlen(id) + 2 > size)
+    size_t n = strlen(buf), need = strlen(id) * 2 + 2;
+    if (n + need > size)
         return;
-    snprintf(buf + n, size - n, "%s%s", n ? "," : "", id);
+    if (n)
+        buf[n++] = ',';
+    for (const char *p = id; *p; p++) {
+        if (*p == '"')
+            buf[n++] = '\\';
+        buf[n++] = *p;
+    }
+    buf[n] = 0;
 }
 
 void reg_lora_info(reg_registry *r, char *running, size_t rsize, char *waiting, size_t wsize)
@@ -766,4 +789,57 @@ void reg_lora_info(reg_registry *r, char *running, size_t rsize, char *waiting, 
             append_id(waiting, wsize, e->id);
     }
     pthread_mutex_unlock(&r->mu);
+}
+
+char *reg_metrics_text(reg_registry *r, int max_lora)
+{
+    reg_stats st;
+    reg_get_stats(r, &st);
+    char run[2048], wait[2048];
+    reg_lora_info(r, run, sizeof run, wait, sizeof wait);
+    size_t cap = 8192 + sizeof run + sizeof wait, n = 0;
+    char *b = malloc(cap);
+    if (!b)
+        return NULL;
+#define OUT(...) n += (size_t)snprintf(b + n, n < cap ? cap - n : 0, __VA_ARGS__)
+    OUT("# HELP lorad_adapter_loads_total Adapter loads that succeeded.\n"
+        "# TYPE lorad_adapter_loads_total counter\nlorad_adapter_loads_total %llu\n",
+        (unsigned long long)st.loads);
+    OUT("# HELP lorad_adapter_load_failures_total Adapter loads that failed.\n"
+        "# TYPE lorad_adapter_load_failures_total counter\n"
+        "lorad_adapter_load_failures_total %llu\n",
+        (unsigned long long)st.load_failures);
+    OUT("# HELP lorad_adapter_evictions_total Adapters evicted to respect the caps.\n"
+        "# TYPE lorad_adapter_evictions_total counter\nlorad_adapter_evictions_total %llu\n",
+        (unsigned long long)st.evictions);
+    OUT("# HELP lorad_adapter_load_seconds Time to read, validate and convert an adapter.\n"
+        "# TYPE lorad_adapter_load_seconds histogram\n");
+    uint64_t cum = 0;
+    for (int i = 0; i < REG_HIST_BUCKETS; i++) {
+        cum += st.load_hist[i];
+        if (i == REG_HIST_BUCKETS - 1)
+            OUT("lorad_adapter_load_seconds_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+        else
+            OUT("lorad_adapter_load_seconds_bucket{le=\"%g\"} %llu\n", reg_hist_bounds[i],
+                (unsigned long long)cum);
+    }
+    OUT("lorad_adapter_load_seconds_sum %.6f\nlorad_adapter_load_seconds_count %llu\n",
+        st.load_seconds_sum, (unsigned long long)cum);
+    OUT("# HELP lorad_adapters_loaded Adapters resident in memory.\n"
+        "# TYPE lorad_adapters_loaded gauge\nlorad_adapters_loaded %d\n",
+        st.loaded);
+    OUT("# HELP lorad_adapter_bytes Bytes of resident adapter weights.\n"
+        "# TYPE lorad_adapter_bytes gauge\nlorad_adapter_bytes %lld\n",
+        (long long)st.bytes);
+    OUT("# HELP vllm:lora_requests_info Running stats on lora requests.\n"
+        "# TYPE vllm:lora_requests_info gauge\n"
+        "vllm:lora_requests_info{max_lora=\"%d\",running_lora_adapters=\"%s\","
+        "waiting_lora_adapters=\"%s\"} %.7e\n",
+        max_lora, run, wait, now_s());
+#undef OUT
+    if (n >= cap) {
+        free(b);
+        return NULL;
+    }
+    return b;
 }

@@ -89,6 +89,9 @@ const peft_adapter *reg_handle_adapter(const reg_handle *h);
 const char *reg_handle_id(const reg_handle *h);
 /* Drop a reference. reg_release(r, NULL) does nothing. */
 void reg_release(reg_registry *r, reg_handle *h);
+/* Drop a reference given the lora_set a handle exposed (what the engine was handed). Returns 0,
+ * or LR_ENOTFOUND if no referenced adapter has that set. */
+int reg_release_set(reg_registry *r, const void *set);
 
 /* Runtime registration (vLLM's load_lora_adapter): id → path, loaded at once; the error of the
  * load is returned (and the registration dropped) if it fails. path must resolve inside a root
@@ -110,5 +113,10 @@ void reg_get_stats(reg_registry *r, reg_stats *out);
  * requests are waiting for (waiting). Always NUL-terminated. */
 void reg_lora_info(reg_registry *r, char *running, size_t rsize, char *waiting, size_t wsize);
 const char *reg_state_name(reg_state s);
+/* The adapter metrics in Prometheus text format (new malloc'd string, NULL when out of memory):
+ * lorad_adapter_loads_total, lorad_adapter_load_failures_total, lorad_adapter_evictions_total,
+ * lorad_adapter_load_seconds (histogram), lorad_adapters_loaded, lorad_adapter_bytes and vLLM's
+ * vllm:lora_requests_info{max_lora, running_lora_adapters, waiting_lora_adapters} = now. */
+char *reg_metrics_text(reg_registry *r, int max_lora);
 
 #endif
