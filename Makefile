@@ -40,13 +40,15 @@ ENGINE  := $(call obj,$(sort $(wildcard core/kern*.c core/forward*.c core/kv.c c
 ADAPT   := $(call obj,$(sort $(wildcard adapters/*.c)))
 SERVER  := $(call obj,$(sort $(filter-out server/main.c,$(wildcard server/*.c))))
 CORE_ALL := $(COMMON) $(ST) $(MODEL) $(TOK) $(ENGINE)
+CLIENT  := $(call obj,clients/lc_sse.c)
+CURL_LIBS = $(shell pkg-config --libs libcurl 2>/dev/null)
 
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(sort $(wildcard tests/unit/check_*.c)))
 TOOLS      := $(BUILD)/lr-generate
 
 .SECONDARY:
 .PHONY: all run test unit asan bench fuzz soak deps models clean
-all: $(BUILD)/lorad $(TOOLS) $(UNIT_TESTS)
+all: $(BUILD)/lorad $(BUILD)/loractl $(TOOLS) $(UNIT_TESTS)
 
 deps:
 	@./scripts/deps.sh
@@ -57,6 +59,10 @@ $(BUILD)/%.o: %.c
 
 $(BUILD)/lorad: $(BUILD)/server/main.o $(SERVER) $(ADAPT) $(CORE_ALL)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# loractl, the command-line client (libcurl).
+$(BUILD)/loractl: $(BUILD)/clients/loractl.o $(CLIENT) $(COMMON)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CURL_LIBS)
 
 $(BUILD)/lr-generate: $(BUILD)/tests/tools/generate.o $(ADAPT) $(CORE_ALL)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

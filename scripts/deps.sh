@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Install the Debian packages lorad needs to build and test, if any is missing.
 # As root it runs apt-get; otherwise it prints the exact command to run and fails.
+# libcurl: loractl. nginx + njs: the scale-out router test. docker-compose: validates
+# deploy/docker-compose.yml without a Docker engine (`docker-compose config`).
 set -eu
 pkgs="build-essential pkg-config libmicrohttpd-dev libjansson-dev libopenblas-dev libuv1-dev check
-libpcre2-dev libutf8proc-dev python3-numpy curl"
+libpcre2-dev libutf8proc-dev python3-numpy curl libcurl4-openssl-dev nginx libnginx-mod-http-js
+docker-compose"
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
