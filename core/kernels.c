@@ -508,8 +508,131 @@ typedef struct mm_job {
     int64_t r0, nr; /* panel rows of W */
 } mm_job;
 
-/* Direct kernel: thread ith computes y[:, o] for its slice of W's rows, reading W in its own
- * dtype. Used for small T, where converting W would cost more than the products. */
+/* Four dot products of one weight row w (dtype dt, n values) with up to four activation rows:
+ *   out[r] = Σ_i x_r[i] · w[i]   for r < 4, x_r = x + r·ldx.
+ * The weight vector is loaded once and used four times, so a group of four rows costs about
+ * what one row costs (the weights stream from memory; the activations sit in cache). Each row
+ * has its own accumulator and the same summation order whatever group it is in, so a row's
+ * result does not depend on the other rows of the batch. */
+static inline float w_scalar(const void *w, lr_dtype dt, int64_t i)
+{
+    if (dt == LR_DT_F32) {
+        float f;
+        memcpy(&f, (const char *)w + 4 * i, 4);
+        return f;
+    }
+    return dt == LR_DT_F16 ? f16_scalar(load_u16(w, i)) : bf16_scalar(load_u16(w, i));
+}
+
+TGT_AVX512 static inline __m512 w16_avx512(const void *w, lr_dtype dt, int64_t i)
+{
+    const char *c = w;
+    if (dt == LR_DT_F32) return _mm512_loadu_ps((const float *)(c + 4 * i));
+    __m256i h = _mm256_loadu_si256((const __m256i *)(c + 2 * i));
+    if (dt == LR_DT_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+TGT_AVX512 static void dot4_avx512(const float *x, int ldx, const void *w, lr_dtype dt, int64_t n,
+                                   float *out)
+{
+    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * (size_t)ldx, *x3 = x + 3 * (size_t)ldx;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 wv = w16_avx512(w, dt, i);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x0 + i), wv, a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x1 + i), wv, a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(x2 + i), wv, a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(x3 + i), wv, a3);
+    }
+    float s0 = _mm512_reduce_add_ps(a0), s1 = _mm512_reduce_add_ps(a1);
+    float s2 = _mm512_reduce_add_ps(a2), s3 = _mm512_reduce_add_ps(a3);
+    for (; i < n; i++) {
+        float wi = w_scalar(w, dt, i);
+        s0 += x0[i] * wi, s1 += x1[i] * wi, s2 += x2[i] * wi, s3 += x3[i] * wi;
+    }
+    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+}
+
+TGT_AVX2 static inline __m256 w8_avx2(const void *w, lr_dtype dt, int64_t i)
+{
+    const char *c = w;
+    if (dt == LR_DT_F32) return _mm256_loadu_ps((const float *)(c + 4 * i));
+    __m128i h = _mm_loadu_si128((const __m128i *)(c + 2 * i));
+    if (dt == LR_DT_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+TGT_AVX2 static void dot4_avx2(const float *x, int ldx, const void *w, lr_dtype dt, int64_t n,
+                               float *out)
+{
+    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * (size_t)ldx, *x3 = x + 3 * (size_t)ldx;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 wv = w8_avx2(w, dt, i);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + i), wv, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + i), wv, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x2 + i), wv, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x3 + i), wv, a3);
+    }
+    float s0 = hsum256(a0), s1 = hsum256(a1), s2 = hsum256(a2), s3 = hsum256(a3);
+    for (; i < n; i++) {
+        float wi = w_scalar(w, dt, i);
+        s0 += x0[i] * wi, s1 += x1[i] * wi, s2 += x2[i] * wi, s3 += x3[i] * wi;
+    }
+    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+}
+
+static void dot4_scalar(const float *x, int ldx, const void *w, lr_dtype dt, int64_t n, float *out)
+{
+    float s[4] = {0, 0, 0, 0};
+    for (int64_t i = 0; i < n; i++) {
+        float wi = w_scalar(w, dt, i);
+        for (int r = 0; r < 4; r++)
+            s[r] += x[(size_t)r * (size_t)ldx + (size_t)i] * wi;
+    }
+    memcpy(out, s, sizeof s);
+}
+
+/* One row alone, with exactly the arithmetic of one lane of dot4 (one accumulator, the same
+ * order), so a row's result is the same whether it ran in a group of four or alone. */
+TGT_AVX512 static float dot1_avx512(const float *x, const void *w, lr_dtype dt, int64_t n)
+{
+    __m512 a = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), w16_avx512(w, dt, i), a);
+    float s = _mm512_reduce_add_ps(a);
+    for (; i < n; i++)
+        s += x[i] * w_scalar(w, dt, i);
+    return s;
+}
+
+TGT_AVX2 static float dot1_avx2(const float *x, const void *w, lr_dtype dt, int64_t n)
+{
+    __m256 a = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), w8_avx2(w, dt, i), a);
+    float s = hsum256(a);
+    for (; i < n; i++)
+        s += x[i] * w_scalar(w, dt, i);
+    return s;
+}
+
+static float dot1_scalar(const float *x, const void *w, lr_dtype dt, int64_t n)
+{
+    float s = 0;
+    for (int64_t i = 0; i < n; i++)
+        s += x[i] * w_scalar(w, dt, i);
+    return s;
+}
+
+/* Direct kernel: thread ith computes y[:, o] for its slice of W's rows, reading each W row once
+ * (in its own dtype) for all T activation rows, four at a time. Used for small T, where packing or
+ * converting W for sgemm would cost more than the products. */
 static void mm_direct_task(void *ctx, int ith, int nth)
 {
     const mm_job *j = ctx;
@@ -517,18 +640,35 @@ static void mm_direct_task(void *ctx, int ith, int nth)
     int64_t o0, o1;
     kern_slice(W->rows, ith, nth, &o0, &o1);
     size_t esz = W->dtype == LR_DT_F32 ? 4 : 2;
+    kern_isa isa = kern_get_isa();
     for (int64_t o = o0; o < o1; o++) {
         const void *row = (const char *)W->data + (size_t)o * (size_t)W->cols * esz;
-        for (int t = 0; t < j->T; t++) {
+        for (int t = 0; t < j->T; t += 4) {
+            int nr = j->T - t < 4 ? j->T - t : 4;
             const float *x = j->x + (size_t)t * (size_t)j->ldx;
-            float s;
-            if (W->dtype == LR_DT_F16)
-                s = kern_dot_f16(x, row, W->cols);
-            else if (W->dtype == LR_DT_BF16)
-                s = kern_dot_bf16(x, row, W->cols);
+            float out[4];
+            if (nr < 4) {
+                for (int r = 0; r < nr; r++) {
+                    const float *xr = x + (size_t)r * (size_t)j->ldx;
+                    float v;
+                    if (isa == KERN_ISA_AVX512)
+                        v = dot1_avx512(xr, row, W->dtype, W->cols);
+                    else if (isa == KERN_ISA_AVX2)
+                        v = dot1_avx2(xr, row, W->dtype, W->cols);
+                    else
+                        v = dot1_scalar(xr, row, W->dtype, W->cols);
+                    j->y[(size_t)(t + r) * (size_t)j->ldy + (size_t)o] = v;
+                }
+                continue;
+            }
+            if (isa == KERN_ISA_AVX512)
+                dot4_avx512(x, j->ldx, row, W->dtype, W->cols, out);
+            else if (isa == KERN_ISA_AVX2)
+                dot4_avx2(x, j->ldx, row, W->dtype, W->cols, out);
             else
-                s = kern_dot_f32(x, row, W->cols);
-            j->y[(size_t)t * (size_t)j->ldy + (size_t)o] = s;
+                dot4_scalar(x, j->ldx, row, W->dtype, W->cols, out);
+            for (int r = 0; r < 4; r++)
+                j->y[(size_t)(t + r) * (size_t)j->ldy + (size_t)o] = out[r];
         }
     }
 }

@@ -56,11 +56,13 @@ float kern_dot_bf16(const float *a, const void *b, int64_t n);
 /* ---- matmul ----
  * y[t, o] = Σ_i x[t, i] · W[o, i]   for t < T, o < W->rows, i < W->cols   (y = x·Wᵀ)
  * For T <= KERN_DIRECT_T (decode) a direct kernel reads W once in its own dtype, rows of W split
- * across threads. Otherwise F32: one cblas_sgemm (RowMajor, NoTrans, Trans); F16/BF16: panels of
+ * across threads, activation rows four at a time; a row's result is then bitwise independent of
+ * the other rows (batch-invariant). Otherwise F32: one cblas_sgemm (RowMajor, NoTrans, Trans),
+ * whose per-row results do depend on T in the last bits; F16/BF16: panels of
  * KERN_PANEL_ROWS rows of W are converted to f32 in `scratch` (threads split the panel) and
  * multiplied with sgemm. scratch: kern_matmul_scratch_floats(W->cols) floats (NULL allowed for
  * F32). x, y must not overlap. */
-#define KERN_DIRECT_T 4
+#define KERN_DIRECT_T 8
 #define KERN_PANEL_ROWS 256
 size_t kern_matmul_scratch_floats(int64_t cols);
 void kern_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T, const lr_mat *W,

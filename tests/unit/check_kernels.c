@@ -108,7 +108,7 @@ START_TEST(test_matmul)
     }
     for (int i = 0; i < TMAX * (COLS + 3); i++)
         x[i] = frand();
-    const int Ts[] = {1, 2, 4, 5, 17};
+    const int Ts[] = {1, 2, 3, 4, 5, 7, 8, 9, 17};
     const int threads[] = {1, 3};
     for (int th = 0; th < 2; th++) {
         kern_pool *pool;
@@ -154,6 +154,45 @@ START_TEST(test_matmul)
     free(x);
     free(y);
     free(scratch);
+}
+END_TEST
+
+/* The direct kernel (T <= KERN_DIRECT_T) gives every row exactly the result it gets alone, so
+ * decode steps do not depend on which other sequences share the batch. */
+START_TEST(test_direct_batch_invariant)
+{
+    enum { ROWS = 37, COLS = 53 };
+    float *wf = malloc(sizeof(float) * ROWS * COLS), *x = malloc(sizeof(float) * 8 * COLS);
+    uint16_t *wh = malloc(2 * ROWS * COLS);
+    float y[8 * ROWS], y1[ROWS];
+    for (int i = 0; i < ROWS * COLS; i++) {
+        wf[i] = frand();
+        wh[i] = to_f16(frand());
+    }
+    for (int i = 0; i < 8 * COLS; i++)
+        x[i] = frand();
+    kern_pool *pool;
+    ck_assert_int_eq(kern_pool_create(2, NULL, &pool), 0);
+    for (int k = 0; k < 3; k++) {
+        if (kern_set_isa(isas[k]) != isas[k]) continue;
+        for (int dt = 0; dt < 3; dt++) {
+            lr_mat W = {(lr_dtype)dt, dt == 0 ? (const void *)wf : (const void *)wh, ROWS, COLS};
+            for (int T = 1; T <= KERN_DIRECT_T; T++) {
+                kern_matmul(pool, y, ROWS, x, COLS, T, &W, NULL);
+                for (int t = 0; t < T; t++) {
+                    kern_matmul(pool, y1, ROWS, x + t * COLS, COLS, 1, &W, NULL);
+                    ck_assert_msg(memcmp(y1, y + t * ROWS, sizeof y1) == 0,
+                                  "isa %s dtype %d: row %d of a %d-row call differs from alone",
+                                  kern_isa_name(isas[k]), dt, t, T);
+                }
+            }
+        }
+    }
+    kern_set_isa(kern_cpu_isa());
+    kern_pool_destroy(pool);
+    free(wf);
+    free(wh);
+    free(x);
 }
 END_TEST
 
@@ -306,6 +345,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_matmul);
     tcase_add_test(tc, test_dot);
+    tcase_add_test(tc, test_direct_batch_invariant);
     suite_add_tcase(s, tc);
     tc = tcase_create("rowwise");
     tcase_add_test(tc, test_rmsnorm);
