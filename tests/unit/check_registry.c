@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "lora_api.h"
 #include "registry.h"
 
 enum { L = 2, H = 8 };
@@ -421,6 +422,94 @@ START_TEST(test_register)
 }
 END_TEST
 
+START_TEST(test_lora_api)
+{
+    const lora_api_ops *ops = &lora_api_table;
+    const char *roots[1] = {root};
+    lora_api_params p = {&model, roots, 1, 2, 0, 0, 16};
+    void *l;
+    lr_error e;
+    ck_assert_msg(ops->create(&p, &e, &l) == 0, "%s", e.msg);
+    ck_assert_int_eq(ops->delta(l)->scratch_per_token, 16 + 2 * H);
+    const void *a0;
+    ck_assert_msg(ops->resolve(l, "a0", &a0, &e) == 0, "%s", e.msg);
+    ck_assert(lora_has_module(a0, 1, LR_MOD_Q));
+    const void *none = &none;
+    ck_assert_int_eq(ops->resolve(l, "zz", &none, &e), LR_ENOTFOUND);
+    ck_assert_ptr_null(none);
+    ck_assert_int_eq(e.http, 404);
+    /* a weighted mix is its own adapter object holding references to its members */
+    json_error_t je;
+    json_t *mix = json_loads("[{\"id\": \"a0\", \"scale\": 0.5}, {\"id\": \"org/b\"}]", 0, &je);
+    const void *m;
+    ck_assert_msg(ops->resolve_mix(l, mix, &m, &e) == 0, "%s", e.msg);
+    ck_assert_ptr_ne(m, a0);
+    ck_assert(lora_has_module(m, 0, LR_MOD_Q));
+    json_decref(mix);
+    static const char *bad[][2] = {{"[]", "400"}, {"[{\"id\": \"nope\"}]", "404"},
+                                   {"[{\"id\": \"a1\", \"scale\": \"x\"}]", "400"},
+                                   {"[{\"scale\": 1}]", "400"}, {"{}", "400"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        json_t *b = json_loads(bad[i][0], JSON_DECODE_ANY, &je);
+        const void *x = NULL;
+        ck_assert_int_ne(ops->resolve_mix(l, b, &x, &e), 0);
+        ck_assert_int_eq(e.http, atoi(bad[i][1]));
+        ck_assert_ptr_null(x);
+        json_decref(b);
+    }
+    /* routes */
+    lora_api_reply out;
+    memset(&out, 0, sizeof out);
+    ck_assert_int_eq(ops->route(l, "GET", "/v1/adapters", "", 0, &out, &e), 1);
+    ck_assert_int_eq(out.status, 200);
+    json_t *v = json_loads(out.body, 0, &je);
+    ck_assert_ptr_nonnull(v);
+    int found = 0;
+    for (size_t i = 0; i < json_array_size(json_object_get(v, "data")); i++) {
+        json_t *o = json_array_get(json_object_get(v, "data"), i);
+        if (!strcmp(json_string_value(json_object_get(o, "id")), "a0")) {
+            found = 1;
+            ck_assert_str_eq(json_string_value(json_object_get(o, "state")), "loaded");
+            ck_assert_int_eq(json_integer_value(json_object_get(o, "rank")), 2);
+            ck_assert_int_eq(json_integer_value(json_object_get(o, "in_use")), 2);
+            ck_assert_str_eq(json_string_value(json_array_get(json_object_get(o, "target_modules"), 0)),
+                             "q_proj");
+        }
+    }
+    ck_assert(found);
+    json_decref(v);
+    free(out.body);
+    memset(&out, 0, sizeof out);
+    ck_assert_int_eq(ops->route(l, "GET", "/v1/load_lora_adapter", "", 0, &out, &e), -1);
+    ck_assert_int_eq(e.http, 405);
+    ck_assert_str_eq(out.allow, "POST");
+    ck_assert_int_eq(ops->route(l, "POST", "/v1/load_lora_adapter", "{", 1, &out, &e), -1);
+    ck_assert_int_eq(e.http, 400);
+    const char *body = "{\"lora_name\": \"x\"}";
+    ck_assert_int_eq(ops->route(l, "POST", "/v1/load_lora_adapter", body, strlen(body), &out, &e),
+                     -1);
+    ck_assert_int_eq(e.http, 400);
+    ck_assert_ptr_nonnull(strstr(e.msg, "lora_path"));
+    ck_assert_int_eq(ops->route(l, "POST", "/v1/unload_lora_adapter", body, strlen(body), &out, &e),
+                     -1);
+    ck_assert_int_eq(e.http, 404);
+    ck_assert_int_eq(ops->route(l, "GET", "/v1/other", "", 0, &out, &e), 0);
+    json_t *models = json_array();
+    ops->models(l, "base", 5, models);
+    ck_assert_int_ge(json_array_size(models), 7);
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(models, 0), "parent")), "base");
+    json_decref(models);
+    char *txt = ops->metrics(l);
+    ck_assert_ptr_nonnull(strstr(txt, "vllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\""));
+    ck_assert_ptr_nonnull(strstr(txt, "lorad_adapter_loads_total 2\n"));
+    free(txt);
+    ops->release(l, m);
+    ops->release(l, a0);
+    ops->rescan(l);
+    ops->destroy(l);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("registry");
@@ -429,7 +518,7 @@ int main(void)
         const TTest *t;
     } cases[] = {{"ids", test_ids},   {"resolve", test_resolve},   {"lru", test_lru},
                  {"room", test_wait_for_room}, {"failures", test_failures},
-                 {"register", test_register}};
+                 {"register", test_register}, {"lora_api", test_lora_api}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name);
         tcase_add_checked_fixture(tc, setup, teardown);
