@@ -152,6 +152,11 @@ static int la_resolve_mix(void *vl, const json_t *arr, const void **adapter, lr_
         return lerr(err, LR_EINVAL, 400, "adapters must be an array of 1 to %d objects {\"id\": \"name\", "
                         "\"scale\": number}",
                         LORA_API_MAX_MIX);
+    if (l->max_loaded > 0 && (int)json_array_size(arr) > l->max_loaded)
+        return lerr(err, LR_EINVAL, 400,
+                    "adapters: a mix of %zu adapters cannot be resident at once with "
+                    "--max-loaded-adapters %d",
+                    json_array_size(arr), l->max_loaded);
     lora_mix *m = calloc(1, sizeof *m);
     if (!m)
         return lerr(err, LR_ENOMEM, 500, "out of memory");
