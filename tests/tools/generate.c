@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine.h"
 #include "lora.h"
@@ -99,6 +100,13 @@ static void parse_adapter(const char *v, gen_adapter *g)
             *c = 0;
         }
     }
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
 }
 
 static void usage(void)
@@ -255,6 +263,7 @@ int main(int argc, char **argv)
     /* Load each distinct folder once (orig[i] = first index with the same folder); per prompt
      * the set of its adapter (one per folder and scale), or one mix for all prompts. */
     int max_rank = 0;
+    double load_s = 0;
     int *orig = calloc((size_t)n_ad + 1, sizeof *orig);
     for (int i = 0; i < n_ad; i++) {
         orig[i] = i;
@@ -265,7 +274,10 @@ int main(int argc, char **argv)
             }
         if (orig[i] != i || !strcmp(ads[i].dir, "none"))
             continue;
-        if (peft_load(ads[i].dir, m, NULL, &err, &ads[i].a) != 0) {
+        double t_load = now_s();
+        int lrc = peft_load(ads[i].dir, m, NULL, &err, &ads[i].a);
+        load_s += now_s() - t_load;
+        if (lrc != 0) {
             fprintf(stderr, "lr-generate: %s\n", err.msg);
             return 1;
         }
@@ -336,6 +348,7 @@ int main(int argc, char **argv)
         r->top_lp = calloc((size_t)g_max_tokens * (g_top + 1), sizeof(float));
     }
     int rc = 0;
+    double t_gen = now_s();
     for (int i = 0; i < n_req && rc == 0; i++) {
         eng_request_params q;
         memset(&q, 0, sizeof q);
@@ -367,6 +380,7 @@ int main(int argc, char **argv)
             }
         }
     }
+    t_gen = now_s() - t_gen;
     if (rc == 0)
         for (int i = 0; i < n_req; i++)
             print_result(&reqs[i]);
@@ -377,11 +391,11 @@ int main(int argc, char **argv)
     fprintf(stderr,
             "lr-generate: stats steps=%llu prompt_tokens=%llu generated_tokens=%llu "
             "preemptions=%llu kv_blocks_total=%d mixed_adapter_steps=%llu "
-            "max_adapters_in_step=%llu\n",
+            "max_adapters_in_step=%llu gen_seconds=%.4f adapter_load_seconds=%.4f\n",
             (unsigned long long)st.steps, (unsigned long long)st.prompt_tokens,
             (unsigned long long)st.generated_tokens, (unsigned long long)st.preemptions,
             st.kv_blocks_total, (unsigned long long)st.mixed_adapter_steps,
-            (unsigned long long)st.max_adapters_in_step);
+            (unsigned long long)st.max_adapters_in_step, t_gen, load_s);
     eng_destroy(e);
     lora_set_destroy(mix);
     for (int i = 0; i < n_ad; i++) {
