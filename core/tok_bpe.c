@@ -1,10 +1,12 @@
-/* tok_bpe.c — HF BPE: vocabulary and merges in hash maps, merging with a binary heap.
+/* tok_bpe.c — HF BPE: vocabulary and merges in hash maps, merging with a priority queue.
  *
  * merge_word (tokenizers models/bpe/model.rs) turns a word into one symbol per char (or per
  * byte with byte_fallback, or fused <unk> runs); merge_all (word.rs) then repeatedly applies
- * the adjacent pair with the lowest rank, leftmost first. The heap holds (rank, pos, new_id)
- * candidates with lazy invalidation: a popped candidate is applied only if its left symbol is
- * still alive and the current pair there still merges to the same id. O(n log n) per word, so
+ * the adjacent pair with the lowest rank, leftmost first. A priority queue holds (rank, pos,
+ * new_id) candidates with lazy invalidation: a popped candidate is applied only if its left
+ * symbol is still alive and the current pair there still merges to the same id. The queue keeps
+ * one bucket per rank (positions in increasing order) and a heap over the ranks, so a push or
+ * pop is O(1) plus O(log #ranks): O(n log n) per word at worst, and
  * Llama-2 legacy mode (a whole segment is one word) stays linear-ish on megabyte inputs.
  * Not here: dropout (refused at load), offsets, the word cache.
  */
@@ -28,7 +30,11 @@ struct tok_bpe {
 void tokbpe_scratch_free(tok_bpe_scratch *s)
 {
     free(s->sym);
-    free(s->heap);
+    for (size_t i = 0; i < s->bk_cap; i++)
+        free(s->bk[i].v);
+    free(s->bk);
+    free(s->rheap);
+    free(s->table);
     free(s->tmp.p);
     memset(s, 0, sizeof *s);
 }
@@ -232,40 +238,151 @@ const char *tokbpe_id_piece(const tok_bpe *b, int32_t id)
 
 int32_t tokbpe_max_id(const tok_bpe *b) { return b->n_ids - 1; }
 
-/* Min-heap on (rank, pos): the lowest rank first, the leftmost among equal ranks. */
-static int merge_less(const struct tok_merge *x, const struct tok_merge *y)
-{
-    return x->rank < y->rank || (x->rank == y->rank && x->pos < y->pos);
-}
+/* ---- the merge queue: buckets by rank, a heap over ranks -------------------------------- */
 
-static void heap_down(struct tok_merge *h, size_t n, size_t i)
+static uint32_t rank_hash(int32_t r) { return (uint32_t)r * 2654435761u; }
+
+static void rheap_down(tok_bpe_scratch *q, size_t i)
 {
+    int32_t *h = q->rheap;
     for (;;) {
         size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < n && merge_less(&h[l], &h[m]))
+        if (l < q->rheap_n && q->bk[h[l]].rank < q->bk[h[m]].rank)
             m = l;
-        if (r < n && merge_less(&h[r], &h[m]))
+        if (r < q->rheap_n && q->bk[h[r]].rank < q->bk[h[m]].rank)
             m = r;
         if (m == i)
             return;
-        struct tok_merge t = h[i];
+        int32_t t = h[i];
         h[i] = h[m];
         h[m] = t;
         i = m;
     }
 }
 
-static void heap_up(struct tok_merge *h, size_t i)
+static int rheap_push(tok_bpe_scratch *q, int32_t bi)
 {
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (!merge_less(&h[i], &h[p]))
-            return;
-        struct tok_merge t = h[i];
-        h[i] = h[p];
-        h[p] = t;
-        i = p;
+    if (q->rheap_n == q->rheap_cap) {
+        size_t c = q->rheap_cap ? q->rheap_cap * 2 : 64;
+        void *p = realloc(q->rheap, c * sizeof *q->rheap);
+        if (!p)
+            return LR_ENOMEM;
+        q->rheap = p;
+        q->rheap_cap = c;
     }
+    int32_t *h = q->rheap;
+    size_t i = q->rheap_n++;
+    h[i] = bi;
+    while (i > 0 && q->bk[h[(i - 1) / 2]].rank > q->bk[h[i]].rank) {
+        int32_t t = h[i];
+        h[i] = h[(i - 1) / 2];
+        h[(i - 1) / 2] = t;
+        i = (i - 1) / 2;
+    }
+    return 0;
+}
+
+/* Empty the queue for the next word: clear only the table slots in use. */
+static void q_reset(tok_bpe_scratch *q)
+{
+    for (size_t i = 0; i < q->bk_used; i++)
+        q->table[q->bk[i].slot] = 0;
+    q->bk_used = 0;
+    q->rheap_n = 0;
+}
+
+static int q_grow_table(tok_bpe_scratch *q)
+{
+    size_t cap = q->table_cap ? q->table_cap * 2 : 256;
+    int32_t *t = calloc(cap, sizeof *t);
+    if (!t)
+        return LR_ENOMEM;
+    for (size_t i = 0; i < q->bk_used; i++) {
+        size_t h = rank_hash(q->bk[i].rank) & (cap - 1);
+        while (t[h])
+            h = (h + 1) & (cap - 1);
+        t[h] = (int32_t)i + 1;
+        q->bk[i].slot = (uint32_t)h;
+    }
+    free(q->table);
+    q->table = t;
+    q->table_cap = cap;
+    return 0;
+}
+
+static int q_push(tok_bpe_scratch *q, int32_t rank, int32_t pos, int32_t id)
+{
+    if ((q->bk_used + 1) * 2 > q->table_cap && q_grow_table(q))
+        return LR_ENOMEM;
+    size_t h = rank_hash(rank) & (q->table_cap - 1);
+    while (q->table[h] && q->bk[q->table[h] - 1].rank != rank)
+        h = (h + 1) & (q->table_cap - 1);
+    int32_t bi;
+    if (q->table[h]) {
+        bi = q->table[h] - 1;
+    } else {
+        if (q->bk_used == q->bk_cap) {
+            size_t c = q->bk_cap ? q->bk_cap * 2 : 64;
+            struct tok_bucket *p = realloc(q->bk, c * sizeof *p);
+            if (!p)
+                return LR_ENOMEM;
+            memset(p + q->bk_cap, 0, (c - q->bk_cap) * sizeof *p);
+            q->bk = p;
+            q->bk_cap = c;
+        }
+        bi = (int32_t)q->bk_used++;
+        struct tok_bucket *b = &q->bk[bi];
+        b->n = b->cursor = 0;
+        b->rank = rank;
+        b->slot = (uint32_t)h;
+        q->table[h] = bi + 1;
+    }
+    struct tok_bucket *b = &q->bk[bi];
+    if (b->cursor == b->n) { /* idle bucket: becomes pending again */
+        b->n = b->cursor = 0;
+        b->sorted = 1;
+        if (rheap_push(q, bi))
+            return LR_ENOMEM;
+    } else if (b->v[b->n - 1].pos > pos) {
+        b->sorted = 0;
+    }
+    if (b->n == b->cap) {
+        uint32_t c = b->cap ? b->cap * 2 : 16;
+        void *p = realloc(b->v, c * sizeof *b->v);
+        if (!p)
+            return LR_ENOMEM;
+        b->v = p;
+        b->cap = c;
+    }
+    b->v[b->n++] = (struct tok_cand){pos, id};
+    return 0;
+}
+
+static int cand_cmp(const void *a, const void *b)
+{
+    int32_t x = ((const struct tok_cand *)a)->pos, y = ((const struct tok_cand *)b)->pos;
+    return (x > y) - (x < y);
+}
+
+/* Pop the candidate with the lowest (rank, pos); 0 when the queue is empty. */
+static int q_pop(tok_bpe_scratch *q, int32_t *rank, int32_t *pos, int32_t *id)
+{
+    if (!q->rheap_n)
+        return 0;
+    struct tok_bucket *b = &q->bk[q->rheap[0]];
+    if (!b->sorted) {
+        qsort(b->v + b->cursor, b->n - b->cursor, sizeof *b->v, cand_cmp);
+        b->sorted = 1;
+    }
+    struct tok_cand c = b->v[b->cursor++];
+    *rank = b->rank;
+    *pos = c.pos;
+    *id = c.id;
+    if (b->cursor == b->n) {
+        q->rheap[0] = q->rheap[--q->rheap_n];
+        rheap_down(q, 0);
+    }
+    return 1;
 }
 
 static int add_sym(tok_bpe_scratch *sc, size_t *n, int32_t id, int32_t len)
@@ -348,27 +465,20 @@ int tokbpe_encode(const tok_bpe *b, const char *w, size_t len, tok_bpe_scratch *
         return 0;
     sc->sym[n - 1].next = -1;
 
-    /* merge_all with a heap of candidate pairs. */
-    if (sc->heap_cap < n) {
-        void *p = realloc(sc->heap, n * 2 * sizeof *sc->heap);
-        if (!p)
-            return LR_ENOMEM;
-        sc->heap = p;
-        sc->heap_cap = n * 2;
-    }
+    /* merge_all: pop the lowest (rank, pos); apply it if still valid (HF checks that the
+     * pair there still merges to the same id); queue the new neighbour pairs. */
     struct tok_sym *sym = sc->sym;
-    size_t hn = 0;
+    q_reset(sc);
     for (size_t i = 0; i + 1 < n; i++) {
         int32_t rank, id;
-        if (tokpair_get(&b->merges, sym[i].id, sym[i + 1].id, &rank, &id))
-            sc->heap[hn++] = (struct tok_merge){rank, (int32_t)i, id};
+        if (tokpair_get(&b->merges, sym[i].id, sym[i + 1].id, &rank, &id) &&
+            q_push(sc, rank, (int32_t)i, id))
+            return LR_ENOMEM;
     }
-    for (size_t i = hn / 2; i-- > 0;)
-        heap_down(sc->heap, hn, i);
-    while (hn > 0) {
-        struct tok_merge top = sc->heap[0];
-        sc->heap[0] = sc->heap[--hn];
-        heap_down(sc->heap, hn, 0);
+    struct {
+        int32_t rank, pos, id;
+    } top;
+    while (q_pop(sc, &top.rank, &top.pos, &top.id)) {
         struct tok_sym *cur = &sym[top.pos];
         if (cur->len == 0 || cur->next < 0)
             continue;
@@ -381,22 +491,12 @@ int tokbpe_encode(const tok_bpe *b, const char *w, size_t len, tok_bpe_scratch *
         sym[nx].len = 0;
         if (cur->next >= 0)
             sym[cur->next].prev = top.pos;
-        /* Each merge adds at most two candidates; the heap never exceeds 2n. */
-        if (hn + 2 > sc->heap_cap) {
-            void *p = realloc(sc->heap, (sc->heap_cap * 2 + 2) * sizeof *sc->heap);
-            if (!p)
-                return LR_ENOMEM;
-            sc->heap = p;
-            sc->heap_cap = sc->heap_cap * 2 + 2;
-        }
-        if (cur->prev >= 0 && tokpair_get(&b->merges, sym[cur->prev].id, cur->id, &rank, &id)) {
-            sc->heap[hn] = (struct tok_merge){rank, cur->prev, id};
-            heap_up(sc->heap, hn++);
-        }
-        if (cur->next >= 0 && tokpair_get(&b->merges, cur->id, sym[cur->next].id, &rank, &id)) {
-            sc->heap[hn] = (struct tok_merge){rank, top.pos, id};
-            heap_up(sc->heap, hn++);
-        }
+        if (cur->prev >= 0 && tokpair_get(&b->merges, sym[cur->prev].id, cur->id, &rank, &id) &&
+            q_push(sc, rank, cur->prev, id))
+            return LR_ENOMEM;
+        if (cur->next >= 0 && tokpair_get(&b->merges, cur->id, sym[cur->next].id, &rank, &id) &&
+            q_push(sc, rank, top.pos, id))
+            return LR_ENOMEM;
     }
     for (int32_t i = 0; i >= 0; i = sym[i].next)
         if (tokids_push(out, sym[i].id))

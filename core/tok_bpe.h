@@ -19,16 +19,30 @@
 typedef struct tok_bpe tok_bpe;
 
 /* Per-call scratch for tokbpe_encode, caller-owned, reused across words; start from {0} and
- * release with tokbpe_scratch_free. Grows to the longest word seen; nothing else allocates. */
+ * release with tokbpe_scratch_free. Grows to the longest word seen; nothing else allocates.
+ * The merge queue groups candidates by rank: one bucket of (pos, id) per distinct rank, a small
+ * min-heap over the ranks that have pending candidates, and a rank → bucket hash. Within a
+ * rank, positions are consumed in increasing order (a bucket is sorted only if pushes arrived
+ * out of order, which is rare: a merge never creates a pair of its own rank). */
 typedef struct tok_bpe_scratch {
     struct tok_sym {
         int32_t id, prev, next, len;
     } *sym;
     size_t sym_cap;
-    struct tok_merge {
-        int32_t rank, pos, id;
-    } *heap;
-    size_t heap_cap;
+    struct tok_bucket {
+        struct tok_cand {
+            int32_t pos, id;
+        } *v;
+        uint32_t n, cap, cursor; /* pending = v[cursor, n) */
+        int32_t rank;
+        uint32_t slot; /* its slot in the rank table */
+        int sorted;
+    } *bk;
+    size_t bk_used, bk_cap;
+    int32_t *rheap; /* bucket indices with pending candidates, min-heap on rank */
+    size_t rheap_n, rheap_cap;
+    int32_t *table; /* (table_cap) bucket index + 1 by rank hash, 0 = empty */
+    size_t table_cap;
     tok_buf tmp;
 } tok_bpe_scratch;
 

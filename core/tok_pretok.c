@@ -42,29 +42,29 @@ struct tok_pretok {
     int add_prefix_space;      /* ByteLevel */
 };
 
-/* GPT-2's 68 non-printable bytes map to U+0100 + n in increasing byte order. */
+/* GPT-2's 68 non-printable bytes map to U+0100 + n in increasing byte order:
+ * 0x00–0x20 → U+0100–U+0120, 0x7F–0xA0 → U+0121–U+0142, 0xAD → U+0143. */
 uint32_t tok_byte_char(unsigned char b)
 {
-    if ((b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE))
-        return b;
-    uint32_t n = 0;
-    for (unsigned i = 0; i < b; i++)
-        if (!((i >= 0x21 && i <= 0x7E) || (i >= 0xA1 && i <= 0xAC) || (i >= 0xAE)))
-            n++;
-    return 0x100 + n;
+    if (b <= 0x20)
+        return 0x100 + b;
+    if (b >= 0x7F && b <= 0xA0)
+        return 0x121 + (uint32_t)(b - 0x7F);
+    if (b == 0xAD)
+        return 0x143;
+    return b;
 }
 
 int tok_char_byte(uint32_t cp)
 {
     if ((cp >= 0x21 && cp <= 0x7E) || (cp >= 0xA1 && cp <= 0xAC) || (cp >= 0xAE && cp <= 0xFF))
         return (int)cp;
-    if (cp < 0x100 || cp >= 0x100 + 68)
-        return -1;
-    uint32_t n = 0;
-    for (unsigned i = 0; i < 256; i++)
-        if (!((i >= 0x21 && i <= 0x7E) || (i >= 0xA1 && i <= 0xAC) || (i >= 0xAE)) &&
-            n++ == cp - 0x100)
-            return (int)i;
+    if (cp >= 0x100 && cp <= 0x120)
+        return (int)(cp - 0x100);
+    if (cp >= 0x121 && cp <= 0x142)
+        return (int)(cp - 0x121 + 0x7F);
+    if (cp == 0x143)
+        return 0xAD;
     return -1;
 }
 

@@ -104,7 +104,8 @@ static int json_ids_eq(const json_t *a, const tok_ids *ids)
 
 static int str_eq(const json_t *j, const char *s, size_t n)
 {
-    return json_is_string(j) && json_string_length(j) == n && memcmp(json_string_value(j), s, n) == 0;
+    return json_is_string(j) && json_string_length(j) == n &&
+           (n == 0 || memcmp(json_string_value(j), s, n) == 0);
 }
 
 /* Stream ids one by one; compare each step's text with want_steps (if given) and the total
@@ -140,7 +141,7 @@ static int check_stream(const tok_tokenizer *t, const json_t *ids, int skip, con
                 all + before);
         bad++;
     }
-    if (all_len != whole_len || memcmp(all, whole, whole_len) != 0) {
+    if (all_len != whole_len || (whole_len && memcmp(all, whole, whole_len) != 0)) {
         fprintf(stderr, "[%s] stream(skip=%d) total '%.*s' != decode '%s'\n", tag, skip,
                 (int)all_len, all, whole);
         bad++;
