@@ -8,6 +8,15 @@
 #include "api.h"
 #include "log.h"
 
+/* An adapter-layer error (an lr_error carrying its HTTP status) as an api_err for `param`. */
+static int from_lr(api_err *err, const lr_error *e, const char *param)
+{
+    api_fail(err, e->code ? e->code : LR_EINTERNAL, e->http > 0 ? e->http : 0, param, "%s",
+             e->msg[0] ? e->msg : lr_strerror(e->code ? e->code : LR_EINTERNAL));
+    if (e->code == LR_ENOTFOUND) err->code = "model_not_found";
+    return err->e.code;
+}
+
 static const char *error_type(int status)
 {
     switch (status) {
@@ -26,10 +35,10 @@ static const char *error_type(int status)
 
 char *api_error_body(int status, const char *msg, const char *param, const char *code)
 {
-    json_t *e = json_pack("{s:{s:s, s:s, s:o, s:o}}", "error", "message", msg ? msg : "",
-                          "type", error_type(status), "param",
-                          param && *param ? json_string(param) : json_null(), "code",
-                          code && *code ? json_string(code) : json_null());
+    json_t *e =
+        json_pack("{s:{s:s, s:s, s:o, s:o}}", "error", "message", msg ? msg : "", "type",
+                  error_type(status), "param", param && *param ? json_string(param) : json_null(),
+                  "code", code && *code ? json_string(code) : json_null());
     char *s = e ? json_dumps(e, JSON_COMPACT) : NULL;
     json_decref(e);
     return s;
@@ -38,8 +47,7 @@ char *api_error_body(int status, const char *msg, const char *param, const char 
 void api_reply_error(api_reply *out, const api_err *err)
 {
     out->status = err->e.http > 0 ? err->e.http : lr_err_http(err->e.code);
-    if (out->status < 400)
-        out->status = 500;
+    if (out->status < 400) out->status = 500;
     out->body = api_error_body(out->status, err->e.msg, err->param, err->code);
     out->len = out->body ? strlen(out->body) : 0;
     out->content_type = "application/json";
@@ -99,10 +107,14 @@ static json_t *parse_body(const char *body, size_t len, api_reply *out)
 static int resolve_model(api_ctx *ctx, const char *model, const void **adapter, api_err *err)
 {
     *adapter = NULL;
-    if (!model || strcmp(model, ctx->served_name) == 0)
-        return 0;
-    if (ctx->resolve)
-        return ctx->resolve(ctx->resolve_user, model, adapter, err);
+    if (!model || strcmp(model, ctx->served_name) == 0) return 0;
+    if (ctx->aops && ctx->aops->resolve) {
+        lr_error e;
+        lr_error_clear(&e);
+        int rc = ctx->aops->resolve(ctx->aops_user, model, adapter, &e);
+        return rc ? from_lr(err, &e, "model") : 0;
+    }
+    if (ctx->resolve) return ctx->resolve(ctx->resolve_user, model, adapter, err);
     api_fail(err, LR_ENOTFOUND, 404, "model", "model '%.200s' not found; this server serves '%s'",
              model, ctx->served_name);
     err->code = "model_not_found";
@@ -113,30 +125,48 @@ static int resolve_model(api_ctx *ctx, const char *model, const void **adapter, 
 static int check_model_field(api_ctx *ctx, const json_t *body, api_err *err)
 {
     json_t *m = json_object_get(body, "model");
-    if (!m || json_is_null(m))
-        return 0;
-    if (!json_is_string(m))
-        return api_fail(err, LR_EINVAL, 400, "model", "model must be a string");
+    if (!m || json_is_null(m)) return 0;
+    if (!json_is_string(m)) return api_fail(err, LR_EINVAL, 400, "model", "model must be a string");
     int rc = api_check_model_id(json_string_value(m), json_string_length(m), err);
-    const void *adapter;
-    return rc ? rc : resolve_model(ctx, json_string_value(m), &adapter, err);
+    const void *adapter = NULL;
+    if (!rc) rc = resolve_model(ctx, json_string_value(m), &adapter, err);
+    /* Tokenization does not depend on the adapter: only the id's validity matters here. */
+    if (adapter && ctx->aops && ctx->aops->release) ctx->aops->release(ctx->aops_user, adapter);
+    return rc;
 }
 
 static void do_completions(api_ctx *ctx, const char *body, size_t len, const api_conn *conn,
                            api_reply *out)
 {
     json_t *v = parse_body(body, len, out);
-    if (!v)
-        return;
+    if (!v) return;
     api_cmpl_req req;
     api_err err;
-    api_limits lim = {.tok = ctx->tok, .vocab = ctx->vocab, .max_pos = ctx->max_pos,
+    api_limits lim = {.tok = ctx->tok,
+                      .vocab = ctx->vocab,
+                      .max_pos = ctx->max_pos,
                       .max_tokens_default = ctx->max_tokens_default};
     const void *adapter = NULL;
     int rc = api_cmpl_parse(v, &lim, &req, &err);
-    json_decref(v);
-    if (!rc)
+    json_t *mix = json_object_get(v, "adapters");
+    if (!rc && mix && !json_is_null(mix)) {
+        /* The weighted-mix extension: "adapters": [{"id": "a", "scale": 0.5}, …]. */
+        if (!ctx->aops || !ctx->aops->resolve_mix)
+            rc = api_fail(&err, LR_EUNSUPPORTED, 400, "adapters",
+                          "adapters is not supported: this server has no adapter support");
+        else if (req.model && strcmp(req.model, ctx->served_name) != 0)
+            rc = api_fail(&err, LR_EINVAL, 400, "adapters",
+                          "give either an adapter id in model or an adapters mix, not both");
+        else {
+            lr_error e;
+            lr_error_clear(&e);
+            if (ctx->aops->resolve_mix(ctx->aops_user, mix, &adapter, &e) != 0)
+                rc = from_lr(&err, &e, "adapters");
+        }
+    } else if (!rc) {
         rc = resolve_model(ctx, req.model, &adapter, &err);
+    }
+    json_decref(v);
     if (rc) {
         api_cmpl_req_clear(&req);
         api_reply_error(out, &err);
@@ -174,8 +204,7 @@ static void do_completions(api_ctx *ctx, const char *body, size_t len, const api
 static void do_tokenize(api_ctx *ctx, const char *body, size_t len, api_reply *out)
 {
     json_t *v = parse_body(body, len, out);
-    if (!v)
-        return;
+    if (!v) return;
     api_err err;
     json_t *content = json_object_get(v, "content");
     json_t *as = json_object_get(v, "add_special");
@@ -187,8 +216,7 @@ static void do_tokenize(api_ctx *ctx, const char *body, size_t len, api_reply *o
     } else if (as && !json_is_null(as) && !json_is_boolean(as)) {
         fail(out, LR_EINVAL, 400, "add_special", "add_special must be a boolean");
     } else {
-        if (as && json_is_boolean(as))
-            add_special = json_is_true(as);
+        if (as && json_is_boolean(as)) add_special = json_is_true(as);
         tok_ids ids = {0};
         int rc = tok_encode(ctx->tok, json_string_value(content), json_string_length(content),
                             add_special, &ids);
@@ -210,8 +238,7 @@ static void do_tokenize(api_ctx *ctx, const char *body, size_t len, api_reply *o
 static void do_detokenize(api_ctx *ctx, const char *body, size_t len, api_reply *out)
 {
     json_t *v = parse_body(body, len, out);
-    if (!v)
-        return;
+    if (!v) return;
     api_err err;
     json_t *toks = json_object_get(v, "tokens");
     int vocab = tok_vocab_size(ctx->tok);
@@ -251,8 +278,8 @@ static void do_detokenize(api_ctx *ctx, const char *body, size_t len, api_reply 
     size_t tl = 0;
     int rc = tok_decode(ctx->tok, ids, n, 0, &text, &tl);
     if (rc) {
-        api_fail(&err, rc, rc == LR_ENOMEM ? 500 : 400, "tokens",
-                 "tokens could not be decoded: %s", lr_strerror(rc));
+        api_fail(&err, rc, rc == LR_ENOMEM ? 500 : 400, "tokens", "tokens could not be decoded: %s",
+                 lr_strerror(rc));
         api_reply_error(out, &err);
     } else {
         reply_json(out, 200, json_pack("{s:s%}", "content", text ? text : "", tl));
@@ -267,16 +294,29 @@ static void do_models(api_ctx *ctx, api_reply *out)
     json_t *base = json_pack("{s:s, s:s, s:I, s:s, s:s, s:i}", "id", ctx->served_name, "object",
                              "model", "created", (json_int_t)ctx->created, "owned_by", "lorad",
                              "root", ctx->served_name, "max_model_len", ctx->max_pos);
-    reply_json(out, 200, json_pack("{s:s, s:[o]}", "object", "list", "data", base));
+    json_t *data = json_pack("[o]", base);
+    if (data && ctx->aops && ctx->aops->models)
+        ctx->aops->models(ctx->aops_user, ctx->served_name, ctx->created, data);
+    reply_json(out, 200, json_pack("{s:s, s:o}", "object", "list", "data", data));
 }
 
 static void do_metrics(api_ctx *ctx, api_reply *out)
 {
     eng_stats st;
     memset(&st, 0, sizeof st);
-    if (ctx->eng)
-        eng_get_stats(ctx->eng, &st);
+    if (ctx->eng) eng_get_stats(ctx->eng, &st);
     char *text = met_render(ctx->met, ctx->eng ? &st : NULL);
+    char *extra =
+        text && ctx->aops && ctx->aops->metrics ? ctx->aops->metrics(ctx->aops_user) : NULL;
+    if (extra) {
+        size_t a = strlen(text), b = strlen(extra);
+        char *both = realloc(text, a + b + 1);
+        if (both) {
+            memcpy(both + a, extra, b + 1);
+            text = both;
+        }
+        free(extra);
+    }
     if (!text) {
         fail(out, LR_ENOMEM, 500, NULL, "out of memory");
         return;
@@ -309,8 +349,46 @@ void api_handle(api_ctx *ctx, const char *method, const char *path, const char *
     out->ep = MET_EP_OTHER;
     const route *r = NULL;
     for (size_t i = 0; i < sizeof k_routes / sizeof k_routes[0]; i++)
-        if (strcmp(path, k_routes[i].path) == 0)
-            r = &k_routes[i];
+        if (strcmp(path, k_routes[i].path) == 0) r = &k_routes[i];
+    if (!r && ctx->aops && ctx->aops->route) {
+        /* The adapter routes are answered by adapters/, after the same body and drain checks
+         * (with adapter support on, an unknown route with an oversize body is a 413). */
+        api_err err;
+        memset(&err, 0, sizeof err);
+        int rc;
+        if (body_too_large)
+            rc = api_fail(&err, LR_ETOOLARGE, 413, NULL,
+                          "the request body is larger than the server's limit of %lld bytes "
+                          "(--max-body-bytes)",
+                          ctx->max_body_bytes);
+        else if (atomic_load(&ctx->draining))
+            rc = api_fail(&err, LR_ESHUTDOWN, 503, NULL, "the server is shutting down");
+        else {
+            lora_api_reply lr = {0};
+            lr_error e;
+            lr_error_clear(&e);
+            rc = ctx->aops->route(ctx->aops_user, method, path, body, len, &lr, &e);
+            if (rc > 0) {
+                out->status = lr.status;
+                out->body = lr.body;
+                out->len = lr.len;
+                out->content_type = "application/json";
+            } else if (rc < 0) {
+                free(lr.body);
+                from_lr(&err, &e, NULL);
+                if (lr.allow && err.e.http == 405) out->allow = lr.allow;
+            }
+        }
+        if (rc < 0) {
+            const char *allow = out->allow;
+            api_reply_error(out, &err);
+            out->allow = allow;
+        }
+        if (rc != 0) {
+            out->ep = MET_EP_ADAPTERS;
+            return;
+        }
+    }
     if (!r) {
         char msg[320];
         snprintf(msg, sizeof msg, "no route for %.16s %.200s", method, path);
@@ -329,8 +407,10 @@ void api_handle(api_ctx *ctx, const char *method, const char *path, const char *
     }
     if (body_too_large) {
         char msg[160];
-        snprintf(msg, sizeof msg, "the request body is larger than the server's limit of %lld "
-                 "bytes (--max-body-bytes)", ctx->max_body_bytes);
+        snprintf(msg, sizeof msg,
+                 "the request body is larger than the server's limit of %lld "
+                 "bytes (--max-body-bytes)",
+                 ctx->max_body_bytes);
         fail(out, LR_ETOOLARGE, 413, NULL, msg);
         return;
     }

@@ -19,6 +19,7 @@
 
 #include "engine.h"
 #include "err.h"
+#include "lora_api.h" /* types only: server/ calls adapters/ through the ops table */
 #include "met.h"
 #include "model.h"
 #include "tokenizer.h"
@@ -50,14 +51,16 @@ typedef struct api_ctx {
     met_metrics *met;
     const char *served_name;
     int max_tokens_default;
-    int max_pos;      /* the model's context length */
-    int vocab;        /* valid token ids are [0, vocab) */
-    long long created; /* unix time the model was loaded (for /v1/models) */
+    int max_pos;              /* the model's context length */
+    int vocab;                /* valid token ids are [0, vocab) */
+    long long created;        /* unix time the model was loaded (for /v1/models) */
     long long max_body_bytes; /* --max-body-bytes (for the 413 message) */
-    atomic_int draining; /* SIGTERM seen: /health and new requests → 503 */
-    atomic_int stopping; /* the daemon is stopping: every waiting request gives up */
-    api_resolve_fn resolve; /* NULL → every non-base id is 404 */
+    atomic_int draining;      /* SIGTERM seen: /health and new requests → 503 */
+    atomic_int stopping;      /* the daemon is stopping: every waiting request gives up */
+    api_resolve_fn resolve;   /* NULL → every non-base id is 404 (unless aops) */
     void *resolve_user;
+    const lora_api_ops *aops; /* the adapter layer (adapters/lora_api.h); NULL = none */
+    void *aops_user;
 } api_ctx;
 
 /* The connection as api_* sees it: alive() returns 0 once the client has gone away. */
@@ -77,7 +80,7 @@ typedef struct api_reply {
     const char *content_type; /* static string */
     const char *allow;        /* Allow header for 405, else NULL */
     api_stream *stream;
-    met_endpoint ep;          /* which endpoint counter this request goes to */
+    met_endpoint ep; /* which endpoint counter this request goes to */
 } api_reply;
 
 /* Route and answer one request. Never fails: errors become OpenAI error replies. `body` need not
@@ -108,7 +111,7 @@ void api_stream_free(api_stream *s);
 typedef struct api_prompt {
     int32_t *ids; /* malloc'd */
     int n;
-    char *text;   /* the prompt as given (string prompts) or NULL (token prompts) */
+    char *text; /* the prompt as given (string prompts) or NULL (token prompts) */
     size_t text_len;
 } api_prompt;
 
@@ -147,8 +150,9 @@ int api_check_model_id(const char *id, size_t len, api_err *err);
 typedef struct api_job api_job;
 
 /* Start the sequences of a parsed request (prompts × n) on the engine. Steals *req (it is
- * zeroed) even on failure. adapter: from the resolver, NULL = base. On error (queue full → 429,
- * draining → 503, bad prompt → 400) nothing is left running. */
+ * zeroed) even on failure. adapter: from the resolver, NULL = base; the job hands it back to
+ * ctx->aops->release() when its last sequence is done (or at once if the start fails). On error
+ * (queue full → 429, draining → 503, bad prompt → 400) nothing is left running. */
 int api_job_start(api_ctx *ctx, api_cmpl_req *req, const void *adapter, api_job **out,
                   api_err *err);
 /* Wait until every sequence finished. Returns 0, or -1 if the client went away or the daemon
@@ -158,7 +162,8 @@ int api_job_wait(api_job *j, const api_conn *conn);
 void api_job_reply(api_job *j, api_reply *out);
 /* Wrap a job as an SSE stream (steals the job). */
 api_stream *api_job_stream(api_job *j, const api_conn *conn);
-/* Drop the HTTP side's reference: cancels unfinished sequences. api_job_release(NULL) is a no-op. */
+/* Drop the HTTP side's reference: cancels unfinished sequences. api_job_release(NULL) is a no-op.
+ */
 void api_job_release(api_job *j);
 
 /* The stop-string hold-back rule, exposed for tests: the length of the longest suffix of

@@ -17,8 +17,7 @@
 
 int api_fail(api_err *err, int code, int http, const char *param, const char *fmt, ...)
 {
-    if (!err)
-        return code;
+    if (!err) return code;
     err->e.code = code;
     err->e.http = http > 0 ? http : lr_err_http(code);
     va_list ap;
@@ -57,8 +56,7 @@ static int get_bool(const json_t *o, const char *key, int *out, api_err *err)
 {
     json_t *v = field(o, key);
     char b[64];
-    if (!v)
-        return 0;
+    if (!v) return 0;
     if (!json_is_boolean(v))
         return api_fail(err, LR_EINVAL, 400, key, "%s must be a boolean, got %s", key,
                         show(v, b, sizeof b));
@@ -72,10 +70,8 @@ static int get_int(const json_t *o, const char *key, long long lo, long long hi,
 {
     json_t *v = field(o, key);
     char b[64];
-    if (present)
-        *present = v != NULL;
-    if (!v)
-        return 0;
+    if (present) *present = v != NULL;
+    if (!v) return 0;
     if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
         return api_fail(err, json_is_integer(v) ? LR_ERANGE : LR_EINVAL, 400, key,
                         "%s must be %s, got %s", key, want, show(v, b, sizeof b));
@@ -84,13 +80,12 @@ static int get_int(const json_t *o, const char *key, long long lo, long long hi,
 }
 
 /* A number in [lo, hi] (open ends when lo_open / hi_open). */
-static int get_num(const json_t *o, const char *key, double lo, int lo_open, double hi,
-                   int hi_open, const char *want, float *out, api_err *err)
+static int get_num(const json_t *o, const char *key, double lo, int lo_open, double hi, int hi_open,
+                   const char *want, float *out, api_err *err)
 {
     json_t *v = field(o, key);
     char b[64];
-    if (!v)
-        return 0;
+    if (!v) return 0;
     double d = json_is_number(v) ? json_number_value(v) : NAN;
     if (!json_is_number(v) || !isfinite(d) || (lo_open ? d <= lo : d < lo) ||
         (hi_open ? d >= hi : d > hi))
@@ -120,8 +115,10 @@ int api_check_model_id(const char *id, size_t len, api_err *err)
                 break;
             }
     if (why)
-        return api_fail(err, LR_EINVAL, 400, "model", "model id %s; ids are names like "
-                        "'org/name' inside an adapter root", why);
+        return api_fail(err, LR_EINVAL, 400, "model",
+                        "model id %s; ids are names like "
+                        "'org/name' inside an adapter root",
+                        why);
     return 0;
 }
 
@@ -133,12 +130,10 @@ static int parse_prompt(const json_t *v, const api_limits *lim, api_prompt *p, a
     if (json_is_string(v)) {
         size_t len = json_string_length(v);
         p->text = malloc(len + 1);
-        if (!p->text)
-            return api_fail(err, LR_ENOMEM, 500, "prompt", "out of memory");
+        if (!p->text) return api_fail(err, LR_ENOMEM, 500, "prompt", "out of memory");
         memcpy(p->text, json_string_value(v), len + 1);
         p->text_len = len;
-        if (!lim->tok)
-            return api_fail(err, LR_EINTERNAL, 500, "prompt", "no tokenizer is loaded");
+        if (!lim->tok) return api_fail(err, LR_EINTERNAL, 500, "prompt", "no tokenizer is loaded");
         tok_ids ids = {0};
         int rc = tok_encode(lim->tok, p->text, len, 1, &ids);
         if (rc) {
@@ -157,16 +152,15 @@ static int parse_prompt(const json_t *v, const api_limits *lim, api_prompt *p, a
                             "%s has %zu tokens; the model's context is %d tokens", where, n,
                             lim->max_pos);
         p->ids = malloc(n * sizeof *p->ids);
-        if (!p->ids)
-            return api_fail(err, LR_ENOMEM, 500, "prompt", "out of memory");
+        if (!p->ids) return api_fail(err, LR_ENOMEM, 500, "prompt", "out of memory");
         p->n = (int)n;
         for (size_t i = 0; i < n; i++) {
             json_t *t = json_array_get(v, i);
             if (!json_is_integer(t) || json_integer_value(t) < 0 ||
                 json_integer_value(t) >= lim->vocab)
                 return api_fail(err, json_is_integer(t) ? LR_ERANGE : LR_EINVAL, 400, "prompt",
-                                "%s: token %zu must be an integer id in [0, %d), got %s", where,
-                                i, lim->vocab, show(t, b, sizeof b));
+                                "%s: token %zu must be an integer id in [0, %d), got %s", where, i,
+                                lim->vocab, show(t, b, sizeof b));
             p->ids[i] = (int32_t)json_integer_value(t);
         }
     } else {
@@ -174,8 +168,7 @@ static int parse_prompt(const json_t *v, const api_limits *lim, api_prompt *p, a
                         "%s must be a string or an array of token ids, got %s", where,
                         show(v, b, sizeof b));
     }
-    if (p->n == 0)
-        return api_fail(err, LR_EINVAL, 400, "prompt", "%s is empty (no tokens)", where);
+    if (p->n == 0) return api_fail(err, LR_EINVAL, 400, "prompt", "%s is empty (no tokens)", where);
     if (p->n >= lim->max_pos)
         return api_fail(err, LR_ERANGE, 400, "prompt",
                         "%s has %d tokens; the model's context is %d tokens, so at most %d fit "
@@ -184,13 +177,11 @@ static int parse_prompt(const json_t *v, const api_limits *lim, api_prompt *p, a
     return 0;
 }
 
-static int parse_prompts(const json_t *body, const api_limits *lim, api_cmpl_req *r,
-                         api_err *err)
+static int parse_prompts(const json_t *body, const api_limits *lim, api_cmpl_req *r, api_err *err)
 {
     json_t *v = field(body, "prompt");
     char b[64];
-    if (!v)
-        return api_fail(err, LR_EINVAL, 400, "prompt", "prompt is required");
+    if (!v) return api_fail(err, LR_EINVAL, 400, "prompt", "prompt is required");
     /* A list of prompts is an array whose first element is a string or an array; a flat array
      * of integers is one tokenized prompt. */
     int many = json_is_array(v) && json_array_size(v) > 0 &&
@@ -207,8 +198,7 @@ static int parse_prompts(const json_t *body, const api_limits *lim, api_cmpl_req
         return api_fail(err, LR_ERANGE, 400, "prompt", "at most %d prompts per request, got %zu",
                         API_MAX_PROMPTS, n);
     r->prompts = calloc(n, sizeof *r->prompts);
-    if (!r->prompts)
-        return api_fail(err, LR_ENOMEM, 500, "prompt", "out of memory");
+    if (!r->prompts) return api_fail(err, LR_ENOMEM, 500, "prompt", "out of memory");
     r->n_prompts = (int)n;
     for (size_t i = 0; i < n; i++) {
         char where[32];
@@ -222,8 +212,7 @@ static int parse_prompts(const json_t *body, const api_limits *lim, api_cmpl_req
             return api_fail(err, LR_EINVAL, 400, "prompt",
                             "%s: a prompt list must hold only strings or only token arrays", where);
         int rc = parse_prompt(p, lim, &r->prompts[i], err, where);
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
     return 0;
 }
@@ -232,8 +221,7 @@ static int parse_stop(const json_t *body, api_cmpl_req *r, api_err *err)
 {
     json_t *v = field(body, "stop");
     char b[64];
-    if (!v)
-        return 0;
+    if (!v) return 0;
     size_t n = json_is_array(v) ? json_array_size(v) : 1;
     if (!json_is_string(v) && !json_is_array(v))
         return api_fail(err, LR_EINVAL, 400, "stop",
@@ -253,8 +241,7 @@ static int parse_stop(const json_t *body, api_cmpl_req *r, api_err *err)
                             "stop strings must be 1..%d bytes long, got %zu bytes",
                             API_MAX_STOP_LEN, len);
         r->stop[r->n_stop] = strdup(json_string_value(s));
-        if (!r->stop[r->n_stop])
-            return api_fail(err, LR_ENOMEM, 500, "stop", "out of memory");
+        if (!r->stop[r->n_stop]) return api_fail(err, LR_ENOMEM, 500, "stop", "out of memory");
         r->n_stop++;
     }
     return 0;
@@ -272,8 +259,8 @@ static int refuse_unsupported(const json_t *body, int n, api_err *err)
                         "logit_bias is not supported by lorad");
     if ((v = field(body, "best_of"))) {
         if (!json_is_integer(v) || json_integer_value(v) < 1)
-            return api_fail(err, LR_EINVAL, 400, "best_of", "best_of must be an integer ≥ 1, got %s",
-                            show(v, b, sizeof b));
+            return api_fail(err, LR_EINVAL, 400, "best_of",
+                            "best_of must be an integer ≥ 1, got %s", show(v, b, sizeof b));
         if (json_integer_value(v) > n)
             return api_fail(err, LR_EUNSUPPORTED, 400, "best_of",
                             "best_of > n is not supported by lorad (best_of %lld, n %d)",
@@ -288,9 +275,9 @@ static int refuse_unsupported(const json_t *body, int n, api_err *err)
     if ((v = field(body, "stop_token_ids")) && !(json_is_array(v) && json_array_size(v) == 0))
         return api_fail(err, LR_EUNSUPPORTED, 400, "stop_token_ids",
                         "stop_token_ids is not supported by lorad; use stop strings");
-    static const char *refused[] = {"guided_json",     "guided_regex",  "guided_choice",
-                                    "guided_grammar",  "response_format", "prompt_logprobs",
-                                    "logits_processors", "tools"};
+    static const char *refused[] = {
+        "guided_json",     "guided_regex",    "guided_choice",     "guided_grammar",
+        "response_format", "prompt_logprobs", "logits_processors", "tools"};
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
         if (field(body, refused[i]))
             return api_fail(err, LR_EUNSUPPORTED, 400, refused[i], "%s is not supported by lorad",
@@ -329,22 +316,17 @@ int api_cmpl_parse(const json_t *body, const api_limits *lim, api_cmpl_req *r, a
         if (!json_is_string(m))
             return api_fail(err, LR_EINVAL, 400, "model", "model must be a string, got %s",
                             show(m, b, sizeof b));
-        if ((rc = api_check_model_id(json_string_value(m), json_string_length(m), err)))
-            return rc;
+        if ((rc = api_check_model_id(json_string_value(m), json_string_length(m), err))) return rc;
         if (!(r->model = strdup(json_string_value(m))))
             return api_fail(err, LR_ENOMEM, 500, "model", "out of memory");
     }
-    if ((rc = get_int(body, "n", 1, API_MAX_N, "an integer in [1, 16]", NULL, &v, err)))
-        return rc;
+    if ((rc = get_int(body, "n", 1, API_MAX_N, "an integer in [1, 16]", NULL, &v, err))) return rc;
     r->n = v ? (int)v : 1;
-    if ((rc = refuse_unsupported(body, r->n, err)))
-        return rc;
+    if ((rc = refuse_unsupported(body, r->n, err))) return rc;
     char want[64];
     snprintf(want, sizeof want, "an integer in [1, %d] (the context length)", lim->max_pos);
-    if ((rc = get_int(body, "max_tokens", 1, lim->max_pos, want, &present, &v, err)))
-        return rc;
-    if (present)
-        r->max_tokens = (int)v;
+    if ((rc = get_int(body, "max_tokens", 1, lim->max_pos, want, &present, &v, err))) return rc;
+    if (present) r->max_tokens = (int)v;
     if ((rc = get_num(body, "temperature", 0, 0, 2, 0, "a number in [0, 2]", &r->smp.temperature,
                       err)) ||
         (rc = get_num(body, "top_p", 0, 1, 1, 0, "a number in (0, 1]", &r->smp.top_p, err)) ||
@@ -357,8 +339,8 @@ int api_cmpl_parse(const json_t *body, const api_limits *lim, api_cmpl_req *r, a
                       &r->smp.repetition_penalty, err)))
         return rc;
     v = 0;
-    if ((rc = get_int(body, "top_k", -1, 1 << 30, "an integer ≥ -1 (-1 or 0 = off)", NULL, &v,
-                      err)))
+    if ((rc =
+             get_int(body, "top_k", -1, 1 << 30, "an integer ≥ -1 (-1 or 0 = off)", NULL, &v, err)))
         return rc;
     r->smp.top_k = v > 0 ? (int)v : 0;
     v = 0;
@@ -366,8 +348,8 @@ int api_cmpl_parse(const json_t *body, const api_limits *lim, api_cmpl_req *r, a
         return rc;
     r->seed_given = present;
     r->smp.seed = present ? (uint64_t)v : random_seed();
-    if ((rc = get_int(body, "logprobs", 0, ENG_MAX_TOP_LOGPROBS, "an integer in [0, 20]",
-                      &present, &v, err)))
+    if ((rc = get_int(body, "logprobs", 0, ENG_MAX_TOP_LOGPROBS, "an integer in [0, 20]", &present,
+                      &v, err)))
         return rc;
     r->logprobs = present ? (int)v : -1;
     if ((rc = get_bool(body, "stream", &r->stream, err)) ||
@@ -389,21 +371,17 @@ int api_cmpl_parse(const json_t *body, const api_limits *lim, api_cmpl_req *r, a
     if (user && !json_is_string(user))
         return api_fail(err, LR_EINVAL, 400, "user", "user must be a string, got %s",
                         show(user, b, sizeof b));
-    if ((rc = parse_stop(body, r, err)))
-        return rc;
-    if ((rc = parse_prompts(body, lim, r, err)))
-        return rc;
+    if ((rc = parse_stop(body, r, err))) return rc;
+    if ((rc = parse_prompts(body, lim, r, err))) return rc;
     if (r->n_prompts * r->n > API_MAX_SEQS)
-        return api_fail(err, LR_ERANGE, 400, "n",
-                        "prompts × n must be at most %d, got %d × %d", API_MAX_SEQS,
-                        r->n_prompts, r->n);
+        return api_fail(err, LR_ERANGE, 400, "n", "prompts × n must be at most %d, got %d × %d",
+                        API_MAX_SEQS, r->n_prompts, r->n);
     return 0;
 }
 
 void api_cmpl_req_clear(api_cmpl_req *r)
 {
-    if (!r)
-        return;
+    if (!r) return;
     free(r->model);
     for (int i = 0; i < r->n_prompts; i++) {
         free(r->prompts[i].ids);

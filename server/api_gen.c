@@ -40,10 +40,10 @@ typedef struct api_seq {
     /* Logprob entries [cap_lp] (echoed prompt tokens first, then generated ones). */
     int cap_lp, n_lp;
     int32_t *lp_tok;
-    float *lp_val;      /* NAN for the first prompt token (no logprob) */
-    long long *lp_off;  /* text_offset in code points */
-    int *lp_ntop;       /* -1 = null */
-    int32_t *top_ids;   /* [cap_lp * k] */
+    float *lp_val;     /* NAN for the first prompt token (no logprob) */
+    long long *lp_off; /* text_offset in code points */
+    int *lp_ntop;      /* -1 = null */
+    int32_t *top_ids;  /* [cap_lp * k] */
     float *top_val;
     int n_prompt, n_gen;
     eng_finish finish;
@@ -66,7 +66,8 @@ struct api_job {
     char id[48];
     long long created;
     char *model_name;
-    int top_k; /* logprob alternatives per entry (0 when logprobs is off) */
+    int top_k;           /* logprob alternatives per entry (0 when logprobs is off) */
+    const void *adapter; /* from the resolver; released when the job is freed */
 };
 
 struct api_stream {
@@ -94,13 +95,11 @@ static int buf_append(char **p, size_t *len, size_t *cap, const char *s, size_t 
         while (c < *len + n + 1)
             c *= 2;
         char *q = realloc(*p, c);
-        if (!q)
-            return LR_ENOMEM;
+        if (!q) return LR_ENOMEM;
         *p = q;
         *cap = c;
     }
-    if (n)
-        memcpy(*p + *len, s, n);
+    if (n) memcpy(*p + *len, s, n);
     *len += n;
     (*p)[*len] = '\0';
     return 0;
@@ -143,8 +142,7 @@ static int settle(api_seq *s, int final)
     size_t cut = (size_t)-1;
     for (int i = 0; i < r->n_stop; i++) {
         const char *hit = memmem(s->pend, s->pend_len, r->stop[i], strlen(r->stop[i]));
-        if (hit && (size_t)(hit - s->pend) < cut)
-            cut = (size_t)(hit - s->pend);
+        if (hit && (size_t)(hit - s->pend) < cut) cut = (size_t)(hit - s->pend);
     }
     size_t keep = 0;
     if (cut == (size_t)-1 && !final)
@@ -156,16 +154,14 @@ static int settle(api_seq *s, int final)
         s->pend_len = 0;
         return 1;
     }
-    if (keep)
-        memmove(s->pend, s->pend + out, keep);
+    if (keep) memmove(s->pend, s->pend + out, keep);
     s->pend_len = keep;
     return 0;
 }
 
 static void lp_push(api_seq *s, const eng_event *ev, int null_lp, long long off)
 {
-    if (s->n_lp >= s->cap_lp)
-        return;
+    if (s->n_lp >= s->cap_lp) return;
     int i = s->n_lp++;
     int k = s->job->top_k;
     s->lp_tok[i] = ev ? ev->token : -1;
@@ -177,8 +173,7 @@ static void lp_push(api_seq *s, const eng_event *ev, int null_lp, long long off)
     }
     s->lp_val[i] = ev->logprob;
     int nt = ev->n_top < k ? ev->n_top : k;
-    if (nt < 0)
-        nt = 0;
+    if (nt < 0) nt = 0;
     s->lp_ntop[i] = nt;
     for (int t = 0; t < nt; t++) {
         s->top_ids[(size_t)i * k + t] = ev->top_ids[t];
@@ -207,6 +202,9 @@ static void job_free(api_job *j)
             free(j->prompt_off[p]);
     free(j->prompt_off);
     free(j->model_name);
+    /* Every engine reference is gone, so the engine no longer reads the adapter. */
+    if (j->adapter && j->ctx->aops && j->ctx->aops->release)
+        j->ctx->aops->release(j->ctx->aops_user, j->adapter);
     api_cmpl_req_clear(&j->req);
     pthread_mutex_destroy(&j->mu);
     pthread_cond_destroy(&j->cv);
@@ -218,8 +216,7 @@ static void job_unref(api_job *j)
     pthread_mutex_lock(&j->mu);
     int left = --j->refs;
     pthread_mutex_unlock(&j->mu);
-    if (left == 0)
-        job_free(j);
+    if (left == 0) job_free(j);
 }
 
 /* ---- the engine callback (engine thread) ---- */
@@ -242,10 +239,8 @@ static int on_event(void *user, const eng_event *ev)
             if (j->top_k >= 0 && j->req.echo && j->req.logprobs >= 0 && s->n_lp < p->n)
                 lp_push(s, ev, 0, j->prompt_off ? j->prompt_off[s->prompt][s->n_lp] : 0);
         } else {
-            if (j->req.logprobs >= 0)
-                lp_push(s, ev, 0, (long long)s->chars);
-            if (s->n_gen_ids < s->cap_ids)
-                s->gen[s->n_gen_ids++] = ev->token;
+            if (j->req.logprobs >= 0) lp_push(s, ev, 0, (long long)s->chars);
+            if (s->n_gen_ids < s->cap_ids) s->gen[s->n_gen_ids++] = ev->token;
             s->n_gen = ev->n_generated;
             size_t before = s->pend_len;
             int rc = tok_stream_step(s->ts, ev->token, &s->pend, &s->pend_len, &s->pend_cap);
@@ -255,8 +250,7 @@ static int on_event(void *user, const eng_event *ev)
                 stop = 1;
             } else {
                 s->chars += utf8_chars(s->pend + before, s->pend_len - before);
-                if (ev->finish == ENG_FINISH_NONE)
-                    stop = settle(s, 0);
+                if (ev->finish == ENG_FINISH_NONE) stop = settle(s, 0);
             }
         }
     }
@@ -267,24 +261,20 @@ static int on_event(void *user, const eng_event *ev)
             size_t before = s->pend_len;
             if (tok_stream_flush(s->ts, &s->pend, &s->pend_len, &s->pend_cap) == 0)
                 s->chars += utf8_chars(s->pend + before, s->pend_len - before);
-            if (settle(s, 1))
-                s->finish = ENG_FINISH_STOP;
+            if (settle(s, 1)) s->finish = ENG_FINISH_STOP;
         }
         if (ev->finish == ENG_FINISH_ERROR)
             snprintf(s->error, sizeof s->error, "%s",
                      ev->error ? ev->error : "the engine could not run this request");
-        if (ev->n_prompt > 0)
-            s->n_prompt = ev->n_prompt;
-        if (ev->n_generated > s->n_gen)
-            s->n_gen = ev->n_generated;
+        if (ev->n_prompt > 0) s->n_prompt = ev->n_prompt;
+        if (ev->n_generated > s->n_gen) s->n_gen = ev->n_generated;
         s->done = 1;
         j->n_done++;
         final = 1;
     }
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
-    if (final)
-        job_unref(j);
+    if (final) job_unref(j);
     return stop;
 }
 
@@ -325,8 +315,7 @@ static int seq_init(api_job *j, api_seq *s, int index, int prompt, api_err *err)
         return api_fail(err, LR_ENOMEM, 500, NULL, "could not create a detokenizer stream");
     s->cap_ids = r->max_tokens + 1;
     s->gen = malloc((size_t)s->cap_ids * sizeof *s->gen);
-    if (!s->gen)
-        return api_fail(err, LR_ENOMEM, 500, NULL, "out of memory");
+    if (!s->gen) return api_fail(err, LR_ENOMEM, 500, NULL, "out of memory");
     if (r->echo) {
         /* The echoed prompt: as given for string prompts, decoded for token prompts. */
         if (p->text) {
@@ -336,8 +325,7 @@ static int seq_init(api_job *j, api_seq *s, int index, int prompt, api_err *err)
             char *t = NULL;
             size_t tl = 0;
             int rc = tok_decode(tok, p->ids, (size_t)p->n, 1, &t, &tl);
-            if (rc == 0)
-                rc = buf_append(&s->text, &s->text_len, &s->text_cap, t, tl);
+            if (rc == 0) rc = buf_append(&s->text, &s->text_len, &s->text_cap, t, tl);
             free(t);
             if (rc)
                 return api_fail(err, rc, rc == LR_ENOMEM ? 500 : 400, "prompt",
@@ -373,22 +361,22 @@ static void cancel_unfinished(api_job *j)
     int n = 0;
     pthread_mutex_lock(&j->mu);
     for (int i = 0; i < j->n_seqs; i++)
-        if (j->seqs[i].submitted && !j->seqs[i].done)
-            ids[n++] = j->seqs[i].eng_id;
+        if (j->seqs[i].submitted && !j->seqs[i].done) ids[n++] = j->seqs[i].eng_id;
     pthread_mutex_unlock(&j->mu);
     for (int i = 0; i < n; i++)
         eng_cancel(j->ctx->eng, ids[i]);
 }
 
-int api_job_start(api_ctx *ctx, api_cmpl_req *req, const void *adapter, api_job **out,
-                  api_err *err)
+int api_job_start(api_ctx *ctx, api_cmpl_req *req, const void *adapter, api_job **out, api_err *err)
 {
     *out = NULL;
     api_job *j = calloc(1, sizeof *j);
     if (!j) {
         api_cmpl_req_clear(req);
+        if (adapter && ctx->aops && ctx->aops->release) ctx->aops->release(ctx->aops_user, adapter);
         return api_fail(err, LR_ENOMEM, 500, NULL, "out of memory");
     }
+    j->adapter = adapter;
     j->req = *req;
     memset(req, 0, sizeof *req);
     pthread_mutex_init(&j->mu, NULL);
@@ -427,8 +415,7 @@ int api_job_start(api_ctx *ctx, api_cmpl_req *req, const void *adapter, api_job 
     }
     for (int p = 0; p < j->req.n_prompts; p++)
         for (int i = 0; i < j->req.n; i++)
-            if ((rc = seq_init(j, &j->seqs[p * j->req.n + i], p * j->req.n + i, p, err)))
-                goto fail;
+            if ((rc = seq_init(j, &j->seqs[p * j->req.n + i], p * j->req.n + i, p, err))) goto fail;
     for (int k = 0; k < j->n_seqs; k++) {
         api_seq *s = &j->seqs[k];
         const api_prompt *p = &j->req.prompts[s->prompt];
@@ -468,16 +455,14 @@ int api_job_start(api_ctx *ctx, api_cmpl_req *req, const void *adapter, api_job 
             api_fail(err, rc, http, rc == LR_EINVAL ? "prompt" : NULL, "%s",
                      le.msg[0] ? le.msg : lr_strerror(rc));
             if (rc == LR_EBUSY && !le.msg[0])
-                snprintf(err->e.msg, sizeof err->e.msg,
-                         "the request queue is full; retry later");
+                snprintf(err->e.msg, sizeof err->e.msg, "the request queue is full; retry later");
             goto fail;
         }
     }
     *out = j;
     return 0;
 fail:
-    if (j->seqs)
-        cancel_unfinished(j);
+    if (j->seqs) cancel_unfinished(j);
     job_unref(j);
     return rc;
 }
@@ -498,15 +483,13 @@ int api_job_wait(api_job *j, const api_conn *conn)
         pthread_cond_timedwait(&j->cv, &j->mu, &ts);
     }
     pthread_mutex_unlock(&j->mu);
-    if (gone)
-        cancel_unfinished(j);
+    if (gone) cancel_unfinished(j);
     return gone ? -1 : 0;
 }
 
 void api_job_release(api_job *j)
 {
-    if (!j)
-        return;
+    if (!j) return;
     cancel_unfinished(j);
     job_unref(j);
 }
@@ -555,8 +538,7 @@ static json_t *piece_json(const tok_tokenizer *tok, int32_t id)
 static json_t *logprobs_json(const api_job *j, const api_seq *s, int from, int to)
 {
     const tok_tokenizer *tok = j->ctx->tok;
-    json_t *tokens = json_array(), *lps = json_array(), *tops = json_array(),
-           *offs = json_array();
+    json_t *tokens = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
     for (int i = from; i < to; i++) {
         json_array_append_new(tokens, piece_json(tok, s->lp_tok[i]));
         if (s->lp_ntop[i] < 0) {
@@ -570,14 +552,12 @@ static json_t *logprobs_json(const api_job *j, const api_seq *s, int from, int t
                 json_t *k = piece_json(tok, s->top_ids[(size_t)i * j->top_k + t]);
                 const char *key = json_string_value(k);
                 if (key && !json_object_get(d, key))
-                    json_object_set_new(d, key,
-                                        lp_json(s->top_val[(size_t)i * j->top_k + t]));
+                    json_object_set_new(d, key, lp_json(s->top_val[(size_t)i * j->top_k + t]));
                 json_decref(k);
             }
             json_t *k = piece_json(tok, s->lp_tok[i]);
             const char *key = json_string_value(k);
-            if (key && !json_object_get(d, key))
-                json_object_set_new(d, key, lp_json(s->lp_val[i]));
+            if (key && !json_object_get(d, key)) json_object_set_new(d, key, lp_json(s->lp_val[i]));
             json_decref(k);
             json_array_append_new(tops, d);
         }
@@ -619,7 +599,8 @@ static const api_seq *failed_seq(const api_job *j)
 static void seq_error(const api_seq *s, api_err *e)
 {
     if (s->finish == ENG_FINISH_ABORT)
-        api_fail(e, LR_ESHUTDOWN, 503, NULL, "the request was aborted: the server is shutting down");
+        api_fail(e, LR_ESHUTDOWN, 503, NULL,
+                 "the request was aborted: the server is shutting down");
     else if (s->finish == ENG_FINISH_ERROR)
         api_fail(e, LR_EINVAL, 400, "prompt", "%s", s->error);
     else
@@ -687,15 +668,13 @@ api_stream *api_job_stream(api_job *j, const api_conn *conn)
         return NULL;
     }
     s->j = j;
-    if (conn)
-        s->conn = *conn;
+    if (conn) s->conn = *conn;
     return s;
 }
 
 void api_stream_free(api_stream *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     api_job_release(s->j);
     free(s->out);
     free(s);
@@ -706,8 +685,7 @@ static void sse_json(api_stream *st, json_t *v)
 {
     char *t = v ? json_dumps(v, JSON_COMPACT) : NULL;
     json_decref(v);
-    if (!t)
-        return;
+    if (!t) return;
     buf_append(&st->out, &st->out_len, &st->out_cap, "data: ", 6);
     buf_append(&st->out, &st->out_len, &st->out_cap, t, strlen(t));
     buf_append(&st->out, &st->out_len, &st->out_cap, "\n\n", 2);
@@ -716,11 +694,10 @@ static void sse_json(api_stream *st, json_t *v)
 
 static json_t *chunk_head(const api_job *j, json_t *choices)
 {
-    json_t *c = json_pack("{s:s, s:s, s:I, s:s, s:o}", "id", j->id, "object", "text_completion",
-                          "created", (json_int_t)j->created, "model", j->model_name, "choices",
-                          choices);
-    if (c && j->req.include_usage)
-        json_object_set_new(c, "usage", json_null());
+    json_t *c =
+        json_pack("{s:s, s:s, s:I, s:s, s:o}", "id", j->id, "object", "text_completion", "created",
+                  (json_int_t)j->created, "model", j->model_name, "choices", choices);
+    if (c && j->req.include_usage) json_object_set_new(c, "usage", json_null());
     return c;
 }
 
@@ -736,10 +713,9 @@ static int stream_fill(api_stream *st)
     }
     for (int i = 0; i < j->n_seqs; i++) {
         api_seq *s = &j->seqs[i];
-        if (s->final_sent)
-            continue;
-        if (s->done && (s->finish == ENG_FINISH_ERROR || s->finish == ENG_FINISH_ABORT ||
-                        s->error[0])) {
+        if (s->final_sent) continue;
+        if (s->done &&
+            (s->finish == ENG_FINISH_ERROR || s->finish == ENG_FINISH_ABORT || s->error[0])) {
             api_err e;
             seq_error(s, &e);
             char *b = api_error_body(e.e.http, e.e.msg, e.param, e.code);
@@ -752,18 +728,15 @@ static int stream_fill(api_stream *st)
         int new_text = s->text_len > s->text_sent;
         int new_lp = j->req.logprobs >= 0 && s->n_lp > s->lp_sent;
         int new_ids = j->req.return_token_ids && s->n_gen_ids > s->ids_sent;
-        if (!new_text && !new_lp && !new_ids && !s->done)
-            continue;
-        json_t *c = json_pack("{s:i, s:s%, s:o, s:o}", "index", s->index, "text",
-                              s->text ? s->text + s->text_sent : "", s->text_len - s->text_sent,
-                              "logprobs",
-                              j->req.logprobs >= 0 ? logprobs_json(j, s, s->lp_sent, s->n_lp)
-                                                   : json_null(),
-                              "finish_reason",
-                              s->done ? json_string(finish_name(s->finish)) : json_null());
+        if (!new_text && !new_lp && !new_ids && !s->done) continue;
+        json_t *c =
+            json_pack("{s:i, s:s%, s:o, s:o}", "index", s->index, "text",
+                      s->text ? s->text + s->text_sent : "", s->text_len - s->text_sent, "logprobs",
+                      j->req.logprobs >= 0 ? logprobs_json(j, s, s->lp_sent, s->n_lp) : json_null(),
+                      "finish_reason", s->done ? json_string(finish_name(s->finish)) : json_null());
         if (c && j->req.return_token_ids) {
-            json_object_set_new(c, "token_ids", ids_json(s->gen + s->ids_sent,
-                                                         s->n_gen_ids - s->ids_sent));
+            json_object_set_new(c, "token_ids",
+                                ids_json(s->gen + s->ids_sent, s->n_gen_ids - s->ids_sent));
             if (!s->first_sent) {
                 const api_prompt *p = &j->req.prompts[s->prompt];
                 json_object_set_new(c, "prompt_token_ids", ids_json(p->ids, p->n));
@@ -773,15 +746,12 @@ static int stream_fill(api_stream *st)
         s->lp_sent = s->n_lp;
         s->ids_sent = s->n_gen_ids;
         s->first_sent = 1;
-        if (s->done)
-            s->final_sent = 1;
+        if (s->done) s->final_sent = 1;
         sse_json(st, chunk_head(j, json_pack("[o]", c)));
         any = 1;
     }
-    if (any)
-        return 1;
-    if (j->n_done < j->n_seqs)
-        return 0;
+    if (any) return 1;
+    if (j->n_done < j->n_seqs) return 0;
     if (j->req.include_usage) {
         json_t *u = json_pack("{s:s, s:s, s:I, s:s, s:[], s:o}", "id", j->id, "object",
                               "text_completion", "created", (json_int_t)j->created, "model",
@@ -798,16 +768,13 @@ ssize_t api_stream_read(api_stream *st, char *buf, size_t max)
     for (;;) {
         if (st->out_pos < st->out_len) {
             size_t n = st->out_len - st->out_pos;
-            if (n > max)
-                n = max;
+            if (n > max) n = max;
             memcpy(buf, st->out + st->out_pos, n);
             st->out_pos += n;
-            if (st->out_pos == st->out_len)
-                st->out_pos = st->out_len = 0;
+            if (st->out_pos == st->out_len) st->out_pos = st->out_len = 0;
             return (ssize_t)n;
         }
-        if (st->state == 2)
-            return 0;
+        if (st->state == 2) return 0;
         api_job *j = st->j;
         int gone = 0;
         pthread_mutex_lock(&j->mu);

@@ -12,24 +12,32 @@
 #include "err.h"
 
 #define LORAD_VERSION "0.1.0"
+#define CLI_MAX_ADAPTER_DIRS 16
 
 typedef struct cli_config {
-    const char *model_dir;     /* --model DIR (required) */
-    const char *host;          /* --host (default 127.0.0.1) */
-    int port;                  /* --port (default 8080; 0 = ephemeral) */
-    int threads;               /* --threads (default 0 = all cores) */
-    int64_t kv_cache_mb;       /* --kv-cache-mb (default 256) */
-    int max_batch_tokens;      /* --max-batch-tokens (default 512) */
-    int max_seqs;              /* --max-seqs (default 64) */
-    int max_queue;             /* --max-queue (default 256) */
-    const char *served_name;   /* --served-model-name (default: basename of --model) */
-    int64_t max_body_bytes;    /* --max-body-bytes (default 2 MiB) */
-    int max_tokens_default;    /* --max-tokens-default (default 16) */
-    int drain_timeout;         /* --drain-timeout SEC (default 30) */
-    int idle_timeout;          /* --idle-timeout SEC (default 120): idle/stalled connections */
-    int max_connections;       /* --max-connections (default 1024) */
-    int log_level;             /* a log_level (default info) */
-    char served_buf[256];      /* storage for the default served name */
+    const char *model_dir;   /* --model DIR (required) */
+    const char *host;        /* --host (default 127.0.0.1) */
+    int port;                /* --port (default 8080; 0 = ephemeral) */
+    int threads;             /* --threads (default 0 = all cores) */
+    int64_t kv_cache_mb;     /* --kv-cache-mb (default 256) */
+    int max_batch_tokens;    /* --max-batch-tokens (default 512) */
+    int max_seqs;            /* --max-seqs (default 64) */
+    int max_queue;           /* --max-queue (default 256) */
+    const char *served_name; /* --served-model-name (default: basename of --model) */
+    int64_t max_body_bytes;  /* --max-body-bytes (default 2 MiB) */
+    int max_tokens_default;  /* --max-tokens-default (default 16) */
+    int drain_timeout;       /* --drain-timeout SEC (default 30) */
+    int idle_timeout;        /* --idle-timeout SEC (default 120): idle/stalled connections */
+    int max_connections;     /* --max-connections (default 1024) */
+    int log_level;           /* a log_level (default info) */
+    /* Adapters (LoRA) */
+    const char *adapter_dirs[CLI_MAX_ADAPTER_DIRS]; /* --adapter-dir DIR, repeatable */
+    int n_adapter_dirs;
+    int64_t adapter_cache_mb; /* --adapter-cache-mb (default 1024; 0 = no limit) */
+    int max_loaded_adapters;  /* --max-loaded-adapters (default 64; 0 = no limit) */
+    int allow_paths_anywhere; /* --allow-adapter-paths-anywhere */
+    int max_lora_rank;        /* --max-lora-rank (default 0 = no limit) */
+    char served_buf[256];     /* storage for the default served name */
 } cli_config;
 
 enum { CLI_OK = 0, CLI_EXIT_OK = 1, CLI_EXIT_USAGE = 2 };

@@ -34,6 +34,8 @@ typedef struct ctl_state {
     uv_timer_t house;
     int draining;
     uint64_t drain_deadline; /* uv_now() ms */
+    const lora_api_ops *aops;
+    void *aops_user;
 } ctl_state;
 
 static double ms_since(const struct timespec *t0)
@@ -56,8 +58,8 @@ static int count_tensors(const lr_model *m)
     for (int i = 0; i < m->cfg.n_layers && m->layers; i++) {
         const lr_layer *l = &m->layers[i];
         const lr_mat *mats[] = {&l->q, &l->k, &l->v, &l->o, &l->gate, &l->up, &l->down};
-        const float *vecs[] = {l->attn_norm, l->mlp_norm, l->bq, l->bk, l->bv, l->bo,
-                               l->bgate, l->bup, l->bdown};
+        const float *vecs[] = {l->attn_norm, l->mlp_norm, l->bq,  l->bk,   l->bv,
+                               l->bo,        l->bgate,    l->bup, l->bdown};
         for (size_t k = 0; k < sizeof mats / sizeof mats[0]; k++)
             n += mats[k]->data != NULL;
         for (size_t k = 0; k < sizeof vecs / sizeof vecs[0]; k++)
@@ -69,8 +71,7 @@ static int count_tensors(const lr_model *m)
 /* Stop the loop once nothing is in flight or the drain deadline passed. */
 static void check_drain(ctl_state *st)
 {
-    if (!st->draining)
-        return;
+    if (!st->draining) return;
     int left = http_in_flight(st->http);
     if (left == 0) {
         log_msg(LOG_INFO, "lorad: drained; stopping");
@@ -96,8 +97,8 @@ static void on_term(uv_signal_t *h, int signum)
     st->drain_deadline = uv_now(&st->loop) + (uint64_t)st->cfg->drain_timeout * 1000;
     atomic_store(&st->api.draining, 1);
     eng_drain(st->api.eng);
-    log_msg(LOG_INFO, "lorad: %s: draining %d in-flight request(s), at most %ds",
-            strsignal(signum), http_in_flight(st->http), st->cfg->drain_timeout);
+    log_msg(LOG_INFO, "lorad: %s: draining %d in-flight request(s), at most %ds", strsignal(signum),
+            http_in_flight(st->http), st->cfg->drain_timeout);
     /* Poll faster while draining, so that the deadline is honoured closely. */
     uv_timer_start(&st->house, on_house, 50, 50);
     check_drain(st);
@@ -105,7 +106,13 @@ static void on_term(uv_signal_t *h, int signum)
 
 static void on_hup(uv_signal_t *h, int signum)
 {
-    log_msg(LOG_INFO, "lorad: SIGHUP received (reserved for adapter rescans; nothing to do yet)");
+    ctl_state *st = h->data;
+    if (st->aops && st->aops->rescan) {
+        log_msg(LOG_INFO, "lorad: SIGHUP: rescanning the adapter roots");
+        st->aops->rescan(st->aops_user);
+    } else {
+        log_msg(LOG_INFO, "lorad: SIGHUP received (no adapter support: nothing to rescan)");
+    }
 }
 
 static void on_wake(uv_async_t *h)
@@ -121,8 +128,7 @@ static void on_house(uv_timer_t *h)
         eng_stats es;
         eng_get_stats(st->api.eng, &es);
         log_msg(LOG_DEBUG, "engine: running %d waiting %d kv %d/%d steps %llu", es.running,
-                es.waiting, es.kv_blocks_used, es.kv_blocks_total,
-                (unsigned long long)es.steps);
+                es.waiting, es.kv_blocks_used, es.kv_blocks_total, (unsigned long long)es.steps);
     }
 }
 
@@ -132,11 +138,9 @@ static void request_done(void *user)
     uv_async_send(&st->wake);
 }
 
-static void close_cb(uv_handle_t *h)
-{
-}
+static void close_cb(uv_handle_t *h) {}
 
-int ctl_run(const cli_config *cfg)
+int ctl_run(const cli_config *cfg, const lora_api_ops *aops)
 {
     ctl_state st;
     memset(&st, 0, sizeof st);
@@ -173,6 +177,31 @@ int ctl_run(const cli_config *cfg)
             tok_vocab_size(tok), (int)tok_bos_id(tok), (int)tok_eos_id(tok), ms_since(&t0));
 
     clock_gettime(CLOCK_MONOTONIC, &t0);
+    const eng_delta_ops *delta = NULL;
+    if (aops && aops->create) {
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        lora_api_params ap = {
+            .model = model,
+            .roots = cfg->adapter_dirs,
+            .n_roots = cfg->n_adapter_dirs,
+            .max_loaded = cfg->max_loaded_adapters,
+            .cache_mb = cfg->adapter_cache_mb,
+            .allow_anywhere = cfg->allow_paths_anywhere,
+            .max_rank = cfg->max_lora_rank,
+        };
+        if (aops->create(&ap, &err, &st.aops_user) != 0) {
+            log_msg(LOG_ERROR, "lorad: cannot start the adapter registry: %s", err.msg);
+            goto out;
+        }
+        st.aops = aops;
+        delta = aops->delta ? aops->delta(st.aops_user) : NULL;
+        log_msg(LOG_INFO,
+                "adapters: %d root(s), at most %d loaded, %lld MiB cache, max rank %d, "
+                "started in %.0f ms",
+                cfg->n_adapter_dirs, cfg->max_loaded_adapters, (long long)cfg->adapter_cache_mb,
+                cfg->max_lora_rank, ms_since(&t0));
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     eng_params ep = {
         .model = model,
         .threads = cfg->threads,
@@ -181,7 +210,7 @@ int ctl_run(const cli_config *cfg)
         .max_queue = cfg->max_queue,
         .kv_cache_mb = cfg->kv_cache_mb,
         .kv_block_tokens = 16,
-        .delta = NULL,
+        .delta = delta,
     };
     if (eng_create(&ep, &err, &eng) != 0) {
         log_msg(LOG_ERROR, "lorad: cannot start the engine: %s", err.msg);
@@ -193,8 +222,7 @@ int ctl_run(const cli_config *cfg)
             "engine: %d KV blocks of %d tokens (%lld MiB), %d batch tokens, %d sequences, "
             "queue %d, %d threads, started in %.0f ms",
             es.kv_blocks_total, ep.kv_block_tokens, (long long)cfg->kv_cache_mb,
-            cfg->max_batch_tokens, cfg->max_seqs, cfg->max_queue, cfg->threads,
-            ms_since(&t0));
+            cfg->max_batch_tokens, cfg->max_seqs, cfg->max_queue, cfg->threads, ms_since(&t0));
 
     if (!(met = met_create())) {
         log_msg(LOG_ERROR, "lorad: out of memory");
@@ -207,10 +235,11 @@ int ctl_run(const cli_config *cfg)
     st.api.served_name = cfg->served_name;
     st.api.max_tokens_default = cfg->max_tokens_default;
     st.api.max_pos = model->cfg.max_pos;
-    st.api.vocab = model->cfg.vocab < tok_vocab_size(tok) ? model->cfg.vocab
-                                                          : tok_vocab_size(tok);
+    st.api.vocab = model->cfg.vocab < tok_vocab_size(tok) ? model->cfg.vocab : tok_vocab_size(tok);
     st.api.created = (long long)time(NULL);
     st.api.max_body_bytes = cfg->max_body_bytes;
+    st.api.aops = st.aops;
+    st.api.aops_user = st.aops_user;
 
     if (uv_loop_init(&st.loop) != 0) {
         log_msg(LOG_ERROR, "lorad: cannot create the event loop");
@@ -261,6 +290,8 @@ out:
     st.http = NULL;
     eng_destroy(eng);
     st.api.eng = NULL;
+    /* After the engine: every job has had its final event and released its adapter. */
+    if (st.aops && st.aops->destroy) st.aops->destroy(st.aops_user);
     if (loop_ok) {
         uv_close((uv_handle_t *)&st.sig_term, close_cb);
         uv_close((uv_handle_t *)&st.sig_int, close_cb);
@@ -273,7 +304,6 @@ out:
     met_destroy(met);
     tok_destroy(tok);
     lr_model_free(model);
-    if (rc == 0)
-        log_msg(LOG_INFO, "lorad: stopped");
+    if (rc == 0) log_msg(LOG_INFO, "lorad: stopped");
     return rc;
 }

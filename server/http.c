@@ -53,8 +53,7 @@ static int conn_alive(void *user)
     http_req *r = user;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (!ci)
-        return 1;
+    if (!ci) return 1;
     struct pollfd pfd = {.fd = ci->connect_fd, .events = POLLRDHUP};
     if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)))
         return 0;
@@ -64,8 +63,7 @@ static int conn_alive(void *user)
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 {
     ssize_t n = api_stream_read(cls, buf, max);
-    if (n > 0)
-        return n;
+    if (n > 0) return n;
     return n == 0 ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
 }
 
@@ -95,28 +93,24 @@ static enum MHD_Result send_reply(http_req *r, api_reply *rep)
             return MHD_NO;
         }
     }
-    if (rep->content_type)
-        MHD_add_response_header(resp, "Content-Type", rep->content_type);
-    if (rep->allow)
-        MHD_add_response_header(resp, "Allow", rep->allow);
-    if (atomic_load(&r->srv->p.api->draining))
-        MHD_add_response_header(resp, "Connection", "close");
+    if (rep->content_type) MHD_add_response_header(resp, "Content-Type", rep->content_type);
+    if (rep->allow) MHD_add_response_header(resp, "Allow", rep->allow);
+    if (atomic_load(&r->srv->p.api->draining)) MHD_add_response_header(resp, "Connection", "close");
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)rep->status, resp);
     MHD_destroy_response(resp);
     return ok;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_size, void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_size, void **con_cls)
 {
     http_server *srv = cls;
     http_req *r = *con_cls;
     if (!r) {
         /* First call: headers only. */
         r = calloc(1, sizeof *r);
-        if (!r)
-            return MHD_NO;
+        if (!r) return MHD_NO;
         r->srv = srv;
         r->conn = conn;
         r->ep = MET_EP_OTHER;
@@ -134,8 +128,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (r->too_large || r->len + n > (size_t)srv->p.max_body_bytes) {
             /* A client that keeps sending far past the limit is hostile: drop it. */
             r->discarded += n;
-            if (r->discarded > 16 * (size_t)srv->p.max_body_bytes + (16u << 20))
-                return MHD_NO;
+            if (r->discarded > 16 * (size_t)srv->p.max_body_bytes + (16u << 20)) return MHD_NO;
             r->too_large = 1;
             free(r->body);
             r->body = NULL;
@@ -147,8 +140,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             while (c < r->len + n + 1)
                 c *= 2;
             char *b = realloc(r->body, c);
-            if (!b)
-                return MHD_NO;
+            if (!b) return MHD_NO;
             r->body = b;
             r->cap = c;
         }
@@ -176,20 +168,17 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 {
     http_server *srv = cls;
     http_req *r = *con_cls;
-    if (!r)
-        return;
+    if (!r) return;
     *con_cls = NULL;
     int status = r->status;
     /* A streamed reply cut short by the client counts as 499 (client closed request). */
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 200)
-        status = 499;
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 200) status = 499;
     met_request_done(srv->p.api->met, r->ep, status, since(&r->t0));
     log_msg(LOG_DEBUG, "%s %d %.3fs", met_endpoint_name(r->ep), status, since(&r->t0));
     free(r->body);
     free(r);
     atomic_fetch_sub(&srv->in_flight, 1);
-    if (srv->p.on_request_done)
-        srv->p.on_request_done(srv->p.user);
+    if (srv->p.on_request_done) srv->p.on_request_done(srv->p.user);
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
@@ -205,7 +194,8 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 int http_start(const http_params *p, lr_error *err, http_server **out, int *port_out)
 {
     *out = NULL;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
     char port[16];
@@ -221,14 +211,13 @@ int http_start(const http_params *p, lr_error *err, http_server **out, int *port
     s->p = *p;
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
                      MHD_USE_POLL | MHD_USE_ERROR_LOG;
-    if (ai->ai_family == AF_INET6)
-        flags |= MHD_USE_IPv6;
-    s->d = MHD_start_daemon(
-        flags, (uint16_t)p->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)p->idle_timeout, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)p->max_connections, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
-        MHD_OPTION_END);
+    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    s->d =
+        MHD_start_daemon(flags, (uint16_t)p->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
+                         ai->ai_addr, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)p->idle_timeout,
+                         MHD_OPTION_CONNECTION_LIMIT, (unsigned)p->max_connections,
+                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_EXTERNAL_LOGGER,
+                         mhd_log, s, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!s->d) {
         free(s);
@@ -250,8 +239,7 @@ int http_in_flight(const http_server *s)
 
 void http_stop(http_server *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     MHD_stop_daemon(s->d);
     free(s);
 }

@@ -18,7 +18,7 @@ typedef struct http_params {
     int64_t max_body_bytes; /* 413 past it */
     int idle_timeout;       /* seconds a connection may stay idle/stalled */
     int max_connections;
-    api_ctx *api;           /* borrowed; outlives the server */
+    api_ctx *api;                        /* borrowed; outlives the server */
     void (*on_request_done)(void *user); /* called after each request (wakes the control loop) */
     void *user;
 } http_params;

@@ -35,8 +35,7 @@ int log_parse_level(const char *s, log_level *out)
 void log_msg(log_level level, const char *fmt, ...)
 {
     static const char *tags[] = {"debug", "info ", "warn ", "error"};
-    if ((int)level < atomic_load(&g_level))
-        return;
+    if ((int)level < atomic_load(&g_level)) return;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;

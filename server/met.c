@@ -13,7 +13,7 @@ static const int k_statuses[] = {200, 400, 401, 403, 404, 405, 413, 422, 429, 49
 #define N_STATUS ((int)(sizeof k_statuses / sizeof k_statuses[0]))
 /* Histogram upper bounds in seconds (+Inf is implicit). */
 static const double k_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                                   1,     2.5,  5,     10,   30,  60,  120};
+                                   1,     2.5,  5,     10,   30,  60,   120};
 #define N_BUCKET ((int)(sizeof k_buckets / sizeof k_buckets[0]))
 
 struct met_metrics {
@@ -27,15 +27,13 @@ struct met_metrics {
 met_metrics *met_create(void)
 {
     met_metrics *m = calloc(1, sizeof *m);
-    if (m)
-        pthread_mutex_init(&m->mu, NULL);
+    if (m) pthread_mutex_init(&m->mu, NULL);
     return m;
 }
 
 void met_destroy(met_metrics *m)
 {
-    if (!m)
-        return;
+    if (!m) return;
     pthread_mutex_destroy(&m->mu);
     free(m);
 }
@@ -44,24 +42,21 @@ const char *met_endpoint_name(met_endpoint ep)
 {
     static const char *names[MET_EP_COUNT] = {"completions", "chat_completions", "tokenize",
                                               "detokenize",  "models",           "health",
-                                              "metrics",     "other"};
+                                              "metrics",     "adapters",         "other"};
     return ep >= 0 && ep < MET_EP_COUNT ? names[ep] : "other";
 }
 
 static int status_slot(int status)
 {
     for (int i = 0; i < N_STATUS - 1; i++)
-        if (k_statuses[i] == status)
-            return i;
+        if (k_statuses[i] == status) return i;
     return N_STATUS - 1;
 }
 
 void met_request_done(met_metrics *m, met_endpoint ep, int status, double seconds)
 {
-    if (!m)
-        return;
-    if (ep < 0 || ep >= MET_EP_COUNT)
-        ep = MET_EP_OTHER;
+    if (!m) return;
+    if (ep < 0 || ep >= MET_EP_COUNT) ep = MET_EP_OTHER;
     int b = 0;
     while (b < N_BUCKET && seconds > k_buckets[b])
         b++;
@@ -91,8 +86,7 @@ typedef struct {
 static void bprintf(met_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void bprintf(met_buf *b, const char *fmt, ...)
 {
-    if (b->failed)
-        return;
+    if (b->failed) return;
     for (;;) {
         va_list ap;
         va_start(ap, fmt);
