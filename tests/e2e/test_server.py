@@ -17,7 +17,9 @@ import re
 import signal
 import socket
 import subprocess
+import shutil
 import sys
+import tempfile
 import threading
 import time
 
@@ -178,10 +180,14 @@ def metrics():
     return vals
 
 
-def ref_greedy(model, prompt_ids, n, top=0):
+def ref_greedy(model, prompt_ids, n, top=0, adapters=()):
+    extra = []
+    for a in adapters:
+        extra += ["--adapter", a]
     out = subprocess.run([PY, os.path.join(ROOT, "tests/ref/ref.py"), "--model", model,
                           "--prompt", ",".join(map(str, prompt_ids)), "--max-tokens", str(n),
-                          "--top-logprobs", str(top)], capture_output=True, text=True, check=True)
+                          "--top-logprobs", str(top)] + extra, capture_output=True, text=True,
+                         check=True)
     return json.loads(out.stdout.splitlines()[0])
 
 
@@ -732,6 +738,99 @@ def t_drain_timeout(binary, model):
         D = main_daemon
 
 
+def t_adapters(binary, model):
+    """The adapter layer through the daemon: ids from an --adapter-dir root, the weighted mix
+    extension, adapter routes, /v1/models parents, SIGHUP rescans; greedy outputs against the
+    float64 reference with the same adapters."""
+    global D
+    root = tempfile.mkdtemp(prefix="lorad-e2e-adapters-")
+    gen = os.path.join(ROOT, "tests/gen/gen_adapter.py")
+    for variant, out in (("qv", "org/qv"), ("all7", "all7")):
+        subprocess.run([PY, gen, "--base", model, "--variant", variant, "--out",
+                        os.path.join(root, out)], check=True, capture_output=True)
+    main_daemon, D = D, Daemon(binary, model, ["--adapter-dir", root])
+    try:
+        st, _, r = request("GET", "/v1/models")
+        ids = {m["id"]: m for m in r.get("data", [])}
+        check(st == 200 and ids.get("org/qv", {}).get("parent") == "default" and "all7" in ids,
+              "/v1/models lists the adapters with parent: %r" % r)
+        st, _, r = request("GET", "/v1/adapters")
+        check(st == 200 and {a["id"] for a in r.get("data", [])} >= {"org/qv", "all7"},
+              "/v1/adapters lists the root's adapters: %r" % r)
+        prompt = tokenize("Adapters change the output")
+        outs = {}
+        for mid, ref_ads in (("default", []), ("org/qv", [os.path.join(root, "org/qv")]),
+                             ("all7", [os.path.join(root, "all7")])):
+            c = complete(prompt=prompt, model=mid, temperature=0, max_tokens=8, ignore_eos=True,
+                         return_token_ids=True)
+            if not c:
+                continue
+            outs[mid] = c["choices"][0]["token_ids"]
+            check(c["model"] == mid, "the response names the model %s" % mid)
+            ref = ref_greedy(model, prompt, 8, adapters=ref_ads)
+            check(ref["min_gap"] < 1e-3 or outs[mid] == ref["tokens"],
+                  "%s greedy equals the float64 reference: %r vs %r" % (mid, outs[mid], ref["tokens"]))
+        check(len(set(map(tuple, outs.values()))) == 3, "each adapter changes the output: %r" % outs)
+        mix = complete(prompt=prompt, adapters=[{"id": "org/qv", "scale": 0.5}], temperature=0,
+                       max_tokens=8, ignore_eos=True, return_token_ids=True)
+        if mix:
+            ref = ref_greedy(model, prompt, 8, adapters=[os.path.join(root, "org/qv") + ":0.5"])
+            check(ref["min_gap"] < 1e-3 or mix["choices"][0]["token_ids"] == ref["tokens"],
+                  "the scaled mix equals the reference at scale 0.5")
+        # Base and adapters in one batch give the one-at-a-time outputs.
+        res = {}
+
+        def worker(i, mid):
+            st, _, r = post("/v1/completions", {"prompt": prompt, "model": mid, "temperature": 0,
+                                                "max_tokens": 8, "ignore_eos": True,
+                                                "return_token_ids": True})
+            res[i] = (mid, r["choices"][0]["token_ids"] if st == 200 else (st, r))
+
+        ths = [threading.Thread(target=worker, args=(i, ("default", "org/qv", "all7")[i % 3]))
+               for i in range(12)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join(300)
+        check(all(res.get(i) and res[i][1] == outs.get(res[i][0]) for i in range(12)),
+              "mixed-adapter concurrent requests equal the sequential ones: %r" % res)
+        for name, body, want in (
+                ("unknown adapter", {"prompt": "a", "model": "org/none"}, 404),
+                ("mix with a bad scale", {"prompt": "a", "adapters": [{"id": "all7", "scale": "x"}]}, 400),
+                ("mix and model", {"prompt": "a", "model": "all7", "adapters": [{"id": "all7"}]}, 400),
+                ("mix not an array", {"prompt": "a", "adapters": 3}, 400)):
+            st, _, r = post("/v1/completions", body)
+            check(st == want and "error" in r, "%s: want %d, got %d %r" % (name, want, st, r))
+        st, hdr, r = request("GET", "/v1/load_lora_adapter")
+        check(st == 405 and "Allow" in hdr, "wrong method on an adapter route: %d" % st)
+        # Runtime registration inside the root, and a SIGHUP rescan picking up a new folder.
+        subprocess.run([PY, gen, "--base", model, "--variant", "rslora", "--out",
+                        os.path.join(root, "late")], check=True, capture_output=True)
+        st, _, r = post("/v1/load_lora_adapter", {"lora_name": "mine", "lora_path": os.path.join(root, "late")})
+        check(st == 200, "load_lora_adapter registers a folder inside the root: %d %r" % (st, r))
+        c = complete(prompt=prompt, model="mine", temperature=0, max_tokens=4, ignore_eos=True)
+        check(c is not None, "the registered adapter serves")
+        st, _, r = post("/v1/unload_lora_adapter", {"lora_name": "mine"})
+        check(st == 200, "unload_lora_adapter: %d %r" % (st, r))
+        st, _, r = post("/v1/completions", {"prompt": "a", "model": "mine"})
+        check(st == 404, "an unloaded adapter is gone: %d" % st)
+        D.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        st, _, r = request("GET", "/v1/models")
+        check("late" in {m["id"] for m in r.get("data", [])}, "SIGHUP rescans the roots: %r" % r)
+        m = metrics()
+        check(m.get('lorad_requests_total{endpoint="adapters",status="200"}', 0) >= 3,
+              "adapter routes are counted")
+    finally:
+        rc = D.stop(120)
+        check(rc == 0, "the adapter daemon exits 0 (got %r)" % rc)
+        err = D.stderr()
+        check("ERROR: AddressSanitizer" not in err and "runtime error:" not in err,
+              "sanitizer-clean stderr of the adapter daemon")
+        D = main_daemon
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main():
     global D
     binary, model = find_binary(), find_model()
@@ -769,6 +868,7 @@ def main():
         run(t_stalled)
         run(t_metrics)
         run(t_queue_full, binary, model)
+        run(t_adapters, binary, model)
         run(t_drain_timeout, binary, model)
         run(t_sigterm)
     finally:
