@@ -39,9 +39,10 @@ ENGINE  := $(call obj,$(sort $(wildcard core/kern*.c core/forward*.c core/kv.c c
                                          core/engine.c core/t5*.c)))
 ADAPT   := $(call obj,$(sort $(wildcard adapters/*.c)))
 SERVER  := $(call obj,$(sort $(filter-out server/main.c,$(wildcard server/*.c))))
-CORE_ALL := $(COMMON) $(ST) $(MODEL) $(TOK) $(ENGINE)
+JINJA   := $(call obj,$(sort $(wildcard core/jinja*.c)))
+CORE_ALL := $(COMMON) $(ST) $(MODEL) $(TOK) $(ENGINE) $(JINJA)
 CLIENT  := $(call obj,clients/lc_sse.c)
-CURL_LIBS = $(shell pkg-config --libs libcurl 2>/dev/null)
+CLIENT_LIBS = $(shell pkg-config --libs jansson libcurl 2>/dev/null)
 
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(sort $(wildcard tests/unit/check_*.c)))
 TOOLS      := $(BUILD)/lr-generate
@@ -60,15 +61,16 @@ $(BUILD)/%.o: %.c
 $(BUILD)/lorad: $(BUILD)/server/main.o $(SERVER) $(ADAPT) $(CORE_ALL)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-# loractl, the command-line client (libcurl).
+# loractl, the command-line client: libcurl and jansson only (no OpenBLAS start-up cost).
 $(BUILD)/loractl: $(BUILD)/clients/loractl.o $(CLIENT) $(COMMON)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CURL_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CLIENT_LIBS) -lm
 
 $(BUILD)/lr-generate: $(BUILD)/tests/tools/generate.o $(ADAPT) $(CORE_ALL)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # Unit test programs: check_<module>.c links the groups its module needs.
 $(BUILD)/tests/check_err:         $(COMMON)
+$(BUILD)/tests/check_jinja:       $(COMMON) $(JINJA)
 $(BUILD)/tests/check_tokenizer:   $(COMMON) $(TOK)
 $(BUILD)/tests/check_tok_unigram: $(COMMON) $(TOK)
 $(BUILD)/tests/check_safetensors: $(COMMON) $(ST)

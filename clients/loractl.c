@@ -53,6 +53,7 @@ typedef struct lc_reply {
     int is_chat;      /* stream chunks are chat.completion.chunk (delta.content) */
     int saw_done;     /* data: [DONE] arrived */
     int printed_nl;   /* the streamed text ended with a newline */
+    int server_error; /* the stream carried an error event (exit 1, not 3) */
     lr_error err;     /* why a stream failed (bad chunk, error event) */
     lc_sse sse;
     CURL *curl;
@@ -195,6 +196,7 @@ static int on_event(void *ud, const char *data, size_t len)
     json_t *e = json_object_get(chunk, "error");
     if (e) {
         const char *msg = json_string_value(json_object_get(e, "message"));
+        r->server_error = 1;
         rc = lr_error_set(&r->err, LR_EINTERNAL, "the server ended the stream with an error: %s",
                           msg ? msg : "(no message)");
         goto out;
@@ -299,9 +301,11 @@ static int http_call(const lc_opts *o, const char *method, const char *path, jso
     CURLcode cc = curl_easy_perform(c);
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
     if (cc != CURLE_OK) {
-        if (r->err.code != LR_OK)
+        if (r->err.code != LR_OK) {
             fprintf(stderr, "loractl: %s\n", r->err.msg);
-        else
+            if (r->server_error)
+                rc = LC_EXIT_API;
+        } else
             fprintf(stderr, "loractl: %s %s failed: %s\n", method, url, curl_easy_strerror(cc));
         goto out;
     }
