@@ -312,7 +312,7 @@ static void cover_task(void *ctx, int ith, int nth)
 {
     struct cover *c = ctx;
     __atomic_add_fetch(&c->hits[ith], 1, __ATOMIC_RELAXED);
-    c->nth_seen = nth;
+    __atomic_store_n(&c->nth_seen, nth, __ATOMIC_RELAXED);
 }
 
 START_TEST(test_pool)
