@@ -35,6 +35,7 @@ void tokbpe_scratch_free(tok_bpe_scratch *s)
     free(s->bk);
     free(s->rheap);
     free(s->table);
+    free(s->heap);
     free(s->tmp.p);
     memset(s, 0, sizeof *s);
 }
@@ -385,6 +386,68 @@ static int q_pop(tok_bpe_scratch *q, int32_t *rank, int32_t *pos, int32_t *id)
     return 1;
 }
 
+/* ---- short words: binary min-heap on (rank, pos) --------------------------------------- */
+
+static int merge_less(const struct tok_merge *x, const struct tok_merge *y)
+{
+    return x->rank < y->rank || (x->rank == y->rank && x->pos < y->pos);
+}
+
+static int h_push(tok_bpe_scratch *q, int32_t rank, int32_t pos, int32_t id)
+{
+    if (q->heap_n == q->heap_cap) {
+        size_t c = q->heap_cap ? q->heap_cap * 2 : 128;
+        void *p = realloc(q->heap, c * sizeof *q->heap);
+        if (!p)
+            return LR_ENOMEM;
+        q->heap = p;
+        q->heap_cap = c;
+    }
+    struct tok_merge *h = q->heap;
+    size_t i = q->heap_n++;
+    h[i] = (struct tok_merge){rank, pos, id};
+    while (i > 0 && merge_less(&h[i], &h[(i - 1) / 2])) {
+        struct tok_merge t = h[i];
+        h[i] = h[(i - 1) / 2];
+        h[(i - 1) / 2] = t;
+        i = (i - 1) / 2;
+    }
+    return 0;
+}
+
+static int h_pop(tok_bpe_scratch *q, int32_t *rank, int32_t *pos, int32_t *id)
+{
+    if (!q->heap_n)
+        return 0;
+    struct tok_merge *h = q->heap;
+    *rank = h[0].rank;
+    *pos = h[0].pos;
+    *id = h[0].id;
+    h[0] = h[--q->heap_n];
+    for (size_t i = 0, n = q->heap_n;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && merge_less(&h[l], &h[m]))
+            m = l;
+        if (r < n && merge_less(&h[r], &h[m]))
+            m = r;
+        if (m == i)
+            break;
+        struct tok_merge t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+    return 1;
+}
+
+/* Words up to this many symbols use the binary heap. */
+#define SHORT_WORD 256
+
+static int cand_push(tok_bpe_scratch *q, int small, int32_t rank, int32_t pos, int32_t id)
+{
+    return small ? h_push(q, rank, pos, id) : q_push(q, rank, pos, id);
+}
+
 static int add_sym(tok_bpe_scratch *sc, size_t *n, int32_t id, int32_t len)
 {
     if (*n == sc->sym_cap) {
@@ -468,17 +531,20 @@ int tokbpe_encode(const tok_bpe *b, const char *w, size_t len, tok_bpe_scratch *
     /* merge_all: pop the lowest (rank, pos); apply it if still valid (HF checks that the
      * pair there still merges to the same id); queue the new neighbour pairs. */
     struct tok_sym *sym = sc->sym;
+    int small = n <= SHORT_WORD;
     q_reset(sc);
+    sc->heap_n = 0;
     for (size_t i = 0; i + 1 < n; i++) {
         int32_t rank, id;
         if (tokpair_get(&b->merges, sym[i].id, sym[i + 1].id, &rank, &id) &&
-            q_push(sc, rank, (int32_t)i, id))
+            cand_push(sc, small, rank, (int32_t)i, id))
             return LR_ENOMEM;
     }
     struct {
         int32_t rank, pos, id;
     } top;
-    while (q_pop(sc, &top.rank, &top.pos, &top.id)) {
+    while (small ? h_pop(sc, &top.rank, &top.pos, &top.id)
+                 : q_pop(sc, &top.rank, &top.pos, &top.id)) {
         struct tok_sym *cur = &sym[top.pos];
         if (cur->len == 0 || cur->next < 0)
             continue;
@@ -492,10 +558,10 @@ int tokbpe_encode(const tok_bpe *b, const char *w, size_t len, tok_bpe_scratch *
         if (cur->next >= 0)
             sym[cur->next].prev = top.pos;
         if (cur->prev >= 0 && tokpair_get(&b->merges, sym[cur->prev].id, cur->id, &rank, &id) &&
-            q_push(sc, rank, cur->prev, id))
+            cand_push(sc, small, rank, cur->prev, id))
             return LR_ENOMEM;
         if (cur->next >= 0 && tokpair_get(&b->merges, cur->id, sym[cur->next].id, &rank, &id) &&
-            q_push(sc, rank, top.pos, id))
+            cand_push(sc, small, rank, top.pos, id))
             return LR_ENOMEM;
     }
     for (int32_t i = 0; i >= 0; i = sym[i].next)

@@ -23,7 +23,8 @@ typedef struct tok_bpe tok_bpe;
  * The merge queue groups candidates by rank: one bucket of (pos, id) per distinct rank, a small
  * min-heap over the ranks that have pending candidates, and a rank → bucket hash. Within a
  * rank, positions are consumed in increasing order (a bucket is sorted only if pushes arrived
- * out of order, which is rare: a merge never creates a pair of its own rank). */
+ * out of order, which is rare: a merge never creates a pair of its own rank). Short words use
+ * a plain binary heap instead, which needs no per-rank memory. */
 typedef struct tok_bpe_scratch {
     struct tok_sym {
         int32_t id, prev, next, len;
@@ -43,6 +44,10 @@ typedef struct tok_bpe_scratch {
     size_t rheap_n, rheap_cap;
     int32_t *table; /* (table_cap) bucket index + 1 by rank hash, 0 = empty */
     size_t table_cap;
+    struct tok_merge {
+        int32_t rank, pos, id;
+    } *heap; /* short words: a plain binary min-heap on (rank, pos) */
+    size_t heap_n, heap_cap;
     tok_buf tmp;
 } tok_bpe_scratch;
 
