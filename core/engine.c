@@ -31,11 +31,12 @@ typedef struct eng_seq {
     eng_request_params p; /* p.prompt points at tokens */
     int32_t *tokens;      /* [cap] prompt, then generated tokens */
     int n_prompt, n_gen, cap;
-    int max_gen;  /* max_tokens clamped to the context */
-    int n_done;   /* positions whose K/V are in the cache */
-    int lp_next;  /* next prompt position (>= 1) whose logprob event is due */
-    int finished; /* final event sent (or must not be sent) */
-    int cancel;   /* set by eng_cancel (atomic) */
+    int max_gen;     /* max_tokens clamped to the context */
+    int n_done;      /* positions whose K/V are in the cache */
+    int lp_next;     /* next prompt position (>= 1) whose logprob event is due */
+    int prompt_seen; /* prompt positions computed at least once (recomputation is not counted) */
+    int finished;    /* final event sent (or must not be sent) */
+    int cancel;      /* set by eng_cancel (atomic) */
     kv_seq kv;
     smp_seq *smp;
     /* Encoder-decoder (T5), unused until the T5 forward lands: the prompt is the encoder input
@@ -373,7 +374,10 @@ static int engine_step(eng_engine *e)
             e->pos[n] = p;
             e->rkv[n] = &s->kv;
             e->radapter[n] = s->p.adapter;
-            if (p < s->n_prompt) n_prompt_rows++;
+            if (p < s->n_prompt && p >= s->prompt_seen) {
+                n_prompt_rows++;
+                s->prompt_seen = p + 1;
+            }
             if (s->p.prompt_logprobs && p + 1 < s->n_prompt && p + 1 >= s->lp_next)
                 e->lrows[nl++] = (eng_lrow){n, s, p + 1};
             if (p == len - 1) e->lrows[nl++] = (eng_lrow){n, s, 0};

@@ -50,7 +50,8 @@ typedef struct eng_delta_ops {
 
 typedef enum {
     ENG_FINISH_NONE = 0, /* not finished: a token event */
-    ENG_FINISH_LENGTH,   /* max_tokens or context length reached */
+    ENG_FINISH_LENGTH,   /* max_tokens or context length reached (the context is the model's
+                          * max_position_embeddings, or what the whole KV pool holds if less) */
     ENG_FINISH_EOS,      /* an eos id was generated (unless ignore_eos) */
     ENG_FINISH_STOP,     /* the callback asked to stop (stop string matched) */
     ENG_FINISH_ABORT,    /* canceled (client gone) or engine shutting down */

@@ -146,6 +146,11 @@ def main():
         if name == "batch" and st["steps"] >= st_base["steps"]:
             fail("batch: %d steps, not fewer than one-by-one's %d: nothing was batched" %
                  (st["steps"], st_base["steps"]))
+        if st["prompt_tokens"] != sum(lens) or st["generated_tokens"] != len(lens) * MAX_TOKENS:
+            fail("%s: stats count %d prompt / %d generated tokens, expected %d / %d (recomputed "
+                 "tokens must not count twice)" % (name, st["prompt_tokens"],
+                                                   st["generated_tokens"], sum(lens),
+                                                   len(lens) * MAX_TOKENS))
         if must == "preemptions" and st["preemptions"] == 0:
             fail("%s: no preemption happened with a %.4f MiB pool" % (name, tiny_mb))
         if must == "chunks" and st["prompt_tokens"] < sum(lens):
