@@ -199,26 +199,45 @@ END_TEST
 START_TEST(test_dot)
 {
     float a[131], b[131];
-    uint16_t h[131];
+    uint16_t h[131], bh[131];
     for (int i = 0; i < 131; i++) {
         a[i] = frand();
         b[i] = frand();
         h[i] = to_f16(frand());
+        float f = frand();
+        uint32_t bits;
+        memcpy(&bits, &f, 4);
+        bh[i] = (uint16_t)(bits >> 16);
     }
     for (int k = 0; k < 3; k++) {
         if (kern_set_isa(isas[k]) != isas[k]) continue;
         for (int n = 0; n <= 131; n += 7) {
-            double s = 0, sh = 0, sa = 0;
+            double s = 0, sh = 0, sb = 0, sa = 0;
             for (int i = 0; i < n; i++) {
                 s += (double)a[i] * b[i];
                 sh += (double)a[i] * ref_f16(h[i]);
-                sa += fabs((double)a[i] * b[i]) + fabs((double)a[i] * ref_f16(h[i]));
+                sb += (double)a[i] * ref_bf16(bh[i]);
+                sa += fabs((double)a[i] * b[i]) + fabs((double)a[i] * ref_f16(h[i])) +
+                      fabs((double)a[i] * ref_bf16(bh[i]));
             }
             ck_assert(fabs(kern_dot_f32(a, b, n) - s) <= 1e-6 * (sa + 1e-30));
             ck_assert(fabs(kern_dot_f16(a, h, n) - sh) <= 1e-6 * (sa + 1e-30));
+            ck_assert(fabs(kern_dot_bf16(a, bh, n) - sb) <= 1e-6 * (sa + 1e-30));
         }
     }
     kern_set_isa(kern_cpu_isa());
+    /* y += b per row with a row stride, and y += x. */
+    float y[3 * 5], bias[4] = {1, -2, 0.5f, 4}, x[15];
+    for (int i = 0; i < 15; i++)
+        y[i] = x[i] = (float)i;
+    kern_add_bias(y, 5, bias, 3, 4);
+    for (int t = 0; t < 3; t++)
+        for (int j = 0; j < 5; j++)
+            ck_assert(y[t * 5 + j] == (float)(t * 5 + j) + (j < 4 ? bias[j] : 0));
+    kern_add(y, x, 15);
+    for (int t = 0; t < 3; t++)
+        for (int j = 0; j < 5; j++)
+            ck_assert(y[t * 5 + j] == 2 * (float)(t * 5 + j) + (j < 4 ? bias[j] : 0));
 }
 END_TEST
 
