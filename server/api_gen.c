@@ -272,7 +272,10 @@ static int on_event(void *user, const eng_event *ev)
         j->n_done++;
         final = 1;
     }
-    pthread_cond_broadcast(&j->cv);
+    /* Wake the HTTP side only when it has something to do: a non-streamed reply waits for the
+     * final events only (a wake-up per token costs a context switch per token and steals CPU
+     * from the engine's compute threads). */
+    if (final || j->req.stream) pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
     if (final) job_unref(j);
     return stop;
