@@ -189,6 +189,13 @@ int tokbpe_load(const json_t *model, const char *file, lr_error *err, tok_bpe **
         size_t la, lb;
         if (json_is_string(m) && strncmp(json_string_value(m), "#version", 8) == 0)
             continue;
+        /* HF reads either all "a b" strings or all [a, b] pairs, never a mix. */
+        if (json_is_array(m) != json_is_array(json_array_get(merges, 0))) {
+            rc = lr_error_set(err, LR_EFORMAT,
+                              "%s: BPE merge %zu mixes \"a b\" strings and [\"a\", \"b\"] pairs",
+                              file, i);
+            goto out;
+        }
         if (merge_parts(m, &pa, &la, &pb, &lb)) {
             rc = lr_error_set(err, LR_EFORMAT,
                               "%s: BPE merge %zu is neither \"a b\" nor [\"a\", \"b\"]", file, i);
@@ -238,6 +245,7 @@ const char *tokbpe_id_piece(const tok_bpe *b, int32_t id)
 }
 
 int32_t tokbpe_max_id(const tok_bpe *b) { return b->n_ids - 1; }
+size_t tokbpe_vocab_count(const tok_bpe *b) { return b->vocab.n; }
 
 /* ---- the merge queue: buckets by rank, a heap over ranks -------------------------------- */
 

@@ -66,5 +66,6 @@ int tokbpe_encode(const tok_bpe *b, const char *word, size_t len, tok_bpe_scratc
 int32_t tokbpe_piece_id(const tok_bpe *b, const char *s, size_t len); /* -1 if absent */
 const char *tokbpe_id_piece(const tok_bpe *b, int32_t id);            /* NULL if absent */
 int32_t tokbpe_max_id(const tok_bpe *b);                              /* -1 if empty */
+size_t tokbpe_vocab_count(const tok_bpe *b); /* distinct vocab entries (HF get_vocab_size) */
 
 #endif

@@ -665,39 +665,59 @@ out:
     return rc;
 }
 
-static int add_added(tok_tokenizer *t, const json_t *a, int32_t id, lr_error *err)
+/* AddedVocabulary::add_tokens for one token (tokenizer.json "added_tokens" in file order, then
+ * tokenizer_config "added_tokens_decoder" entries that are new, as transformers does). The id
+ * is HF's, not the file's: the model's id if the text is in the vocab, else the next free id
+ * after max(added ids, vocab size - 1). HF only warns when that differs from the file. A token
+ * whose text is already added keeps its id; tokenizer.json's later duplicate updates the flags. */
+static int add_added(tok_tokenizer *t, const json_t *a, int from_config, lr_error *err)
 {
     const json_t *c = json_object_get(a, "content");
     if (!json_is_string(c))
-        return lr_error_set(err, LR_EFORMAT, "%s: added token %d has no string 'content'", t->file,
-                            (int)id);
+        return lr_error_set(err, LR_EFORMAT, "%s: an added token has no string 'content'",
+                            t->file);
     size_t n = json_string_length(c);
     if (n == 0)
         return 0; /* HF ignores empty added tokens */
-    if (tokmap_get(&t->added_map, json_string_value(c), n) >= 0)
-        return 0; /* already known (tokenizer.json wins over added_tokens_decoder) */
-    added_tok *v = realloc(t->added, (t->n_added + 1) * sizeof *v);
-    if (!v)
-        return LR_ENOMEM;
-    t->added = v;
-    added_tok *k = &t->added[t->n_added];
-    memset(k, 0, sizeof *k);
-    /* HF re-resolves the id: a token that is in the model vocab keeps the model's id. */
-    int32_t mid = t->bpe ? tokbpe_piece_id(t->bpe, json_string_value(c), n)
-                         : tokmap_get(&t->ug_vocab, json_string_value(c), n);
-    k->id = mid >= 0 ? mid : id;
-    k->len = n;
-    k->content = malloc(n + 1);
-    if (!k->content)
-        return LR_ENOMEM;
-    memcpy(k->content, json_string_value(c), n + 1);
+    int32_t known = tokmap_get(&t->added_map, json_string_value(c), n);
+    if (known >= 0 && from_config)
+        return 0;
+    added_tok *k;
+    if (known >= 0) {
+        k = &t->added[known];
+    } else {
+        added_tok *v = realloc(t->added, (t->n_added + 1) * sizeof *v);
+        if (!v)
+            return LR_ENOMEM;
+        t->added = v;
+        k = &t->added[t->n_added];
+        memset(k, 0, sizeof *k);
+        int32_t mid = t->bpe ? tokbpe_piece_id(t->bpe, json_string_value(c), n)
+                             : tokmap_get(&t->ug_vocab, json_string_value(c), n);
+        int64_t vs = t->bpe ? (int64_t)tokbpe_vocab_count(t->bpe) : t->ug_n, max = -1;
+        for (size_t i = 0; i < t->n_added; i++)
+            if (t->added[i].id > max)
+                max = t->added[i].id;
+        int64_t id = mid >= 0 ? mid : max < 0 ? vs : (max >= vs || vs == 0) ? max + 1 : vs;
+        if (id > INT32_MAX - 1)
+            return lr_error_set(err, LR_EFORMAT, "%s: too many added tokens", t->file);
+        k->id = (int32_t)id;
+        k->len = n;
+        k->content = malloc(n + 1);
+        if (!k->content)
+            return LR_ENOMEM;
+        memcpy(k->content, json_string_value(c), n + 1);
+        t->n_added++;
+        if (tokmap_put(&t->added_map, k->content, n, (int32_t)(t->n_added - 1)))
+            return LR_ENOMEM;
+    }
     k->single_word = json_flag(a, "single_word", 0);
     k->lstrip = json_flag(a, "lstrip", 0);
     k->rstrip = json_flag(a, "rstrip", 0);
-    k->special = json_flag(a, "special", 0);
-    k->normalized = json_flag(a, "normalized", !k->special);
-    t->n_added++;
-    return tokmap_put(&t->added_map, k->content, n, (int32_t)(t->n_added - 1));
+    /* HF keeps a token special once it was added as special. */
+    k->special = k->special || json_flag(a, "special", 0);
+    k->normalized = json_flag(a, "normalized", !json_flag(a, "special", 0));
+    return 0;
 }
 
 static int load_template(tok_tokenizer *t, const json_t *pp, lr_error *err)
@@ -806,7 +826,7 @@ static int load_config(tok_tokenizer *t, const json_t *cfg, const char *cfile, l
         if (*end || id < 0 || id > INT32_MAX)
             return lr_error_set(err, LR_EFORMAT, "%s: added_tokens_decoder key '%.40s' is not an id",
                                 cfile, key);
-        int rc = add_added(t, val, (int32_t)id, err);
+        int rc = add_added(t, val, 1, err);
         if (rc)
             return rc == LR_ENOMEM ? lr_error_set(err, rc, "%s: out of memory", cfile) : rc;
     }
@@ -940,6 +960,12 @@ static int load(const char *path, const char *config, lr_error *err, tok_tokeniz
         rc = lr_error_set(err, LR_EFORMAT, "%s: top level is not an object", path);
         goto out;
     }
+    const json_t *ver = json_object_get(root, "version");
+    if (ver && !(json_is_string(ver) && !strcmp(json_string_value(ver), "1.0"))) {
+        rc = lr_error_set(err, LR_EUNSUPPORTED, "%s: tokenizer version '%.20s' is not supported",
+                          path, json_is_string(ver) ? json_string_value(ver) : "?");
+        goto out;
+    }
     const json_t *model = json_object_get(root, "model");
     const char *mtype = json_string_value(json_object_get(model, "type"));
     if (!json_is_object(model)) {
@@ -969,12 +995,7 @@ static int load(const char *path, const char *config, lr_error *err, tok_tokeniz
         goto out;
     }
     for (size_t i = 0; i < json_array_size(added); i++) {
-        const json_t *a = json_array_get(added, i), *id = json_object_get(a, "id");
-        if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) > INT32_MAX) {
-            rc = lr_error_set(err, LR_EFORMAT, "%s: added token %zu has no valid 'id'", path, i);
-            goto out;
-        }
-        if ((rc = add_added(t, a, (int32_t)json_integer_value(id), err))) {
+        if ((rc = add_added(t, json_array_get(added, i), 0, err))) {
             if (rc == LR_ENOMEM)
                 lr_error_set(err, rc, "%s: out of memory", path);
             goto out;

@@ -6,7 +6,9 @@
  * every case must match exactly: ids with and without special tokens, decode with and without
  * skip_special, and streaming (each step's text and the flush) against DecodeStream's output.
  * The other TCases build tiny tokenizer.json files inline; their expected ids/texts are worked
- * out by hand from the HF semantics (SPEC-HF.md E), never produced by this code.
+ * out by hand from the HF semantics (SPEC-HF.md E), never produced by this code, and were
+ * confirmed by running the same inline files through the HF tokenizers crate 0.22.2 (the
+ * golden oracle, @anush008/tokenizers); the refusals follow what that crate refuses too.
  */
 #include <check.h>
 #include <dirent.h>
@@ -249,7 +251,7 @@ END_TEST
 #define TOY_VOCAB                                                                                  \
     "\"vocab\":{\"<unk>\":0,\"a\":1,\"b\":2,\"c\":3,\"ab\":4,\"abc\":5,\"\\u2581\":6,"             \
     "\"\\u2581a\":7,\"bc\":8,\"<0x41>\":9,\"<0xC3>\":10,\"<0xA9>\":11}"
-#define TOY_MERGES "\"merges\":[\"a b\",[\"ab\",\"c\"],\"\\u2581 a\",\"b c\"]"
+#define TOY_MERGES "\"merges\":[\"a b\",\"ab c\",\"\\u2581 a\",\"b c\"]"
 
 static char *toy(const char *model_extra, const char *rest)
 {
@@ -431,35 +433,60 @@ END_TEST
 
 START_TEST(test_added_tokens)
 {
-    /* Leftmost-longest: "<s>" and "<s><s>"; single_word; lstrip/rstrip. */
+    /* Leftmost-longest: "<s>" and "<s><s>"; single_word; lstrip/rstrip. Ids as HF assigns them:
+     * not in the model vocab → the next id after the vocab (3, 4, 5, 6), whatever the file says
+     * ("<m>" claims 60; HF only warns and gives it 6). */
     const char *j =
         "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\" \":2},\"merges\":[]},"
         "\"added_tokens\":["
-        "{\"id\":10,\"content\":\"<s>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,"
+        "{\"id\":3,\"content\":\"<s>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,"
         "\"normalized\":false,\"special\":true},"
-        "{\"id\":11,\"content\":\"<s><s>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,"
+        "{\"id\":4,\"content\":\"<s><s>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,"
         "\"normalized\":false,\"special\":true},"
-        "{\"id\":12,\"content\":\"ab\",\"single_word\":true,\"lstrip\":false,\"rstrip\":false,"
+        "{\"id\":5,\"content\":\"ab\",\"single_word\":true,\"lstrip\":false,\"rstrip\":false,"
         "\"normalized\":false,\"special\":false},"
-        "{\"id\":13,\"content\":\"<m>\",\"single_word\":false,\"lstrip\":true,\"rstrip\":true,"
-        "\"normalized\":false,\"special\":true}],"
+        "{\"id\":60,\"content\":\"<m>\",\"single_word\":false,\"lstrip\":true,\"rstrip\":true,"
+        "\"normalized\":false,\"special\":true},"
+        "{\"id\":1,\"content\":\"b\",\"special\":true,\"normalized\":false}],"
         "\"decoder\":{\"type\":\"Fuse\"}}";
-    tok_tokenizer *t = must_load(j, NULL);
-    expect_ids(t, "a<s><s><s>b", 0, IDS(0, 11, 10, 1));
-    expect_ids(t, "ab a", 0, IDS(12, 2, 0));
+    tok_tokenizer *t = must_load(j, "{\"added_tokens_decoder\":{\"9\":{\"content\":\"<x>\","
+                                    "\"special\":false,\"normalized\":false}}}");
+    expect_ids(t, "a<s><s><s>b", 0, IDS(0, 4, 3, 1));
+    expect_ids(t, "ab a", 0, IDS(5, 2, 0));
     expect_ids(t, "aab", 0, IDS(0, 0, 1)); /* "ab" touches a word char: not a match */
-    expect_ids(t, "a  <m>  b", 0, IDS(0, 13, 1));
-    ck_assert_int_eq(tok_is_special(t, 10), 1);
-    ck_assert_int_eq(tok_is_special(t, 12), 0);
-    ck_assert_int_eq(tok_piece_to_id(t, "<s><s>"), 11);
-    ck_assert_str_eq(tok_id_to_piece(t, 13), "<m>");
-    ck_assert_int_eq(tok_vocab_size(t), 14);
-    expect_decode(t, IDS(0, 10, 12, 1), 0, "a<s>abb");
-    expect_decode(t, IDS(0, 10, 12, 1), 1, "aabb");
+    expect_ids(t, "a  <m>  b", 0, IDS(0, 6, 1));
+    expect_ids(t, "a<x>", 0, IDS(0, 7)); /* from tokenizer_config: next id, 7 */
+    ck_assert_int_eq(tok_is_special(t, 3), 1);
+    ck_assert_int_eq(tok_is_special(t, 5), 0);
+    ck_assert_int_eq(tok_is_special(t, 1), 1); /* "b": a model token added as special */
+    ck_assert_int_eq(tok_piece_to_id(t, "<s><s>"), 4);
+    ck_assert_str_eq(tok_id_to_piece(t, 6), "<m>");
+    ck_assert_int_eq(tok_vocab_size(t), 8);
+    expect_decode(t, IDS(0, 3, 5, 1, 2), 0, "a<s>abb ");
+    expect_decode(t, IDS(0, 3, 5, 1, 2), 1, "aab ");
     char *s = NULL;
     size_t len;
-    ck_assert_int_eq(tok_decode(t, IDS(0, 5), 0, &s, &len), LR_ERANGE);
+    ck_assert_int_eq(tok_decode(t, IDS(0, 8), 0, &s, &len), LR_ERANGE);
     free(s);
+    tok_destroy(t);
+}
+END_TEST
+
+/* normalized=true added tokens are matched on the normalized text, in their normalized form. */
+START_TEST(test_added_normalized)
+{
+    const char *j =
+        "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"h\":2,\"i\":3},\"merges\":[]},"
+        "\"normalizer\":{\"type\":\"Lowercase\"},"
+        "\"added_tokens\":[{\"id\":4,\"content\":\"HI\",\"single_word\":false,\"lstrip\":false,"
+        "\"rstrip\":false,\"normalized\":true,\"special\":false},"
+        "{\"id\":5,\"content\":\"AB\",\"single_word\":false,\"lstrip\":false,"
+        "\"rstrip\":false,\"normalized\":false,\"special\":false}]}";
+    tok_tokenizer *t = must_load(j, NULL);
+    /* "Hi" and "hI" normalize to "hi" = the normalized form of "HI" → 4. "AB" raw → 5, but
+     * "ab" is not "AB" on the raw text → a, b. */
+    expect_ids(t, "aHihIb", 0, IDS(0, 4, 4, 1));
+    expect_ids(t, "ABab", 0, IDS(5, 0, 1));
     tok_destroy(t);
 }
 END_TEST
@@ -604,6 +631,11 @@ START_TEST(test_load_errors)
                       ".json");
     expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"a b\"]}}",
                       "merge 0", "'b' is not in the vocab");
+    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"aa\":1},"
+                      "\"merges\":[\"a a\",[\"a\",\"a\"]]}}",
+                      "merge 1 mixes", ".json");
+    expect_load_error("{\"version\":\"2.0\",\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
+                      "version '2.0'", ".json");
     expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[],"
                       "\"dropout\":0.1}}",
                       "dropout", ".json");
@@ -658,6 +690,7 @@ int main(void)
         {"pretokenizers", test_pretokenizers, 30},
         {"bytelevel", test_bytelevel, 30},
         {"added_tokens", test_added_tokens, 30},
+        {"added_normalized", test_added_normalized, 30},
         {"post_processor_config", test_post_and_config, 30},
         {"decoders_stream", test_decoders, 30},
         {"invalid_input", test_invalid_input, 30},
