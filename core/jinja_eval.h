@@ -1,0 +1,92 @@
+/* jinja_eval.h — the render context shared by jinja_eval.c (statements, expressions) and
+ * jinja_builtins.c (filters, tests, methods, globals). Internal to core/jinja*.c. */
+#ifndef LR_JINJA_EVAL_H
+#define LR_JINJA_EVAL_H
+
+#include <math.h>
+
+#include "jinja_int.h"
+
+typedef struct jj_frame jj_frame;
+struct jj_frame {
+    jj_frame *parent;
+    jj_dict vars;
+};
+
+typedef struct jj_loop {
+    jj_list *items;
+    size_t i;
+} jj_loop;
+
+typedef struct jj_method {
+    jv self;
+    const char *name;
+    size_t nlen;
+} jj_method;
+
+typedef struct jj_caller {
+    const jj_node *blk; /* the JN_CALLBLK */
+    jj_frame *frame;    /* where the call block stands */
+} jj_caller;
+
+enum { JF_RANGE = 1, JF_NAMESPACE, JF_DICT, JF_RAISE, JF_STRFTIME };
+enum { JJ_CTL_BREAK = 1, JJ_CTL_CONTINUE = 2 };
+
+typedef struct jj_ctx {
+    const jj_template *t;
+    lr_error *err;
+    jj_options opt;
+    jj_arena arena;
+    jj_buf *out;
+    jj_frame *root, *frame;
+    uint64_t steps;
+    int depth;  /* macro / caller calls */
+    int edepth; /* expression recursion */
+    int ctl;    /* pending break / continue */
+    jv filter_input; /* operand of a {% filter %} block's first filter */
+} jj_ctx;
+
+/* Evaluated call arguments (arena memory). kw[j] is the JN_KWARG node, kwv[j] its value. */
+typedef struct jj_args {
+    jv *pos;
+    size_t npos;
+    const jj_node **kw;
+    jv *kwv;
+    size_t nkw;
+} jj_args;
+
+int jj_fail(jj_ctx *c, const jj_node *n, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+int jj_oom(jj_ctx *c, const jj_node *n);
+void *jj_alloc(jj_ctx *c, const jj_node *n, size_t size);
+int jj_step(jj_ctx *c, const jj_node *n);
+int jj_mkstr(jj_ctx *c, const jj_node *n, const char *s, size_t len, jv *out);
+jj_list *jj_list_new(jj_ctx *c, const jj_node *n, size_t cap);
+int jj_list_push(jj_ctx *c, const jj_node *n, jj_list *l, jv v);
+int jj_dict_set(jj_ctx *c, const jj_node *n, jj_dict *d, const char *k, size_t kn, jv v);
+int jj_frame_set(jj_ctx *c, const jj_node *n, jj_frame *f, const char *k, size_t kn, jv v);
+jv jj_undef(const char *name);
+int jj_undef_error(jj_ctx *c, const jj_node *n, jv u);
+
+int jj_eval(jj_ctx *c, const jj_node *n, jv *out);
+int jj_exec(jj_ctx *c, const jj_node *n);
+int jj_exec_body(jj_ctx *c, jj_node *const *kids, size_t n);
+int jj_getattr(jj_ctx *c, const jj_node *n, jv obj, const char *name, size_t nlen, jv *out);
+int jj_getitem(jj_ctx *c, const jj_node *n, jv obj, jv key, jv *out);
+int jj_contains(jj_ctx *c, const jj_node *n, jv container, jv item, int *res);
+int jj_eval_args(jj_ctx *c, const jj_node *call, jj_args *a);
+int jj_arg(const jj_args *a, size_t i, const char *name, jv *out);
+int jj_check_args(jj_ctx *c, const jj_node *n, const jj_args *a, const char *what, size_t npos,
+                  const char *const *names);
+
+/* jinja_builtins.c */
+int jj_apply_filter(jj_ctx *c, const jj_node *f, jv in, jv *out);
+/* Test `name` on v with extra arguments args[0:nargs] (`x is divisibleby 3`). */
+int jj_apply_test(jj_ctx *c, const jj_node *at, const char *name, size_t nlen, jv v,
+                  const jv *args, size_t nargs, int *res);
+int jj_call_global(jj_ctx *c, const jj_node *n, int id, const jj_args *a, jv *out);
+int jj_call_method(jj_ctx *c, const jj_node *n, jj_method *m, const jj_args *a, jv *out);
+int jj_method_exists(jv self, const char *name, size_t nlen);
+int jj_loop_attr(jj_ctx *c, const jj_node *n, jv loop, const char *name, size_t nlen, jv *out);
+
+#endif
