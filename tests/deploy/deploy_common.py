@@ -95,13 +95,13 @@ def supports_flag(lorad, flag):
 class Daemon:
     """A lorad process on 127.0.0.1, port 0; its stderr is collected."""
 
-    def __init__(self, lorad, model, extra=(), env=None, argv=None):
+    def __init__(self, lorad, model, extra=(), env=None, argv=None, replace_env=False):
         self.lines = []
         self.cond = threading.Condition()
         args = argv or ([lorad, "--model", model, "--host", "127.0.0.1", "--port", "0",
                          "--threads", "1", "--kv-cache-mb", "32", "--drain-timeout", "10"]
                         + list(extra))
-        e = dict(os.environ)
+        e = {} if replace_env else dict(os.environ)
         e.setdefault("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1")
         e.update(env or {})
         self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
