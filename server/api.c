@@ -135,8 +135,9 @@ static int check_model_field(api_ctx *ctx, const json_t *body, api_err *err)
     return rc;
 }
 
+/* tgi: 0 = /v1/completions, 1 = /generate, 2 = /generate_stream. */
 static void do_completions(api_ctx *ctx, const char *body, size_t len, const api_conn *conn,
-                           api_reply *out)
+                           api_reply *out, int tgi)
 {
     json_t *v = parse_body(body, len, out);
     if (!v) return;
@@ -147,8 +148,9 @@ static void do_completions(api_ctx *ctx, const char *body, size_t len, const api
                       .max_pos = ctx->max_pos,
                       .max_tokens_default = ctx->max_tokens_default};
     const void *adapter = NULL;
-    int rc = api_cmpl_parse(v, &lim, &req, &err);
-    json_t *mix = json_object_get(v, "adapters");
+    int rc = tgi ? api_tgi_parse(v, &lim, &req, &err) : api_cmpl_parse(v, &lim, &req, &err);
+    if (tgi == 2) req.stream = 1;
+    json_t *mix = tgi ? NULL : json_object_get(v, "adapters");
     if (!rc && mix && !json_is_null(mix)) {
         /* The weighted-mix extension: "adapters": [{"id": "a", "scale": 0.5}, …]. */
         if (!ctx->aops || !ctx->aops->resolve_mix)
@@ -335,6 +337,8 @@ typedef struct route {
 
 static const route k_routes[] = {
     {"/v1/completions", "POST", MET_EP_COMPLETIONS},
+    {"/generate", "POST", MET_EP_GENERATE},
+    {"/generate_stream", "POST", MET_EP_GENERATE},
     {"/tokenize", "POST", MET_EP_TOKENIZE},
     {"/detokenize", "POST", MET_EP_DETOKENIZE},
     {"/v1/models", "GET", MET_EP_MODELS},
@@ -420,7 +424,10 @@ void api_handle(api_ctx *ctx, const char *method, const char *path, const char *
     }
     switch (r->ep) {
     case MET_EP_COMPLETIONS:
-        do_completions(ctx, body, len, conn, out);
+        do_completions(ctx, body, len, conn, out, 0);
+        break;
+    case MET_EP_GENERATE:
+        do_completions(ctx, body, len, conn, out, strcmp(path, "/generate_stream") == 0 ? 2 : 1);
         break;
     case MET_EP_TOKENIZE:
         do_tokenize(ctx, body, len, out);

@@ -127,6 +127,9 @@ typedef struct api_cmpl_req {
     int stream, include_usage;
     int logprobs; /* -1 = none, else 0..20 */
     int echo, n, ignore_eos, return_token_ids;
+    /* TGI (/generate, /generate_stream): the response shape, and details: true. With tgi, echo
+     * means return_full_text and logprobs is 0 (each token's logprob is reported). */
+    int tgi, details;
 } api_cmpl_req;
 
 typedef struct api_limits {
@@ -141,6 +144,11 @@ typedef struct api_limits {
  * field and the bad value. */
 int api_cmpl_parse(const json_t *body, const api_limits *lim, api_cmpl_req *out, api_err *err);
 void api_cmpl_req_clear(api_cmpl_req *r);
+/* Validate a TGI /generate body {inputs, parameters{adapter_id, max_new_tokens, temperature,
+ * top_k, top_p, do_sample, seed, stop, repetition_penalty, details, return_full_text, …}} into
+ * *out (as api_cmpl_parse; adapter_id lands in out->model). Sampling is on when do_sample is
+ * true or temperature / top_k / top_p is given, greedy otherwise. */
+int api_tgi_parse(const json_t *body, const api_limits *lim, api_cmpl_req *out, api_err *err);
 /* Check a model / adapter id: refuses "..", a leading '/', backslashes, control characters and
  * NUL (len is the JSON string length). Returns 0 or LR_EINVAL (400). */
 int api_check_model_id(const char *id, size_t len, api_err *err);

@@ -379,6 +379,97 @@ int api_cmpl_parse(const json_t *body, const api_limits *lim, api_cmpl_req *r, a
     return 0;
 }
 
+int api_tgi_parse(const json_t *body, const api_limits *lim, api_cmpl_req *r, api_err *err)
+{
+    memset(r, 0, sizeof *r);
+    r->tgi = 1;
+    r->max_tokens = lim->max_tokens_default;
+    r->smp.top_p = 1.0f;
+    r->smp.repetition_penalty = 1.0f;
+    r->logprobs = 0;
+    r->n = 1;
+    char b[64];
+    long long v = 0;
+    int present = 0, rc = 0;
+    if (!json_is_object(body))
+        return api_fail(err, LR_EINVAL, 400, NULL, "the request body must be a JSON object");
+    json_t *in = field(body, "inputs");
+    if (!json_is_string(in))
+        return api_fail(err, LR_EINVAL, 400, "inputs", "inputs must be a string, got %s",
+                        in ? show(in, b, sizeof b) : "nothing");
+    json_t *p = field(body, "parameters");
+    if (p && !json_is_object(p))
+        return api_fail(err, LR_EINVAL, 400, "parameters", "parameters must be an object, got %s",
+                        show(p, b, sizeof b));
+    json_t *empty = json_object();
+    if (!p) p = empty;
+    json_t *x;
+    /* Parameters whose effect lorad does not implement: refused, not silently dropped. */
+    static const char *refused[] = {"grammar",          "watermark", "top_n_tokens",
+                                    "typical_p",        "truncate",  "decoder_input_details",
+                                    "frequency_penalty"};
+    for (size_t i = 0; !rc && i < sizeof refused / sizeof refused[0]; i++)
+        if ((x = field(p, refused[i])) && !json_is_false(x) &&
+            !(json_is_integer(x) && json_integer_value(x) == 0))
+            rc = api_fail(err, LR_EUNSUPPORTED, 400, refused[i], "%s is not supported by lorad",
+                          refused[i]);
+    if (!rc && (x = field(p, "best_of")) && !(json_is_integer(x) && json_integer_value(x) == 1))
+        rc = api_fail(err, LR_EUNSUPPORTED, 400, "best_of", "best_of is not supported by lorad");
+    json_t *ad = field(p, "adapter_id");
+    if (!rc && ad) {
+        if (!json_is_string(ad))
+            rc = api_fail(err, LR_EINVAL, 400, "adapter_id", "adapter_id must be a string, got %s",
+                          show(ad, b, sizeof b));
+        else if (!(rc = api_check_model_id(json_string_value(ad), json_string_length(ad), err)) &&
+                 !(r->model = strdup(json_string_value(ad))))
+            rc = api_fail(err, LR_ENOMEM, 500, "adapter_id", "out of memory");
+        if (rc) snprintf(err->param, sizeof err->param, "adapter_id");
+    }
+    char want[64];
+    snprintf(want, sizeof want, "an integer in [1, %d] (the context length)", lim->max_pos);
+    int do_sample = 0,
+        sampling_given = field(p, "temperature") || field(p, "top_k") || field(p, "top_p");
+    float temp = 1.0f;
+    if (!rc && !(rc = get_int(p, "max_new_tokens", 1, lim->max_pos, want, &present, &v, err)) &&
+        present)
+        r->max_tokens = (int)v;
+    if (!rc) rc = get_bool(p, "do_sample", &do_sample, err);
+    if (!rc) rc = get_num(p, "temperature", 0, 1, 100, 0, "a number in (0, 100]", &temp, err);
+    if (!rc) rc = get_num(p, "top_p", 0, 1, 1, 1, "a number in (0, 1)", &r->smp.top_p, err);
+    if (!rc)
+        rc = get_num(p, "repetition_penalty", 0, 1, 10, 0, "a number in (0, 10]",
+                     &r->smp.repetition_penalty, err);
+    v = 0;
+    if (!rc && !(rc = get_int(p, "top_k", 1, 1 << 30, "an integer ≥ 1", NULL, &v, err)))
+        r->smp.top_k = (int)v;
+    v = 0;
+    if (!rc && !(rc = get_int(p, "seed", 0, INT64_MAX, "an integer ≥ 0", &present, &v, err))) {
+        r->seed_given = present;
+        r->smp.seed = present ? (uint64_t)v : random_seed();
+    }
+    if (!rc) rc = get_bool(p, "details", &r->details, err);
+    if (!rc) rc = get_bool(p, "return_full_text", &r->echo, err);
+    if (!rc) rc = parse_stop(p, r, err);
+    json_decref(empty);
+    if (rc) {
+        /* Name the field as the client wrote it. */
+        if (err && err->param[0] && strcmp(err->param, "inputs") != 0) {
+            char full[64];
+            snprintf(full, sizeof full, "parameters.%s", err->param);
+            snprintf(err->param, sizeof err->param, "%s", full);
+        }
+        return rc;
+    }
+    /* TGI samples when asked to, or when a sampling parameter is given; otherwise greedy. */
+    r->smp.temperature = (do_sample || sampling_given) ? temp : 0.0f;
+    r->prompts = calloc(1, sizeof *r->prompts);
+    if (!r->prompts) return api_fail(err, LR_ENOMEM, 500, "inputs", "out of memory");
+    r->n_prompts = 1;
+    if ((rc = parse_prompt(in, lim, &r->prompts[0], err, "inputs")))
+        snprintf(err->param, sizeof err->param, "inputs");
+    return rc;
+}
+
 void api_cmpl_req_clear(api_cmpl_req *r)
 {
     if (!r) return;

@@ -236,7 +236,7 @@ static int on_event(void *user, const eng_event *ev)
         if (is_prompt) {
             /* Prompt logprobs (echo + logprobs): entry i is prompt token i. */
             const api_prompt *p = &j->req.prompts[s->prompt];
-            if (j->top_k >= 0 && j->req.echo && j->req.logprobs >= 0 && s->n_lp < p->n)
+            if (!j->req.tgi && j->req.echo && j->req.logprobs >= 0 && s->n_lp < p->n)
                 lp_push(s, ev, 0, j->prompt_off ? j->prompt_off[s->prompt][s->n_lp] : 0);
         } else {
             if (j->req.logprobs >= 0) lp_push(s, ev, 0, (long long)s->chars);
@@ -347,7 +347,7 @@ static int seq_init(api_job *j, api_seq *s, int index, int prompt, api_err *err)
         s->top_val = malloc((size_t)s->cap_lp * k * sizeof *s->top_val);
         if (!s->lp_tok || !s->lp_val || !s->lp_off || !s->lp_ntop || !s->top_ids || !s->top_val)
             return api_fail(err, LR_ENOMEM, 500, NULL, "out of memory");
-        if (r->echo) {
+        if (r->echo && !r->tgi) {
             /* The first prompt token has no logprob (nothing precedes it). */
             eng_event first = {.token = p->ids[0]};
             lp_push(s, &first, 1, 0);
@@ -404,7 +404,7 @@ int api_job_start(api_ctx *ctx, api_cmpl_req *req, const void *adapter, api_job 
         rc = api_fail(err, LR_ENOMEM, 500, NULL, "out of memory");
         goto fail;
     }
-    if (j->req.echo && j->req.logprobs >= 0) {
+    if (j->req.echo && j->req.logprobs >= 0 && !j->req.tgi) {
         j->prompt_off = calloc((size_t)j->req.n_prompts, sizeof *j->prompt_off);
         if (!j->prompt_off) {
             rc = api_fail(err, LR_ENOMEM, 500, NULL, "out of memory");
@@ -429,7 +429,7 @@ int api_job_start(api_ctx *ctx, api_cmpl_req *req, const void *adapter, api_job 
             .max_tokens = j->req.max_tokens,
             .ignore_eos = j->req.ignore_eos,
             .top_logprobs = j->top_k,
-            .prompt_logprobs = j->req.echo && j->req.logprobs >= 0,
+            .prompt_logprobs = j->req.echo && j->req.logprobs >= 0 && !j->req.tgi,
             .adapter = adapter,
             .cb = on_event,
             .user = s,
@@ -610,6 +610,47 @@ static void seq_error(const api_seq *s, api_err *e)
         api_fail(e, LR_EINTERNAL, 500, NULL, "%s", s->error);
 }
 
+/* ---- TGI shapes (/generate, /generate_stream) ---- */
+
+static const char *tgi_finish(eng_finish f)
+{
+    return f == ENG_FINISH_EOS ? "eos_token" : f == ENG_FINISH_STOP ? "stop_sequence" : "length";
+}
+
+/* {id, text, logprob, special} of generated token i of s. */
+static json_t *tgi_token(const api_job *j, const api_seq *s, int i)
+{
+    int32_t id = s->gen[i];
+    float lp = i < s->n_lp ? s->lp_val[i] : 0.0f;
+    return json_pack("{s:i, s:o, s:o, s:b}", "id", (int)id, "text", piece_json(j->ctx->tok, id),
+                     "logprob", lp_json(lp), "special", tok_is_special(j->ctx->tok, id) ? 1 : 0);
+}
+
+static json_t *tgi_details(const api_job *j, const api_seq *s, int with_tokens)
+{
+    json_t *d = json_pack("{s:s, s:i, s:o}", "finish_reason", tgi_finish(s->finish),
+                          "generated_tokens", s->n_gen, "seed",
+                          j->req.smp.temperature > 0 ? json_integer((json_int_t)j->req.smp.seed)
+                                                     : json_null());
+    if (d && with_tokens) {
+        json_t *toks = json_array();
+        for (int i = 0; i < s->n_gen_ids; i++)
+            json_array_append_new(toks, tgi_token(j, s, i));
+        json_object_set_new(d, "prefill", json_array());
+        json_object_set_new(d, "tokens", toks);
+    }
+    return d;
+}
+
+/* The /generate reply: {generated_text, details?}. Called under the mutex. */
+static json_t *tgi_reply(const api_job *j)
+{
+    const api_seq *s = &j->seqs[0];
+    json_t *r = json_pack("{s:s%}", "generated_text", s->text ? s->text : "", s->text_len);
+    if (r && j->req.details) json_object_set_new(r, "details", tgi_details(j, s, 1));
+    return r;
+}
+
 void api_job_reply(api_job *j, api_reply *out)
 {
     pthread_mutex_lock(&j->mu);
@@ -619,6 +660,23 @@ void api_job_reply(api_job *j, api_reply *out)
         seq_error(bad, &e);
         pthread_mutex_unlock(&j->mu);
         api_reply_error(out, &e);
+        return;
+    }
+    if (j->req.tgi) {
+        json_t *r = tgi_reply(j);
+        pthread_mutex_unlock(&j->mu);
+        char *body = r ? json_dumps(r, JSON_COMPACT) : NULL;
+        json_decref(r);
+        if (!body) {
+            api_err e;
+            api_fail(&e, LR_ENOMEM, 500, NULL, "out of memory while writing the response");
+            api_reply_error(out, &e);
+            return;
+        }
+        out->status = 200;
+        out->body = body;
+        out->len = strlen(body);
+        out->content_type = "application/json";
         return;
     }
     json_t *choices = json_array();
@@ -704,12 +762,67 @@ static json_t *chunk_head(const api_job *j, json_t *choices)
     return c;
 }
 
+/* /generate_stream: one event per generated token; the last one carries generated_text and
+ * details. No [DONE] (TGI has none). Called under the mutex; returns 1 if something was queued
+ * or the stream ended. */
+static int tgi_fill(api_stream *st)
+{
+    api_job *j = st->j;
+    api_seq *s = &j->seqs[0];
+    if (st->state == 1) {
+        st->state = 2;
+        return 1;
+    }
+    if (s->final_sent) {
+        st->state = 2;
+        return 1;
+    }
+    if (s->done &&
+        (s->finish == ENG_FINISH_ERROR || s->finish == ENG_FINISH_ABORT || s->error[0])) {
+        api_err e;
+        seq_error(s, &e);
+        sse_json(st, json_pack("{s:s, s:s}", "error", e.e.msg, "error_type",
+                               e.e.http >= 500 ? "server_error" : "validation"));
+        s->final_sent = 1;
+        st->state = 1;
+        return 1;
+    }
+    /* Hold the last token back until we know whether it is the final one. */
+    int upto = s->done ? s->n_gen_ids : s->n_gen_ids - 1;
+    int any = 0;
+    for (int i = s->ids_sent; i < upto; i++) {
+        int last = s->done && i == s->n_gen_ids - 1;
+        json_t *ev =
+            json_pack("{s:i, s:o, s:n, s:o, s:o}", "index", i + 1, "token", tgi_token(j, s, i),
+                      "top_tokens", "generated_text",
+                      last ? json_stringn(s->text ? s->text : "", s->text_len) : json_null(),
+                      "details", last ? tgi_details(j, s, 0) : json_null());
+        sse_json(st, ev);
+        s->ids_sent = i + 1;
+        any = 1;
+        if (last) {
+            s->final_sent = 1;
+            st->state = 1;
+        }
+    }
+    if (s->done && !s->final_sent) { /* finished without a token of its own */
+        sse_json(st, json_pack("{s:i, s:n, s:n, s:s%, s:o}", "index", s->n_gen_ids + 1, "token",
+                               "top_tokens", "generated_text", s->text ? s->text : "", s->text_len,
+                               "details", tgi_details(j, s, 0)));
+        s->final_sent = 1;
+        st->state = 1;
+        any = 1;
+    }
+    return any;
+}
+
 /* Queue whatever is new; returns 1 if something was queued or the stream reached its end.
  * Called under the job mutex. */
 static int stream_fill(api_stream *st)
 {
     api_job *j = st->j;
     int any = 0;
+    if (j->req.tgi) return tgi_fill(st);
     if (st->state == 1) {
         st->state = 2;
         return 1;

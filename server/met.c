@@ -40,9 +40,9 @@ void met_destroy(met_metrics *m)
 
 const char *met_endpoint_name(met_endpoint ep)
 {
-    static const char *names[MET_EP_COUNT] = {"completions", "chat_completions", "tokenize",
-                                              "detokenize",  "models",           "health",
-                                              "metrics",     "adapters",         "other"};
+    static const char *names[MET_EP_COUNT] = {
+        "completions", "chat_completions", "tokenize", "detokenize", "models",
+        "health",      "metrics",          "generate", "adapters",   "other"};
     return ep >= 0 && ep < MET_EP_COUNT ? names[ep] : "other";
 }
 

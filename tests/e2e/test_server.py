@@ -394,6 +394,66 @@ def t_stream(prompt, greedy):
               "streamed echo n=2 index %d" % i)
 
 
+def t_tgi(prompt, greedy):
+    """/generate and /generate_stream (TGI shapes) agree with /v1/completions."""
+    ref = complete(prompt=prompt, temperature=0, max_tokens=12, ignore_eos=True, logprobs=0,
+                   return_token_ids=True)
+    st, _, r = post("/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 12, "details": True}})
+    if not check(st == 200, "/generate: %d %r" % (st, r)) or not ref:
+        return
+    c = ref["choices"][0]
+    d = r.get("details") or {}
+    toks = d.get("tokens", [])
+    stopped = d.get("finish_reason") == "eos_token"
+    n = len(toks)
+    check([t["id"] for t in toks] == c["token_ids"][:n] and (stopped or n == 12),
+          "/generate greedy tokens equal /v1/completions: %r vs %r" % ([t["id"] for t in toks], c["token_ids"]))
+    check(all(abs(t["logprob"] - lp) < 1e-4 for t, lp in zip(toks, c["logprobs"]["token_logprobs"])),
+          "/generate logprobs equal /v1/completions")
+    check(d.get("generated_tokens") == n and d.get("seed") is None and
+          d.get("finish_reason") in ("length", "eos_token"), "details: %r" % {k: d.get(k) for k in ("finish_reason", "generated_tokens", "seed")})
+    if not stopped:
+        check(r["generated_text"] == c["text"], "generated_text == completion text")
+    st, _, full = post("/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 12, "return_full_text": True}})
+    check(st == 200 and full["generated_text"] == prompt + r["generated_text"] and "details" not in full,
+          "return_full_text prepends the inputs: %r" % full)
+    # The stream: one event per token, the last with generated_text and details, no [DONE].
+    cn = http.client.HTTPConnection("127.0.0.1", D.port, timeout=120)
+    cn.request("POST", "/generate_stream", json.dumps({"inputs": prompt, "parameters": {"max_new_tokens": 12}}),
+               {"Content-Type": "application/json"})
+    resp = cn.getresponse()
+    raw = resp.read().decode()
+    evs = [json.loads(e[len("data: "):]) for e in raw.split("\n\n") if e.strip()]
+    check(resp.status == 200 and "[DONE]" not in raw, "generate_stream status and no [DONE]")
+    check([e["token"]["id"] for e in evs] == [t["id"] for t in toks], "streamed tokens == /generate tokens")
+    check([e["index"] for e in evs] == list(range(1, len(evs) + 1)), "indexes count from 1")
+    check(all(e["generated_text"] is None for e in evs[:-1]) and evs[-1]["generated_text"] == r["generated_text"]
+          and evs[-1]["details"]["generated_tokens"] == n, "the last event carries generated_text and details")
+    # A stop sequence: taken from the greedy text.
+    text = r["generated_text"]
+    if len(text) >= 4 and not stopped:
+        stop = text[2:4]
+        st, _, s2 = post("/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 12, "stop": [stop], "details": True}})
+        check(st == 200 and s2["generated_text"] == text[:text.find(stop)] and s2["details"]["finish_reason"] == "stop_sequence",
+              "TGI stop sequence %r: %r" % (stop, s2))
+    st, _, s3 = post("/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 8, "do_sample": True, "seed": 5, "details": True}})
+    st2, _, s4 = post("/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 8, "do_sample": True, "seed": 5}})
+    check(st == 200 and s3["details"]["seed"] == 5 and s3["generated_text"] == s4["generated_text"],
+          "sampling with a seed is reproducible and reports the seed")
+    for name, body in (("no inputs", {"parameters": {}}), ("inputs number", {"inputs": 3}),
+                       ("parameters list", {"inputs": "a", "parameters": []}),
+                       ("max_new_tokens 0", {"inputs": "a", "parameters": {"max_new_tokens": 0}}),
+                       ("temperature 0", {"inputs": "a", "parameters": {"temperature": 0}}),
+                       ("top_p 1", {"inputs": "a", "parameters": {"top_p": 1.0}}),
+                       ("do_sample string", {"inputs": "a", "parameters": {"do_sample": "yes"}}),
+                       ("grammar", {"inputs": "a", "parameters": {"grammar": {"type": "json"}}}),
+                       ("adapter_id ..", {"inputs": "a", "parameters": {"adapter_id": "a/../b"}})):
+        st, _, e = post("/generate", body)
+        check(st == 400 and "error" in e and e["error"]["message"], "TGI %s → 400: %d %r" % (name, st, e))
+    st, _, e = post("/generate", {"inputs": "a", "parameters": {"max_new_tokens": 0}})
+    check(e["error"]["param"] == "parameters.max_new_tokens", "TGI errors name parameters.x: %r" % e)
+
+
 def t_eos():
     # Without ignore_eos a greedy run may stop early with "stop"; with it, always the full length.
     for p in ("a", "The end", "Once upon a time"):
@@ -771,6 +831,10 @@ def t_adapters(binary, model):
             check(ref["min_gap"] < 1e-3 or outs[mid] == ref["tokens"],
                   "%s greedy equals the float64 reference: %r vs %r" % (mid, outs[mid], ref["tokens"]))
         check(len(set(map(tuple, outs.values()))) == 3, "each adapter changes the output: %r" % outs)
+        st, _, g = post("/generate", {"inputs": "Adapters change the output", "parameters": {"adapter_id": "org/qv",
+                                                                       "max_new_tokens": 8, "details": True}})
+        check(st == 200 and [t["id"] for t in g["details"]["tokens"]] == outs.get("org/qv", [])[:len(g["details"]["tokens"])],
+              "TGI adapter_id selects the adapter: %r" % (g,))
         mix = complete(prompt=prompt, adapters=[{"id": "org/qv", "scale": 0.5}], temperature=0,
                        max_tokens=8, ignore_eos=True, return_token_ids=True)
         if mix:
@@ -859,6 +923,7 @@ def main():
             run(t_n_and_seed, prompt)
             run(t_stop, prompt, greedy)
             run(t_stream, prompt, greedy)
+            run(t_tgi, prompt, greedy)
         run(t_eos)
         run(t_malformed)
         run(t_disconnect)
