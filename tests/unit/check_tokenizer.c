@@ -13,6 +13,7 @@
 #include <check.h>
 #include <dirent.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -219,29 +220,94 @@ static int run_golden(const char *path, const char *name)
     return bad;
 }
 
+/* The golden files found at startup; one TCase per file, so a report names the tokenizer. */
+static char golden_names[32][64];
+static int n_golden;
+
+static void find_goldens(void)
+{
+    DIR *d = opendir("tests/data/tok");
+    struct dirent *de;
+    while (d && (de = readdir(d)) && n_golden < 32) {
+        size_t n = strlen(de->d_name);
+        if (strncmp(de->d_name, "golden_", 7) || n < 13 || n > 70 || strcmp(de->d_name + n - 5, ".json"))
+            continue;
+        snprintf(golden_names[n_golden++], sizeof golden_names[0], "%.*s", (int)(n - 12),
+                 de->d_name + 7);
+    }
+    if (d)
+        closedir(d);
+}
+
 START_TEST(test_golden)
 {
-    const char *dir = "tests/data/tok";
-    DIR *d = opendir(dir);
-    ck_assert_msg(d != NULL, "no %s (run from the repository root)", dir);
-    struct dirent *de;
-    int files = 0, bad = 0;
-    const char *only = getenv("LORAD_TOK_ONLY"); /* debugging: one tokenizer */
-    while ((de = readdir(d))) {
-        size_t n = strlen(de->d_name);
-        if (strncmp(de->d_name, "golden_", 7) || n < 13 || strcmp(de->d_name + n - 5, ".json"))
-            continue;
-        char name[128], path[512];
-        snprintf(name, sizeof name, "%.*s", (int)(n - 12), de->d_name + 7);
-        if (only && strcmp(only, name))
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        bad += run_golden(path, name);
-        files++;
+    char path[256];
+    snprintf(path, sizeof path, "tests/data/tok/golden_%s.json", golden_names[_i]);
+    int bad = run_golden(path, golden_names[_i]);
+    ck_assert_msg(bad == 0, "%s: %d golden mismatches (details on stderr)", golden_names[_i], bad);
+}
+END_TEST
+
+START_TEST(test_golden_present)
+{
+    ck_assert_msg(n_golden > 0, "no golden files in tests/data/tok (run from the repository root)");
+}
+END_TEST
+
+/* The same tokenizer used from 4 threads at once gives the golden ids and texts in each. */
+typedef struct thread_job {
+    const tok_tokenizer *t;
+    const json_t *cases;
+    int bad;
+} thread_job;
+
+static void *thread_main(void *arg)
+{
+    thread_job *j = arg;
+    for (int rep = 0; rep < 3; rep++)
+        for (size_t i = 0; i < json_array_size(j->cases); i++) {
+            const json_t *c = json_array_get(j->cases, i), *text = json_object_get(c, "text");
+            tok_ids ids = {0};
+            if (tok_encode(j->t, json_string_value(text), json_string_length(text), 1, &ids) ||
+                !json_ids_eq(json_object_get(c, "ids_special"), &ids))
+                j->bad++;
+            char *s = NULL;
+            size_t len = 0;
+            if (tok_decode(j->t, ids.v, ids.n, 0, &s, &len) ||
+                !str_eq(json_object_get(c, "decoded"), s, len))
+                j->bad++;
+            free(s);
+            free(ids.v);
+        }
+    return NULL;
+}
+
+START_TEST(test_threads)
+{
+    ck_assert_int_gt(n_golden, 0);
+    char path[256], tj[1024], tc[1024];
+    snprintf(path, sizeof path, "tests/data/tok/golden_%s.json", golden_names[0]);
+    snprintf(tj, sizeof tj, "%s/%s/tokenizer.json", cache_dir(), golden_names[0]);
+    snprintf(tc, sizeof tc, "%s/%s/tokenizer_config.json", cache_dir(), golden_names[0]);
+    json_t *g = json_load_file(path, JSON_ALLOW_NUL, NULL);
+    ck_assert_ptr_nonnull(g);
+    lr_error e = {0};
+    tok_tokenizer *t = NULL;
+    ck_assert_msg(tok_load_files(tj, tc, &e, &t) == 0, "%s", e.msg);
+    pthread_t th[4];
+    thread_job jobs[4];
+    for (int i = 0; i < 4; i++) {
+        jobs[i] = (thread_job){t, json_object_get(g, "cases"), 0};
+        ck_assert_int_eq(pthread_create(&th[i], NULL, thread_main, &jobs[i]), 0);
     }
-    closedir(d);
-    ck_assert_msg(files > 0, "no golden files in %s", dir);
-    ck_assert_msg(bad == 0, "%d golden mismatches (details on stderr)", bad);
+    int bad = 0;
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        bad += jobs[i].bad;
+    }
+    ck_assert_msg(bad == 0, "%d mismatches across threads (%s)", bad, golden_names[0]);
+    tok_destroy(t);
+    json_decref(g);
 }
 END_TEST
 
@@ -678,12 +744,27 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("tokenizer");
+    find_goldens();
+    const char *only = getenv("LORAD_TOK_ONLY"); /* debugging: one tokenizer's golden */
+    TCase *gp = tcase_create("golden_present");
+    tcase_add_test(gp, test_golden_present);
+    suite_add_tcase(s, gp);
+    for (int i = 0; i < n_golden; i++) {
+        static char names[32][96]; /* Check keeps the pointer */
+        if (only && strcmp(only, golden_names[i]))
+            continue;
+        snprintf(names[i], sizeof names[i], "golden_%s", golden_names[i]);
+        TCase *tc = tcase_create(names[i]);
+        tcase_set_timeout(tc, 300);
+        tcase_add_loop_test(tc, test_golden, i, i + 1);
+        suite_add_tcase(s, tc);
+    }
     struct {
         const char *name;
         const TTest *fn;
         int timeout;
     } tcs[] = {
-        {"golden", test_golden, 600},
+        {"threads", test_threads, 300},
         {"bpe", test_bpe_merges, 30},
         {"bpe_long_word", test_bpe_long_word, 60},
         {"normalizers", test_normalizers, 30},
