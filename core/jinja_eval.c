@@ -208,6 +208,10 @@ int jj_getattr(jj_ctx *c, const jj_node *n, jv obj, const char *name, size_t nle
     case JV_UNDEF:
         return jj_undef_error(c, n, obj);
     case JV_DICT: {
+        /* Jinja2's getattr tries the Python attribute first: d.items is the method even when
+         * d has an "items" key (d['items'] is the item) */
+        if (jj_method_exists(obj, name, nlen))
+            break;
         jv *v = jj_dict_get(obj.u.d, name, nlen);
         if (v) {
             *out = *v;
@@ -257,8 +261,14 @@ int jj_getitem(jj_ctx *c, const jj_node *n, jv obj, jv key, jv *out)
         return jj_undef_error(c, n, obj);
     case JV_DICT:
     case JV_NS:
-        if (key.t == JV_STR)
+        if (key.t == JV_STR) {
+            jv *v = jj_dict_get(obj.u.d, key.u.s.p, key.u.s.n); /* the item first, then attributes */
+            if (v) {
+                *out = *v;
+                return 0;
+            }
             return jj_getattr(c, n, obj, key.u.s.p, key.u.s.n, out);
+        }
         break;
     case JV_LIST:
         if (to_int_index(key, &i)) {

@@ -90,7 +90,8 @@ static int preprocess(const char *src, size_t len, pre *out)
             size_t j = i;
             while (j < len && (src[j] == ' ' || src[j] == '\t'))
                 j++;
-            if (j > i && tag_open(src, len, j))
+            /* "{%+" / "{#+" opt out of lstrip_blocks (Jinja2) */
+            if (j > i && tag_open(src, len, j) && !(j + 2 < len && src[j + 2] == '+'))
                 i = j;
         }
         a.map[a.n] = (uint32_t)i;
@@ -105,8 +106,9 @@ static int preprocess(const char *src, size_t len, pre *out)
     for (size_t i = 0; i < a.n; i++) {
         out->map[out->n] = a.map[i];
         out->p[out->n++] = a.p[i];
+        /* "+%}" opts out of trim_blocks (Jinja2) */
         if (a.p[i] == '}' && i > 0 && (a.p[i - 1] == '#' || a.p[i - 1] == '%' || a.p[i - 1] == '-') &&
-            i + 1 < a.n && a.p[i + 1] == '\n')
+            !(i > 1 && a.p[i - 2] == '+') && i + 1 < a.n && a.p[i + 1] == '\n')
             i++;
     }
     out->map[out->n] = a.map[a.n];
@@ -321,6 +323,12 @@ static int lex_tag(lexer *L, size_t *ip, int block)
             *ip = skip_space(p, n, i + 3);
             return 0;
         }
+        if (block && p[i] == '+' && i + 2 < n && p[i + 1] == '%' && p[i + 2] == '}') {
+            if (!lex_push(L, TK_BE, i))
+                return LR_ENOMEM;
+            *ip = i + 3;
+            return 0;
+        }
         if (i + 1 < n && p[i] == close[0] && p[i + 1] == close[1] && (block || depth == 0)) {
             if (!lex_push(L, block ? TK_BE : TK_VE, i))
                 return LR_ENOMEM;
@@ -408,6 +416,31 @@ static int lex_tag(lexer *L, size_t *ip, int block)
     }
 }
 
+/* Is p[i] "{%[-+] name [-+]%}" (whitespace around name)? *after = just past it (and past the
+ * whitespace a "-%}" removes); *strip = that "-" was there. */
+static int raw_tag(const char *p, size_t n, size_t i, const char *name, size_t *after, int *strip)
+{
+    size_t j = i + 2, nl = strlen(name);
+    if (j < n && (p[j] == '-' || p[j] == '+'))
+        j++;
+    j = skip_space(p, n, j);
+    if (j + nl > n || memcmp(p + j, name, nl) != 0)
+        return 0;
+    j = skip_space(p, n, j + nl);
+    int minus = 0;
+    if (j < n && (p[j] == '-' || p[j] == '+')) {
+        minus = p[j] == '-';
+        j++;
+    }
+    if (j + 1 >= n || p[j] != '%' || p[j + 1] != '}')
+        return 0;
+    j += 2;
+    if (strip)
+        *strip = minus;
+    *after = minus ? skip_space(p, n, j) : j;
+    return 1;
+}
+
 static int lex(lexer *L)
 {
     const char *p = L->pp.p;
@@ -446,10 +479,41 @@ static int lex(lexer *L)
                 i = skip_space(p, n, i);
             continue;
         }
+        if (kind == '%') {
+            size_t after;
+            int strip_in;
+            if (raw_tag(p, n, i, "raw", &after, &strip_in)) {
+                /* {% raw %}…{% endraw %}: the text between, uninterpreted */
+                size_t j = after, end_start = 0, end_after = 0;
+                int strip_end = 0;
+                while (j + 1 < n) {
+                    if (p[j] == '{' && p[j + 1] == '%' && raw_tag(p, n, j, "endraw", &end_after, NULL)) {
+                        end_start = j;
+                        strip_end = j + 2 < n && p[j + 2] == '-';
+                        break;
+                    }
+                    j++;
+                }
+                if (!end_start)
+                    return lex_fail(L, i, "'{%% raw %%}' is never closed (expected '{%% endraw %%}')");
+                size_t a = strip_in ? skip_space(p, end_start, after) : after, b = end_start;
+                tok *k = lex_push(L, TK_TEXT, a < n ? a : i);
+                char *c = jj_arena_alloc(&L->t->arena, b - a + 1);
+                if (!k || !c)
+                    return LR_ENOMEM;
+                memcpy(c, p + a, b - a);
+                k->s = c;
+                k->n = b - a;
+                if (strip_end)
+                    strip_last_text(L);
+                i = end_after;
+                continue;
+            }
+        }
         tok *k = lex_push(L, kind == '%' ? TK_BB : TK_VB, i);
         if (!k)
             return LR_ENOMEM;
-        i += minus ? 3 : 2;
+        i += (minus || p[i + 2] == '+') ? 3 : 2;
         int rc = lex_tag(L, &i, kind == '%');
         if (rc)
             return rc;

@@ -13,6 +13,7 @@
 #include <check.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -159,6 +160,9 @@ START_TEST(test_whitespace)
     R("a  {#- c -#}  b", NULL, "ab");
     R("{% for i in [1,2] %}\n  {{ i }}\n{% endfor %}", NULL, "  1\n  2\n");
     R("{% generation %}gen{% endgeneration %}", NULL, "gen");
+    R("  {%+ if true %}\nA{% endif +%}\nB", NULL, "  A\nB"); /* + opts out of lstrip/trim */
+    R("{% raw %}{{ not evaluated }} {% if %}{% endraw %}!", NULL, "{{ not evaluated }} {% if %}!");
+    R("a {%- raw -%}  x  {%- endraw -%} b", NULL, "axb");
     R("x\n\n", NULL, "x\n");
 }
 END_TEST
@@ -236,6 +240,9 @@ START_TEST(test_expressions)
     R("{{ m.role }} {{ m['content'] }} {{ m.missing is undefined }} {{ m.get('x', 'dflt') }}",
       "{\"m\": {\"role\": \"user\", \"content\": \"hi\"}}", "user hi True dflt");
     R("{{ xs.0 }}{{ xs[1] }}{{ xs[-1] }}", "{\"xs\": [\"a\", \"b\", \"c\"]}", "abc");
+    /* dot access finds dict methods before keys, subscripts find keys first (Jinja2 getattr) */
+    R("{{ d['items'] }} {{ d.items is callable }} {{ d.other }}",
+      "{\"d\": {\"items\": \"key\", \"other\": 1}}", "key True 1");
     R("{{ -x }} {{ +x }} {{ -(1.5) }}", "{\"x\": 3}", "-3 3 -1.5");
 }
 END_TEST
@@ -459,6 +466,138 @@ START_TEST(test_threads)
 }
 END_TEST
 
+/* ---- hostile templates: mutations of the real ones must end in output or an error ------------ */
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint64_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+static const char *const PIECES[] = {
+    "{%", "%}", "{{", "}}", "{#", "#}", "{%-", "-%}", "(", ")", "[", "]", "{", "}", "|", ".", ",",
+    "'", "\"", "\\", "-", "+", "*", "**", "//", "~", " if ", " else ", " for x in ", "endfor",
+    "endif", " in ", " not ", " is ", "loop.", "messages", "[::-1]", "[1:", "| tojson", "| trim",
+    "namespace(", "raise_exception(", "range(99999)", "macro m(a) %}{{ m(a) }}{% endmacro %}",
+    "{% set ns.x = ", "{% set x %}", "{% call m() %}", "caller()", "\xc3", "\xe2\x80\xa8", "\n",
+    "{% raw %}", "{% break %}", "1e999", "9223372036854775807", "-9223372036854775808", "% 0",
+};
+
+START_TEST(test_fuzz)
+{
+    json_error_t je;
+    json_t *doc = json_load_file(GOLDEN_PATH, 0, &je);
+    ck_assert_msg(doc != NULL, "%s: %s", GOLDEN_PATH, je.text);
+    json_t *templates = json_object_get(doc, "templates");
+    json_t *ctx = json_object_get(json_array_get(json_object_get(doc, "goldens"), 0), "context");
+    const char *name;
+    json_t *src;
+    size_t rendered = 0, refused = 0;
+    jj_options o = {.max_output = 1 << 20, .max_steps = 200000, .max_memory = 32 << 20, .now = 1};
+    json_object_foreach(templates, name, src) {
+        const char *base = json_string_value(src);
+        size_t blen = json_string_length(src);
+        for (int iter = 0; iter < 1000; iter++) {
+            char *buf = malloc(blen + 4096);
+            memcpy(buf, base, blen);
+            size_t len = blen;
+            int edits = 1 + (int)(rnd() % 4);
+            for (int k = 0; k < edits; k++) {
+                size_t at = len ? rnd() % len : 0;
+                switch (rnd() % 4) {
+                case 0: /* insert a piece */ {
+                    const char *pc = PIECES[rnd() % (sizeof PIECES / sizeof PIECES[0])];
+                    size_t pl = strlen(pc);
+                    if (len + pl < blen + 4000) {
+                        memmove(buf + at + pl, buf + at, len - at);
+                        memcpy(buf + at, pc, pl);
+                        len += pl;
+                    }
+                    break;
+                }
+                case 1: /* delete a run */ {
+                    size_t dl = rnd() % 16;
+                    if (at + dl > len)
+                        dl = len - at;
+                    memmove(buf + at, buf + at + dl, len - at - dl);
+                    len -= dl;
+                    break;
+                }
+                case 2: /* replace a byte */
+                    if (len)
+                        buf[at] = (char)(rnd() % 256);
+                    break;
+                default: /* duplicate a run */ {
+                    size_t dl = rnd() % 64;
+                    if (at + dl > len)
+                        dl = len - at;
+                    if (len + dl < blen + 4000) {
+                        memmove(buf + at + dl, buf + at, len - at);
+                        len += dl;
+                    }
+                }
+                }
+            }
+            lr_error e;
+            jj_template *t = NULL;
+            char *out = NULL;
+            int rc = jj_compile(buf, len, &e, &t);
+            if (rc == 0)
+                rc = jj_render(t, ctx, &o, &out, NULL, &e);
+            if (rc == 0) {
+                ck_assert_ptr_nonnull(out);
+                rendered++;
+            } else {
+                ck_assert_msg(rc < 0 && e.code == rc && e.msg[0], "%s: rc %d without a message", name, rc);
+                ck_assert_ptr_null(out);
+                refused++;
+            }
+            free(out);
+            jj_destroy(t);
+            free(buf);
+        }
+    }
+    fprintf(stderr, "check_jinja fuzz: %zu rendered, %zu refused\n", rendered, refused);
+    ck_assert_int_gt(rendered, 0);
+    ck_assert_int_gt(refused, 0);
+    json_decref(doc);
+}
+END_TEST
+
+START_TEST(test_render_chat)
+{
+    const char *src = "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                      "{% if add_generation_prompt %}<assistant>{% endif %}{{ tools | length }}"
+                      "{{ enable_thinking }}{{ eos_token }}";
+    lr_error e;
+    jj_template *t;
+    ck_assert_int_eq(jj_compile(src, strlen(src), &e, &t), 0);
+    json_t *msgs = json_loads("[{\"role\": \"user\", \"content\": \"hi\"}]", 0, NULL);
+    json_t *tools = json_loads("[{\"type\": \"function\"}]", 0, NULL);
+    json_t *extra = json_loads("{\"enable_thinking\": false, \"messages\": \"ignored\"}", 0, NULL);
+    char *out;
+    size_t len;
+    ck_assert_int_eq(jj_render_chat(t, msgs, 1, tools, "<s>", "</s>", extra, NULL, &out, &len, &e), 0);
+    ck_assert_str_eq(out, "<s><user>hi<assistant>1False</s>");
+    ck_assert_uint_eq(len, strlen(out));
+    free(out);
+    ck_assert_int_eq(jj_render_chat(t, msgs, 0, NULL, NULL, NULL, NULL, NULL, &out, NULL, &e), 0);
+    ck_assert_str_eq(out, "<user>hi0");
+    free(out);
+    json_t *notobj = json_loads("[1]", 0, NULL);
+    ck_assert_int_eq(jj_render(t, notobj, NULL, &out, NULL, &e), LR_EINVAL);
+    json_decref(notobj);
+    json_decref(msgs);
+    json_decref(tools);
+    json_decref(extra);
+    jj_destroy(t);
+    jj_destroy(NULL);
+}
+END_TEST
+
 int main(void)
 {
     setenv("TZ", "UTC", 1);
@@ -487,6 +626,13 @@ int main(void)
     tcase_add_test(tl, test_limits);
     tcase_set_timeout(tl, 120);
     suite_add_tcase(s, tl);
+    TCase *tf = tcase_create("fuzz");
+    tcase_add_test(tf, test_fuzz);
+    tcase_set_timeout(tf, 300);
+    suite_add_tcase(s, tf);
+    TCase *tr = tcase_create("render_chat");
+    tcase_add_test(tr, test_render_chat);
+    suite_add_tcase(s, tr);
     TCase *tt = tcase_create("threads");
     tcase_add_test(tt, test_threads);
     tcase_set_timeout(tt, 120);
