@@ -904,6 +904,7 @@ def main():
 
     def run(fn, *args):
         """Run one test function; an exception is a failure, and the next test still runs."""
+        before, t0 = CHECKS[0], time.time()
         try:
             return fn(*args)
         except Exception as e:  # noqa: BLE001
@@ -911,6 +912,9 @@ def main():
             traceback.print_exc()
             check(False, "%s raised %r" % (fn.__name__, e))
             return None
+        finally:
+            print("  %-20s %3d checks %5.1fs" % (fn.__name__, CHECKS[0] - before, time.time() - t0),
+                  flush=True)
 
     try:
         run(t_health_models)

@@ -178,8 +178,7 @@ START_TEST(test_bad_params)
     int rc = parse(k_bad[_i].body, &r, &e);
     ck_assert_msg(rc < 0, "accepted: %s", k_bad[_i].body);
     ck_assert_msg(e.e.http == k_bad[_i].http, "%s: status %d", k_bad[_i].body, e.e.http);
-    ck_assert_msg(strcmp(e.param, k_bad[_i].param) == 0, "%s: param '%s'", k_bad[_i].body,
-                  e.param);
+    ck_assert_msg(strcmp(e.param, k_bad[_i].param) == 0, "%s: param '%s'", k_bad[_i].body, e.param);
     ck_assert_msg(strstr(e.e.msg, k_bad[_i].needle) != NULL, "%s: message '%s' lacks '%s'",
                   k_bad[_i].body, e.e.msg, k_bad[_i].needle);
     api_cmpl_req_clear(&r);
@@ -223,6 +222,84 @@ START_TEST(test_model_ids)
 }
 END_TEST
 
+/* ---- TGI bodies ---- */
+
+static int parse_tgi(const char *text, api_cmpl_req *req, api_err *err)
+{
+    json_t *v = json_loads(text, 0, NULL);
+    ck_assert_msg(v != NULL, "test JSON does not parse: %s", text);
+    memset(err, 0, sizeof *err);
+    int rc = api_tgi_parse(v, &k_lim, req, err);
+    json_decref(v);
+    return rc;
+}
+
+START_TEST(test_tgi)
+{
+    api_cmpl_req r;
+    api_err e;
+    /* Token prompts are not TGI: inputs must be a string (no tokenizer here → 500 after the
+     * type checks pass, which is what we look for). */
+    ck_assert_int_lt(parse_tgi("{\"inputs\": \"hi\"}", &r, &e), 0);
+    ck_assert_str_eq(e.param, "inputs");
+    ck_assert_int_eq(r.tgi, 1);
+    ck_assert(r.smp.temperature == 0.0f); /* greedy by default */
+    ck_assert_int_eq(r.max_tokens, 16);
+    ck_assert_int_eq(r.logprobs, 0);
+    api_cmpl_req_clear(&r);
+    ck_assert_int_lt(
+        parse_tgi("{\"inputs\": \"hi\", \"parameters\": {\"do_sample\": true, "
+                  "\"max_new_tokens\": 5, \"seed\": 9, \"top_k\": 3, \"stop\": [\"x\"], "
+                  "\"details\": true, \"return_full_text\": true, \"adapter_id\": \"a/b\", "
+                  "\"repetition_penalty\": 1.2, \"best_of\": 1}}",
+                  &r, &e),
+        0);
+    ck_assert_str_eq(e.param, "inputs"); /* everything else was accepted */
+    ck_assert(r.smp.temperature == 1.0f);
+    ck_assert_int_eq(r.max_tokens, 5);
+    ck_assert(r.smp.seed == 9 && r.seed_given);
+    ck_assert_int_eq(r.smp.top_k, 3);
+    ck_assert_int_eq(r.n_stop, 1);
+    ck_assert_int_eq(r.details, 1);
+    ck_assert_int_eq(r.echo, 1);
+    ck_assert_str_eq(r.model, "a/b");
+    api_cmpl_req_clear(&r);
+    /* temperature alone turns sampling on */
+    parse_tgi("{\"inputs\": \"hi\", \"parameters\": {\"temperature\": 0.5}}", &r, &e);
+    ck_assert(r.smp.temperature == 0.5f);
+    api_cmpl_req_clear(&r);
+    static const struct {
+        const char *body, *param;
+    } bad[] = {
+        {"{\"parameters\": {}}", "inputs"},
+        {"{\"inputs\": [1, 2]}", "inputs"},
+        {"{\"inputs\": \"a\", \"parameters\": 3}", "parameters"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"max_new_tokens\": 0}}",
+         "parameters.max_new_tokens"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"max_new_tokens\": 65}}",
+         "parameters.max_new_tokens"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"temperature\": 0}}", "parameters.temperature"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"top_p\": 1}}", "parameters.top_p"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"top_k\": 0}}", "parameters.top_k"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"seed\": -1}}", "parameters.seed"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"do_sample\": 1}}", "parameters.do_sample"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"details\": \"y\"}}", "parameters.details"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"stop\": [1]}}", "parameters.stop"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"grammar\": {}}}", "parameters.grammar"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"best_of\": 2}}", "parameters.best_of"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"watermark\": true}}", "parameters.watermark"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"adapter_id\": \"/x\"}}", "parameters.adapter_id"},
+        {"{\"inputs\": \"a\", \"parameters\": {\"adapter_id\": 4}}", "parameters.adapter_id"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ck_assert_msg(parse_tgi(bad[i].body, &r, &e) < 0, "accepted %s", bad[i].body);
+        ck_assert_msg(e.e.http == 400 && strcmp(e.param, bad[i].param) == 0,
+                      "%s: status %d param '%s' (%s)", bad[i].body, e.e.http, e.param, e.e.msg);
+        api_cmpl_req_clear(&r);
+    }
+}
+END_TEST
+
 /* ---- stop strings ---- */
 
 /* Naive reference: the largest k < len(stop) with text ending in stop[0..k). */
@@ -231,8 +308,7 @@ static size_t naive_holdback(const char *text, size_t len, char *const *stop, in
     size_t best = 0;
     for (int i = 0; i < n; i++)
         for (size_t k = 1; k < strlen(stop[i]) && k <= len; k++)
-            if (strncmp(text + len - k, stop[i], k) == 0 && k > best)
-                best = k;
+            if (strncmp(text + len - k, stop[i], k) == 0 && k > best) best = k;
     return best;
 }
 
@@ -323,8 +399,8 @@ START_TEST(test_routes)
     ck_assert_int_eq(r.status, 400);
     ck_assert(strstr(error_message(&r), "not valid JSON") != NULL);
     free(r.body);
-    api_handle(ctx, "POST", "/v1/completions", "{\"prompt\": [1], \"model\": \"x\"}", 29, 0,
-               NULL, &r);
+    api_handle(ctx, "POST", "/v1/completions", "{\"prompt\": [1], \"model\": \"x\"}", 29, 0, NULL,
+               &r);
     ck_assert_int_eq(r.status, 404);
     ck_assert(strstr(error_message(&r), "model 'x' not found") != NULL);
     free(r.body);
@@ -368,8 +444,14 @@ START_TEST(test_metrics)
     met_request_done(m, MET_EP_HEALTH, 503, 500.0);
     met_request_done(m, MET_EP_OTHER, 418, 0.01);
     ck_assert_uint_eq(met_request_count(m, MET_EP_COMPLETIONS, 200), 2);
-    eng_stats st = {.running = 3, .waiting = 4, .kv_blocks_total = 100, .kv_blocks_used = 7,
-                    .steps = 11, .prompt_tokens = 12, .generated_tokens = 13, .preemptions = 2};
+    eng_stats st = {.running = 3,
+                    .waiting = 4,
+                    .kv_blocks_total = 100,
+                    .kv_blocks_used = 7,
+                    .steps = 11,
+                    .prompt_tokens = 12,
+                    .generated_tokens = 13,
+                    .preemptions = 2};
     char *t = met_render(m, &st);
     const char *want[] = {
         "lorad_requests_total{endpoint=\"completions\",status=\"200\"} 2\n",
@@ -416,9 +498,20 @@ START_TEST(test_cli)
 {
     cli_config c;
     lr_error e;
-    char *ok[] = {"lorad", "--model", "/x/models/tiny/", "--port", "0", "--host=::1",
-                  "--threads", "3", "--kv-cache-mb", "64", "--max-body-bytes", "4096",
-                  "--log-level", "debug"};
+    char *ok[] = {"lorad",
+                  "--model",
+                  "/x/models/tiny/",
+                  "--port",
+                  "0",
+                  "--host=::1",
+                  "--threads",
+                  "3",
+                  "--kv-cache-mb",
+                  "64",
+                  "--max-body-bytes",
+                  "4096",
+                  "--log-level",
+                  "debug"};
     ck_assert_int_eq(run_cli(&c, &e, 14, ok), CLI_OK);
     ck_assert_str_eq(c.served_name, "tiny");
     ck_assert_int_eq(c.port, 0);
@@ -430,15 +523,14 @@ START_TEST(test_cli)
     ck_assert_int_eq(c.max_queue, 256);
     char *help[] = {"lorad", "--help"};
     ck_assert_int_eq(run_cli(&c, &e, 2, help), CLI_EXIT_OK);
-    char *bad[][3] = {{"lorad", "--port", "x"},       {"lorad", "--port", "65536"},
-                      {"lorad", "--threads", "-1"},   {"lorad", "--max-queue", "0"},
-                      {"lorad", "--log-level", "x"},  {"lorad", "--frob", "1"},
-                      {"lorad", "--port", "12abc"},   {"lorad", "--drain-timeout", ""}};
+    char *bad[][3] = {{"lorad", "--port", "x"},      {"lorad", "--port", "65536"},
+                      {"lorad", "--threads", "-1"},  {"lorad", "--max-queue", "0"},
+                      {"lorad", "--log-level", "x"}, {"lorad", "--frob", "1"},
+                      {"lorad", "--port", "12abc"},  {"lorad", "--drain-timeout", ""}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char *argv[5] = {bad[i][0], "--model", "m", bad[i][1], bad[i][2]};
         ck_assert_int_eq(run_cli(&c, &e, 5, argv), CLI_EXIT_USAGE);
-        ck_assert_msg(strstr(e.msg, bad[i][1]) != NULL, "message '%s' names %s", e.msg,
-                      bad[i][1]);
+        ck_assert_msg(strstr(e.msg, bad[i][1]) != NULL, "message '%s' names %s", e.msg, bad[i][1]);
     }
     char *nomodel[] = {"lorad", "--port", "1"};
     ck_assert_int_eq(run_cli(&c, &e, 3, nomodel), CLI_EXIT_USAGE);
@@ -457,6 +549,9 @@ static Suite *api_suite(void)
     tcase_add_loop_test(tc, test_bad_params, 0, (int)(sizeof k_bad / sizeof k_bad[0]));
     tcase_add_test(tc, test_prompt_limits);
     tcase_add_test(tc, test_model_ids);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("tgi");
+    tcase_add_test(tc, test_tgi);
     suite_add_tcase(s, tc);
     tc = tcase_create("stop");
     tcase_add_test(tc, test_holdback);
