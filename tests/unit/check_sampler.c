@@ -19,6 +19,14 @@
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
+/* For loops that check thousands of values: Check's ck_assert records a mark point (a write to
+ * the parent process) on every call, which would dominate the run time. */
+#define REQUIRE(cond, ...)                                                                         \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            ck_abort_msg(__VA_ARGS__);                                                             \
+    } while (0)
+
 static smp_params plain(double T)
 {
     smp_params p = {.temperature = (float)T, .top_p = 1, .top_k = 0, .min_p = 0,
@@ -82,8 +90,7 @@ static void draw_counts(const float *logits, int V, const smp_params *p, const c
     memset(counts, 0, sizeof(long) * (size_t)V);
     for (int i = 0; i < n; i++) {
         int32_t id = smp_sample(s, logits, sc);
-        ck_assert_int_ge(id, 0);
-        ck_assert_int_lt(id, V);
+        REQUIRE(id >= 0 && id < V, "smp_sample returned %d, vocab %d", id, V);
         counts[id]++;
     }
     free(sc);
@@ -230,7 +237,7 @@ static double check_counts(const long *counts, const double *prob, int V, long n
     int bins = 0;
     for (int i = 0; i < V; i++) {
         if (prob[i] == 0) {
-            ck_assert_msg(counts[i] == 0, "%s: id %d has reference probability 0 but was drawn %ld "
+            REQUIRE(counts[i] == 0, "%s: id %d has reference probability 0 but was drawn %ld "
                                           "times",
                           what, i, counts[i]);
             continue;
@@ -317,9 +324,46 @@ START_TEST(test_rng_spec)
             int32_t id = smp_sample(s, lg, sc);
             if (fabs(u - q) < 1e-6)
                 continue;
-            ck_assert_msg(id == (u < q ? 0 : 1), "seed %llu draw %d: u=%.9f q=%.9f got id %d",
+            REQUIRE(id == (u < q ? 0 : 1), "seed %llu draw %d: u=%.9f q=%.9f got id %d",
                           (unsigned long long)p.seed, i, u, q, id);
         }
+        free(sc);
+        smp_seq_destroy(s);
+    }
+}
+END_TEST
+
+START_TEST(test_rng_one_draw_filtered)
+{
+    /* The filtered paths may walk their kept tokens in any order, but with two tokens left the
+     * choice must still be a threshold on the call's single u: id 0 iff u < q for every draw, or
+     * id 0 iff u ≥ 1 − q for every draw. A path that drew twice, or skipped, would match neither. */
+    const float lg[3] = {0.0f, -0.4f, -INFINITY};
+    const double q = 1 / (1 + exp(-0.4));
+    smp_params ps[4] = {plain(1), plain(1), plain(1), plain(1)};
+    ps[0].top_k = 2;
+    ps[1].top_p = 0.999f;
+    ps[2].min_p = 0.01f;
+    ps[3].top_k = 2, ps[3].top_p = 0.999f, ps[3].min_p = 0.01f;
+    for (int c = 0; c < 4; c++) {
+        ps[c].seed = 777 + (uint64_t)c;
+        smp_seq *s = make_seq(&ps[c], 3, NULL);
+        float *sc = make_scratch(3);
+        uint64_t st[4], sm = ps[c].seed;
+        for (int i = 0; i < 4; i++)
+            st[i] = ref_sm(&sm);
+        int match_lo = 0, match_hi = 0, used = 0;
+        for (int i = 0; i < 2000; i++) {
+            double u = (double)(ref_xo(st) >> 11) * 0x1.0p-53;
+            int32_t id = smp_sample(s, lg, sc);
+            if (fabs(u - q) < 1e-6 || fabs(u - (1 - q)) < 1e-6)
+                continue;
+            used++;
+            match_lo += id == (u < q ? 0 : 1);
+            match_hi += id == (u >= 1 - q ? 0 : 1);
+        }
+        ck_assert_msg(match_lo == used || match_hi == used, "case %d: %d/%d/%d", c, match_lo,
+                      match_hi, used);
         free(sc);
         smp_seq_destroy(s);
     }
@@ -529,8 +573,8 @@ START_TEST(test_temperature)
     smp_seq *sa = make_seq(&a, 8, NULL), *sb = make_seq(&b, 8, NULL), *scq = make_seq(&c, 8, NULL);
     for (int i = 0; i < 500; i++) {
         int32_t x = smp_sample(sa, L8, sc);
-        ck_assert_int_eq(smp_sample(sb, L8, sc), x);
-        ck_assert_int_eq(smp_sample(scq, L8, sc), x);
+        REQUIRE(smp_sample(sb, L8, sc) == x, "top_k = vocab differs from off at draw %d", i);
+        REQUIRE(smp_sample(scq, L8, sc) == x, "top_k > vocab differs from off at draw %d", i);
     }
     smp_seq_destroy(sa);
     smp_seq_destroy(sb);
@@ -613,17 +657,97 @@ START_TEST(test_min_p)
 }
 END_TEST
 
+START_TEST(test_top_p_boundaries)
+{
+    /* 100 distinct logits, slowly decaying, ids shuffled: for each L, a top_p whose mass falls
+     * halfway into the L-th best token must keep exactly the L best — every one of them drawn, nothing
+     * else. More than 16 candidates, so the mass-steered selection really partitions. */
+    enum { V = 100, N = 1500 };
+    float lg[V];
+    int perm[V];
+    for (int i = 0; i < V; i++)
+        perm[i] = i;
+    for (int i = V - 1; i > 0; i--) {
+        int j = (int)(trng() % (unsigned)(i + 1)), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    double w[V], Z = 0;
+    for (int r = 0; r < V; r++) {
+        lg[perm[r]] = (float)(-0.02 * r);
+        w[r] = exp((double)lg[perm[r]]);
+        Z += w[r];
+    }
+    long counts[V];
+    double cum = 0;
+    for (int L = 1; L <= 70; L++) {
+        /* mass of the L−1 best < p·Z < mass of the L best */
+        smp_params p = plain(1);
+        p.top_p = (float)((cum + 0.5 * w[L - 1]) / Z);
+        cum += w[L - 1];
+        p.seed = (uint64_t)L;
+        draw_counts(lg, V, &p, NULL, N, counts);
+        for (int r = 0; r < V; r++)
+            REQUIRE((counts[perm[r]] > 0) == (r < L), "L %d: rank %d (id %d) drawn %ld times", L,
+                    r, perm[r], counts[perm[r]]);
+    }
+}
+END_TEST
+
+START_TEST(test_top_k_large)
+{
+    /* k above the heap limit takes the quickselect path: nearly flat rows so every kept token is
+     * drawn (a token wrongly kept or dropped shows), with ties straddling the k-th value, over
+     * several shuffles and k. */
+    enum { V = 2000 };
+    const int ks[4] = {1025, 1100, 1500, 1990};
+    float *lg = malloc(sizeof(float) * V);
+    int *perm = malloc(sizeof(int) * V);
+    double *prob = malloc(sizeof(double) * V);
+    long *counts = malloc(sizeof(long) * V);
+    for (int c = 0; c < 4; c++) {
+        const int K = ks[c], N = 16 * ks[c], ties = c + 1;
+        for (int i = 0; i < V; i++)
+            perm[i] = i;
+        for (int i = V - 1; i > 0; i--) {
+            int j = (int)(trng() % (unsigned)(i + 1)), t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+        }
+        for (int r = 0; r < V; r++)
+            lg[perm[r]] = (float)(-1e-4 * r);
+        for (int r = K - ties; r <= K + ties && r < V; r++) /* ties around the K-th (rank K−1) */
+            lg[perm[r]] = lg[perm[K - 1]];
+        smp_params p = plain(1);
+        p.top_k = K;
+        p.seed = 31 + (uint64_t)c;
+        ref_dist(lg, V, &p, NULL, prob);
+        draw_counts(lg, V, &p, NULL, N, counts);
+        char what[64];
+        snprintf(what, sizeof what, "top_k %d of %d", K, V);
+        check_counts(counts, prob, V, N, 3.719, what);
+        for (int r = 0; r < V; r++)
+            REQUIRE((counts[perm[r]] > 0) == (r <= K + ties), "%s: rank %d (id %d) drawn %ld times",
+                    what, r, perm[r], counts[perm[r]]);
+    }
+    free(lg);
+    free(perm);
+    free(prob);
+    free(counts);
+}
+END_TEST
+
 START_TEST(test_random_instances)
 {
     /* Many random small problems with random parameters: support exact, histogram plausible. */
-    enum { VMAX = 40, N = 2000 };
+    enum { VMAX = 120, N = 2000 };
     float lg[VMAX];
     double prob[VMAX];
     long counts[VMAX];
     int32_t prompt[8], gen[8];
     int done = 0;
     for (int it = 0; it < 300; it++) {
-        int V = 1 + (int)(trng() % VMAX);
+        int V = 1 + (int)(trng() % (it % 4 == 3 ? VMAX : 40));
         double scale = 0.5 + 3 * trng_unif();
         for (int i = 0; i < V; i++)
             lg[i] = (float)(scale * trng_gauss());
@@ -660,7 +784,7 @@ START_TEST(test_random_instances)
         check_counts(counts, prob, V, N, 4.753, what);
         for (int i = 0; i < V; i++)
             if (prob[i] > 0.02)
-                ck_assert_msg(counts[i] > 0, "%s: id %d (p %.3f) never drawn", what, i, prob[i]);
+                REQUIRE(counts[i] > 0, "%s: id %d (p %.3f) never drawn", what, i, prob[i]);
         done++;
     }
     ck_assert_int_gt(done, 250);
@@ -670,7 +794,7 @@ END_TEST
 /* Large vocabularies: the partial-selection paths (select, growing sorted prefix). */
 START_TEST(test_large_vocab)
 {
-    enum { V = 152000, N = 3000, NF = 1500 };
+    enum { V = 152000, N = 1200, NF = 800 };
     float *lg = malloc(sizeof(float) * V);
     double *prob = malloc(sizeof(double) * V);
     long *counts = malloc(sizeof(long) * V);
@@ -897,6 +1021,7 @@ static Suite *sampler_suite(void)
         const TTest *t;
     } cases[] = {
         {"rng", test_rng_spec},
+        {"rng_filtered", test_rng_one_draw_filtered},
         {"determinism", test_determinism},
         {"greedy", test_greedy_ties},
         {"greedy_penalised", test_greedy_penalised_random},
@@ -906,6 +1031,8 @@ static Suite *sampler_suite(void)
         {"top_k", test_top_k},
         {"top_p", test_top_p},
         {"min_p", test_min_p},
+        {"top_p_boundaries", test_top_p_boundaries},
+        {"top_k_large", test_top_k_large},
         {"random_instances", test_random_instances},
         {"large_vocab", test_large_vocab},
         {"nan_inf", test_nan_inf},
