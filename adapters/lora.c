@@ -38,19 +38,15 @@ static int model_outmax(const lr_model *m)
 {
     const lr_config *c = &m->cfg;
     int o = c->hidden;
-    if (c->inter > o)
-        o = c->inter;
-    if (c->n_heads * c->head_dim > o)
-        o = c->n_heads * c->head_dim;
-    if (c->n_kv_heads * c->head_dim > o)
-        o = c->n_kv_heads * c->head_dim;
+    if (c->inter > o) o = c->inter;
+    if (c->n_heads * c->head_dim > o) o = c->n_heads * c->head_dim;
+    if (c->n_kv_heads * c->head_dim > o) o = c->n_kv_heads * c->head_dim;
     return o;
 }
 
 void lora_set_destroy(lora_set *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     for (int i = 0; i < s->n; i++) {
         if (s->mem[i].dora) {
             for (int j = 0; j < s->n_layers * LR_MOD_COUNT; j++)
@@ -63,50 +59,44 @@ void lora_set_destroy(lora_set *s)
     free(s);
 }
 
-int lora_set_max_rank(const lora_set *s) { return s->rmax; }
+int lora_set_max_rank(const lora_set *s)
+{
+    return s->rmax;
+}
 
 int lora_set_create(const lr_model *m, const peft_adapter *const *ads, const float *scales, int n,
                     lr_error *err, lora_set **out)
 {
     *out = NULL;
-    if (n < 1)
-        return lr_error_set(err, LR_EINVAL, "an adapter mix needs at least one adapter");
+    if (n < 1) return lr_error_set(err, LR_EINVAL, "an adapter mix needs at least one adapter");
     for (int i = 0; i < n; i++)
         if (scales && !isfinite(scales[i]))
             return lr_error_set(err, LR_EINVAL, "adapter mix: scale %d is not a finite number", i);
     lora_set *s = calloc(1, sizeof *s);
-    if (!s)
-        return lr_error_set(err, LR_ENOMEM, "adapter mix: out of memory");
+    if (!s) return lr_error_set(err, LR_ENOMEM, "adapter mix: out of memory");
     int L = m->cfg.n_layers, nm = L * LR_MOD_COUNT;
     s->n = n;
     s->n_layers = L;
     s->outmax = model_outmax(m);
     s->mem = calloc((size_t)n, sizeof *s->mem);
     s->has = calloc((size_t)nm, 1);
-    if (!s->mem || !s->has)
-        goto nomem;
+    if (!s->mem || !s->has) goto nomem;
     for (int i = 0; i < n; i++) {
         lora_member *me = &s->mem[i];
         me->a = ads[i];
         me->scale = scales ? scales[i] : 1.0f;
         LR_ASSERT(me->a->n_layers == L);
-        if (me->a->max_rank > s->rmax)
-            s->rmax = me->a->max_rank;
+        if (me->a->max_rank > s->rmax) s->rmax = me->a->max_rank;
         for (int j = 0; j < nm; j++) {
             const peft_module *md = me->a->mods[j];
-            if (!md)
-                continue;
+            if (!md) continue;
             s->has[j] = 1;
-            if (!md->dora)
-                continue;
+            if (!md->dora) continue;
             s->any_dora = 1;
-            if (me->scale == 1.0f)
-                continue;
+            if (me->scale == 1.0f) continue;
             /* The weight norm of DoRA uses the member's effective scaling k·s. */
-            if (!me->dora && !(me->dora = calloc((size_t)nm, sizeof *me->dora)))
-                goto nomem;
-            if (!(me->dora[j] = malloc(sizeof(float) * (size_t)md->out)))
-                goto nomem;
+            if (!me->dora && !(me->dora = calloc((size_t)nm, sizeof *me->dora))) goto nomem;
+            if (!(me->dora[j] = malloc(sizeof(float) * (size_t)md->out))) goto nomem;
             peft_dora_factor(m, j / LR_MOD_COUNT, (lr_module)(j % LR_MOD_COUNT), md,
                              (double)md->s * me->scale, me->dora[j]);
         }
@@ -131,8 +121,7 @@ void lora_ops(const lr_model *m, int max_rank, eng_delta_ops *ops)
 int lora_has_module(const void *set, int layer, lr_module mod)
 {
     const lora_set *s = set;
-    if (layer < 0 || layer >= s->n_layers || mod < 0 || mod >= LR_MOD_COUNT)
-        return 0;
+    if (layer < 0 || layer >= s->n_layers || mod < 0 || mod >= LR_MOD_COUNT) return 0;
     return s->has[layer * LR_MOD_COUNT + mod];
 }
 
@@ -188,8 +177,7 @@ void lora_apply(const void *set, int layer, lr_module mod, const float *x, int l
     const lora_set *s = set;
     int slot = layer * LR_MOD_COUNT + mod;
     int T = t1 - t0;
-    if (T <= 0 || !lora_has_module(s, layer, mod))
-        return;
+    if (T <= 0 || !lora_has_module(s, layer, mod)) return;
     x += (size_t)t0 * ldx;
     y += (size_t)t0 * ldy;
     // Scratch layout: tmp (T, rmax) | delta (T, outmax) | base snapshot (T, outmax).
@@ -205,8 +193,7 @@ void lora_apply(const void *set, int layer, lr_module mod, const float *x, int l
     }
     int out_w = 0;
     for (int i = 0; i < s->n; i++)
-        if (s->mem[i].a->mods[slot])
-            out_w = s->mem[i].a->mods[slot]->out;
+        if (s->mem[i].a->mods[slot]) out_w = s->mem[i].a->mods[slot]->out;
     if (snap) {
         // base = Y − bias, before any member changes Y.
         for (int t = 0; t < T; t++)
@@ -216,8 +203,7 @@ void lora_apply(const void *set, int layer, lr_module mod, const float *x, int l
     for (int i = 0; i < s->n; i++) {
         const lora_member *me = &s->mem[i];
         const peft_module *md = me->a->mods[slot];
-        if (!md)
-            continue;
+        if (!md) continue;
         float k = md->s * me->scale;
         shrink(md, x, ldx, T, tmp);
         const float *f = md->dora ? (me->dora ? me->dora[slot] : md->dora) : NULL;
@@ -249,8 +235,7 @@ void lora_embed(const void *set, int32_t id, float *out_row)
     const lora_set *s = set;
     for (int i = 0; i < s->n; i++) {
         const peft_embed *e = s->mem[i].a->embed;
-        if (!e || id < 0 || id >= e->vocab)
-            continue;
+        if (!e || id < 0 || id >= e->vocab) continue;
         // out += k·s · B (H, r) · A[:, id] (r)
         float k = e->s * s->mem[i].scale;
         const float *a = e->At + (size_t)id * e->r;

@@ -37,8 +37,7 @@ static int lerr(lr_error *err, int code, int http, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static int lerr(lr_error *err, int code, int http, const char *fmt, ...)
 {
-    if (!err)
-        return code;
+    if (!err) return code;
     err->code = code;
     err->http = http > 0 ? http : lr_err_http(code);
     va_list ap;
@@ -50,16 +49,14 @@ static int lerr(lr_error *err, int code, int http, const char *fmt, ...)
 
 static void copy_err(lr_error *dst, const lr_error *src)
 {
-    if (dst)
-        *dst = *src;
+    if (dst) *dst = *src;
 }
 
 static int la_create(const lora_api_params *p, lr_error *err, void **out)
 {
     *out = NULL;
     lora_api *l = calloc(1, sizeof *l);
-    if (!l)
-        return lr_error_set(err, LR_ENOMEM, "out of memory");
+    if (!l) return lr_error_set(err, LR_ENOMEM, "out of memory");
     reg_params rp = {
         .model = p->model,
         .roots = p->roots,
@@ -86,8 +83,7 @@ static int la_create(const lora_api_params *p, lr_error *err, void **out)
 static void la_destroy(void *vl)
 {
     lora_api *l = vl;
-    if (!l)
-        return;
+    if (!l) return;
     while (l->mixes) {
         lora_mix *m = l->mixes;
         l->mixes = m->next;
@@ -101,7 +97,10 @@ static void la_destroy(void *vl)
     free(l);
 }
 
-static const eng_delta_ops *la_delta(void *vl) { return &((lora_api *)vl)->ops; }
+static const eng_delta_ops *la_delta(void *vl)
+{
+    return &((lora_api *)vl)->ops;
+}
 
 static int la_resolve(void *user, const char *id, const void **adapter, lr_error *err)
 {
@@ -122,8 +121,7 @@ static int la_resolve(void *user, const char *id, const void **adapter, lr_error
 static void la_release(void *user, const void *adapter)
 {
     lora_api *l = user;
-    if (!adapter)
-        return;
+    if (!adapter) return;
     pthread_mutex_lock(&l->mu);
     lora_mix *m = NULL;
     for (lora_mix **pp = &l->mixes; *pp; pp = &(*pp)->next)
@@ -147,19 +145,18 @@ static int la_resolve_mix(void *vl, const json_t *arr, const void **adapter, lr_
 {
     lora_api *l = vl;
     *adapter = NULL;
-    if (!json_is_array(arr) || json_array_size(arr) < 1 ||
-        json_array_size(arr) > LORA_API_MAX_MIX)
-        return lerr(err, LR_EINVAL, 400, "adapters must be an array of 1 to %d objects {\"id\": \"name\", "
-                        "\"scale\": number}",
-                        LORA_API_MAX_MIX);
+    if (!json_is_array(arr) || json_array_size(arr) < 1 || json_array_size(arr) > LORA_API_MAX_MIX)
+        return lerr(err, LR_EINVAL, 400,
+                    "adapters must be an array of 1 to %d objects {\"id\": \"name\", "
+                    "\"scale\": number}",
+                    LORA_API_MAX_MIX);
     if (l->max_loaded > 0 && (int)json_array_size(arr) > l->max_loaded)
         return lerr(err, LR_EINVAL, 400,
                     "adapters: a mix of %zu adapters cannot be resident at once with "
                     "--max-loaded-adapters %d",
                     json_array_size(arr), l->max_loaded);
     lora_mix *m = calloc(1, sizeof *m);
-    if (!m)
-        return lerr(err, LR_ENOMEM, 500, "out of memory");
+    if (!m) return lerr(err, LR_ENOMEM, 500, "out of memory");
     const peft_adapter *ads[LORA_API_MAX_MIX];
     float scales[LORA_API_MAX_MIX];
     int rc = 0;
@@ -167,7 +164,8 @@ static int la_resolve_mix(void *vl, const json_t *arr, const void **adapter, lr_
         json_t *o = json_array_get(arr, i);
         json_t *id = json_object_get(o, "id"), *sc = json_object_get(o, "scale");
         if (!json_is_object(o) || !json_is_string(id)) {
-            rc = lerr(err, LR_EINVAL, 400, "adapters[%zu] must be an object with a string \"id\"", i);
+            rc = lerr(err, LR_EINVAL, 400, "adapters[%zu] must be an object with a string \"id\"",
+                      i);
             break;
         }
         double s = 1.0;
@@ -193,8 +191,7 @@ static int la_resolve_mix(void *vl, const json_t *arr, const void **adapter, lr_
     if (!rc) {
         lr_error e;
         lr_error_clear(&e);
-        if ((rc = lora_set_create(l->model, ads, scales, m->n, &e, &m->set)))
-            copy_err(err, &e);
+        if ((rc = lora_set_create(l->model, ads, scales, m->n, &e, &m->set))) copy_err(err, &e);
     }
     if (rc) {
         for (int i = 0; i < m->n; i++)
@@ -216,8 +213,7 @@ static int reply(lora_api_reply *out, int status, json_t *v, lr_error *err)
 {
     out->body = v ? json_dumps(v, JSON_COMPACT) : NULL;
     json_decref(v);
-    if (!out->body)
-        return lerr(err, LR_ENOMEM, 500, "out of memory");
+    if (!out->body) return lerr(err, LR_ENOMEM, 500, "out of memory");
     out->status = status;
     out->len = strlen(out->body);
     return 0;
@@ -241,25 +237,21 @@ static int do_adapters(lora_api *l, lora_api_reply *out, lr_error *err)
 {
     reg_info *v = NULL;
     int n = reg_list(l->reg, &v);
-    if (n < 0)
-        return lerr(err, LR_ENOMEM, 500, "out of memory");
+    if (n < 0) return lerr(err, LR_ENOMEM, 500, "out of memory");
     json_t *data = json_array();
     for (int i = 0; i < n; i++) {
-        json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:f, s:I, s:f, s:I, s:b, s:i}", "id", v[i].id,
-                              "path", v[i].path, "state", reg_state_name(v[i].state), "rank",
-                              (json_int_t)v[i].rank, "alpha", v[i].alpha, "bytes",
-                              (json_int_t)v[i].bytes, "last_used", v[i].last_used, "requests",
-                              (json_int_t)v[i].requests, "pinned", v[i].pinned, "in_use",
-                              v[i].refs);
-        if (!o)
-            continue;
+        json_t *o = json_pack(
+            "{s:s, s:s, s:s, s:I, s:f, s:I, s:f, s:I, s:b, s:i}", "id", v[i].id, "path", v[i].path,
+            "state", reg_state_name(v[i].state), "rank", (json_int_t)v[i].rank, "alpha", v[i].alpha,
+            "bytes", (json_int_t)v[i].bytes, "last_used", v[i].last_used, "requests",
+            (json_int_t)v[i].requests, "pinned", v[i].pinned, "in_use", v[i].refs);
+        if (!o) continue;
         json_t *tm = json_array();
         char *save = NULL;
         for (char *s = strtok_r(v[i].targets, ",", &save); s; s = strtok_r(NULL, ",", &save))
             json_array_append_new(tm, json_string(s));
         json_object_set_new(o, "target_modules", tm);
-        if (v[i].state == REG_FAILED)
-            json_object_set_new(o, "error", json_string(v[i].error));
+        if (v[i].state == REG_FAILED) json_object_set_new(o, "error", json_string(v[i].error));
         json_array_append_new(data, o);
     }
     free(v);
@@ -269,8 +261,7 @@ static int do_adapters(lora_api *l, lora_api_reply *out, lr_error *err)
 static int do_load(lora_api *l, const char *body, size_t len, lora_api_reply *out, lr_error *err)
 {
     json_t *v = parse(body, len, err);
-    if (!v)
-        return err->code;
+    if (!v) return err->code;
     json_t *name = json_object_get(v, "lora_name"), *path = json_object_get(v, "lora_path");
     json_t *pin = json_object_get(v, "pinned");
     int rc;
@@ -301,8 +292,7 @@ static int do_load(lora_api *l, const char *body, size_t len, lora_api_reply *ou
 static int do_unload(lora_api *l, const char *body, size_t len, lora_api_reply *out, lr_error *err)
 {
     json_t *v = parse(body, len, err);
-    if (!v)
-        return err->code;
+    if (!v) return err->code;
     json_t *name = json_object_get(v, "lora_name");
     int rc;
     if (!json_is_string(name)) {
@@ -334,8 +324,7 @@ static int la_route(void *vl, const char *method, const char *path, const char *
                   {"/v1/load_lora_adapter", "POST", 1},
                   {"/v1/unload_lora_adapter", "POST", 2}};
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
-        if (strcmp(path, routes[i].path) != 0)
-            continue;
+        if (strcmp(path, routes[i].path) != 0) continue;
         if (strcmp(method, routes[i].method) != 0 &&
             !(routes[i].op == 0 && strcmp(method, "HEAD") == 0)) {
             lerr(err, LR_EINVAL, 405, "method %.16s is not allowed on %s; use %s", method,
@@ -357,10 +346,10 @@ static void la_models(void *vl, const char *parent, long long created, json_t *d
     reg_info *v = NULL;
     int n = reg_list(l->reg, &v);
     for (int i = 0; i < n; i++)
-        json_array_append_new(data, json_pack("{s:s, s:s, s:I, s:s, s:s, s:s}", "id", v[i].id,
-                                              "object", "model", "created", (json_int_t)created,
-                                              "owned_by", "lorad", "root", v[i].path, "parent",
-                                              parent));
+        json_array_append_new(data,
+                              json_pack("{s:s, s:s, s:I, s:s, s:s, s:s}", "id", v[i].id, "object",
+                                        "model", "created", (json_int_t)created, "owned_by",
+                                        "lorad", "root", v[i].path, "parent", parent));
     free(v);
 }
 
@@ -370,7 +359,10 @@ static char *la_metrics(void *vl)
     return reg_metrics_text(l->reg, l->max_loaded);
 }
 
-static void la_rescan(void *vl) { reg_rescan(((lora_api *)vl)->reg); }
+static void la_rescan(void *vl)
+{
+    reg_rescan(((lora_api *)vl)->reg);
+}
 
 const lora_api_ops lora_api_table = {
     .create = la_create,

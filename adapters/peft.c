@@ -27,8 +27,8 @@
 #define PEFT_MAX_PATTERNS 256
 
 static const char *const mod_names[LR_MOD_COUNT] = {
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-    NULL,     NULL,     NULL,     NULL,
+    "q_proj",    "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+    "down_proj", NULL,     NULL,     NULL,     NULL,
 };
 
 char *peft_module_name(const lr_model *m, int layer, lr_module mod, char *buf, size_t size)
@@ -45,19 +45,33 @@ char *peft_module_name(const lr_model *m, int layer, lr_module mod, char *buf, s
 /* The base weight of (layer, mod), or NULL when the model has none. */
 static const lr_mat *base_mat(const lr_model *m, int layer, lr_module mod)
 {
-    if (layer < 0 || layer >= m->cfg.n_layers)
-        return NULL;
+    if (layer < 0 || layer >= m->cfg.n_layers) return NULL;
     const lr_layer *L = &m->layers[layer];
     const lr_mat *w = NULL;
     switch (mod) {
-    case LR_MOD_Q: w = &L->q; break;
-    case LR_MOD_K: w = &L->k; break;
-    case LR_MOD_V: w = &L->v; break;
-    case LR_MOD_O: w = &L->o; break;
-    case LR_MOD_GATE: w = &L->gate; break;
-    case LR_MOD_UP: w = &L->up; break;
-    case LR_MOD_DOWN: w = &L->down; break;
-    default: return NULL;
+    case LR_MOD_Q:
+        w = &L->q;
+        break;
+    case LR_MOD_K:
+        w = &L->k;
+        break;
+    case LR_MOD_V:
+        w = &L->v;
+        break;
+    case LR_MOD_O:
+        w = &L->o;
+        break;
+    case LR_MOD_GATE:
+        w = &L->gate;
+        break;
+    case LR_MOD_UP:
+        w = &L->up;
+        break;
+    case LR_MOD_DOWN:
+        w = &L->down;
+        break;
+    default:
+        return NULL;
     }
     return w->data ? w : NULL;
 }
@@ -71,10 +85,8 @@ typedef struct peft_re {
 
 static void re_free(peft_re *r)
 {
-    if (r->md)
-        pcre2_match_data_free(r->md);
-    if (r->code)
-        pcre2_code_free(r->code);
+    if (r->md) pcre2_match_data_free(r->md);
+    if (r->code) pcre2_code_free(r->code);
     r->md = NULL;
     r->code = NULL;
 }
@@ -86,8 +98,7 @@ static int re_compile(peft_re *r, const char *pre, const char *pat, const char *
 {
     size_t n = strlen(pre) + strlen(pat) + strlen(post) + 1;
     char *s = malloc(n);
-    if (!s)
-        return lr_error_set(err, LR_ENOMEM, "adapter_config.json: out of memory");
+    if (!s) return lr_error_set(err, LR_ENOMEM, "adapter_config.json: out of memory");
     snprintf(s, n, "%s%s%s", pre, pat, post);
     int ec;
     PCRE2_SIZE off;
@@ -112,8 +123,7 @@ static int re_compile(peft_re *r, const char *pre, const char *pat, const char *
 static int re_match(peft_re *r, const char *s, long *g1)
 {
     int rc = pcre2_match(r->code, (PCRE2_SPTR)s, strlen(s), 0, 0, r->md, NULL);
-    if (rc < 0)
-        return 0;
+    if (rc < 0) return 0;
     if (g1) {
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(r->md);
         *g1 = -1;
@@ -137,7 +147,7 @@ typedef struct peft_sel {
     int kind;     /* 0 none, 1 list, 2 regex, 3 all-linear */
     char **names; /* kind 1 */
     int n;
-    int *hits; /* per list entry: base modules it named (before layer filtering) */
+    int *hits;  /* per list entry: base modules it named (before layer filtering) */
     peft_re re; /* kind 2: (?:P)\z anchored = re.fullmatch */
 } peft_sel;
 
@@ -187,8 +197,7 @@ static void cfg_free(peft_cfg *c)
 static int sel_parse(json_t *v, const char *field, peft_sel *s, lr_error *err)
 {
     memset(s, 0, sizeof *s);
-    if (!v || json_is_null(v))
-        return 0;
+    if (!v || json_is_null(v)) return 0;
     if (json_is_string(v)) {
         const char *p = json_string_value(v);
         if (!strcmp(p, "all-linear")) {
@@ -212,8 +221,8 @@ static int sel_parse(json_t *v, const char *field, peft_sel *s, lr_error *err)
     for (int i = 0; i < s->n; i++) {
         json_t *e = json_array_get(v, (size_t)i);
         if (!json_is_string(e))
-            return lr_error_set(err, LR_EFORMAT,
-                                "adapter_config.json: %s[%d] must be a string", field, i);
+            return lr_error_set(err, LR_EFORMAT, "adapter_config.json: %s[%d] must be a string",
+                                field, i);
         if (!(s->names[i] = strdup(json_string_value(e))))
             return lr_error_set(err, LR_ENOMEM, "adapter_config.json: out of memory");
     }
@@ -238,9 +247,12 @@ static int sel_match(peft_sel *s, const char *key, int is_linear)
         }
         return hit;
     }
-    case 2: return re_match(&s->re, key, NULL);
-    case 3: return is_linear;
-    default: return 0;
+    case 2:
+        return re_match(&s->re, key, NULL);
+    case 3:
+        return is_linear;
+    default:
+        return 0;
     }
 }
 
@@ -248,8 +260,7 @@ static int pats_parse(json_t *v, const char *field, peft_pat *out, int *n, int i
                       lr_error *err)
 {
     *n = 0;
-    if (!v || json_is_null(v))
-        return 0;
+    if (!v || json_is_null(v)) return 0;
     if (!json_is_object(v))
         return lr_error_set(err, LR_EFORMAT,
                             "adapter_config.json: %s must be an object of pattern → value", field);
@@ -266,18 +277,16 @@ static int pats_parse(json_t *v, const char *field, peft_pat *out, int *n, int i
         else if (!is_int && json_is_real(x))
             d = json_real_value(x);
         else
-            return lr_error_set(err, LR_EFORMAT,
-                                "adapter_config.json: %s['%.100s'] must be %s", field, k,
-                                is_int ? "an integer" : "a number");
+            return lr_error_set(err, LR_EFORMAT, "adapter_config.json: %s['%.100s'] must be %s",
+                                field, k, is_int ? "an integer" : "a number");
         if (is_int && (d < 1 || d > 1 << 20))
             return lr_error_set(err, LR_EFORMAT,
-                                "adapter_config.json: %s['%.100s'] = %g is not a valid rank",
-                                field, k, d);
+                                "adapter_config.json: %s['%.100s'] = %g is not a valid rank", field,
+                                k, d);
         peft_pat *p = &out[(*n)++];
         p->val = d;
         int rc = re_compile(&p->re, "(.*\\.)?(", k, ")$", field, err);
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
     return 0;
 }
@@ -285,8 +294,7 @@ static int pats_parse(json_t *v, const char *field, peft_pat *out, int *n, int i
 static double pats_lookup(peft_pat *p, int n, const char *key, double dflt)
 {
     for (int i = 0; i < n; i++)
-        if (re_match(&p[i].re, key, NULL))
-            return p[i].val;
+        if (re_match(&p[i].re, key, NULL)) return p[i].val;
     return dflt;
 }
 
@@ -294,8 +302,7 @@ static int get_bool(json_t *root, const char *field, int *out, lr_error *err)
 {
     json_t *v = json_object_get(root, field);
     *out = 0;
-    if (!v || json_is_null(v))
-        return 0;
+    if (!v || json_is_null(v)) return 0;
     if (!json_is_boolean(v))
         return lr_error_set(err, LR_EFORMAT, "adapter_config.json: %s must be true or false",
                             field);
@@ -305,12 +312,9 @@ static int get_bool(json_t *root, const char *field, int *out, lr_error *err)
 
 static int nonempty(json_t *v)
 {
-    if (!v || json_is_null(v) || json_is_false(v))
-        return 0;
-    if (json_is_array(v))
-        return json_array_size(v) > 0;
-    if (json_is_object(v))
-        return json_object_size(v) > 0;
+    if (!v || json_is_null(v) || json_is_false(v)) return 0;
+    if (json_is_array(v)) return json_array_size(v) > 0;
+    if (json_is_object(v)) return json_object_size(v) > 0;
     return 1;
 }
 
@@ -384,8 +388,7 @@ static int cfg_parse(const char *text, const lr_model *m, peft_cfg *c, lr_error 
         (rc = get_bool(root, "lora_bias", &c->lora_bias, err)))
         goto out;
     int fifo;
-    if ((rc = get_bool(root, "fan_in_fan_out", &fifo, err)))
-        goto out;
+    if ((rc = get_bool(root, "fan_in_fan_out", &fifo, err))) goto out;
     if (fifo) {
         rc = lr_error_set(err, LR_EUNSUPPORTED,
                           "adapter_config.json: fan_in_fan_out=true is for GPT-2 style Conv1D "
@@ -419,8 +422,8 @@ static int cfg_parse(const char *text, const lr_model *m, peft_cfg *c, lr_error 
         size_t off = 0;
         for (size_t i = 0; i < json_array_size(v) && off < sizeof c->targets; i++) {
             const char *s = json_string_value(json_array_get(v, i));
-            off += (size_t)snprintf(c->targets + off, sizeof c->targets - off, "%s%s",
-                                    i ? "," : "", s ? s : "?");
+            off += (size_t)snprintf(c->targets + off, sizeof c->targets - off, "%s%s", i ? "," : "",
+                                    s ? s : "?");
         }
     }
     if (!v || json_is_null(v)) {
@@ -435,8 +438,8 @@ static int cfg_parse(const char *text, const lr_model *m, peft_cfg *c, lr_error 
     if (rc || (rc = sel_parse(json_object_get(root, "exclude_modules"), "exclude_modules",
                               &c->exclude, err)))
         goto out;
-    if ((rc = pats_parse(json_object_get(root, "rank_pattern"), "rank_pattern", c->rank,
-                         &c->n_rank, 1, err)) ||
+    if ((rc = pats_parse(json_object_get(root, "rank_pattern"), "rank_pattern", c->rank, &c->n_rank,
+                         1, err)) ||
         (rc = pats_parse(json_object_get(root, "alpha_pattern"), "alpha_pattern", c->alph,
                          &c->n_alph, 0, err)))
         goto out;
@@ -462,8 +465,9 @@ static int cfg_parse(const char *text, const lr_model *m, peft_cfg *c, lr_error 
         v = json_object_get(root, "layers_pattern");
         size_t np = (v && json_is_array(v)) ? json_array_size(v) : 1;
         if (np > 16) {
-            rc = lr_error_set(err, LR_EFORMAT, "adapter_config.json: layers_pattern has over 16 "
-                                               "entries");
+            rc = lr_error_set(err, LR_EFORMAT,
+                              "adapter_config.json: layers_pattern has over 16 "
+                              "entries");
             goto out;
         }
         for (size_t i = 0; i < np; i++) {
@@ -479,8 +483,7 @@ static int cfg_parse(const char *text, const lr_model *m, peft_cfg *c, lr_error 
                                 err)
                    : re_compile(&c->lpat[c->n_lpat], "", ".*?\\.[^.]*\\.(\\d+)\\.", "",
                                 "layers_pattern", err);
-            if (rc)
-                goto out;
+            if (rc) goto out;
             c->n_lpat++;
         }
     }
@@ -492,22 +495,17 @@ out:
 /* Is module `key` a LoRA target under c (SPEC D.1)? */
 static int cfg_targets(peft_cfg *c, const char *key, int is_linear)
 {
-    if (!sel_match(&c->target, key, is_linear))
-        return 0;
-    if (c->exclude.kind && sel_match(&c->exclude, key, is_linear))
-        return 0;
+    if (!sel_match(&c->target, key, is_linear)) return 0;
+    if (c->exclude.kind && sel_match(&c->exclude, key, is_linear)) return 0;
     if (c->has_ltt && c->target.kind != 2) {
         long idx = -1;
         for (int i = 0; i < c->n_lpat && idx < 0; i++)
-            if (!re_match(&c->lpat[i], key, &idx))
-                idx = -1;
-        if (idx < 0)
-            return 0;
+            if (!re_match(&c->lpat[i], key, &idx)) idx = -1;
+        if (idx < 0) return 0;
         int in = 0;
         for (int i = 0; i < c->n_ltt; i++)
             in |= c->ltt[i] == idx;
-        if (!in)
-            return 0;
+        if (!in) return 0;
     }
     return 1;
 }
@@ -524,25 +522,25 @@ static int split_key(const char *name, char *path, size_t psize, int *kind)
     static const struct {
         const char *tok;
         int kind;
-    } toks[] = {{".lora_embedding_A", K_EA},       {".lora_embedding_B", K_EB},
-                {".lora_magnitude_vector", K_MAG}, {".lora_A", K_A},
-                {".lora_B", K_B},                  {".base_layer", K_EBASE}};
+    } toks[] = {{".lora_embedding_A", K_EA},
+                {".lora_embedding_B", K_EB},
+                {".lora_magnitude_vector", K_MAG},
+                {".lora_A", K_A},
+                {".lora_B", K_B},
+                {".base_layer", K_EBASE}};
     for (size_t i = 0; i < sizeof toks / sizeof toks[0]; i++) {
         const char *p = strstr(name, toks[i].tok);
-        if (!p)
-            continue;
+        if (!p) continue;
         const char *rest = p + strlen(toks[i].tok);
         int k = toks[i].kind;
         /* rest: "" | ".weight" | ".bias" | ".NAME" | ".NAME.weight" | ".NAME.bias" */
         char comp[2][128];
         int nc = 0;
         while (*rest) {
-            if (*rest != '.' || nc == 2)
-                return -1;
+            if (*rest != '.' || nc == 2) return -1;
             rest++;
             size_t len = strcspn(rest, ".");
-            if (len == 0 || len >= sizeof comp[0])
-                return -1;
+            if (len == 0 || len >= sizeof comp[0]) return -1;
             memcpy(comp[nc], rest, len);
             comp[nc++][len] = 0;
             rest += len;
@@ -553,25 +551,20 @@ static int split_key(const char *name, char *path, size_t psize, int *kind)
         case K_A:
         case K_B:
         case K_EBASE:
-            if (!(is_w || is_b) || (nc == 2 && (!strcmp(comp[0], "weight") ||
-                                               !strcmp(comp[0], "bias"))))
+            if (!(is_w || is_b) ||
+                (nc == 2 && (!strcmp(comp[0], "weight") || !strcmp(comp[0], "bias"))))
                 return -1;
-            if (is_b)
-                k = k == K_B ? K_BBIAS : -1;
-            if (k < 0 || (k == K_EBASE && nc != 1))
-                return -1;
+            if (is_b) k = k == K_B ? K_BBIAS : -1;
+            if (k < 0 || (k == K_EBASE && nc != 1)) return -1;
             break;
         case K_MAG:
-            if (nc == 2 && !is_w)
-                return -1;
+            if (nc == 2 && !is_w) return -1;
             break;
         default: /* embedding A/B: "" or ".NAME" */
-            if (nc > 1 || is_w || is_b)
-                return -1;
+            if (nc > 1 || is_w || is_b) return -1;
         }
         size_t plen = (size_t)(p - name);
-        if (plen == 0 || plen >= psize)
-            return -1;
+        if (plen == 0 || plen >= psize) return -1;
         memcpy(path, name, plen);
         path[plen] = 0;
         *kind = k;
@@ -584,8 +577,7 @@ static int split_key(const char *name, char *path, size_t psize, int *kind)
 static int slot_of(const lr_model *m, const char *path)
 {
     int L = m->cfg.n_layers;
-    if (!strcmp(path, "model.embed_tokens"))
-        return L * LR_MOD_COUNT;
+    if (!strcmp(path, "model.embed_tokens")) return L * LR_MOD_COUNT;
     int layer, n = 0;
     if (sscanf(path, "model.layers.%d.%n", &layer, &n) != 1 || n == 0 || layer < 0 || layer >= L)
         return -1;
@@ -601,8 +593,7 @@ static int slot_of(const lr_model *m, const char *path)
 static float *to_f32(const st_tensor *t, int64_t *bytes)
 {
     float *d = malloc(sizeof(float) * (size_t)(t->numel > 0 ? t->numel : 1));
-    if (!d)
-        return NULL;
+    if (!d) return NULL;
     const unsigned char *src = t->data;
     if (t->dtype == ST_F32) {
         memcpy(d, src, sizeof(float) * (size_t)t->numel);
@@ -631,8 +622,7 @@ static int check_shape(const st_tensor *t, const char *mod, const char *what, in
                             "adapter_model.safetensors: tensor '%.200s' has dtype %s; LoRA "
                             "tensors must be F32, F16 or BF16",
                             t->name, st_dtype_name(t->dtype));
-    if (t->ndim == ndim && t->shape[0] == d0 && (ndim == 1 || t->shape[1] == d1))
-        return 0;
+    if (t->ndim == ndim && t->shape[0] == d0 && (ndim == 1 || t->shape[1] == d1)) return 0;
     return lr_error_set(err, LR_EINCOMPAT,
                         "adapter does not fit the base model: module %s %s has shape %s, expected "
                         "%s (%s)",
@@ -673,8 +663,7 @@ void peft_dora_factor(const lr_model *m, int layer, lr_module mod, const peft_mo
 
 static void module_free(peft_module *md)
 {
-    if (!md)
-        return;
+    if (!md) return;
     free(md->A);
     free(md->B);
     free(md->bias_b);
@@ -685,8 +674,7 @@ static void module_free(peft_module *md)
 
 void peft_free(peft_adapter *a)
 {
-    if (!a)
-        return;
+    if (!a) return;
     if (a->mods)
         for (int i = 0; i < a->n_layers * LR_MOD_COUNT; i++)
             module_free(a->mods[i]);
@@ -702,8 +690,7 @@ void peft_free(peft_adapter *a)
 
 const peft_module *peft_module_at(const peft_adapter *a, int layer, lr_module mod)
 {
-    if (layer < 0 || layer >= a->n_layers || mod < 0 || mod >= LR_MOD_COUNT)
-        return NULL;
+    if (layer < 0 || layer >= a->n_layers || mod < 0 || mod >= LR_MOD_COUNT) return NULL;
     return a->mods[layer * LR_MOD_COUNT + mod];
 }
 
@@ -733,8 +720,7 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
         rc = err ? err->code : LR_EIO;
         goto out;
     }
-    if ((rc = cfg_parse(text, m, &c, err)))
-        goto out;
+    if ((rc = cfg_parse(text, m, &c, err))) goto out;
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     struct stat sb;
     if (stat(path, &sb) != 0) {
@@ -743,8 +729,7 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
                           errno == ENOENT ? "no such file" : strerror(errno));
         goto out;
     }
-    if ((rc = st_open(path, err, &f)))
-        goto out;
+    if ((rc = st_open(path, err, &f))) goto out;
 
     // Pass 2: sort tensors into slots by kind.
     tab = calloc((size_t)nslots * K_COUNT, sizeof *tab);
@@ -758,8 +743,7 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
     for (int i = 0; i < st_count(f); i++) {
         const st_tensor *t = st_at(f, i);
         const char *key = t->name;
-        if (!strncmp(key, "base_model.model.", 17))
-            key += 17;
+        if (!strncmp(key, "base_model.model.", 17)) key += 17;
         char mpath[256];
         int kind, slot;
         if (split_key(key, mpath, sizeof mpath, &kind) != 0)
@@ -785,8 +769,7 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
                               tab[slot * K_COUNT + kind]->name, t->name);
         else
             tab[slot * K_COUNT + kind] = t;
-        if (rc)
-            goto out;
+        if (rc) goto out;
     }
 
     // Pass 3a: targeting and shape checks over the base's modules.
@@ -795,11 +778,9 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
     for (int l = 0; l < L; l++)
         for (int mod = 0; mod < LR_MOD_COUNT; mod++) {
             const lr_mat *W = base_mat(m, l, (lr_module)mod);
-            if (!W)
-                continue;
+            if (!W) continue;
             peft_module_name(m, l, (lr_module)mod, key, sizeof key);
-            if (!cfg_targets(&c, key, 1))
-                continue;
+            if (!cfg_targets(&c, key, 1)) continue;
             const st_tensor **ts = &tab[(l * LR_MOD_COUNT + mod) * K_COUNT];
             any = 1;
             if (!ts[K_A] && !ts[K_B])
@@ -842,8 +823,7 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
         }
     int ebase = L * LR_MOD_COUNT * K_COUNT;
     int emb_t = cfg_targets(&c, "model.embed_tokens", 0);
-    if (emb_t)
-        any = 1;
+    if (emb_t) any = 1;
     if (emb_t && (tab[ebase + K_EA] || tab[ebase + K_EB])) {
         const char *k = "model.embed_tokens";
         if (!tab[ebase + K_EA] || !tab[ebase + K_EB]) {
@@ -875,10 +855,9 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
             goto out;
         }
     }
-    if (tab[ebase + K_EBASE] &&
-        (rc = check_shape(tab[ebase + K_EBASE], "model.embed_tokens", "base_layer.weight",
-                          m->cfg.vocab, m->cfg.hidden, 2, "the saved copy of the base embedding",
-                          err)))
+    if (tab[ebase + K_EBASE] && (rc = check_shape(tab[ebase + K_EBASE], "model.embed_tokens",
+                                                  "base_layer.weight", m->cfg.vocab, m->cfg.hidden,
+                                                  2, "the saved copy of the base embedding", err)))
         goto out;
     /* Every list entry must name a module of the base (PEFT: "Target modules … not found"). */
     if (c.target.kind == 1) {
@@ -922,11 +901,9 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
         for (int mod = 0; mod < LR_MOD_COUNT; mod++) {
             const st_tensor **ts = &tab[(l * LR_MOD_COUNT + mod) * K_COUNT];
             const lr_mat *W = base_mat(m, l, (lr_module)mod);
-            if (!W || !ts[K_A] || !ts[K_B])
-                continue;
+            if (!W || !ts[K_A] || !ts[K_B]) continue;
             peft_module_name(m, l, (lr_module)mod, key, sizeof key);
-            if (!cfg_targets(&c, key, 1))
-                continue;
+            if (!cfg_targets(&c, key, 1)) continue;
             peft_module *md = calloc(1, sizeof *md);
             if (!md) {
                 rc = lr_error_set(err, LR_ENOMEM, "adapter: out of memory");
@@ -953,8 +930,7 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
                 a->bytes += (int64_t)sizeof(float) * md->out;
                 peft_dora_factor(m, l, (lr_module)mod, md, s, md->dora);
             }
-            if (md->r > a->max_rank)
-                a->max_rank = md->r;
+            if (md->r > a->max_rank) a->max_rank = md->r;
             a->n_modules++;
         }
     if (emb_t && tab[ebase + K_EA] && tab[ebase + K_EB]) {
@@ -965,8 +941,7 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
             !(e->B = to_f32(tab[ebase + K_EB], &a->bytes)) ||
             !(e->At = malloc(sizeof(float) * (size_t)tab[ebase + K_EA]->numel))) {
             free(A);
-            if (e)
-                free(e->B);
+            if (e) free(e->B);
             free(e);
             rc = lr_error_set(err, LR_ENOMEM, "adapter: out of memory");
             goto out;
@@ -980,16 +955,14 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
         free(A);
         e->alpha = pats_lookup(c.alph, c.n_alph, k, c.alpha);
         e->s = (float)scaling(&c, e->r, e->alpha);
-        if (e->r > a->max_rank)
-            a->max_rank = e->r;
+        if (e->r > a->max_rank) a->max_rank = e->r;
         a->embed = e;
     }
     (void)name;
     *out = a;
     a = NULL;
 out:
-    if (rc && err && dir)
-        lr_error_prefix(err, "adapter %s: ", dir);
+    if (rc && err && dir) lr_error_prefix(err, "adapter %s: ", dir);
     free(text);
     free(tab);
     peft_free(a);

@@ -49,16 +49,16 @@ typedef struct peft_embed {
 } peft_embed;
 
 typedef struct peft_adapter {
-    char *dir;                 /* the folder (owned) */
-    int n_layers;              /* of the base model */
-    peft_module **mods;        /* [n_layers * LR_MOD_COUNT]; NULL where not wrapped */
-    peft_embed *embed;         /* NULL if the embedding is not wrapped */
-    int r, max_rank;           /* config r; largest per-module rank */
-    double alpha;              /* config lora_alpha */
+    char *dir;          /* the folder (owned) */
+    int n_layers;       /* of the base model */
+    peft_module **mods; /* [n_layers * LR_MOD_COUNT]; NULL where not wrapped */
+    peft_embed *embed;  /* NULL if the embedding is not wrapped */
+    int r, max_rank;    /* config r; largest per-module rank */
+    double alpha;       /* config lora_alpha */
     int use_rslora, use_dora;
-    char targets[256];         /* target_modules as written ("q_proj,v_proj" or the regex) */
-    int n_modules;             /* wrapped linear modules */
-    int64_t bytes;             /* bytes of converted tensors held */
+    char targets[256]; /* target_modules as written ("q_proj,v_proj" or the regex) */
+    int n_modules;     /* wrapped linear modules */
+    int64_t bytes;     /* bytes of converted tensors held */
 } peft_adapter;
 
 typedef struct peft_params {

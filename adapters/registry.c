@@ -78,10 +78,14 @@ typedef struct reg_entry reg_entry;
 const char *reg_state_name(reg_state s)
 {
     switch (s) {
-    case REG_AVAILABLE: return "available";
-    case REG_LOADING: return "loading";
-    case REG_LOADED: return "loaded";
-    case REG_FAILED: return "failed";
+    case REG_AVAILABLE:
+        return "available";
+    case REG_LOADING:
+        return "loading";
+    case REG_LOADED:
+        return "loaded";
+    case REG_FAILED:
+        return "failed";
     }
     return "?";
 }
@@ -102,10 +106,8 @@ static double mono_s(void)
 
 int reg_check_id(const char *id, size_t len, lr_error *err)
 {
-    if (!id || len == 0)
-        return lr_error_set(err, LR_EINVAL, "adapter id must not be empty");
-    if (len > 256)
-        return lr_error_set(err, LR_EINVAL, "adapter id is longer than 256 bytes");
+    if (!id || len == 0) return lr_error_set(err, LR_EINVAL, "adapter id must not be empty");
+    if (len > 256) return lr_error_set(err, LR_EINVAL, "adapter id is longer than 256 bytes");
     if (memchr(id, 0, len))
         return lr_error_set(err, LR_EINVAL, "adapter id must not contain NUL characters");
     for (size_t i = 0; i < len; i++) {
@@ -127,8 +129,7 @@ int reg_check_id(const char *id, size_t len, lr_error *err)
     /* every '/'-separated component must be a plain name */
     size_t s = 0;
     for (size_t i = 0; i <= len; i++) {
-        if (i < len && id[i] != '/')
-            continue;
+        if (i < len && id[i] != '/') continue;
         size_t n = i - s;
         if (n == 0 || (n == 1 && id[s] == '.') || (n == 2 && id[s] == '.' && id[s + 1] == '.'))
             return lr_error_set(err, LR_EINVAL,
@@ -168,16 +169,14 @@ static int inside_roots(const reg_registry *r, const char *p)
 static reg_entry *find(reg_registry *r, const char *id)
 {
     for (reg_entry *e = r->head; e; e = e->next)
-        if (!e->hidden && !strcmp(e->id, id))
-            return e;
+        if (!e->hidden && !strcmp(e->id, id)) return e;
     return NULL;
 }
 
 static reg_entry *add_entry(reg_registry *r, const char *id, const char *path, int runtime)
 {
     reg_entry *e = calloc(1, sizeof *e);
-    if (!e)
-        return NULL;
+    if (!e) return NULL;
     snprintf(e->id, sizeof e->id, "%s", id);
     snprintf(e->path, sizeof e->path, "%s", path);
     e->runtime = runtime;
@@ -195,8 +194,7 @@ static int root_lookup(reg_registry *r, const char *id, char *path, size_t size,
         char cand[PATH_MAX + 300], real[PATH_MAX];
         struct stat sb;
         snprintf(cand, sizeof cand, "%s/%s", r->roots[i], id);
-        if (stat(cand, &sb) != 0 || !S_ISDIR(sb.st_mode) || !realpath(cand, real))
-            continue;
+        if (stat(cand, &sb) != 0 || !S_ISDIR(sb.st_mode) || !realpath(cand, real)) continue;
         if (!inside_roots(r, real))
             return lr_error_set(err, LR_EFORBIDDEN,
                                 "adapter '%s' resolves outside the adapter roots (symbolic link)",
@@ -260,13 +258,11 @@ static int make_room(reg_registry *r, reg_entry *want)
             }
         }
         int over_n = r->p.max_loaded > 0 && resident + 1 > r->p.max_loaded;
-        int over_b = r->p.cache_bytes > 0 && resident > 0 &&
-                     bytes + want->est_bytes > r->p.cache_bytes;
-        if (!over_n && !over_b)
-            return 1;
+        int over_b =
+            r->p.cache_bytes > 0 && resident > 0 && bytes + want->est_bytes > r->p.cache_bytes;
+        if (!over_n && !over_b) return 1;
         reg_entry *v = lru_victim(r, want);
-        if (!v)
-            return 0;
+        if (!v) return 0;
         evict(r, v);
     }
 }
@@ -316,8 +312,7 @@ static void load_done(uv_work_t *w, int status)
         /* the estimate may have been low: evict idle others while over the byte cap */
         while (r->p.cache_bytes > 0 && r->st.bytes > r->p.cache_bytes) {
             reg_entry *v = lru_victim(r, e);
-            if (!v)
-                break;
+            if (!v) break;
             evict(r, v);
         }
     } else {
@@ -327,8 +322,7 @@ static void load_done(uv_work_t *w, int status)
         e->state = REG_FAILED;
         e->error = e->load_err;
         stamp_files(e->path, e->st); /* retried once these change */
-        if (e->error.http <= 0)
-            e->error.http = lr_err_http(e->error.code);
+        if (e->error.http <= 0) e->error.http = lr_err_http(e->error.code);
     }
     e->new_ad = NULL;
     e->new_set = NULL;
@@ -348,13 +342,10 @@ static void load_done(uv_work_t *w, int status)
 /* Start every queued load that has room. Loop thread, lock held. */
 static void schedule(reg_registry *r)
 {
-    if (r->stopping)
-        return;
+    if (r->stopping) return;
     for (reg_entry *e = r->head; e; e = e->next) {
-        if (!e->queued || e->hidden)
-            continue;
-        if (!make_room(r, e))
-            continue;
+        if (!e->queued || e->hidden) continue;
+        if (!make_room(r, e)) continue;
         e->queued = 0;
         e->in_flight = 1;
         e->t0 = mono_s();
@@ -399,11 +390,9 @@ static void *loop_main(void *arg)
 int reg_create(const reg_params *p, lr_error *err, reg_registry **out)
 {
     *out = NULL;
-    if (!p || !p->model)
-        return lr_error_set(err, LR_EINVAL, "registry: no base model");
+    if (!p || !p->model) return lr_error_set(err, LR_EINVAL, "registry: no base model");
     reg_registry *r = calloc(1, sizeof *r);
-    if (!r)
-        return lr_error_set(err, LR_ENOMEM, "registry: out of memory");
+    if (!r) return lr_error_set(err, LR_ENOMEM, "registry: out of memory");
     r->p = *p;
     r->p.roots = NULL;
     r->roots = calloc((size_t)(p->n_roots > 0 ? p->n_roots : 1), sizeof *r->roots);
@@ -441,8 +430,7 @@ int reg_create(const reg_params *p, lr_error *err, reg_registry **out)
         uv_run(&r->loop, UV_RUN_DEFAULT);
     }
     {
-        if (uv_ok)
-            uv_loop_close(&r->loop);
+        if (uv_ok) uv_loop_close(&r->loop);
         pthread_mutex_destroy(&r->mu);
         pthread_cond_destroy(&r->cv);
         for (int j = 0; j < r->n_roots; j++)
@@ -455,8 +443,7 @@ int reg_create(const reg_params *p, lr_error *err, reg_registry **out)
 
 void reg_destroy(reg_registry *r)
 {
-    if (!r)
-        return;
+    if (!r) return;
     pthread_mutex_lock(&r->mu);
     r->stopping = 1;
     pthread_cond_broadcast(&r->cv);
@@ -510,13 +497,10 @@ static int wait_loaded(reg_registry *r, reg_entry *e, lr_error *err)
                               "adapters are in use)",
                               e->id, limit);
     e->waiters--;
-    if (rc)
-        return rc;
-    if (r->stopping)
-        return lr_error_set(err, LR_ESHUTDOWN, "the server is shutting down");
+    if (rc) return rc;
+    if (r->stopping) return lr_error_set(err, LR_ESHUTDOWN, "the server is shutting down");
     if (e->state == REG_FAILED) {
-        if (err)
-            *err = e->error;
+        if (err) *err = e->error;
         return e->error.code ? e->error.code : LR_EINTERNAL;
     }
     return 0;
@@ -526,8 +510,7 @@ int reg_resolve(reg_registry *r, const char *id, size_t len, lr_error *err, reg_
 {
     *out = NULL;
     int rc = reg_check_id(id, len, err);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     pthread_mutex_lock(&r->mu);
     reg_entry *e = find(r, id);
     if (!e) {
@@ -540,8 +523,7 @@ int reg_resolve(reg_registry *r, const char *id, size_t len, lr_error *err, reg_
                               id);
             goto out;
         }
-        if (rc < 0)
-            goto out;
+        if (rc < 0) goto out;
         rc = 0;
         if (!(e = add_entry(r, id, path, 0))) {
             rc = lr_error_set(err, LR_ENOMEM, "registry: out of memory");
@@ -554,11 +536,9 @@ int reg_resolve(reg_registry *r, const char *id, size_t len, lr_error *err, reg_
         if (memcmp(now, e->st, sizeof now) != 0)
             e->state = REG_AVAILABLE; /* the files changed: try again */
     }
-    if (e->state == REG_AVAILABLE)
-        queue_load(r, e);
+    if (e->state == REG_AVAILABLE) queue_load(r, e);
     e->lru = ++r->tick;
-    if ((rc = wait_loaded(r, e, err)) != 0)
-        goto out;
+    if ((rc = wait_loaded(r, e, err)) != 0) goto out;
     e->refs++;
     e->requests++;
     e->last_used = now_s();
@@ -569,14 +549,22 @@ out:
     return rc;
 }
 
-const lora_set *reg_handle_set(const reg_handle *h) { return h->set; }
-const peft_adapter *reg_handle_adapter(const reg_handle *h) { return h->ad; }
-const char *reg_handle_id(const reg_handle *h) { return h->id; }
+const lora_set *reg_handle_set(const reg_handle *h)
+{
+    return h->set;
+}
+const peft_adapter *reg_handle_adapter(const reg_handle *h)
+{
+    return h->ad;
+}
+const char *reg_handle_id(const reg_handle *h)
+{
+    return h->id;
+}
 
 void reg_release(reg_registry *r, reg_handle *h)
 {
-    if (!h)
-        return;
+    if (!h) return;
     pthread_mutex_lock(&r->mu);
     LR_ASSERT(h->refs > 0);
     h->refs--;
@@ -598,11 +586,9 @@ int reg_release_set(reg_registry *r, const void *set)
     reg_entry *h = NULL;
     pthread_mutex_lock(&r->mu);
     for (reg_entry *e = r->head; e && !h; e = e->next)
-        if (e->set == set && e->refs > 0)
-            h = e;
+        if (e->set == set && e->refs > 0) h = e;
     pthread_mutex_unlock(&r->mu);
-    if (!h)
-        return LR_ENOTFOUND;
+    if (!h) return LR_ENOTFOUND;
     reg_release(r, h);
     return 0;
 }
@@ -611,8 +597,7 @@ int reg_register(reg_registry *r, const char *id, size_t len, const char *path, 
                  lr_error *err)
 {
     int rc = reg_check_id(id, len, err);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     char real[PATH_MAX];
     struct stat sb;
     if (!path || !realpath(path, real) || stat(real, &sb) != 0 || !S_ISDIR(sb.st_mode))
@@ -651,8 +636,7 @@ int reg_register(reg_registry *r, const char *id, size_t len, const char *path, 
 int reg_unregister(reg_registry *r, const char *id, size_t len, lr_error *err)
 {
     int rc = reg_check_id(id, len, err);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     pthread_mutex_lock(&r->mu);
     reg_entry *e = find(r, id);
     if (!e) {
@@ -682,24 +666,20 @@ static void scan_dir(reg_registry *r, const char *root, const char *prefix, int 
     char dpath[PATH_MAX + 300];
     snprintf(dpath, sizeof dpath, "%s%s%s", root, *prefix ? "/" : "", prefix);
     DIR *d = opendir(dpath);
-    if (!d)
-        return;
+    if (!d) return;
     struct dirent *de;
     while ((de = readdir(d))) {
-        if (de->d_name[0] == '.')
-            continue;
+        if (de->d_name[0] == '.') continue;
         char id[300], sub[PATH_MAX + 600], cfg[PATH_MAX + 700];
         snprintf(id, sizeof id, "%s%s%s", prefix, *prefix ? "/" : "", de->d_name);
         snprintf(sub, sizeof sub, "%s/%s", dpath, de->d_name);
         struct stat sb;
-        if (stat(sub, &sb) != 0 || !S_ISDIR(sb.st_mode))
-            continue;
+        if (stat(sub, &sb) != 0 || !S_ISDIR(sb.st_mode)) continue;
         snprintf(cfg, sizeof cfg, "%s/adapter_config.json", sub);
         if (stat(cfg, &sb) == 0) {
             if (reg_check_id(id, strlen(id), NULL) == 0 && !find(r, id)) {
                 char real[PATH_MAX];
-                if (realpath(sub, real) && inside_roots(r, real))
-                    add_entry(r, id, real, 0);
+                if (realpath(sub, real) && inside_roots(r, real)) add_entry(r, id, real, 0);
             }
         } else if (depth == 0) {
             scan_dir(r, root, id, 1);
@@ -730,8 +710,7 @@ int reg_list(reg_registry *r, reg_info **out)
     }
     int k = 0;
     for (reg_entry *e = r->head; e; e = e->next) {
-        if (e->hidden)
-            continue;
+        if (e->hidden) continue;
         reg_info *x = &v[k++];
         snprintf(x->id, sizeof x->id, "%s", e->id);
         snprintf(x->path, sizeof x->path, "%s", e->path);
@@ -746,8 +725,7 @@ int reg_list(reg_registry *r, reg_info **out)
         x->requests = e->requests;
         x->pinned = e->pinned;
         x->refs = e->refs;
-        if (e->state == REG_FAILED)
-            snprintf(x->error, sizeof x->error, "%s", e->error.msg);
+        if (e->state == REG_FAILED) snprintf(x->error, sizeof x->error, "%s", e->error.msg);
     }
     pthread_mutex_unlock(&r->mu);
     *out = v;
@@ -766,13 +744,10 @@ void reg_get_stats(reg_registry *r, reg_stats *out)
 static void append_id(char *buf, size_t size, const char *id)
 {
     size_t n = strlen(buf), need = strlen(id) * 2 + 2;
-    if (n + need > size)
-        return;
-    if (n)
-        buf[n++] = ',';
+    if (n + need > size) return;
+    if (n) buf[n++] = ',';
     for (const char *p = id; *p; p++) {
-        if (*p == '"')
-            buf[n++] = '\\';
+        if (*p == '"') buf[n++] = '\\';
         buf[n++] = *p;
     }
     buf[n] = 0;
@@ -783,10 +758,8 @@ void reg_lora_info(reg_registry *r, char *running, size_t rsize, char *waiting, 
     running[0] = waiting[0] = 0;
     pthread_mutex_lock(&r->mu);
     for (reg_entry *e = r->head; e; e = e->next) {
-        if (e->refs > 0)
-            append_id(running, rsize, e->id);
-        if (e->waiters > 0)
-            append_id(waiting, wsize, e->id);
+        if (e->refs > 0) append_id(running, rsize, e->id);
+        if (e->waiters > 0) append_id(waiting, wsize, e->id);
     }
     pthread_mutex_unlock(&r->mu);
 }
@@ -799,8 +772,7 @@ char *reg_metrics_text(reg_registry *r, int max_lora)
     reg_lora_info(r, run, sizeof run, wait, sizeof wait);
     size_t cap = 8192 + sizeof run + sizeof wait, n = 0;
     char *b = malloc(cap);
-    if (!b)
-        return NULL;
+    if (!b) return NULL;
 #define OUT(...) n += (size_t)snprintf(b + n, n < cap ? cap - n : 0, __VA_ARGS__)
     OUT("# HELP lorad_adapter_loads_total Adapter loads that succeeded.\n"
         "# TYPE lorad_adapter_loads_total counter\nlorad_adapter_loads_total %llu\n",

@@ -30,11 +30,11 @@ typedef struct reg_params {
     const lr_model *model;    /* borrowed; outlives the registry */
     const char *const *roots; /* adapter folders roots (copied); may be empty */
     int n_roots;
-    int max_loaded;         /* adapters resident at most (0 = no limit) */
-    int64_t cache_bytes;    /* converted weights at most (0 = no limit) */
-    int allow_anywhere;     /* runtime registrations may point outside the roots */
-    int max_rank;           /* refuse adapters with a larger rank (0 = no limit) */
-    double load_timeout_s;  /* resolve() gives up waiting after this (0 = 300 s) */
+    int max_loaded;        /* adapters resident at most (0 = no limit) */
+    int64_t cache_bytes;   /* converted weights at most (0 = no limit) */
+    int allow_anywhere;    /* runtime registrations may point outside the roots */
+    int max_rank;          /* refuse adapters with a larger rank (0 = no limit) */
+    double load_timeout_s; /* resolve() gives up waiting after this (0 = 300 s) */
 } reg_params;
 
 typedef enum { REG_AVAILABLE = 0, REG_LOADING, REG_LOADED, REG_FAILED } reg_state;

@@ -255,8 +255,9 @@ int main(int argc, char **argv)
         return 1;
     }
     if (per_prompt && n_ad != n_req) {
-        fprintf(stderr, "lr-generate: --adapter-per-prompt wants one --adapter per --prompt "
-                        "(%d adapters, %d prompts)\n",
+        fprintf(stderr,
+                "lr-generate: --adapter-per-prompt wants one --adapter per --prompt "
+                "(%d adapters, %d prompts)\n",
                 n_ad, n_req);
         return 2;
     }
@@ -272,8 +273,7 @@ int main(int argc, char **argv)
                 orig[i] = j;
                 break;
             }
-        if (orig[i] != i || !strcmp(ads[i].dir, "none"))
-            continue;
+        if (orig[i] != i || !strcmp(ads[i].dir, "none")) continue;
         double t_load = now_s();
         int lrc = peft_load(ads[i].dir, m, NULL, &err, &ads[i].a);
         load_s += now_s() - t_load;
@@ -281,20 +281,17 @@ int main(int argc, char **argv)
             fprintf(stderr, "lr-generate: %s\n", err.msg);
             return 1;
         }
-        if (ads[i].a->max_rank > max_rank)
-            max_rank = ads[i].a->max_rank;
+        if (ads[i].a->max_rank > max_rank) max_rank = ads[i].a->max_rank;
     }
     const void **req_ad = calloc((size_t)n_req + 1, sizeof *req_ad);
     lora_set *mix = NULL;
     if (per_prompt) {
         for (int i = 0; i < n_req; i++) {
             const peft_adapter *one = ads[orig[i]].a;
-            if (!one)
-                continue;
+            if (!one) continue;
             int same = -1;
             for (int j = 0; j < i && same < 0; j++)
-                if (orig[j] == orig[i] && ads[j].scale == ads[i].scale && ads[j].set)
-                    same = j;
+                if (orig[j] == orig[i] && ads[j].scale == ads[i].scale && ads[j].set) same = j;
             if (same >= 0) {
                 req_ad[i] = ads[same].set;
                 continue;
@@ -327,8 +324,7 @@ int main(int argc, char **argv)
     eng_params ep;
     memset(&ep, 0, sizeof ep);
     ep.model = m;
-    if (n_ad > 0)
-        ep.delta = &ops;
+    if (n_ad > 0) ep.delta = &ops;
     ep.threads = threads;
     ep.max_batch_tokens = max_batch;
     ep.max_seqs = n_req > 64 ? n_req : 64;

@@ -78,8 +78,7 @@ static peft_module *add_mod(peft_adapter *a, int layer, lr_module mod, int in, i
     md->A = rnd(r * in);
     md->B = rnd(out * r);
     a->mods[layer * LR_MOD_COUNT + mod] = md;
-    if (r > a->max_rank)
-        a->max_rank = r;
+    if (r > a->max_rank) a->max_rank = r;
     a->n_modules++;
     return md;
 }
@@ -113,8 +112,8 @@ typedef double (*expect_fn)(int o, const float *x, double base, double b, void *
 
 /* Run lora_apply for rows t0..t1-1 of a NROWS batch on (layer, mod) with weight W [out, in] and
  * bias b, and compare every element with expect(). */
-static void run_case(const lora_set *set, int layer, lr_module mod, const float *W, int in,
-                     int out, const float *bias, int t0, int t1, expect_fn expect, void *ctx)
+static void run_case(const lora_set *set, int layer, lr_module mod, const float *W, int in, int out,
+                     const float *bias, int t0, int t1, expect_fn expect, void *ctx)
 {
     float *x = rnd(NROWS * LDX);
     float *y = malloc(sizeof(float) * NROWS * LDY);
@@ -152,8 +151,8 @@ static void run_case(const lora_set *set, int layer, lr_module mod, const float 
 typedef struct mix_ctx {
     int n;
     const peft_module *md[4];
-    double k[4];          /* effective scaling per member */
-    const double *f[4];   /* DoRA factor per member or NULL */
+    double k[4];        /* effective scaling per member */
+    const double *f[4]; /* DoRA factor per member or NULL */
 } mix_ctx;
 
 /* SPEC D.3/D.5 with several active adapters: y = b + base + Σ contributions, where a DoRA
@@ -347,8 +346,11 @@ int main(void)
     struct {
         const char *name;
         const TTest *t;
-    } cases[] = {{"plain", test_plain}, {"dora", test_dora},   {"mix", test_mix},
-                 {"embed", test_embed}, {"ops", test_ops}};
+    } cases[] = {{"plain", test_plain},
+                 {"dora", test_dora},
+                 {"mix", test_mix},
+                 {"embed", test_embed},
+                 {"ops", test_ops}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name);
         tcase_add_checked_fixture(tc, setup, NULL);

@@ -108,13 +108,15 @@ static float *add_t(const char *name, const char *dtype, int ndim, int64_t d0, i
     return t->vals;
 }
 
-static int64_t numel(const wt *t) { return t->ndim == 1 ? t->shape[0] : t->shape[0] * t->shape[1]; }
+static int64_t numel(const wt *t)
+{
+    return t->ndim == 1 ? t->shape[0] : t->shape[0] * t->shape[1];
+}
 
 static uint16_t to_half(float f)
 {
     /* exact for the multiples of 1/64 used here (normal range) */
-    if (f == 0)
-        return 0;
+    if (f == 0) return 0;
     uint32_t b;
     memcpy(&b, &f, 4);
     uint32_t sign = (b >> 16) & 0x8000u;
@@ -229,10 +231,8 @@ static void add_lora(const char *prefix, int l, int j, int r, const char *dtype,
     float *a = add_t(n, dtype, 2, r, mcols[j]);
     snprintf(n, sizeof n, "%smodel.layers.%d.%s.lora_B.weight", prefix, l, mname[j]);
     float *b = add_t(n, dtype, 2, mrows[j], r);
-    if (A)
-        *A = a;
-    if (B)
-        *B = b;
+    if (A) *A = a;
+    if (B) *B = b;
 }
 
 static int load(peft_adapter **out, lr_error *e)
@@ -249,10 +249,8 @@ static void expect_fail(int code, const char *needle1, const char *needle2)
     int rc = load(&a, &e);
     ck_assert_msg(rc == code, "rc %d (want %d): %s", rc, code, e.msg);
     ck_assert_ptr_null(a);
-    if (needle1)
-        ck_assert_msg(strstr(e.msg, needle1), "message '%s' lacks '%s'", e.msg, needle1);
-    if (needle2)
-        ck_assert_msg(strstr(e.msg, needle2), "message '%s' lacks '%s'", e.msg, needle2);
+    if (needle1) ck_assert_msg(strstr(e.msg, needle1), "message '%s' lacks '%s'", e.msg, needle1);
+    if (needle2) ck_assert_msg(strstr(e.msg, needle2), "message '%s' lacks '%s'", e.msg, needle2);
     cleanup_dir();
 }
 
@@ -313,7 +311,8 @@ START_TEST(test_dtypes)
     peft_adapter *a;
     lr_error e;
     ck_assert_msg(load(&a, &e) == 0, "%s", e.msg);
-    const peft_module *g = peft_module_at(a, 0, LR_MOD_GATE), *d = peft_module_at(a, 0, LR_MOD_DOWN);
+    const peft_module *g = peft_module_at(a, 0, LR_MOD_GATE),
+                      *d = peft_module_at(a, 0, LR_MOD_DOWN);
     for (int i = 0; i < 2 * H; i++)
         ck_assert_float_eq(g->A[i], A[i]);
     for (int i = 0; i < I * 2; i++)
@@ -430,11 +429,10 @@ START_TEST(test_dora_and_bias)
               "\"target_modules\":[\"q_proj\",\"down_proj\"],\"layers_to_transform\":[1]}");
     float *A, *B;
     add_lora("base_model.model.", 1, 0, 2, "F32", &A, &B);
-    float *bb = add_t("base_model.model.model.layers.1.self_attn.q_proj.lora_B.bias", "F32", 1, H,
-                      0);
-    float *mag =
-        add_t("base_model.model.model.layers.1.self_attn.q_proj.lora_magnitude_vector", "F32", 1,
-              H, 0);
+    float *bb =
+        add_t("base_model.model.model.layers.1.self_attn.q_proj.lora_B.bias", "F32", 1, H, 0);
+    float *mag = add_t("base_model.model.model.layers.1.self_attn.q_proj.lora_magnitude_vector",
+                       "F32", 1, H, 0);
     float *A2, *B2;
     add_lora("base_model.model.", 1, 6, 2, "F32", &A2, &B2);
     float *mag2 = add_t("base_model.model.model.layers.1.mlp.down_proj.lora_magnitude_vector",
@@ -619,10 +617,16 @@ START_TEST(test_bad_files)
     ck_assert_int_eq(peft_load(tmpdir, &model, NULL, &e, &a), LR_EFORMAT);
     ck_assert_ptr_nonnull(strstr(e.msg, "adapter_model.safetensors"));
     /* malformed config JSON, wrong types */
-    static const char *bad[] = {"{\"r\":", "[1,2]", "{\"r\":\"eight\"}", "{\"r\":0}",
-                                "{\"target_modules\":5}", "{\"target_modules\":\"(unclosed\"}",
-                                "{\"rank_pattern\":{\"q\":\"x\"}}", "{\"use_dora\":\"yes\"}",
-                                "{\"layers_to_transform\":[\"a\"]}", "{\"r\":2,\"r\":3}"};
+    static const char *bad[] = {"{\"r\":",
+                                "[1,2]",
+                                "{\"r\":\"eight\"}",
+                                "{\"r\":0}",
+                                "{\"target_modules\":5}",
+                                "{\"target_modules\":\"(unclosed\"}",
+                                "{\"rank_pattern\":{\"q\":\"x\"}}",
+                                "{\"use_dora\":\"yes\"}",
+                                "{\"layers_to_transform\":[\"a\"]}",
+                                "{\"r\":2,\"r\":3}"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         write_cfg(bad[i]);
         int rc = peft_load(tmpdir, &model, NULL, &e, &a);
@@ -642,10 +646,14 @@ int main(void)
         const char *name;
         const TTest *t;
     } cases[] = {
-        {"basic", test_basic_prefix_and_values},   {"dtypes", test_dtypes},
-        {"patterns", test_patterns_rslora},         {"targeting", test_regex_and_layers},
-        {"dora", test_dora_and_bias},               {"embedding", test_embedding},
-        {"refusals", test_refusals},                {"incompatible", test_incompatible},
+        {"basic", test_basic_prefix_and_values},
+        {"dtypes", test_dtypes},
+        {"patterns", test_patterns_rslora},
+        {"targeting", test_regex_and_layers},
+        {"dora", test_dora_and_bias},
+        {"embedding", test_embedding},
+        {"refusals", test_refusals},
+        {"incompatible", test_incompatible},
         {"bad_files", test_bad_files},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

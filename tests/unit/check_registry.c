@@ -62,8 +62,7 @@ static void write_adapter(const char *dir, int r, int in_dim, int with_weights)
              "{\"peft_type\":\"LORA\",\"r\":%d,\"lora_alpha\":%d,\"target_modules\":[\"q_proj\"]}",
              r, 2 * r);
     write_file(p, cfg, strlen(cfg));
-    if (!with_weights)
-        return;
+    if (!with_weights) return;
     char hdr[2048];
     size_t pos = 0, off = 0;
     pos += (size_t)snprintf(hdr + pos, sizeof hdr - pos, "{");
@@ -152,8 +151,7 @@ static reg_state state_of(reg_registry *r, const char *id)
     int n = reg_list(r, &v);
     reg_state s = (reg_state)-1;
     for (int i = 0; i < n; i++)
-        if (!strcmp(v[i].id, id))
-            s = v[i].state;
+        if (!strcmp(v[i].id, id)) s = v[i].state;
     free(v);
     return s;
 }
@@ -165,17 +163,16 @@ START_TEST(test_ids)
         size_t len;
         int ok;
     } cases[] = {
-        {"org/name", 8, 1},   {"a", 1, 1},          {"a-b_c.d", 7, 1},   {"..", 2, 0},
-        {"a/../b", 6, 0},     {"a..b", 4, 0},       {"/abs", 4, 0},      {"a\\b", 3, 0},
-        {"a\x01z", 3, 0},     {"a\x7f", 2, 0},      {"a\0b", 3, 0},      {"", 0, 0},
-        {"./a", 3, 0},        {"a//b", 4, 0},       {"a/", 2, 0},        {"a\nb", 3, 0},
+        {"org/name", 8, 1}, {"a", 1, 1},     {"a-b_c.d", 7, 1}, {"..", 2, 0},
+        {"a/../b", 6, 0},   {"a..b", 4, 0},  {"/abs", 4, 0},    {"a\\b", 3, 0},
+        {"a\x01z", 3, 0},   {"a\x7f", 2, 0}, {"a\0b", 3, 0},    {"", 0, 0},
+        {"./a", 3, 0},      {"a//b", 4, 0},  {"a/", 2, 0},      {"a\nb", 3, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         lr_error e;
         int rc = reg_check_id(cases[i].id, cases[i].len, &e);
         ck_assert_msg((rc == 0) == cases[i].ok, "id #%zu: rc %d", i, rc);
-        if (!cases[i].ok)
-            ck_assert_int_eq(e.http, 400);
+        if (!cases[i].ok) ck_assert_int_eq(e.http, 400);
     }
     char longid[300];
     memset(longid, 'x', sizeof longid);
@@ -446,9 +443,11 @@ START_TEST(test_lora_api)
     ck_assert_ptr_ne(m, a0);
     ck_assert(lora_has_module(m, 0, LR_MOD_Q));
     json_decref(mix);
-    static const char *bad[][2] = {{"[]", "400"}, {"[{\"id\": \"nope\"}]", "404"},
+    static const char *bad[][2] = {{"[]", "400"},
+                                   {"[{\"id\": \"nope\"}]", "404"},
                                    {"[{\"id\": \"a1\", \"scale\": \"x\"}]", "400"},
-                                   {"[{\"scale\": 1}]", "400"}, {"{}", "400"}};
+                                   {"[{\"scale\": 1}]", "400"},
+                                   {"{}", "400"}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         json_t *b = json_loads(bad[i][0], JSON_DECODE_ANY, &je);
         const void *x = NULL;
@@ -472,8 +471,9 @@ START_TEST(test_lora_api)
             ck_assert_str_eq(json_string_value(json_object_get(o, "state")), "loaded");
             ck_assert_int_eq(json_integer_value(json_object_get(o, "rank")), 2);
             ck_assert_int_eq(json_integer_value(json_object_get(o, "in_use")), 2);
-            ck_assert_str_eq(json_string_value(json_array_get(json_object_get(o, "target_modules"), 0)),
-                             "q_proj");
+            ck_assert_str_eq(
+                json_string_value(json_array_get(json_object_get(o, "target_modules"), 0)),
+                "q_proj");
         }
     }
     ck_assert(found);
@@ -497,10 +497,12 @@ START_TEST(test_lora_api)
     json_t *models = json_array();
     ops->models(l, "base", 5, models);
     ck_assert_int_ge(json_array_size(models), 7);
-    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(models, 0), "parent")), "base");
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(models, 0), "parent")),
+                     "base");
     json_decref(models);
     char *txt = ops->metrics(l);
-    ck_assert_ptr_nonnull(strstr(txt, "vllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\""));
+    ck_assert_ptr_nonnull(
+        strstr(txt, "vllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\""));
     ck_assert_ptr_nonnull(strstr(txt, "lorad_adapter_loads_total 2\n"));
     free(txt);
     ops->release(l, m);
@@ -516,9 +518,10 @@ int main(void)
     struct {
         const char *name;
         const TTest *t;
-    } cases[] = {{"ids", test_ids},   {"resolve", test_resolve},   {"lru", test_lru},
-                 {"room", test_wait_for_room}, {"failures", test_failures},
-                 {"register", test_register}, {"lora_api", test_lora_api}};
+    } cases[] = {{"ids", test_ids},           {"resolve", test_resolve},
+                 {"lru", test_lru},           {"room", test_wait_for_room},
+                 {"failures", test_failures}, {"register", test_register},
+                 {"lora_api", test_lora_api}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name);
         tcase_add_checked_fixture(tc, setup, teardown);
