@@ -48,7 +48,7 @@ UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(sort $(wildcard tests
 TOOLS      := $(BUILD)/lr-generate
 
 .SECONDARY:
-.PHONY: all run test unit asan bench fuzz soak deps models clean
+.PHONY: all run test unit asan bench fuzz soak deps models clean deploy-test docker-check
 all: $(BUILD)/lorad $(BUILD)/loractl $(TOOLS) $(UNIT_TESTS)
 
 deps:
@@ -111,6 +111,18 @@ test: deps
 bench: deps
 	@$(MAKE) --no-print-directory all $(BUILD)/lr-bench
 	@BUILD=$(BUILD) PY=$(PY) ./tests/bench/run.sh
+
+# Deploy checks (tests/deploy; see README "Deploy"). deploy-test runs those suites alone — they
+# are part of `make test` too (about a minute). docker-check replays deploy/Dockerfile in clean
+# debootstrap roots: needs root and Debian's mirror, takes 5-10 minutes, so not in `make test`.
+deploy-test: deps
+	@$(MAKE) --no-print-directory $(BUILD)/lorad $(BUILD)/loractl
+	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 OPT=-O1 build/asan/loractl
+	@rc=0; for t in tests/deploy/test_*.py; do echo "== $$t"; \
+	    LORAD_BUILD=$(BUILD) LORAD_ASAN_BUILD=build/asan $(PY) $$t || rc=1; done; exit $$rc
+
+docker-check: deps
+	$(PY) tests/deploy/docker_check.py
 
 clean:
 	rm -rf build
