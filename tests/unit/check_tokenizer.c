@@ -741,6 +741,148 @@ START_TEST(test_regex_semantics)
 }
 END_TEST
 
+/* Hostile files: byte-level mutations of a small but feature-rich tokenizer.json must load or
+ * fail cleanly, and whatever loads must encode/decode without crashing (ASan watches). */
+static uint64_t fuzz_rng = 0x9E3779B97F4A7C15ull;
+static unsigned fuzz_rand(unsigned n)
+{
+    fuzz_rng ^= fuzz_rng << 13;
+    fuzz_rng ^= fuzz_rng >> 7;
+    fuzz_rng ^= fuzz_rng << 17;
+    return (unsigned)(fuzz_rng % n);
+}
+
+START_TEST(test_fuzz_files)
+{
+    const char *base =
+        "{\"version\":\"1.0\",\"added_tokens\":[{\"id\":5,\"content\":\"<s>\",\"single_word\":false,"
+        "\"lstrip\":true,\"rstrip\":false,\"normalized\":false,\"special\":true}],"
+        "\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFKC\"},"
+        "{\"type\":\"Replace\",\"pattern\":{\"Regex\":\"\\\\s+\"},\"content\":\" \"}]},"
+        "\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":"
+        "{\"Regex\":\"\\\\p{L}+|\\\\p{N}\"},\"behavior\":\"Isolated\",\"invert\":false},{\"type\":"
+        "\"Metaspace\",\"replacement\":\"_\",\"prepend_scheme\":\"first\",\"split\":true}]},"
+        "\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":"
+        "{\"id\":\"<s>\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],"
+        "\"special_tokens\":{\"<s>\":{\"id\":\"<s>\",\"ids\":[5],\"tokens\":[\"<s>\"]}}},"
+        "\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":"
+        "{\"String\":\"_\"},\"content\":\" \"},{\"type\":\"ByteFallback\"},{\"type\":\"Fuse\"},"
+        "{\"type\":\"Strip\",\"content\":\" \",\"start\":1,\"stop\":1}]},"
+        "\"model\":{\"type\":\"BPE\",\"byte_fallback\":true,\"fuse_unk\":true,\"unk_token\":\"<u>\","
+        "\"vocab\":{\"<u>\":0,\"a\":1,\"b\":2,\"ab\":3,\"_\":4,\"<0x41>\":6,\"_a\":7},"
+        "\"merges\":[\"a b\",\"_ a\"]}}";
+    static const char *texts[] = {"", "ab ab", "<s>A b1", "\xC3\xA9\xE2\x80\x83x", "  <s>  ", "_a_"};
+    size_t n = strlen(base);
+    char *buf = malloc(n + 64);
+    int loaded = 0;
+    /* The unmutated file must load and behave (so the loop is not vacuously "no crash"). */
+    tok_tokenizer *t = must_load(base, NULL);
+    expect_ids(t, "ab ab", 1, IDS(5, 4, 3, 4, 3)); /* as the HF crate gives */
+    tok_destroy(t);
+    for (int it = 0; it < 5000; it++) {
+        memcpy(buf, base, n + 1);
+        size_t len = n;
+        for (int k = 1 + (int)fuzz_rand(3); k > 0; k--) {
+            size_t pos = fuzz_rand((unsigned)len);
+            switch (fuzz_rand(4)) {
+            case 0: /* flip to a random structural or digit char */
+                buf[pos] = "{}[]\":,0123456789-\\aA"[fuzz_rand(21)];
+                break;
+            case 1: /* delete a byte */
+                memmove(buf + pos, buf + pos + 1, len - pos);
+                len--;
+                break;
+            case 2: /* duplicate a byte */
+                memmove(buf + pos + 1, buf + pos, len - pos + 1);
+                len++;
+                break;
+            default: /* a huge number */
+                if (buf[pos] >= '0' && buf[pos] <= '9') {
+                    memmove(buf + pos + 10, buf + pos, len - pos + 1);
+                    memcpy(buf + pos, "9999999999", 10);
+                    len += 10;
+                }
+            }
+            buf[len] = 0;
+        }
+        lr_error e = {0};
+        t = load_inline(buf, NULL, &e);
+        if (!t) {
+            ck_assert_msg(e.code < 0 && e.msg[0], "a failed load must say why");
+            continue;
+        }
+        loaded++;
+        for (size_t k = 0; k < sizeof texts / sizeof *texts; k++) {
+            tok_ids ids = {0};
+            if (tok_encode(t, texts[k], strlen(texts[k]), 1, &ids) == 0) {
+                char *s = NULL;
+                size_t sl;
+                tok_decode(t, ids.v, ids.n, (int)(k & 1), &s, &sl);
+                free(s);
+            }
+            free(ids.v);
+        }
+        tok_destroy(t);
+    }
+    free(buf);
+    ck_assert_int_gt(loaded, 10); /* some mutants load, so encode paths ran on odd files */
+}
+END_TEST
+
+/* Byte-level BPE without a normalizer is lossless: decode(encode(x)) == x for any text. An
+ * independent property of the real Llama-3 files (if present), on random Unicode text. */
+START_TEST(test_roundtrip_bytelevel)
+{
+    char tj[1024];
+    snprintf(tj, sizeof tj, "%s/llama3/tokenizer.json", cache_dir());
+    if (access(tj, R_OK) != 0)
+        return; /* covered by the golden TCases, which fail when files are missing */
+    lr_error e = {0};
+    tok_tokenizer *t = NULL;
+    ck_assert_msg(tok_load_files(tj, NULL, &e, &t) == 0, "%s", e.msg);
+    static const uint32_t pool[] = {'a', 'Z', ' ', ' ', '\n', '\r', '\t', '1', '7', '\'', 's', '!',
+                                    0xE9, 0x300, 0x85, 0xA0, 0x3000, 0x4E2D, 0x1F600, 0x200D,
+                                    0xFE0F, 0x10FFFD, 0x7F, 0x1, 0x130, 0x17F, 0x2028, 0xAC00};
+    char text[4096];
+    int bad = 0;
+    for (int it = 0; it < 400; it++) {
+        size_t n = 0;
+        int m = 1 + (int)fuzz_rand(120);
+        for (int k = 0; k < m; k++) {
+            uint32_t c = fuzz_rand(4) ? pool[fuzz_rand(sizeof pool / sizeof *pool)]
+                                      : 0x20 + fuzz_rand(0xD7FF - 0x20);
+            /* UTF-8 encode c */
+            if (c < 0x80) {
+                text[n++] = (char)c;
+            } else if (c < 0x800) {
+                text[n++] = (char)(0xC0 | (c >> 6));
+                text[n++] = (char)(0x80 | (c & 0x3F));
+            } else if (c < 0x10000) {
+                text[n++] = (char)(0xE0 | (c >> 12));
+                text[n++] = (char)(0x80 | ((c >> 6) & 0x3F));
+                text[n++] = (char)(0x80 | (c & 0x3F));
+            } else {
+                text[n++] = (char)(0xF0 | (c >> 18));
+                text[n++] = (char)(0x80 | ((c >> 12) & 0x3F));
+                text[n++] = (char)(0x80 | ((c >> 6) & 0x3F));
+                text[n++] = (char)(0x80 | (c & 0x3F));
+            }
+        }
+        tok_ids ids = {0};
+        ck_assert_int_eq(tok_encode(t, text, n, 0, &ids), 0);
+        char *s = NULL;
+        size_t sl = 0;
+        ck_assert_int_eq(tok_decode(t, ids.v, ids.n, 0, &s, &sl), 0);
+        if (sl != n || memcmp(s, text, n) != 0)
+            bad++;
+        free(s);
+        free(ids.v);
+    }
+    tok_destroy(t);
+    ck_assert_msg(bad == 0, "%d of 400 random texts did not round-trip", bad);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("tokenizer");
@@ -778,6 +920,8 @@ int main(void)
         {"lossy_utf8", test_lossy_utf8, 30},
         {"load_errors", test_load_errors, 30},
         {"regex", test_regex_semantics, 30},
+        {"fuzz_files", test_fuzz_files, 300},
+        {"roundtrip_bytelevel", test_roundtrip_bytelevel, 300},
     };
     for (size_t i = 0; i < sizeof tcs / sizeof tcs[0]; i++) {
         TCase *tc = tcase_create(tcs[i].name);
