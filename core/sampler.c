@@ -34,7 +34,7 @@ struct smp_seq {
     uint32_t *counts; /* (vocab), NULL when every penalty is off */
 };
 
-/* ---- random numbers: xoshiro256** seeded through splitmix64 (Blackman & Vigna) ---------------- */
+/* ---- random numbers: xoshiro256** seeded through splitmix64 (Blackman & Vigna) --------------- */
 
 static uint64_t splitmix64_next(uint64_t *x)
 {
@@ -44,7 +44,10 @@ static uint64_t splitmix64_next(uint64_t *x)
     return z ^ (z >> 31);
 }
 
-static inline uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static inline uint64_t rotl64(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
 
 static uint64_t xoshiro_next(uint64_t s[4])
 {
@@ -60,14 +63,16 @@ static uint64_t xoshiro_next(uint64_t s[4])
 }
 
 /* A uniform double in [0, 1): the top 53 bits of one generator output. */
-static double rng_uniform(smp_seq *s) { return (double)(xoshiro_next(s->rng) >> 11) * 0x1.0p-53; }
+static double rng_uniform(smp_seq *s)
+{
+    return (double)(xoshiro_next(s->rng) >> 11) * 0x1.0p-53;
+}
 
 /* ---- parameters and per-sequence state ------------------------------------------------------ */
 
 int smp_params_check(const smp_params *p, lr_error *err)
 {
-    if (!p)
-        return lr_error_set(err, LR_EINVAL, "sampling parameters are missing");
+    if (!p) return lr_error_set(err, LR_EINVAL, "sampling parameters are missing");
     if (!isfinite(p->temperature) || p->temperature < 0)
         return lr_error_set(err, LR_EINVAL,
                             "sampling: temperature must be a finite number >= 0, got %g",
@@ -96,11 +101,9 @@ int smp_params_check(const smp_params *p, lr_error *err)
 
 int smp_seq_create(const smp_params *p, int vocab, smp_seq **out)
 {
-    if (!out || vocab < 1 || smp_params_check(p, NULL) != 0)
-        return LR_EINVAL;
+    if (!out || vocab < 1 || smp_params_check(p, NULL) != 0) return LR_EINVAL;
     smp_seq *s = calloc(1, sizeof *s);
-    if (!s)
-        return LR_ENOMEM;
+    if (!s) return LR_ENOMEM;
     s->p = *p;
     s->vocab = vocab;
     uint64_t sm = p->seed;
@@ -119,32 +122,27 @@ int smp_seq_create(const smp_params *p, int vocab, smp_seq **out)
 
 void smp_seq_destroy(smp_seq *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     free(s->counts);
     free(s);
 }
 
 void smp_seq_add_prompt(smp_seq *s, const int32_t *ids, int n)
 {
-    if (!s || !s->counts || !ids)
-        return;
+    if (!s || !s->counts || !ids) return;
     for (int i = 0; i < n; i++)
-        if (ids[i] >= 0 && ids[i] < s->vocab)
-            s->counts[ids[i]] |= CTX_BIT;
+        if (ids[i] >= 0 && ids[i] < s->vocab) s->counts[ids[i]] |= CTX_BIT;
 }
 
 void smp_seq_accept(smp_seq *s, int32_t id)
 {
-    if (!s || !s->counts || id < 0 || id >= s->vocab)
-        return;
+    if (!s || !s->counts || id < 0 || id >= s->vocab) return;
     uint32_t c = s->counts[id];
-    if ((c & GEN_MASK) != GEN_MASK)
-        c++;
+    if ((c & GEN_MASK) != GEN_MASK) c++;
     s->counts[id] = c | CTX_BIT;
 }
 
-/* ---- ordering keys ---------------------------------------------------------------------------- */
+/* ---- ordering keys --------------------------------------------------------------------------- */
 
 /* Key of (v, id) such that a larger key means a larger v, or the same v and a lower id. v is never
  * NaN and never -0 here. IEEE floats order like sign-magnitude integers: flipping the sign bit of
@@ -154,10 +152,13 @@ static inline uint64_t key_of(float v, int32_t id)
     uint32_t b;
     memcpy(&b, &v, sizeof b);
     b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-    return ((uint64_t)b << 32) | (uint32_t)~(uint32_t)id;
+    return ((uint64_t)b << 32) | (uint32_t) ~(uint32_t)id;
 }
 
-static inline int32_t key_id(uint64_t k) { return (int32_t)~(uint32_t)(k & 0xffffffffu); }
+static inline int32_t key_id(uint64_t k)
+{
+    return (int32_t) ~(uint32_t)(k & 0xffffffffu);
+}
 
 static inline void swap64(uint64_t *a, uint64_t *b)
 {
@@ -184,12 +185,9 @@ static void sift_down_min(uint64_t *a, size_t n, size_t i)
 {
     for (;;) {
         size_t c = 2 * i + 1;
-        if (c >= n)
-            return;
-        if (c + 1 < n && a[c + 1] < a[c])
-            c++;
-        if (a[i] <= a[c])
-            return;
+        if (c >= n) return;
+        if (c + 1 < n && a[c + 1] < a[c]) c++;
+        if (a[i] <= a[c]) return;
         swap64(&a[i], &a[c]);
         i = c;
     }
@@ -199,8 +197,7 @@ static void sift_up_min(uint64_t *a, size_t i)
 {
     while (i > 0) {
         size_t parent = (i - 1) / 2;
-        if (a[parent] <= a[i])
-            return;
+        if (a[parent] <= a[i]) return;
         swap64(&a[parent], &a[i]);
         i = parent;
     }
@@ -208,8 +205,7 @@ static void sift_up_min(uint64_t *a, size_t i)
 
 static void heap_sort_desc(uint64_t *a, size_t n)
 {
-    if (n < 2)
-        return;
+    if (n < 2) return;
     for (size_t i = n / 2; i-- > 0;)
         sift_down_min(a, n, i);
     for (size_t end = n - 1; end > 0; end--) {
@@ -222,12 +218,9 @@ static void heap_sort_desc(uint64_t *a, size_t n)
 static uint64_t pivot_to_end(uint64_t *a, size_t lo, size_t hi)
 {
     size_t mid = lo + (hi - lo) / 2, last = hi - 1;
-    if (a[mid] < a[lo])
-        swap64(&a[mid], &a[lo]);
-    if (a[last] < a[lo])
-        swap64(&a[last], &a[lo]);
-    if (a[last] < a[mid])
-        swap64(&a[last], &a[mid]);
+    if (a[mid] < a[lo]) swap64(&a[mid], &a[lo]);
+    if (a[last] < a[lo]) swap64(&a[last], &a[lo]);
+    if (a[last] < a[mid]) swap64(&a[last], &a[mid]);
     /* now a[lo] <= a[mid] <= a[last]: the median is a[mid] */
     swap64(&a[mid], &a[last]);
     return a[last];
@@ -240,8 +233,7 @@ static size_t partition_desc(uint64_t *a, size_t lo, size_t hi)
     uint64_t pv = pivot_to_end(a, lo, hi);
     size_t store = lo;
     for (size_t i = lo; i + 1 < hi; i++)
-        if (a[i] > pv)
-            swap64(&a[i], &a[store++]);
+        if (a[i] > pv) swap64(&a[i], &a[store++]);
     swap64(&a[store], &a[hi - 1]);
     return store;
 }
@@ -268,8 +260,7 @@ static void select_top(uint64_t *a, size_t n, size_t c)
             return;
         }
         size_t p = partition_desc(a, lo, hi);
-        if (p == c || p + 1 == c)
-            return;
+        if (p == c || p + 1 == c) return;
         if (c < p)
             hi = p;
         else
@@ -302,16 +293,13 @@ static size_t select_mass(uint64_t *a, size_t n, const float *e, double need)
             continue;
         }
         acc += up + e[key_id(a[p])];
-        if (acc >= need)
-            return p + 1;
+        if (acc >= need) return p + 1;
         lo = p + 1;
     }
-    if (hi - lo <= 16)
-        insertion_sort_desc(a + lo, hi - lo);
+    if (hi - lo <= 16) insertion_sort_desc(a + lo, hi - lo);
     for (size_t j = lo; j < hi; j++) {
         acc += e[key_id(a[j])];
-        if (acc >= need)
-            return j + 1;
+        if (acc >= need) return j + 1;
     }
     return hi;
 }
@@ -352,8 +340,7 @@ static int32_t draw_keys(const uint64_t *key, size_t n, const float *e, double u
         if (e[id] > 0) {
             acc += e[id];
             last = id;
-            if (target < acc)
-                return id;
+            if (target < acc) return id;
         }
     }
     return last;
@@ -395,10 +382,8 @@ int32_t smp_sample(smp_seq *s, const float *logits, float *scratch)
             m = v;
         }
     }
-    if (best < 0)
-        return 0;
-    if (p->temperature == 0 || m == -INFINITY)
-        return best;
+    if (best < 0) return 0;
+    if (p->temperature == 0 || m == -INFINITY) return best;
 
     /* Pass 2: scale so the maximum is 0: z = (z − m) / T ≤ 0. If some logits are +inf they share
      * all the mass: they become 0 and everything else −inf. */
@@ -414,8 +399,8 @@ int32_t smp_sample(smp_seq *s, const float *logits, float *scratch)
     const int top_k = p->top_k > 0 && p->top_k < V ? p->top_k : 0;
     const double top_p = p->top_p;
     const double min_p = p->min_p;
-    size_t n = 0;  /* candidates keyed in key[0, n) */
-    double zsum;   /* their total mass (top_k) or the whole vocabulary's (no top_k) */
+    size_t n = 0; /* candidates keyed in key[0, n) */
+    double zsum;  /* their total mass (top_k) or the whole vocabulary's (no top_k) */
 
     if (top_k > 0 && top_k <= HEAP_K_MAX) {
         /* Small k: one scan keeping a min-heap of the k best keys. Ids rise during the scan, so a
@@ -423,8 +408,7 @@ int32_t smp_sample(smp_seq *s, const float *logits, float *scratch)
         size_t h = 0, k = (size_t)top_k;
         float hmin = -INFINITY;
         for (int i = 0; i < V; i++) {
-            if (!(z[i] > -INFINITY))
-                continue;
+            if (!(z[i] > -INFINITY)) continue;
             if (h < k) {
                 key[h] = key_of(z[i], i);
                 sift_up_min(key, h++);
@@ -440,26 +424,22 @@ int32_t smp_sample(smp_seq *s, const float *logits, float *scratch)
             /* Ties with the k-th value stay (HF and vLLM drop only scores below the k-th); the
              * ones not in the heap have higher ids than the heap's k-th. */
             for (int i = key_id(key[0]) + 1; i < V; i++)
-                if (z[i] == hmin)
-                    key[n++] = key_of(z[i], i);
+                if (z[i] == hmin) key[n++] = key_of(z[i], i);
         }
     }
     if (top_k > HEAP_K_MAX) {
         /* Large k: gather every token with mass and quickselect, then add the ties as above. */
         for (int i = 0; i < V; i++)
-            if (z[i] > -INFINITY)
-                key[n++] = key_of(z[i], i);
+            if (z[i] > -INFINITY) key[n++] = key_of(z[i], i);
         if (n > (size_t)top_k) {
             size_t k = (size_t)top_k;
             select_top(key, n, k);
             uint64_t kth = key[0];
             for (size_t j = 1; j < k; j++)
-                if (key[j] < kth)
-                    kth = key[j];
+                if (key[j] < kth) kth = key[j];
             const float vk = z[key_id(kth)];
             for (size_t j = k; j < n; j++)
-                if (z[key_id(key[j])] == vk)
-                    swap64(&key[j], &key[k++]);
+                if (z[key_id(key[j])] == vk) swap64(&key[j], &key[k++]);
             n = k;
         }
     }
@@ -493,42 +473,35 @@ int32_t smp_sample(smp_seq *s, const float *logits, float *scratch)
             for (; j + 8 <= V; j += 8) {
                 double b = ((double)e[j] + e[j + 1]) + ((double)e[j + 2] + e[j + 3]) +
                            (((double)e[j + 4] + e[j + 5]) + ((double)e[j + 6] + e[j + 7]));
-                if (acc + b > target)
-                    break;
+                if (acc + b > target) break;
                 acc += b;
             }
             for (; j < V; j++) {
                 acc += e[j];
-                if (target < acc)
-                    return j; /* e[j] > 0 here: acc just grew past target */
+                if (target < acc) return j; /* e[j] > 0 here: acc just grew past target */
             }
             /* Rounding (block sums vs. one by one): the last id with mass is the right end. */
             for (int t = V - 1; t >= 0; t--)
-                if (e[t] > 0)
-                    return t;
+                if (e[t] > 0) return t;
             return best;
         }
         /* Candidates. min_p keeps e ≥ min_p (the maximum has e = 1). For top_p, the tokens with
          * e < c, c = (1 − p)·Z/V, carry less than V·c = (1 − p)·Z together, so those with e ≥ c
          * hold at least p·Z and the top-p prefix lies among them: only they need selecting. */
         double cut = min_p;
-        if (top_p < 1 && (1 - top_p) * zsum / V > cut)
-            cut = (1 - top_p) * zsum / V;
+        if (top_p < 1 && (1 - top_p) * zsum / V > cut) cut = (1 - top_p) * zsum / V;
         for (int i = 0; i < V; i++)
-            if (e[i] > 0 && e[i] >= cut)
-                key[n++] = key_of(z[i], i);
+            if (e[i] > 0 && e[i] >= cut) key[n++] = key_of(z[i], i);
     }
     if (n == 0) /* cannot happen (the maximum has e = 1) but never draw from nothing */
         return best;
 
     /* top_p over the (top-k renormalised) distribution, then min_p relative to the maximum. */
-    if (top_p < 1)
-        n = select_mass(key, n, e, top_p * zsum);
+    if (top_p < 1) n = select_mass(key, n, e, top_p * zsum);
     if (min_p > 0 && top_k > 0) {
         size_t m2 = 0;
         for (size_t j = 0; j < n; j++)
-            if (e[key_id(key[j])] >= min_p)
-                key[m2++] = key[j];
+            if (e[key_id(key[j])] >= min_p) key[m2++] = key[j];
         n = m2 ? m2 : 1; /* the maximum (e = 1 ≥ min_p) always survives; belt and braces */
     }
     return draw_keys(key, n, e, u);
@@ -540,10 +513,8 @@ float smp_logprobs(const float *logits, int vocab, int32_t id, int n_top, int32_
                    float *top_lp)
 {
     LR_ASSERT(logits && vocab >= 1);
-    if (n_top > vocab)
-        n_top = vocab;
-    if (n_top < 0)
-        n_top = 0;
+    if (n_top > vocab) n_top = vocab;
+    if (n_top < 0) n_top = 0;
     LR_ASSERT(n_top == 0 || (top_ids && top_lp));
 
     /* log p_i = x_i − (m + log Σ_j exp(x_j − m)), m = max x: no exp overflows and the largest term
@@ -564,19 +535,17 @@ float smp_logprobs(const float *logits, int vocab, int32_t id, int n_top, int32_
         int i = 0;
         for (; i + 4 <= vocab; i += 4)
             for (int r = 0; r < 4; r++)
-                if (!isnan(logits[i + r]))
-                    part[r] += exp((double)logits[i + r] - m);
+                if (!isnan(logits[i + r])) part[r] += exp((double)logits[i + r] - m);
         for (; i < vocab; i++)
-            if (!isnan(logits[i]))
-                part[0] += exp((double)logits[i] - m);
+            if (!isnan(logits[i])) part[0] += exp((double)logits[i] - m);
         lse = m + log((part[0] + part[1]) + (part[2] + part[3]));
     }
 
 #define LP_OF(x)                                                                                   \
-    (isnan(x)                  ? -INFINITY                                                         \
-     : m == INFINITY           ? ((x) == INFINITY ? -log(n_inf) : -INFINITY)                       \
-     : lse == INFINITY         ? -INFINITY                                                         \
-                               : (double)(x) - lse)
+    (isnan(x)          ? -INFINITY                                                                 \
+     : m == INFINITY   ? ((x) == INFINITY ? -log(n_inf) : -INFINITY)                               \
+     : lse == INFINITY ? -INFINITY                                                                 \
+                       : (double)(x)-lse)
 
     /* Top n_top by insertion into a short sorted list; scanning ids upward, an equal value never
      * displaces an earlier (lower) id. */
@@ -584,8 +553,7 @@ float smp_logprobs(const float *logits, int vocab, int32_t id, int n_top, int32_
     for (int i = 0; i < vocab && n_top > 0; i++) {
         /* Compared as the floats the caller sees, so equal values keep the lower id first. */
         float lp = (float)(LP_OF(logits[i]));
-        if (cnt == n_top && !(lp > top_lp[cnt - 1]))
-            continue;
+        if (cnt == n_top && !(lp > top_lp[cnt - 1])) continue;
         int j = cnt < n_top ? cnt++ : cnt - 1;
         while (j > 0 && lp > top_lp[j - 1]) {
             top_lp[j] = top_lp[j - 1];
@@ -595,8 +563,7 @@ float smp_logprobs(const float *logits, int vocab, int32_t id, int n_top, int32_
         top_lp[j] = lp;
         top_ids[j] = i;
     }
-    if (id < 0 || id >= vocab)
-        return -INFINITY;
+    if (id < 0 || id >= vocab) return -INFINITY;
     return (float)LP_OF(logits[id]);
 #undef LP_OF
 }

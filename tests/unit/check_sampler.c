@@ -23,14 +23,18 @@
  * the parent process) on every call, which would dominate the run time. */
 #define REQUIRE(cond, ...)                                                                         \
     do {                                                                                           \
-        if (!(cond))                                                                               \
-            ck_abort_msg(__VA_ARGS__);                                                             \
+        if (!(cond)) ck_abort_msg(__VA_ARGS__);                                                    \
     } while (0)
 
 static smp_params plain(double T)
 {
-    smp_params p = {.temperature = (float)T, .top_p = 1, .top_k = 0, .min_p = 0,
-                    .repetition_penalty = 1, .presence_penalty = 0, .frequency_penalty = 0,
+    smp_params p = {.temperature = (float)T,
+                    .top_p = 1,
+                    .top_k = 0,
+                    .min_p = 0,
+                    .repetition_penalty = 1,
+                    .presence_penalty = 0,
+                    .frequency_penalty = 0,
                     .seed = 1234};
     return p;
 }
@@ -44,12 +48,14 @@ static uint64_t trng(void)
     trng_state ^= trng_state >> 27;
     return trng_state * 2685821657736338717ull;
 }
-static double trng_unif(void) { return (double)(trng() >> 11) * 0x1.0p-53; }
+static double trng_unif(void)
+{
+    return (double)(trng() >> 11) * 0x1.0p-53;
+}
 static double trng_gauss(void)
 {
     double u1 = trng_unif(), u2 = trng_unif();
-    if (u1 < 1e-300)
-        u1 = 1e-300;
+    if (u1 < 1e-300) u1 = 1e-300;
     return sqrt(-2 * log(u1)) * cos(2 * M_PI * u2);
 }
 
@@ -97,20 +103,18 @@ static void draw_counts(const float *logits, int V, const smp_params *p, const c
     smp_seq_destroy(s);
 }
 
-/* ---- the reference ---------------------------------------------------------------------------- */
+/* ---- the reference --------------------------------------------------------------------------- */
 
 /* Penalised logits in double, NaN → −inf. */
 static void ref_penalise(const float *logits, int V, const smp_params *p, const ctx *c, double *out)
 {
     for (int i = 0; i < V; i++)
         out[i] = isnan(logits[i]) ? -INFINITY : (double)logits[i];
-    if (!c)
-        return;
+    if (!c) return;
     char *seen = calloc((size_t)V, 1);
     long *cnt = calloc((size_t)V, sizeof(long));
     for (int i = 0; i < c->n_prompt; i++)
-        if (c->prompt[i] >= 0 && c->prompt[i] < V)
-            seen[c->prompt[i]] = 1;
+        if (c->prompt[i] >= 0 && c->prompt[i] < V) seen[c->prompt[i]] = 1;
     for (int i = 0; i < c->n_gen; i++)
         if (c->gen[i] >= 0 && c->gen[i] < V) {
             seen[c->gen[i]] = 1;
@@ -130,10 +134,8 @@ static const double *sort_z;
 static int cmp_desc(const void *a, const void *b)
 {
     int i = *(const int *)a, j = *(const int *)b;
-    if (sort_z[i] > sort_z[j])
-        return -1;
-    if (sort_z[i] < sort_z[j])
-        return 1;
+    if (sort_z[i] > sort_z[j]) return -1;
+    if (sort_z[i] < sort_z[j]) return 1;
     return i < j ? -1 : (i > j);
 }
 
@@ -237,9 +239,10 @@ static double check_counts(const long *counts, const double *prob, int V, long n
     int bins = 0;
     for (int i = 0; i < V; i++) {
         if (prob[i] == 0) {
-            REQUIRE(counts[i] == 0, "%s: id %d has reference probability 0 but was drawn %ld "
-                                          "times",
-                          what, i, counts[i]);
+            REQUIRE(counts[i] == 0,
+                    "%s: id %d has reference probability 0 but was drawn %ld "
+                    "times",
+                    what, i, counts[i]);
             continue;
         }
         double ex = prob[i] * (double)n;
@@ -288,7 +291,10 @@ static uint64_t ref_sm(uint64_t *x)
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
 }
-static uint64_t ref_rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static uint64_t ref_rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
 static uint64_t ref_xo(uint64_t s[4])
 {
     const uint64_t r = ref_rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
@@ -322,10 +328,9 @@ START_TEST(test_rng_spec)
         for (int i = 0; i < 2000; i++) {
             double u = (double)(ref_xo(st) >> 11) * 0x1.0p-53;
             int32_t id = smp_sample(s, lg, sc);
-            if (fabs(u - q) < 1e-6)
-                continue;
+            if (fabs(u - q) < 1e-6) continue;
             REQUIRE(id == (u < q ? 0 : 1), "seed %llu draw %d: u=%.9f q=%.9f got id %d",
-                          (unsigned long long)p.seed, i, u, q, id);
+                    (unsigned long long)p.seed, i, u, q, id);
         }
         free(sc);
         smp_seq_destroy(s);
@@ -337,7 +342,8 @@ START_TEST(test_rng_one_draw_filtered)
 {
     /* The filtered paths may walk their kept tokens in any order, but with two tokens left the
      * choice must still be a threshold on the call's single u: id 0 iff u < q for every draw, or
-     * id 0 iff u ≥ 1 − q for every draw. A path that drew twice, or skipped, would match neither. */
+     * id 0 iff u ≥ 1 − q for every draw. A path that drew twice, or skipped, would match neither.
+     */
     const float lg[3] = {0.0f, -0.4f, -INFINITY};
     const double q = 1 / (1 + exp(-0.4));
     smp_params ps[4] = {plain(1), plain(1), plain(1), plain(1)};
@@ -356,8 +362,7 @@ START_TEST(test_rng_one_draw_filtered)
         for (int i = 0; i < 2000; i++) {
             double u = (double)(ref_xo(st) >> 11) * 0x1.0p-53;
             int32_t id = smp_sample(s, lg, sc);
-            if (fabs(u - q) < 1e-6 || fabs(u - (1 - q)) < 1e-6)
-                continue;
+            if (fabs(u - q) < 1e-6 || fabs(u - (1 - q)) < 1e-6) continue;
             used++;
             match_lo += id == (u < q ? 0 : 1);
             match_hi += id == (u >= 1 - q ? 0 : 1);
@@ -381,7 +386,8 @@ START_TEST(test_determinism)
     p.top_k = 500;
     float *sc = make_scratch(V);
     int32_t a[N], b[N], c[N];
-    /* Same seed → same sequence, even when another sequence is sampled in between (same scratch). */
+    /* Same seed → same sequence, even when another sequence is sampled in between (same scratch).
+     */
     smp_seq *s1 = make_seq(&p, V, NULL);
     for (int i = 0; i < N; i++)
         a[i] = smp_sample(s1, lg, sc);
@@ -482,14 +488,11 @@ START_TEST(test_greedy_penalised_random)
         ref_penalise(lg, V, &p, &c, pen);
         int b = 0;
         for (int i = 1; i < V; i++)
-            if (pen[i] > pen[b])
-                b = i;
+            if (pen[i] > pen[b]) b = i;
         double second = -INFINITY;
         for (int i = 0; i < V; i++)
-            if (i != b && pen[i] > second)
-                second = pen[i];
-        if (pen[b] - second < 1e-4)
-            continue;
+            if (i != b && pen[i] > second) second = pen[i];
+        if (pen[b] - second < 1e-4) continue;
         ck_assert_int_eq(sample_once(lg, V, &p, &c), b);
         checked++;
     }
@@ -589,7 +592,7 @@ START_TEST(test_temperature)
 }
 END_TEST
 
-/* ---- top_k / top_p / min_p -------------------------------------------------------------------- */
+/* ---- top_k / top_p / min_p ------------------------------------------------------------------- */
 
 START_TEST(test_top_k)
 {
@@ -660,8 +663,8 @@ END_TEST
 START_TEST(test_top_p_boundaries)
 {
     /* 100 distinct logits, slowly decaying, ids shuffled: for each L, a top_p whose mass falls
-     * halfway into the L-th best token must keep exactly the L best — every one of them drawn, nothing
-     * else. More than 16 candidates, so the mass-steered selection really partitions. */
+     * halfway into the L-th best token must keep exactly the L best — every one of them drawn,
+     * nothing else. More than 16 candidates, so the mass-steered selection really partitions. */
     enum { V = 100, N = 1500 };
     float lg[V];
     int perm[V];
@@ -688,8 +691,8 @@ START_TEST(test_top_p_boundaries)
         p.seed = (uint64_t)L;
         draw_counts(lg, V, &p, NULL, N, counts);
         for (int r = 0; r < V; r++)
-            REQUIRE((counts[perm[r]] > 0) == (r < L), "L %d: rank %d (id %d) drawn %ld times", L,
-                    r, perm[r], counts[perm[r]]);
+            REQUIRE((counts[perm[r]] > 0) == (r < L), "L %d: rank %d (id %d) drawn %ld times", L, r,
+                    perm[r], counts[perm[r]]);
     }
 }
 END_TEST
@@ -756,12 +759,9 @@ START_TEST(test_random_instances)
                 lg[i] = lg[0];
         smp_params p = plain(0.3 + 1.5 * trng_unif());
         p.seed = trng();
-        if (trng() % 2)
-            p.top_k = 1 + (int)(trng() % (unsigned)(V + 2));
-        if (trng() % 2)
-            p.top_p = (float)(0.05 + 0.95 * trng_unif());
-        if (trng() % 2)
-            p.min_p = (float)(0.3 * trng_unif());
+        if (trng() % 2) p.top_k = 1 + (int)(trng() % (unsigned)(V + 2));
+        if (trng() % 2) p.top_p = (float)(0.05 + 0.95 * trng_unif());
+        if (trng() % 2) p.min_p = (float)(0.3 * trng_unif());
         ctx c = {prompt, 0, gen, 0};
         if (trng() % 2) {
             p.repetition_penalty = (float)(0.7 + trng_unif());
@@ -836,7 +836,7 @@ START_TEST(test_large_vocab)
 }
 END_TEST
 
-/* ---- NaN and infinities ------------------------------------------------------------------------ */
+/* ---- NaN and infinities ---------------------------------------------------------------------- */
 
 START_TEST(test_nan_inf)
 {
@@ -878,7 +878,7 @@ START_TEST(test_nan_inf)
 }
 END_TEST
 
-/* ---- logprobs ----------------------------------------------------------------------------------- */
+/* ---- logprobs -------------------------------------------------------------------------------- */
 
 /* Reference log-softmax in long double, NaN → −inf. */
 static void ref_logprobs(const float *lg, int V, double *out)
@@ -886,13 +886,11 @@ static void ref_logprobs(const float *lg, int V, double *out)
     long double m = -INFINITY, s = 0;
     int ninf = 0;
     for (int i = 0; i < V; i++)
-        if (!isnan(lg[i]) && lg[i] > m)
-            m = lg[i];
+        if (!isnan(lg[i]) && lg[i] > m) m = lg[i];
     for (int i = 0; i < V; i++)
         ninf += lg[i] == INFINITY;
     for (int i = 0; i < V; i++)
-        if (!isnan(lg[i]) && isfinite(m))
-            s += expl((long double)lg[i] - m);
+        if (!isnan(lg[i]) && isfinite(m)) s += expl((long double)lg[i] - m);
     for (int i = 0; i < V; i++) {
         if (isnan(lg[i]) || m == -INFINITY)
             out[i] = -INFINITY;
@@ -930,7 +928,8 @@ static void check_lp_case(const float *lg, int V, int n_top)
     int n = n_top < V ? n_top : V;
     for (int j = 0; j < n; j++) {
         ck_assert_msg(ids[j] == ord[j], "top %d: id %d want %d", j, ids[j], ord[j]);
-        ck_assert((double)tops[j] == rf[ord[j]] || fabs(tops[j] - rf[ord[j]]) <= 1e-6 * (1 + fabs(rf[ord[j]])));
+        ck_assert((double)tops[j] == rf[ord[j]] ||
+                  fabs(tops[j] - rf[ord[j]]) <= 1e-6 * (1 + fabs(rf[ord[j]])));
     }
     free(rf);
     free(ord);
