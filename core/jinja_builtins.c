@@ -101,6 +101,27 @@ static int is_cased(int32_t cp)
 
 enum { CASE_UPPER, CASE_LOWER, CASE_CAPITALIZE, CASE_TITLE_PY, CASE_TITLE_JINJA };
 
+/* Python's full case mappings (SpecialCasing.txt) where they differ from the simple ones
+ * utf8proc gives: NULL when the simple mapping is right. title: titlecase instead of upper. */
+static const char *special_case(int32_t cp, int up, int title)
+{
+    if (up) {
+        switch (cp) {
+        case 0xDF: return title ? "Ss" : "SS";
+        case 0x149: return "\xca\xbcN";
+        case 0xFB00: return title ? "Ff" : "FF";
+        case 0xFB01: return title ? "Fi" : "FI";
+        case 0xFB02: return title ? "Fl" : "FL";
+        case 0xFB03: return title ? "Ffi" : "FFI";
+        case 0xFB04: return title ? "Ffl" : "FFL";
+        case 0xFB05:
+        case 0xFB06: return title ? "St" : "ST";
+        }
+        return NULL;
+    }
+    return cp == 0x130 ? "i\xcc\x87" : NULL;
+}
+
 static int map_case(jj_ctx *c, const jj_node *n, jv s, int mode, jv *out)
 {
     char *o = jj_alloc(c, n, s.u.s.n * 2 + 8);
@@ -124,10 +145,15 @@ static int map_case(jj_ctx *c, const jj_node *n, jv s, int mode, jv *out)
                                    prev == 0x2028 || prev == 0x2029 || prev == 0x85));
         }
         prev = cp;
-        int32_t m = up ? utf8proc_toupper(cp) : utf8proc_tolower(cp);
+        int title = up && (mode == CASE_CAPITALIZE || mode == CASE_TITLE_PY);
+        int32_t m = !up ? utf8proc_tolower(cp) : title ? utf8proc_totitle(cp) : utf8proc_toupper(cp);
+        const char *sp = special_case(cp, up, title);
         if (on + 4 > cap)
             return jj_fail(c, n, LR_EINTERNAL, "case mapping grew the string unexpectedly");
-        if (m == cp) {
+        if (sp) {
+            memcpy(o + on, sp, strlen(sp));
+            on += strlen(sp);
+        } else if (m == cp) {
             memcpy(o + on, s.u.s.p + start, i - start);
             on += i - start;
         } else {
@@ -267,8 +293,7 @@ static int do_split(jj_ctx *c, const jj_node *n, jv s, const jj_args *a, jv *out
             if (i >= len)
                 break;
             if (maxsplit >= 0 && (int64_t)l->n >= maxsplit) {
-                jv rest = do_strip(sslice(p + i, len - i), NULL, 0, 0, 1);
-                rc = jj_list_push(c, n, l, rest);
+                rc = jj_list_push(c, n, l, sslice(p + i, len - i)); /* trailing blanks stay */
                 break;
             }
             size_t st = i;
@@ -477,6 +502,11 @@ static int f_attr(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
     jv name;
     if (!jj_arg(a, 0, "name", &name) || name.t != JV_STR)
         return jj_fail(c, n, LR_EINVAL, "attr() needs an attribute name");
+    /* Python getattr only: a dict's keys are not attributes */
+    if (in.t == JV_DICT && !jj_method_exists(in, name.u.s.p, name.u.s.n)) {
+        *out = jj_undef(NULL);
+        return 0;
+    }
     return jj_getattr(c, n, in, name.u.s.p, name.u.s.n, out);
 }
 
@@ -670,7 +700,8 @@ static int f_indent(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *ou
     } else {
         return jj_fail(c, n, LR_EINVAL, "indent width must be an integer in [0, 1000] or a string");
     }
-    /* Jinja2: s += "\n"; lines = s.splitlines(); (splitting at \n, \r\n and \r here) */
+    /* Jinja2: s += "\n"; lines = s.splitlines() — the pieces between line breaks, an empty one
+     * after a final break included (splitting at \n, \r\n and \r here) */
     jj_buf b = {.limit = c->opt.max_output};
     size_t i = 0, line = 0;
     if (first)
@@ -692,8 +723,6 @@ static int f_indent(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *ou
         if (!rc)
             rc = jj_buf_put(&b, s.u.s.p + st, len);
         line++;
-        if (i == s.u.s.n) /* the text ended with a line break: the appended "\n" adds no line */
-            break;
     }
     rc = rc ? jj_fail(c, n, LR_EINTERNAL, "indented text too long") : jj_mkstr(c, n, b.p ? b.p : "", b.n, out);
     free(b.p);
@@ -907,6 +936,11 @@ static int f_round(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out
     jj_arg(a, 1, "method", &method);
     if (in.t != JV_INT && in.t != JV_FLOAT && in.t != JV_BOOL)
         return jj_fail(c, n, LR_EINVAL, "round expects a number, got %s", jv_type_name(in));
+    if (in.t != JV_FLOAT && method.t == JV_STR && method.u.s.n == 6 &&
+        memcmp(method.u.s.p, "common", 6) == 0 && prec.t == JV_INT && prec.u.i >= 0) {
+        *out = mkint(in.u.i); /* Python round(int, n ≥ 0) is the int itself */
+        return 0;
+    }
     if (prec.t != JV_INT || prec.u.i < 0 || prec.u.i > 15 || method.t != JV_STR)
         return jj_fail(c, n, LR_EINVAL, "round(): bad precision or method");
     double x = in.t == JV_FLOAT ? in.u.f : (double)in.u.i, m = pow(10.0, (double)prec.u.i), r;
@@ -1042,9 +1076,21 @@ static int f_tojson(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *ou
         return rc;
     o.ensure_ascii = arg_bool(a, 0, "ensure_ascii", 0);
     if (jj_arg(a, 1, "indent", &v) && v.t != JV_NONE) {
-        if (v.t != JV_INT || v.u.i < 0 || v.u.i > 64)
-            return jj_fail(c, n, LR_EINVAL, "tojson indent must be an integer in [0, 64]");
-        o.indent = (int)v.u.i;
+        jv ind;
+        if (v.t == JV_STR) { /* json.dumps takes a string indent as is */
+            if ((rc = jj_mkstr(c, n, v.u.s.p, v.u.s.n, &ind)))
+                return rc;
+        } else if ((v.t == JV_INT || v.t == JV_BOOL) && v.u.i <= 64) {
+            char *sp = jj_alloc(c, n, 65);
+            if (!sp)
+                return c->err->code;
+            memset(sp, ' ', v.u.i > 0 ? (size_t)v.u.i : 0);
+            ind = sslice(sp, v.u.i > 0 ? (size_t)v.u.i : 0);
+        } else {
+            return jj_fail(c, n, LR_EINVAL, "tojson indent must be an integer up to 64 or a string");
+        }
+        o.indent = 0;
+        o.indent_str = ind.u.s.p;
     }
     o.item_sep = o.indent >= 0 ? "," : ", ";
     o.key_sep = ": ";
@@ -1228,7 +1274,8 @@ int jj_apply_test(jj_ctx *c, const jj_node *at, const char *name, size_t nlen, j
     else if (IS("mapping")) *res = v.t == JV_DICT;
     else if (IS("iterable")) *res = v.t == JV_LIST || v.t == JV_DICT || v.t == JV_STR || v.t == JV_UNDEF;
     else if (IS("sequence")) *res = v.t == JV_LIST || v.t == JV_DICT || v.t == JV_STR;
-    else if (IS("callable")) *res = v.t == JV_MACRO || v.t == JV_FUNC || v.t == JV_METHOD || v.t == JV_CALLER;
+    else if (IS("callable")) /* Jinja2's Undefined has __call__ (that raises): callable */
+        *res = v.t == JV_MACRO || v.t == JV_FUNC || v.t == JV_METHOD || v.t == JV_CALLER || v.t == JV_UNDEF;
     else if (IS("lower") || IS("upper")) {
         jv m;
         if (v.t != JV_STR) {

@@ -708,6 +708,7 @@ static int eval_binop(jj_ctx *c, const jj_node *n, jv *out)
             memcpy(l->v + a.u.l->n, b.u.l->v, b.u.l->n * sizeof *l->v);
         l->n = a.u.l->n + b.u.l->n;
         out->t = JV_LIST;
+        out->tuple = a.tuple && b.tuple;
         out->u.l = l;
         return 0;
     }
@@ -1108,6 +1109,9 @@ static int exec_for(jj_ctx *c, const jj_node *n)
     lv.u.ptr = lp;
     for (size_t i = 0; !rc && i < items->n; i++) {
         lp->i = i;
+        /* each iteration starts from the enclosing scope again: a `set` in the body is seen
+         * later in the same iteration only (Jinja2) */
+        f->vars.n = 0;
         rc = jj_step(c, n);
         if (!rc)
             rc = bind_targets(c, n, f, items->v[i]);

@@ -164,7 +164,8 @@ int jv_repr(jj_buf *b, jv v);
 /* json.dumps options: indent < 0 = None; separators as Python picks them by default: ", " and
  * ": " without indent, "," and ": " with it. */
 typedef struct jj_json_opts {
-    int indent;
+    int indent;             /* < 0: None (one line); otherwise indent_str per level */
+    const char *indent_str; /* NUL-terminated */
     int sort_keys;
     int ensure_ascii; /* escape everything outside ' '..'~' as \uXXXX (Python's rule) */
     const char *item_sep, *key_sep;

@@ -13,6 +13,7 @@
  * Filters and tests are checked against the known names at compile time, as Jinja2 does.
  * Not here: evaluation (jinja_eval.c); template inheritance, includes and imports (refused).
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -375,9 +376,10 @@ static int lex_tag(lexer *L, size_t *ip, int block)
             if (isf) {
                 k->f = strtod(tmp, NULL);
             } else {
-                if (i - s > 18)
-                    return lex_fail(L, s, "integer literal too large");
+                errno = 0;
                 k->i = strtoll(tmp, NULL, 10);
+                if (errno == ERANGE || i - s > 19)
+                    return lex_fail(L, s, "integer literal does not fit in 64 bits");
             }
             continue;
         }

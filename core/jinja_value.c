@@ -428,11 +428,12 @@ static int json_str(jj_buf *b, const char *s, size_t n)
     return rc ? rc : jj_buf_putc(b, '"');
 }
 
-static int newline_indent(jj_buf *b, int indent, int depth)
+static int newline_indent(jj_buf *b, const char *ind, int depth)
 {
     int rc = jj_buf_putc(b, '\n');
-    for (long k = 0; !rc && k < (long)indent * depth; k++)
-        rc = jj_buf_putc(b, ' ');
+    size_t il = strlen(ind);
+    for (int k = 0; !rc && k < depth; k++)
+        rc = jj_buf_put(b, ind, il);
     return rc;
 }
 
@@ -473,12 +474,12 @@ int jv_tojson(jj_buf *b, jv v, const jj_json_opts *o, int depth, char **why)
             if (i)
                 rc = jj_buf_put(b, o->item_sep, strlen(o->item_sep));
             if (!rc && indent >= 0)
-                rc = newline_indent(b, indent, depth + 1);
+                rc = newline_indent(b, o->indent_str, depth + 1);
             if (!rc)
                 rc = jv_tojson(b, v.u.l->v[i], o, depth + 1, why);
         }
         if (!rc && indent >= 0)
-            rc = newline_indent(b, indent, depth);
+            rc = newline_indent(b, o->indent_str, depth);
         return rc ? rc : jj_buf_putc(b, ']');
     }
     case JV_DICT: {
@@ -497,7 +498,7 @@ int jv_tojson(jj_buf *b, jv v, const jj_json_opts *o, int depth, char **why)
             if (i)
                 rc = jj_buf_put(b, o->item_sep, strlen(o->item_sep));
             if (!rc && indent >= 0)
-                rc = newline_indent(b, indent, depth + 1);
+                rc = newline_indent(b, o->indent_str, depth + 1);
             if (!rc)
                 rc = o->ensure_ascii ? json_str_ascii(b, order[i]->k, order[i]->kn)
                                      : json_str(b, order[i]->k, order[i]->kn);
@@ -508,7 +509,7 @@ int jv_tojson(jj_buf *b, jv v, const jj_json_opts *o, int depth, char **why)
         }
         free(order);
         if (!rc && indent >= 0)
-            rc = newline_indent(b, indent, depth);
+            rc = newline_indent(b, o->indent_str, depth);
         return rc ? rc : jj_buf_putc(b, '}');
     }
     default:
@@ -602,12 +603,14 @@ int jv_compare(jv a, jv b, int fold)
     }
     if (a.t == JV_STR && b.t == JV_STR)
         return fold_cmp(a.u.s.p, a.u.s.n, b.u.s.p, b.u.s.n, fold);
+    if (a.t == JV_UNDEF && b.t == JV_UNDEF)
+        return 0;
     if (a.t == JV_LIST && b.t == JV_LIST) {
         size_t n = a.u.l->n < b.u.l->n ? a.u.l->n : b.u.l->n;
         for (size_t i = 0; i < n; i++) {
             if (jv_equal(a.u.l->v[i], b.u.l->v[i]))
                 continue;
-            return jv_compare(a.u.l->v[i], b.u.l->v[i], fold);
+            return jv_compare(a.u.l->v[i], b.u.l->v[i], 0); /* Jinja2 folds only str keys */
         }
         return a.u.l->n < b.u.l->n ? -1 : a.u.l->n > b.u.l->n;
     }

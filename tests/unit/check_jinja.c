@@ -23,6 +23,7 @@
 #ifndef GOLDEN_PATH
 #define GOLDEN_PATH "tests/data/jinja/golden.json"
 #endif
+#define JINJA2_GOLDEN_PATH "tests/data/jinja/jinja2_golden.json"
 
 /* Render src with the JSON context text ctx; returns a malloc'd string or NULL (error in *e). */
 static char *render(const char *src, const char *ctx, lr_error *e)
@@ -129,6 +130,51 @@ START_TEST(test_golden)
 }
 END_TEST
 
+
+/* ---- Jinja2 (transformers' setup) on one-construct snippets: tests/jinja/gen_jinja2.py ------- */
+
+START_TEST(test_jinja2_snippets)
+{
+    json_error_t je;
+    json_t *doc = json_load_file(JINJA2_GOLDEN_PATH, JSON_ALLOW_NUL, &je);
+    ck_assert_msg(doc != NULL, "%s: %s (line %d)", JINJA2_GOLDEN_PATH, je.text, je.line);
+    json_t *snips = json_object_get(doc, "snippets");
+    ck_assert_int_ge(json_array_size(snips), 100);
+    size_t i, ok = 0, bad = 0;
+    json_t *g;
+    jj_options o = {.now = 1700000000};
+    json_array_foreach(snips, i, g) {
+        json_t *src = json_object_get(g, "template");
+        json_t *want = json_object_get(g, "output");
+        lr_error e;
+        jj_template *t = NULL;
+        char *out = NULL;
+        size_t len = 0;
+        int rc = jj_compile(json_string_value(src), json_string_length(src), &e, &t);
+        if (rc == 0)
+            rc = jj_render(t, json_object_get(g, "context"), &o, &out, &len, &e);
+        if (want && rc != 0) {
+            fprintf(stderr, "snippet %zu %s: error %s\n", i, json_string_value(src), e.msg);
+            bad++;
+        } else if (want && (len != json_string_length(want) || memcmp(out, json_string_value(want), len))) {
+            fprintf(stderr, "snippet %zu %s:\n  got  [%s]\n  want [%s]\n", i, json_string_value(src), out,
+                    json_string_value(want));
+            bad++;
+        } else if (!want && rc == 0) {
+            fprintf(stderr, "snippet %zu %s: rendered [%s], Jinja2 said %s\n", i, json_string_value(src),
+                    out, json_string_value(json_object_get(g, "error")));
+            bad++;
+        } else {
+            ok++;
+        }
+        free(out);
+        jj_destroy(t);
+    }
+    fprintf(stderr, "check_jinja jinja2 snippets: %zu agree, %zu differ\n", ok, bad);
+    ck_assert_int_eq(bad, 0);
+    json_decref(doc);
+}
+END_TEST
 
 /* ---- constructs -------------------------------------------------------------------------------- */
 
@@ -605,6 +651,7 @@ int main(void)
     Suite *s = suite_create("jinja");
     TCase *tc = tcase_create("golden");
     tcase_add_test(tc, test_golden);
+    tcase_add_test(tc, test_jinja2_snippets);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
     TCase *tk = tcase_create("constructs");
