@@ -739,7 +739,7 @@ static int load_template(tok_tokenizer *t, const json_t *pp, lr_error *err)
     for (size_t i = 0; i < json_array_size(single); i++) {
         const json_t *it = json_array_get(single, i);
         const json_t *seq = json_object_get(it, "Sequence"), *st = json_object_get(it, "SpecialToken");
-        tpl_item *ti = &tp->items[tp->n];
+        tpl_item *ti = &tp->items[tp->n++]; /* counted now so an error path frees its ids */
         if (seq) {
             const char *sid = json_string_value(json_object_get(seq, "id"));
             if (!sid || strcmp(sid, "A"))
@@ -771,7 +771,6 @@ static int load_template(tok_tokenizer *t, const json_t *pp, lr_error *err)
             return lr_error_set(err, LR_EUNSUPPORTED,
                                 "%s: post_processor template item %zu is not supported", t->file, i);
         }
-        tp->n++;
     }
     return 0;
 }

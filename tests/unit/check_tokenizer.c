@@ -779,7 +779,15 @@ START_TEST(test_fuzz_files)
     tok_tokenizer *t = must_load(base, NULL);
     expect_ids(t, "ab ab", 1, IDS(5, 4, 3, 4, 3)); /* as the HF crate gives */
     tok_destroy(t);
-    for (int it = 0; it < 5000; it++) {
+    /* LORAD_TOK_FUZZ=<iterations>[,<seed>] for longer runs by hand. */
+    int iters = 5000;
+    const char *fz = getenv("LORAD_TOK_FUZZ");
+    if (fz && atoi(fz) > 0) {
+        iters = atoi(fz);
+        if (strchr(fz, ','))
+            fuzz_rng = strtoull(strchr(fz, ',') + 1, NULL, 10) | 1;
+    }
+    for (int it = 0; it < iters; it++) {
         memcpy(buf, base, n + 1);
         size_t len = n;
         for (int k = 1 + (int)fuzz_rand(3); k > 0; k--) {
