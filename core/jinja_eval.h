@@ -79,7 +79,66 @@ int jj_arg(const jj_args *a, size_t i, const char *name, jv *out);
 int jj_check_args(jj_ctx *c, const jj_node *n, const jj_args *a, const char *what, size_t npos,
                   const char *const *names);
 
-/* jinja_builtins.c */
+
+/* Small value constructors. */
+static inline jv jv_mkbool(int b)
+{
+    jv v = {.t = JV_BOOL};
+    v.u.i = b != 0;
+    return v;
+}
+
+static inline jv jv_mkint(int64_t i)
+{
+    jv v = {.t = JV_INT};
+    v.u.i = i;
+    return v;
+}
+
+static inline jv jv_mkfloat(double f)
+{
+    jv v = {.t = JV_FLOAT};
+    v.u.f = f;
+    return v;
+}
+
+static inline jv jv_mklist(jj_list *l)
+{
+    jv v = {.t = JV_LIST};
+    v.u.l = l;
+    return v;
+}
+
+static inline jv jv_mkslice(const char *p, size_t n)
+{
+    jv v = {.t = JV_STR};
+    v.u.s.p = p;
+    v.u.s.n = n;
+    return v;
+}
+
+/* jinja_text.c — Python str semantics */
+enum { JJ_CASE_UPPER, JJ_CASE_LOWER, JJ_CASE_CAPITALIZE, JJ_CASE_TITLE_PY, JJ_CASE_TITLE_JINJA };
+int jj_to_str(jj_ctx *c, const jj_node *n, jv v, jv *out);            /* str(v); strings as is */
+int jj_arg_bool(const jj_args *a, size_t i, const char *name, int def); /* truthiness of an arg */
+int32_t jj_next_cp(const char *s, size_t n, size_t *i);                /* decode, advance *i */
+int jj_map_case(jj_ctx *c, const jj_node *n, jv s, int mode, jv *out); /* JJ_CASE_* */
+jv jj_strip(jv s, const char *chars, size_t cn, int left, int right);  /* chars NULL: blanks */
+int jj_strip_args(jj_ctx *c, const jj_node *n, const jj_args *a, const char **chars, size_t *cn);
+int jj_replace_args(jj_ctx *c, const jj_node *n, jv s, const jj_args *a, jv *out);
+int jj_split(jj_ctx *c, const jj_node *n, jv s, const jj_args *a, jv *out);
+int jj_starts_ends(jj_ctx *c, const jj_node *n, jv s, const jj_args *a, int ends, jv *out);
+
+/* jinja_filters.c */
+int jj_items_of(jj_ctx *c, const jj_node *n, jv v, jj_list **out); /* iterate any value */
+int jj_attr_path(jj_ctx *c, const jj_node *n, jv item, jv path, jv *out);
+int jj_sorted(jj_ctx *c, const jj_node *n, jj_list *in, jv attribute, int fold, int rev,
+              jj_list **out);
+/* Filter `name` on in with evaluated arguments a. */
+int jj_call_filter(jj_ctx *c, const jj_node *n, const char *name, size_t nlen, jv in,
+                   const jj_args *a, jv *out);
+
+/* jinja_builtins.c (and jinja_filters.c: jj_apply_filter) */
 int jj_apply_filter(jj_ctx *c, const jj_node *f, jv in, jv *out);
 /* Test `name` on v with extra arguments args[0:nargs] (`x is divisibleby 3`). */
 int jj_apply_test(jj_ctx *c, const jj_node *at, const char *name, size_t nlen, jv v,

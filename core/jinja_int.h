@@ -135,7 +135,22 @@ struct jj_template {
 /* Line and column (1-based) of byte offset pos in src. */
 void jj_line_col(const char *src, size_t len, size_t pos, int *line, int *col);
 
-/* Parse (jinja_parse.c). */
+/* ---- tokens (jinja_lex.c) ---------------------------------------------------------------- */
+typedef enum { TK_TEXT, TK_BB, TK_BE, TK_VB, TK_VE, TK_NAME, TK_STR, TK_INT, TK_FLOAT, TK_OP, TK_EOF } tk_type;
+
+typedef struct jj_tok {
+    uint8_t type;
+    uint32_t pos; /* original offset */
+    const char *s; /* TEXT/STR/NAME: arena copy; OP: static */
+    size_t n;
+    int64_t i;
+    double f;
+} jj_tok;
+
+/* Tokens of t->src, ending with TK_EOF; *out is malloc'd (free it). Errors name line/column. */
+int jj_lex(jj_template *t, lr_error *err, jj_tok **out, size_t *n);
+
+/* Parse t->src into t->root (jinja_parse.c). */
 int jj_parse(jj_template *t, lr_error *err);
 
 /* Is name a known filter / test (checked at compile time, as Jinja2 does)? */

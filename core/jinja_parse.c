@@ -1,19 +1,14 @@
-/* jinja_parse.c — chat-template source to syntax tree: preprocessing, lexing, parsing.
- *
- * Whitespace handling is done the way @huggingface/jinja does it, because its result equals
- * Jinja2's with trim_blocks=True and lstrip_blocks=True for everything real templates contain:
- * one trailing newline of the template is dropped (keep_trailing_newline=False), blanks before a
- * `{%` / `{#` at the start of a line are removed (lstrip_blocks), the newline right after `%}` /
- * `#}` is removed (trim_blocks), and `{%-` / `-%}` (likewise for `{{ }}` and `{# #}`) trim all
- * whitespace on that side. Every byte of the preprocessed text keeps the offset it had in the
- * original source so that messages name the line and column a user sees in the template.
+/* jinja_parse.c — tokens to syntax tree.
  *
  * The grammar is Jinja2's (parser.py): conditional expressions, or/and/not, chained comparisons,
- * + - then ~ then * / // % then **, unary signs, postfix . [] (), filters and `is` tests.
- * Filters and tests are checked against the known names at compile time, as Jinja2 does.
- * Not here: evaluation (jinja_eval.c); template inheritance, includes and imports (refused).
+ * + - then ~ then * / // % then **, unary signs, postfix . [] (), filters and `is` tests;
+ * statements if/elif/else, for (tuple targets, `if` filter, else), set (names, tuples,
+ * namespace attributes, blocks), macro, call, filter, generation, break/continue, raw (in the
+ * lexer). Filters and tests are checked against the known names at compile time, as Jinja2 does.
+ * Nesting is capped so that hostile sources cannot exhaust the stack.
+ * Not here: lexing (jinja_lex.c), evaluation (jinja_eval.c); template inheritance, includes and
+ * imports (refused with an error naming the statement).
  */
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,519 +18,19 @@
 
 #define MAX_PARSE_DEPTH 200
 
-void jj_line_col(const char *src, size_t len, size_t pos, int *line, int *col)
-{
-    int l = 1, c = 1;
-    for (size_t i = 0; i < pos && i < len; i++) {
-        if (src[i] == '\n') {
-            l++;
-            c = 1;
-        } else if (((unsigned char)src[i] & 0xC0) != 0x80) {
-            c++;
-        }
-    }
-    *line = l;
-    *col = c;
-}
-
-/* ---- preprocessing -------------------------------------------------------------------------- */
-
-typedef struct pre {
-    char *p;
-    uint32_t *map; /* original offset of every byte of p (plus one entry for the end) */
-    size_t n;
-} pre;
-
-static int pre_alloc(pre *o, size_t n)
-{
-    o->p = malloc(n + 1);
-    o->map = malloc((n + 1) * sizeof *o->map);
-    o->n = 0;
-    return (o->p && o->map) ? 0 : LR_ENOMEM;
-}
-
-static void pre_free(pre *o)
-{
-    free(o->p);
-    free(o->map);
-    o->p = NULL;
-    o->map = NULL;
-}
-
-/* Is i at a line start in the JS multiline sense (after \n, \r, U+2028, U+2029)? */
-static int line_start(const char *p, size_t i)
-{
-    if (i == 0)
-        return 1;
-    if (p[i - 1] == '\n' || p[i - 1] == '\r')
-        return 1;
-    return i >= 3 && (unsigned char)p[i - 3] == 0xE2 && (unsigned char)p[i - 2] == 0x80 &&
-           ((unsigned char)p[i - 1] == 0xA8 || (unsigned char)p[i - 1] == 0xA9);
-}
-
-static int tag_open(const char *p, size_t n, size_t i)
-{
-    return i + 1 < n && p[i] == '{' && (p[i + 1] == '#' || p[i + 1] == '%' || p[i + 1] == '-');
-}
-
-/* lstrip_blocks: /^[ \t]*({[#%-])/gm → "$1"; then trim_blocks: /([#%-]})\n/g → "$1". */
-static int preprocess(const char *src, size_t len, pre *out)
-{
-    if (len > 0 && src[len - 1] == '\n')
-        len--;
-    pre a;
-    if (pre_alloc(&a, len))
-        return LR_ENOMEM;
-    for (size_t i = 0; i < len;) {
-        if (line_start(src, i)) {
-            size_t j = i;
-            while (j < len && (src[j] == ' ' || src[j] == '\t'))
-                j++;
-            /* "{%+" / "{#+" opt out of lstrip_blocks (Jinja2) */
-            if (j > i && tag_open(src, len, j) && !(j + 2 < len && src[j + 2] == '+'))
-                i = j;
-        }
-        a.map[a.n] = (uint32_t)i;
-        a.p[a.n++] = src[i++];
-    }
-    a.map[a.n] = (uint32_t)len;
-    if (pre_alloc(out, a.n)) {
-        pre_free(&a);
-        pre_free(out);
-        return LR_ENOMEM;
-    }
-    for (size_t i = 0; i < a.n; i++) {
-        out->map[out->n] = a.map[i];
-        out->p[out->n++] = a.p[i];
-        /* "+%}" opts out of trim_blocks (Jinja2) */
-        if (a.p[i] == '}' && i > 0 && (a.p[i - 1] == '#' || a.p[i - 1] == '%' || a.p[i - 1] == '-') &&
-            !(i > 1 && a.p[i - 2] == '+') && i + 1 < a.n && a.p[i + 1] == '\n')
-            i++;
-    }
-    out->map[out->n] = a.map[a.n];
-    out->p[out->n] = '\0';
-    pre_free(&a);
-    return 0;
-}
-
-/* ---- lexer ------------------------------------------------------------------------------------ */
-
-typedef enum { TK_TEXT, TK_BB, TK_BE, TK_VB, TK_VE, TK_NAME, TK_STR, TK_INT, TK_FLOAT, TK_OP, TK_EOF } tk_type;
-
-typedef struct tok {
-    uint8_t type;
-    uint32_t pos; /* original offset */
-    const char *s; /* TEXT/STR/NAME: arena copy; OP: static */
-    size_t n;
-    int64_t i;
-    double f;
-} tok;
-
-typedef struct lexer {
-    jj_template *t;
-    lr_error *err;
-    pre pp;
-    tok *v;
-    size_t n, cap;
-} lexer;
-
-static int lex_fail(lexer *L, size_t at, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int lex_fail(lexer *L, size_t at, const char *fmt, ...)
-{
-    char msg[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    int line, col;
-    jj_line_col(L->t->src, L->t->len, L->pp.map[at < L->pp.n ? at : L->pp.n], &line, &col);
-    return lr_error_set(L->err, LR_EFORMAT, "chat template line %d, column %d: %s", line, col, msg);
-}
-
-static tok *lex_push(lexer *L, int type, size_t at)
-{
-    if (L->n == L->cap) {
-        size_t nc = L->cap ? L->cap * 2 : 256;
-        tok *nv = realloc(L->v, nc * sizeof *nv);
-        if (!nv)
-            return NULL;
-        L->v = nv;
-        L->cap = nc;
-    }
-    tok *k = &L->v[L->n++];
-    memset(k, 0, sizeof *k);
-    k->type = (uint8_t)type;
-    k->pos = L->pp.map[at];
-    return k;
-}
-
-/* JS String.prototype.trimEnd on the last text token (whitespace control `{%-`). */
-static void strip_last_text(lexer *L)
-{
-    if (L->n == 0 || L->v[L->n - 1].type != TK_TEXT)
-        return;
-    tok *k = &L->v[L->n - 1];
-    size_t n = k->n;
-    while (n > 0) {
-        size_t i = n - 1, cl;
-        while (i > 0 && ((unsigned char)k->s[i] & 0xC0) == 0x80)
-            i--;
-        if (!jj_is_space_at(k->s, n, i, &cl) || i + cl != n)
-            break;
-        n = i;
-    }
-    k->n = n;
-    if (n == 0)
-        L->n--;
-}
-
-static size_t skip_space(const char *p, size_t n, size_t i)
-{
-    size_t cl;
-    while (i < n && jj_is_space_at(p, n, i, &cl))
-        i += cl;
-    return i;
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-static size_t put_utf8(char *o, uint32_t cp)
-{
-    if (cp < 0x80) {
-        o[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        o[0] = (char)(0xC0 | (cp >> 6));
-        o[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | (cp >> 12));
-        o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (char)(0xF0 | (cp >> 18));
-    o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    o[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
-/* A quoted string starting at p[i] (the quote). Python escapes; unknown escapes stay as
- * written (backslash kept), as Python's string literal rules do. */
-static int lex_string(lexer *L, size_t *ip)
-{
-    const char *p = L->pp.p;
-    size_t n = L->pp.n, i = *ip;
-    char q = p[i++];
-    size_t start = i;
-    while (i < n && p[i] != q) {
-        if (p[i] == '\\' && i + 1 < n)
-            i++;
-        i++;
-    }
-    if (i >= n)
-        return lex_fail(L, *ip, "unterminated string literal");
-    char *o = jj_arena_alloc(&L->t->arena, (i - start) + 1);
-    if (!o)
-        return LR_ENOMEM;
-    size_t on = 0;
-    for (size_t j = start; j < i; j++) {
-        if (p[j] != '\\') {
-            o[on++] = p[j];
-            continue;
-        }
-        char e = p[++j];
-        int width = e == 'x' ? 2 : e == 'u' ? 4 : e == 'U' ? 8 : 0;
-        if (width) {
-            uint32_t cp = 0;
-            int ok = j + width < i + 1;
-            for (int d = 1; ok && d <= width; d++) {
-                int h = j + d < i ? hexval(p[j + d]) : -1;
-                if (h < 0)
-                    ok = 0;
-                else
-                    cp = cp * 16 + (uint32_t)h;
-            }
-            if (!ok || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-                return lex_fail(L, j - 1, "bad \\%c escape in string literal", e);
-            /* \xHH and \uHHHH can take more bytes in UTF-8 than in the source: the buffer
-             * has (i - start) bytes, and each escape is at least 4 source bytes for ≤ 4 out. */
-            on += put_utf8(o + on, cp);
-            j += (size_t)width;
-            continue;
-        }
-        switch (e) {
-        case 'n': o[on++] = '\n'; break;
-        case 't': o[on++] = '\t'; break;
-        case 'r': o[on++] = '\r'; break;
-        case 'b': o[on++] = '\b'; break;
-        case 'f': o[on++] = '\f'; break;
-        case 'v': o[on++] = '\v'; break;
-        case 'a': o[on++] = '\a'; break;
-        case '0': o[on++] = '\0'; break;
-        case '\\': o[on++] = '\\'; break;
-        case '\'': o[on++] = '\''; break;
-        case '"': o[on++] = '"'; break;
-        case '\n': break; /* line continuation */
-        default:
-            o[on++] = '\\';
-            o[on++] = e;
-        }
-    }
-    tok *k = lex_push(L, TK_STR, *ip);
-    if (!k)
-        return LR_ENOMEM;
-    k->s = o;
-    k->n = on;
-    *ip = i + 1;
-    return 0;
-}
-
-static const char *const OPS[] = {"**", "//", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~",
-                                  "<", ">", "=", "(", ")", "[", "]", "{", "}", ",", ".", ":", "|"};
-
-/* The tokens inside one {% %} or {{ }} tag, starting after the opener; *ip ends after the closer. */
-static int lex_tag(lexer *L, size_t *ip, int block)
-{
-    const char *p = L->pp.p;
-    size_t n = L->pp.n, i = *ip;
-    int depth = 0; /* open { inside the tag: "}}" closes a {{ }} tag only at depth 0 */
-    for (;;) {
-        i = skip_space(p, n, i);
-        if (i >= n)
-            return lex_fail(L, *ip, "unclosed %s tag", block ? "{%" : "{{");
-        const char *close = block ? "%}" : "}}";
-        if (p[i] == '-' && i + 2 < n + 0 && p[i + 1] == close[0] && p[i + 2] == close[1] &&
-            (block || depth == 0)) {
-            if (!lex_push(L, block ? TK_BE : TK_VE, i))
-                return LR_ENOMEM;
-            *ip = skip_space(p, n, i + 3);
-            return 0;
-        }
-        if (block && p[i] == '+' && i + 2 < n && p[i + 1] == '%' && p[i + 2] == '}') {
-            if (!lex_push(L, TK_BE, i))
-                return LR_ENOMEM;
-            *ip = i + 3;
-            return 0;
-        }
-        if (i + 1 < n && p[i] == close[0] && p[i + 1] == close[1] && (block || depth == 0)) {
-            if (!lex_push(L, block ? TK_BE : TK_VE, i))
-                return LR_ENOMEM;
-            *ip = i + 2;
-            return 0;
-        }
-        char c = p[i];
-        if (c == '\'' || c == '"') {
-            int rc = lex_string(L, &i);
-            if (rc)
-                return rc;
-            continue;
-        }
-        if (c >= '0' && c <= '9') {
-            size_t s = i;
-            int isf = 0;
-            while (i < n && p[i] >= '0' && p[i] <= '9')
-                i++;
-            int after_dot = L->n > 0 && L->v[L->n - 1].type == TK_OP && L->v[L->n - 1].s[0] == '.';
-            if (!after_dot && i + 1 < n && p[i] == '.' && p[i + 1] >= '0' && p[i + 1] <= '9') {
-                isf = 1;
-                i++;
-                while (i < n && p[i] >= '0' && p[i] <= '9')
-                    i++;
-            }
-            if (!after_dot && i < n && (p[i] == 'e' || p[i] == 'E')) {
-                size_t j = i + 1;
-                if (j < n && (p[j] == '+' || p[j] == '-'))
-                    j++;
-                if (j < n && p[j] >= '0' && p[j] <= '9') {
-                    isf = 1;
-                    while (j < n && p[j] >= '0' && p[j] <= '9')
-                        j++;
-                    i = j;
-                }
-            }
-            tok *k = lex_push(L, isf ? TK_FLOAT : TK_INT, s);
-            if (!k)
-                return LR_ENOMEM;
-            char tmp[64];
-            size_t len = i - s < sizeof tmp - 1 ? i - s : sizeof tmp - 1;
-            memcpy(tmp, p + s, len);
-            tmp[len] = '\0';
-            if (isf) {
-                k->f = strtod(tmp, NULL);
-            } else {
-                errno = 0;
-                k->i = strtoll(tmp, NULL, 10);
-                if (errno == ERANGE || i - s > 19)
-                    return lex_fail(L, s, "integer literal does not fit in 64 bits");
-            }
-            continue;
-        }
-        if (c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
-            size_t s = i;
-            while (i < n && (p[i] == '_' || (p[i] >= 'a' && p[i] <= 'z') ||
-                             (p[i] >= 'A' && p[i] <= 'Z') || (p[i] >= '0' && p[i] <= '9')))
-                i++;
-            tok *k = lex_push(L, TK_NAME, s);
-            char *nm = jj_arena_alloc(&L->t->arena, i - s + 1);
-            if (!k || !nm)
-                return LR_ENOMEM;
-            memcpy(nm, p + s, i - s); /* the preprocessed text is freed after parsing */
-            k->s = nm;
-            k->n = i - s;
-            continue;
-        }
-        size_t o;
-        for (o = 0; o < sizeof OPS / sizeof OPS[0]; o++) {
-            size_t ol = strlen(OPS[o]);
-            if (i + ol <= n && memcmp(p + i, OPS[o], ol) == 0)
-                break;
-        }
-        if (o == sizeof OPS / sizeof OPS[0])
-            return lex_fail(L, i, "unexpected character '%c'", c);
-        tok *k = lex_push(L, TK_OP, i);
-        if (!k)
-            return LR_ENOMEM;
-        k->s = OPS[o];
-        k->n = strlen(OPS[o]);
-        if (c == '{')
-            depth++;
-        else if (c == '}' && depth > 0)
-            depth--;
-        i += k->n;
-    }
-}
-
-/* Is p[i] "{%[-+] name [-+]%}" (whitespace around name)? *after = just past it (and past the
- * whitespace a "-%}" removes); *strip = that "-" was there. */
-static int raw_tag(const char *p, size_t n, size_t i, const char *name, size_t *after, int *strip)
-{
-    size_t j = i + 2, nl = strlen(name);
-    if (j < n && (p[j] == '-' || p[j] == '+'))
-        j++;
-    j = skip_space(p, n, j);
-    if (j + nl > n || memcmp(p + j, name, nl) != 0)
-        return 0;
-    j = skip_space(p, n, j + nl);
-    int minus = 0;
-    if (j < n && (p[j] == '-' || p[j] == '+')) {
-        minus = p[j] == '-';
-        j++;
-    }
-    if (j + 1 >= n || p[j] != '%' || p[j + 1] != '}')
-        return 0;
-    j += 2;
-    if (strip)
-        *strip = minus;
-    *after = minus ? skip_space(p, n, j) : j;
-    return 1;
-}
-
-static int lex(lexer *L)
-{
-    const char *p = L->pp.p;
-    size_t n = L->pp.n, i = 0;
-    while (i < n) {
-        size_t s = i;
-        while (i < n && !(p[i] == '{' && i + 1 < n && (p[i + 1] == '%' || p[i + 1] == '{' || p[i + 1] == '#')))
-            i++;
-        if (i > s) {
-            tok *k = lex_push(L, TK_TEXT, s);
-            if (!k)
-                return LR_ENOMEM;
-            char *c = jj_arena_alloc(&L->t->arena, i - s);
-            if (!c)
-                return LR_ENOMEM;
-            memcpy(c, p + s, i - s);
-            k->s = c;
-            k->n = i - s;
-        }
-        if (i >= n)
-            break;
-        char kind = p[i + 1];
-        int minus = i + 2 < n && p[i + 2] == '-';
-        if (minus)
-            strip_last_text(L);
-        if (kind == '#') {
-            size_t j = i + 2;
-            while (j + 1 < n && !(p[j] == '#' && p[j + 1] == '}'))
-                j++;
-            if (j + 1 >= n)
-                return lex_fail(L, i, "unclosed comment");
-            /* "{#- … -#}": the '-' before "#}" must not be the one right after "{#" */
-            int strip_after = p[j - 1] == '-' && j - 1 >= i + 2 + (size_t)minus;
-            i = j + 2;
-            if (strip_after)
-                i = skip_space(p, n, i);
-            continue;
-        }
-        if (kind == '%') {
-            size_t after;
-            int strip_in;
-            if (raw_tag(p, n, i, "raw", &after, &strip_in)) {
-                /* {% raw %}…{% endraw %}: the text between, uninterpreted */
-                size_t j = after, end_start = 0, end_after = 0;
-                int strip_end = 0;
-                while (j + 1 < n) {
-                    if (p[j] == '{' && p[j + 1] == '%' && raw_tag(p, n, j, "endraw", &end_after, NULL)) {
-                        end_start = j;
-                        strip_end = j + 2 < n && p[j + 2] == '-';
-                        break;
-                    }
-                    j++;
-                }
-                if (!end_start)
-                    return lex_fail(L, i, "'{%% raw %%}' is never closed (expected '{%% endraw %%}')");
-                size_t a = strip_in ? skip_space(p, end_start, after) : after, b = end_start;
-                tok *k = lex_push(L, TK_TEXT, a < n ? a : i);
-                char *c = jj_arena_alloc(&L->t->arena, b - a + 1);
-                if (!k || !c)
-                    return LR_ENOMEM;
-                memcpy(c, p + a, b - a);
-                k->s = c;
-                k->n = b - a;
-                if (strip_end)
-                    strip_last_text(L);
-                i = end_after;
-                continue;
-            }
-        }
-        tok *k = lex_push(L, kind == '%' ? TK_BB : TK_VB, i);
-        if (!k)
-            return LR_ENOMEM;
-        i += (minus || p[i + 2] == '+') ? 3 : 2;
-        int rc = lex_tag(L, &i, kind == '%');
-        if (rc)
-            return rc;
-    }
-    return lex_push(L, TK_EOF, n) ? 0 : LR_ENOMEM;
-}
-
 /* ---- parser ----------------------------------------------------------------------------------- */
 
 typedef struct parser {
     jj_template *t;
     lr_error *err;
-    tok *v;
+    jj_tok *v;
     size_t n, i;
     int depth;
     int loops; /* enclosing for-loops (break/continue are legal only inside one) */
 } parser;
 
-static int pfail(parser *P, const tok *k, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int pfail(parser *P, const tok *k, const char *fmt, ...)
+static int pfail(parser *P, const jj_tok *k, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int pfail(parser *P, const jj_tok *k, const char *fmt, ...)
 {
     if (P->err && P->err->code)
         return P->err->code; /* keep the first, innermost message */
@@ -551,15 +46,15 @@ static int pfail(parser *P, const tok *k, const char *fmt, ...)
 }
 
 #define PEEK(P) (&(P)->v[(P)->i])
-static int is_op(const tok *k, const char *op)
+static int is_op(const jj_tok *k, const char *op)
 {
     return k->type == TK_OP && strcmp(k->s, op) == 0;
 }
-static int is_name(const tok *k, const char *name)
+static int is_name(const jj_tok *k, const char *name)
 {
     return k->type == TK_NAME && k->n == strlen(name) && memcmp(k->s, name, k->n) == 0;
 }
-static const char *tk_desc(const tok *k)
+static const char *tk_desc(const jj_tok *k)
 {
     switch (k->type) {
     case TK_TEXT: return "text";
@@ -575,7 +70,7 @@ static const char *tk_desc(const tok *k)
     }
 }
 
-static jj_node *node(parser *P, int kind, const tok *at)
+static jj_node *node(parser *P, int kind, const jj_tok *at)
 {
     jj_node *x = jj_arena_alloc(&P->t->arena, sizeof *x);
     if (!x) {
@@ -625,7 +120,7 @@ static jj_node **nv_finish(parser *P, nvec *a, size_t *n)
 
 static int expect_op(parser *P, const char *op)
 {
-    const tok *k = PEEK(P);
+    const jj_tok *k = PEEK(P);
     if (!is_op(k, op))
         return pfail(P, k, "expected '%s', got %s", op, tk_desc(k));
     P->i++;
@@ -634,7 +129,7 @@ static int expect_op(parser *P, const char *op)
 
 static int expect_type(parser *P, int type, const char *what)
 {
-    const tok *k = PEEK(P);
+    const jj_tok *k = PEEK(P);
     if (k->type != type)
         return pfail(P, k, "expected %s, got %s", what, tk_desc(k));
     P->i++;
@@ -661,7 +156,7 @@ static int p_args(parser *P, jj_node *call)
     nvec a = {0};
     int kw = 0;
     while (!is_op(PEEK(P), ")")) {
-        const tok *k = PEEK(P);
+        const jj_tok *k = PEEK(P);
         jj_node *arg;
         if (k->type == TK_NAME && is_op(&P->v[P->i + 1], "=")) {
             arg = node(P, JN_KWARG, k);
@@ -702,7 +197,7 @@ fail:
 
 static jj_node *p_filter_or_test(parser *P, jj_node *x, int test)
 {
-    const tok *at = PEEK(P);
+    const jj_tok *at = PEEK(P);
     jj_node *f = node(P, test ? JN_TEST : JN_FILTER, at);
     if (!f)
         return NULL;
@@ -712,7 +207,7 @@ static jj_node *p_filter_or_test(parser *P, jj_node *x, int test)
         f->i = 1;
         P->i++;
     }
-    const tok *nk = PEEK(P);
+    const jj_tok *nk = PEEK(P);
     if (nk->type != TK_NAME) {
         pfail(P, nk, "expected a %s name after '%s', got %s", test ? "test" : "filter",
               test ? "is" : "|", tk_desc(nk));
@@ -731,7 +226,7 @@ static jj_node *p_filter_or_test(parser *P, jj_node *x, int test)
             return NULL;
     } else if (test) {
         /* `x is divisibleby 3`, `x is sameas none`: one bare argument */
-        const tok *k = PEEK(P);
+        const jj_tok *k = PEEK(P);
         int starts = k->type == TK_STR || k->type == TK_INT || k->type == TK_FLOAT ||
                      is_op(k, "[") || is_op(k, "{") ||
                      (k->type == TK_NAME && !is_name(k, "else") && !is_name(k, "or") &&
@@ -754,10 +249,10 @@ static jj_node *p_filter_or_test(parser *P, jj_node *x, int test)
 static jj_node *p_postfix(parser *P, jj_node *x)
 {
     for (;;) {
-        const tok *k = PEEK(P);
+        const jj_tok *k = PEEK(P);
         if (is_op(k, ".")) {
             P->i++;
-            const tok *nk = PEEK(P);
+            const jj_tok *nk = PEEK(P);
             if (nk->type == TK_NAME) {
                 jj_node *a = node(P, JN_ATTR, nk);
                 if (!a)
@@ -828,7 +323,7 @@ static jj_node *p_postfix(parser *P, jj_node *x)
 
 static jj_node *p_primary(parser *P)
 {
-    const tok *k = PEEK(P);
+    const jj_tok *k = PEEK(P);
     jj_node *x = NULL;
     if (enter(P))
         return NULL;
@@ -958,7 +453,7 @@ static jj_node *p_primary(parser *P)
 
 static jj_node *p_unary(parser *P, int with_filter)
 {
-    const tok *k = PEEK(P);
+    const jj_tok *k = PEEK(P);
     jj_node *x;
     if (enter(P))
         return NULL;
@@ -991,7 +486,7 @@ static jj_node *p_unary(parser *P, int with_filter)
 
 typedef jj_node *(*level_fn)(parser *);
 
-static jj_node *binop(parser *P, const tok *at, int op, jj_node *l, jj_node *r)
+static jj_node *binop(parser *P, const jj_tok *at, int op, jj_node *l, jj_node *r)
 {
     jj_node *x = node(P, JN_BINOP, at);
     if (x) {
@@ -1006,7 +501,7 @@ static jj_node *p_pow(parser *P)
 {
     jj_node *l = p_unary(P, 1);
     while (l && is_op(PEEK(P), "**")) {
-        const tok *at = &P->v[P->i++];
+        const jj_tok *at = &P->v[P->i++];
         jj_node *r = p_unary(P, 1);
         l = r ? binop(P, at, JO_POW, l, r) : NULL;
     }
@@ -1017,7 +512,7 @@ static jj_node *p_math2(parser *P)
 {
     jj_node *l = p_pow(P);
     for (;;) {
-        const tok *at = PEEK(P);
+        const jj_tok *at = PEEK(P);
         int op = is_op(at, "*") ? JO_MUL : is_op(at, "/") ? JO_DIV : is_op(at, "//") ? JO_FLOORDIV
                  : is_op(at, "%") ? JO_MOD : -1;
         if (!l || op < 0)
@@ -1032,7 +527,7 @@ static jj_node *p_concat(parser *P)
 {
     jj_node *l = p_math2(P);
     while (l && is_op(PEEK(P), "~")) {
-        const tok *at = &P->v[P->i++];
+        const jj_tok *at = &P->v[P->i++];
         jj_node *r = p_math2(P);
         l = r ? binop(P, at, JO_CONCAT, l, r) : NULL;
     }
@@ -1043,7 +538,7 @@ static jj_node *p_math1(parser *P)
 {
     jj_node *l = p_concat(P);
     for (;;) {
-        const tok *at = PEEK(P);
+        const jj_tok *at = PEEK(P);
         int op = is_op(at, "+") ? JO_ADD : is_op(at, "-") ? JO_SUB : -1;
         if (!l || op < 0)
             return l;
@@ -1058,7 +553,7 @@ static jj_node *p_compare(parser *P)
 {
     jj_node *l = p_math1(P), *result = NULL;
     for (;;) {
-        const tok *at = PEEK(P);
+        const jj_tok *at = PEEK(P);
         int op = -1;
         if (is_op(at, "==")) op = JO_EQ;
         else if (is_op(at, "!=")) op = JO_NE;
@@ -1091,7 +586,7 @@ static jj_node *p_compare(parser *P)
 
 static jj_node *p_not(parser *P)
 {
-    const tok *k = PEEK(P);
+    const jj_tok *k = PEEK(P);
     if (is_name(k, "not")) {
         if (enter(P))
             return NULL;
@@ -1112,7 +607,7 @@ static jj_node *p_andor(parser *P, int is_or)
 {
     jj_node *l = is_or ? p_andor(P, 0) : p_not(P);
     while (l && is_name(PEEK(P), is_or ? "or" : "and")) {
-        const tok *at = &P->v[P->i++];
+        const jj_tok *at = &P->v[P->i++];
         jj_node *r = is_or ? p_andor(P, 0) : p_not(P);
         jj_node *x = r ? node(P, is_or ? JN_OR : JN_AND, at) : NULL;
         if (!x)
@@ -1130,7 +625,7 @@ static jj_node *p_expr(parser *P, int condexpr)
         return NULL;
     jj_node *x = p_andor(P, 1);
     while (x && condexpr && is_name(PEEK(P), "if")) {
-        const tok *at = &P->v[P->i++];
+        const jj_tok *at = &P->v[P->i++];
         jj_node *c = node(P, JN_COND, at);
         if (!c || !(c->a = p_andor(P, 1))) {
             x = NULL;
@@ -1152,12 +647,12 @@ static jj_node *p_expr(parser *P, int condexpr)
 
 /* Statements ---------------------------------------------------------------------------------- */
 
-static int p_body(parser *P, jj_node *owner, int second, const char *const *ends, const tok *opener);
+static int p_body(parser *P, jj_node *owner, int second, const char *const *ends, const jj_tok *opener);
 
 /* After a body stopped at one of its end tags: which one (index in ends), consuming "{% name". */
 static int end_tag(parser *P, const char *const *ends)
 {
-    const tok *k = &P->v[P->i + 1];
+    const jj_tok *k = &P->v[P->i + 1];
     for (int e = 0; ends[e]; e++)
         if (is_name(k, ends[e])) {
             P->i += 2;
@@ -1175,7 +670,7 @@ static int p_params(parser *P, jj_node *x)
     if (expect_op(P, "("))
         return -1;
     while (!is_op(PEEK(P), ")")) {
-        const tok *k = PEEK(P);
+        const jj_tok *k = PEEK(P);
         if (k->type != TK_NAME)
             return pfail(P, k, "expected a parameter name, got %s", tk_desc(k));
         if (n == cap) {
@@ -1220,8 +715,8 @@ static int p_params(parser *P, jj_node *x)
 
 static jj_node *p_statement(parser *P)
 {
-    const tok *open = PEEK(P); /* {% */
-    const tok *k = &P->v[P->i + 1];
+    const jj_tok *open = PEEK(P); /* {% */
+    const jj_tok *k = &P->v[P->i + 1];
     if (k->type != TK_NAME) {
         pfail(P, k, "expected a statement name after '{%%', got %s", tk_desc(k));
         return NULL;
@@ -1242,7 +737,7 @@ static jj_node *p_statement(parser *P)
         for (;;) {
             if (p_body(P, cur, 0, ends, open))
                 return NULL;
-            const tok *which = &P->v[P->i + 1];
+            const jj_tok *which = &P->v[P->i + 1];
             int e = end_tag(P, ends);
             if (e == 0) {
                 jj_node *nx = node(P, JN_IF, which);
@@ -1275,7 +770,7 @@ static jj_node *p_statement(parser *P)
         if (paren)
             P->i++;
         for (;;) {
-            const tok *nk = PEEK(P);
+            const jj_tok *nk = PEEK(P);
             if (nk->type != TK_NAME || x->nparams == 8) {
                 pfail(P, nk, "expected a loop variable name, got %s", tk_desc(nk));
                 return NULL;
@@ -1328,7 +823,7 @@ static jj_node *p_statement(parser *P)
         x = node(P, JN_SET, k);
         if (!x)
             return NULL;
-        const tok *nk = PEEK(P);
+        const jj_tok *nk = PEEK(P);
         if (nk->type != TK_NAME) {
             pfail(P, nk, "expected a variable name after 'set', got %s", tk_desc(nk));
             return NULL;
@@ -1341,7 +836,7 @@ static jj_node *p_statement(parser *P)
         P->i++;
         if (is_op(PEEK(P), ".")) {
             P->i++;
-            const tok *ak = PEEK(P);
+            const jj_tok *ak = PEEK(P);
             if (ak->type != TK_NAME) {
                 pfail(P, ak, "expected an attribute name, got %s", tk_desc(ak));
                 return NULL;
@@ -1360,7 +855,7 @@ static jj_node *p_statement(parser *P)
                 return NULL;
             while (is_op(PEEK(P), ",")) {
                 P->i++;
-                const tok *tk = PEEK(P);
+                const jj_tok *tk = PEEK(P);
                 jj_node *nm = tk->type == TK_NAME ? node(P, JN_NAME, tk) : NULL;
                 if (!nm) {
                     free(a.v);
@@ -1419,7 +914,7 @@ static jj_node *p_statement(parser *P)
         }
     } else if (is_name(k, "macro")) {
         x = node(P, JN_MACRO, k);
-        const tok *nk = PEEK(P);
+        const jj_tok *nk = PEEK(P);
         if (!x)
             return NULL;
         if (nk->type != TK_NAME) {
@@ -1502,13 +997,13 @@ static jj_node *p_statement(parser *P)
 
 /* Parse nodes into owner->kids (or kids2 when second) until "{% <one of ends>" (not consumed) or,
  * when ends is NULL, the end of the template. */
-static int p_body(parser *P, jj_node *owner, int second, const char *const *ends, const tok *opener)
+static int p_body(parser *P, jj_node *owner, int second, const char *const *ends, const jj_tok *opener)
 {
     nvec a = {0};
     if (enter(P))
         return -1;
     for (;;) {
-        const tok *k = PEEK(P);
+        const jj_tok *k = PEEK(P);
         jj_node *x = NULL;
         if (k->type == TK_EOF) {
             if (ends) {
@@ -1533,7 +1028,7 @@ static int p_body(parser *P, jj_node *owner, int second, const char *const *ends
             if (x && (!(x->a = p_expr(P, 1)) || expect_type(P, TK_VE, "'}}'")))
                 x = NULL;
         } else if (k->type == TK_BB) {
-            const tok *nk = &P->v[P->i + 1];
+            const jj_tok *nk = &P->v[P->i + 1];
             int stop = 0;
             for (int e = 0; ends && ends[e]; e++)
                 stop |= is_name(nk, ends[e]);
@@ -1565,25 +1060,15 @@ int jj_parse(jj_template *t, lr_error *err)
     if (!err)
         err = &local;
     lr_error_clear(err);
-    lexer L = {.t = t, .err = err};
-    int rc = preprocess(t->src, t->len, &L.pp);
+    jj_tok *toks = NULL;
+    size_t n = 0;
+    int rc = jj_lex(t, err, &toks, &n);
     if (rc)
-        return lr_error_set(err, rc, "chat template: out of memory");
-    rc = lex(&L);
-    if (rc) {
-        if (!err->code)
-            lr_error_set(err, rc, "chat template: out of memory while lexing");
-        goto out;
-    }
-    parser P = {.t = t, .err = err, .v = L.v, .n = L.n};
-    t->root = node(&P, JN_BLOCK, &L.v[0]);
-    if (!t->root || p_body(&P, t->root, 0, NULL, NULL)) {
+        return rc;
+    parser P = {.t = t, .err = err, .v = toks, .n = n};
+    t->root = node(&P, JN_BLOCK, &toks[0]);
+    if (!t->root || p_body(&P, t->root, 0, NULL, NULL))
         rc = err->code ? err->code : LR_EFORMAT;
-        goto out;
-    }
-    rc = 0;
-out:
-    free(L.v);
-    pre_free(&L.pp);
+    free(toks);
     return rc;
 }
