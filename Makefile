@@ -82,7 +82,7 @@ $(BUILD)/tests/check_engine:      $(COMMON) $(ST) $(MODEL) $(ENGINE)
 $(BUILD)/tests/check_peft:        $(COMMON) $(ST) $(MODEL) $(ENGINE) $(ADAPT)
 $(BUILD)/tests/check_lora:        $(COMMON) $(ST) $(MODEL) $(ENGINE) $(ADAPT)
 $(BUILD)/tests/check_registry:    $(COMMON) $(ST) $(MODEL) $(ENGINE) $(ADAPT)
-$(BUILD)/tests/check_api:         $(COMMON) $(TOK) $(ST) $(MODEL) $(ENGINE) $(SERVER)
+$(BUILD)/tests/check_api:         $(COMMON) $(TOK) $(ST) $(MODEL) $(ENGINE) $(JINJA) $(SERVER)
 $(BUILD)/tests/check_lc_sse:      $(COMMON) $(CLIENT)
 # Every check_<x>.c needs a line above naming its groups.
 $(BUILD)/tests/check_%: $(BUILD)/tests/unit/check_%.o

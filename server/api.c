@@ -135,7 +135,23 @@ static int check_model_field(api_ctx *ctx, const json_t *body, api_err *err)
     return rc;
 }
 
-/* tgi: 0 = /v1/completions, 1 = /generate, 2 = /generate_stream. */
+/* POST /apply-template {messages, add_generation_prompt, tools?} → {prompt}. */
+static void do_apply_template(api_ctx *ctx, const char *body, size_t len, api_reply *out)
+{
+    json_t *v = parse_body(body, len, out);
+    if (!v) return;
+    api_err err;
+    char *text = NULL;
+    size_t tl = 0;
+    if (api_chat_render(ctx, v, &text, &tl, &err))
+        api_reply_error(out, &err);
+    else
+        reply_json(out, 200, json_pack("{s:s%}", "prompt", text, tl));
+    free(text);
+    json_decref(v);
+}
+
+/* tgi: 0 = /v1/completions, 1 = /generate, 2 = /generate_stream, 3 = /v1/chat/completions. */
 static void do_completions(api_ctx *ctx, const char *body, size_t len, const api_conn *conn,
                            api_reply *out, int tgi)
 {
@@ -148,9 +164,11 @@ static void do_completions(api_ctx *ctx, const char *body, size_t len, const api
                       .max_pos = ctx->max_pos,
                       .max_tokens_default = ctx->max_tokens_default};
     const void *adapter = NULL;
-    int rc = tgi ? api_tgi_parse(v, &lim, &req, &err) : api_cmpl_parse(v, &lim, &req, &err);
+    int rc = tgi == 3 ? api_chat_parse(ctx, v, &lim, &req, &err)
+             : tgi    ? api_tgi_parse(v, &lim, &req, &err)
+                      : api_cmpl_parse(v, &lim, &req, &err);
     if (tgi == 2) req.stream = 1;
-    json_t *mix = tgi ? NULL : json_object_get(v, "adapters");
+    json_t *mix = tgi == 1 || tgi == 2 ? NULL : json_object_get(v, "adapters");
     if (!rc && mix && !json_is_null(mix)) {
         /* The weighted-mix extension: "adapters": [{"id": "a", "scale": 0.5}, …]. */
         if (!ctx->aops || !ctx->aops->resolve_mix)
@@ -337,6 +355,8 @@ typedef struct route {
 
 static const route k_routes[] = {
     {"/v1/completions", "POST", MET_EP_COMPLETIONS},
+    {"/v1/chat/completions", "POST", MET_EP_CHAT},
+    {"/apply-template", "POST", MET_EP_TEMPLATE},
     {"/generate", "POST", MET_EP_GENERATE},
     {"/generate_stream", "POST", MET_EP_GENERATE},
     {"/tokenize", "POST", MET_EP_TOKENIZE},
@@ -425,6 +445,12 @@ void api_handle(api_ctx *ctx, const char *method, const char *path, const char *
     switch (r->ep) {
     case MET_EP_COMPLETIONS:
         do_completions(ctx, body, len, conn, out, 0);
+        break;
+    case MET_EP_CHAT:
+        do_completions(ctx, body, len, conn, out, 3);
+        break;
+    case MET_EP_TEMPLATE:
+        do_apply_template(ctx, body, len, out);
         break;
     case MET_EP_GENERATE:
         do_completions(ctx, body, len, conn, out, strcmp(path, "/generate_stream") == 0 ? 2 : 1);

@@ -59,7 +59,8 @@ typedef struct api_ctx {
     atomic_int stopping;      /* the daemon is stopping: every waiting request gives up */
     api_resolve_fn resolve;   /* NULL → every non-base id is 404 (unless aops) */
     void *resolve_user;
-    const lora_api_ops *aops; /* the adapter layer (adapters/lora_api.h); NULL = none */
+    const struct jj_template *chat_tmpl; /* the model's chat template, NULL if none */
+    const lora_api_ops *aops;            /* the adapter layer (adapters/lora_api.h); NULL = none */
     void *aops_user;
 } api_ctx;
 
@@ -70,6 +71,7 @@ typedef struct api_conn {
 } api_conn;
 
 typedef struct api_stream api_stream;
+struct jj_template; /* core/jinja.h */
 
 /* A reply. body is malloc'd (free it) unless stream is set, in which case the body is produced
  * by api_stream_read() and the stream must be released with api_stream_free(). */
@@ -130,6 +132,7 @@ typedef struct api_cmpl_req {
     /* TGI (/generate, /generate_stream): the response shape, and details: true. With tgi, echo
      * means return_full_text and logprobs is 0 (each token's logprob is reported). */
     int tgi, details;
+    int chat; /* /v1/chat/completions: chat response shapes */
 } api_cmpl_req;
 
 typedef struct api_limits {
@@ -152,6 +155,22 @@ int api_tgi_parse(const json_t *body, const api_limits *lim, api_cmpl_req *out, 
 /* Check a model / adapter id: refuses "..", a leading '/', backslashes, control characters and
  * NUL (len is the JSON string length). Returns 0 or LR_EINVAL (400). */
 int api_check_model_id(const char *id, size_t len, api_err *err);
+
+/* ---- chat (api_chat.c) ---- */
+
+/* Compile the chat template of model folder dir (tokenizer_config.json chat_template, a
+ * "default" entry of a template list, chat_template.json or chat_template.jinja). Returns 0 with
+ * *out NULL when the model has none, 0 with a new template (jj_destroy it), or a negative lr_err
+ * (a template that does not compile, named in err). */
+int api_chat_load(const char *dir, lr_error *err, struct jj_template **out);
+/* Render body's messages (+ add_generation_prompt, default true, and tools) with the model's
+ * template, as transformers' apply_chat_template(tokenize=False). *out: new malloc'd text. */
+int api_chat_render(const api_ctx *ctx, const json_t *body, char **out, size_t *len, api_err *err);
+/* Validate a /v1/chat/completions body into *out: the rendered messages tokenized without
+ * special tokens as the prompt, and every completion parameter checked as api_cmpl_parse does
+ * (max_completion_tokens = max_tokens; logprobs: bool + top_logprobs 0..20). */
+int api_chat_parse(const api_ctx *ctx, const json_t *body, const api_limits *lim, api_cmpl_req *out,
+                   api_err *err);
 
 /* ---- generation (api_gen.c) ---- */
 

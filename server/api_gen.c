@@ -394,7 +394,7 @@ int api_job_start(api_ctx *ctx, api_cmpl_req *req, const void *adapter, api_job 
     j->top_k = j->req.logprobs > 0 ? j->req.logprobs : 0;
     static atomic_ullong counter;
     unsigned long long c = atomic_fetch_add(&counter, 1);
-    snprintf(j->id, sizeof j->id, "cmpl-%016llx%08llx",
+    snprintf(j->id, sizeof j->id, "%s-%016llx%08llx", j->req.chat ? "chatcmpl" : "cmpl",
              (unsigned long long)j->req.smp.seed ^ ((unsigned long long)j->created << 20), c);
     j->model_name = strdup(j->req.model ? j->req.model : ctx->served_name);
     j->n_seqs = j->req.n_prompts * j->req.n;
@@ -610,6 +610,60 @@ static void seq_error(const api_seq *s, api_err *e)
         api_fail(e, LR_EINTERNAL, 500, NULL, "%s", s->error);
 }
 
+/* ---- chat shapes (/v1/chat/completions) ---- */
+
+static const char *object_name(const api_job *j, int chunk)
+{
+    if (j->req.chat) return chunk ? "chat.completion.chunk" : "chat.completion";
+    return "text_completion";
+}
+
+/* {token, logprob, bytes} of one token (bytes: its UTF-8 as integers). */
+static json_t *chat_token(const tok_tokenizer *tok, int32_t id, float lp)
+{
+    json_t *piece = piece_json(tok, id);
+    json_t *bytes = json_array();
+    const char *p = json_string_value(piece);
+    for (size_t i = 0; p && i < json_string_length(piece); i++)
+        json_array_append_new(bytes, json_integer((unsigned char)p[i]));
+    return json_pack("{s:o, s:o, s:o}", "token", piece, "logprob", lp_json(lp), "bytes", bytes);
+}
+
+/* Chat logprobs of entries [from, to): {"content": [{token, logprob, bytes, top_logprobs}]}. */
+static json_t *chat_logprobs_json(const api_job *j, const api_seq *s, int from, int to)
+{
+    const tok_tokenizer *tok = j->ctx->tok;
+    json_t *content = json_array();
+    for (int i = from; i < to; i++) {
+        json_t *t = chat_token(tok, s->lp_tok[i], s->lp_val[i]);
+        json_t *tops = json_array();
+        for (int k = 0; k < s->lp_ntop[i]; k++)
+            json_array_append_new(tops, chat_token(tok, s->top_ids[(size_t)i * j->top_k + k],
+                                                   s->top_val[(size_t)i * j->top_k + k]));
+        json_object_set_new(t, "top_logprobs", tops);
+        json_array_append_new(content, t);
+    }
+    return json_pack("{s:o}", "content", content);
+}
+
+/* One choice of a reply or a chunk: text [t0, t1) of s, logprob entries [l0, l1). */
+static json_t *choice_json(const api_job *j, const api_seq *s, size_t t0, size_t t1, int l0, int l1,
+                           int chunk, int first)
+{
+    const char *text = s->text ? s->text + t0 : "";
+    json_t *lp = j->req.logprobs < 0 ? json_null()
+                 : j->req.chat       ? chat_logprobs_json(j, s, l0, l1)
+                                     : logprobs_json(j, s, l0, l1);
+    json_t *fin = s->done ? json_string(finish_name(s->finish)) : json_null();
+    if (!j->req.chat)
+        return json_pack("{s:i, s:s%, s:o, s:o}", "index", s->index, "text", text, t1 - t0,
+                         "logprobs", lp, "finish_reason", fin);
+    json_t *msg = json_pack("{s:s%}", "content", text, t1 - t0);
+    if (msg && (!chunk || first)) json_object_set_new(msg, "role", json_string("assistant"));
+    return json_pack("{s:i, s:o, s:o, s:o}", "index", s->index, chunk ? "delta" : "message", msg,
+                     "logprobs", lp, "finish_reason", fin);
+}
+
 /* ---- TGI shapes (/generate, /generate_stream) ---- */
 
 static const char *tgi_finish(eng_finish f)
@@ -682,10 +736,7 @@ void api_job_reply(api_job *j, api_reply *out)
     json_t *choices = json_array();
     for (int i = 0; i < j->n_seqs; i++) {
         const api_seq *s = &j->seqs[i];
-        json_t *c = json_pack("{s:i, s:s%, s:o, s:s?}", "index", s->index, "text",
-                              s->text ? s->text : "", s->text_len, "logprobs",
-                              j->req.logprobs >= 0 ? logprobs_json(j, s, 0, s->n_lp) : json_null(),
-                              "finish_reason", finish_name(s->finish));
+        json_t *c = choice_json(j, s, 0, s->text_len, 0, s->n_lp, 0, 1);
         if (!c) {
             json_decref(choices);
             pthread_mutex_unlock(&j->mu);
@@ -702,7 +753,7 @@ void api_job_reply(api_job *j, api_reply *out)
         json_array_append_new(choices, c);
     }
     json_t *resp = json_pack("{s:s, s:s, s:I, s:s, s:o, s:o}", "id", j->id, "object",
-                             "text_completion", "created", (json_int_t)j->created, "model",
+                             object_name(j, 0), "created", (json_int_t)j->created, "model",
                              j->model_name, "choices", choices, "usage", usage_json(j));
     pthread_mutex_unlock(&j->mu);
     char *body = resp ? json_dumps(resp, JSON_COMPACT) : NULL;
@@ -756,7 +807,7 @@ static void sse_json(api_stream *st, json_t *v)
 static json_t *chunk_head(const api_job *j, json_t *choices)
 {
     json_t *c =
-        json_pack("{s:s, s:s, s:I, s:s, s:o}", "id", j->id, "object", "text_completion", "created",
+        json_pack("{s:s, s:s, s:I, s:s, s:o}", "id", j->id, "object", object_name(j, 1), "created",
                   (json_int_t)j->created, "model", j->model_name, "choices", choices);
     if (c && j->req.include_usage) json_object_set_new(c, "usage", json_null());
     return c;
@@ -846,10 +897,7 @@ static int stream_fill(api_stream *st)
         int new_ids = j->req.return_token_ids && s->n_gen_ids > s->ids_sent;
         if (!new_text && !new_lp && !new_ids && !s->done) continue;
         json_t *c =
-            json_pack("{s:i, s:s%, s:o, s:o}", "index", s->index, "text",
-                      s->text ? s->text + s->text_sent : "", s->text_len - s->text_sent, "logprobs",
-                      j->req.logprobs >= 0 ? logprobs_json(j, s, s->lp_sent, s->n_lp) : json_null(),
-                      "finish_reason", s->done ? json_string(finish_name(s->finish)) : json_null());
+            choice_json(j, s, s->text_sent, s->text_len, s->lp_sent, s->n_lp, 1, !s->first_sent);
         if (c && j->req.return_token_ids) {
             json_object_set_new(c, "token_ids",
                                 ids_json(s->gen + s->ids_sent, s->n_gen_ids - s->ids_sent));
@@ -870,7 +918,7 @@ static int stream_fill(api_stream *st)
     if (j->n_done < j->n_seqs) return 0;
     if (j->req.include_usage) {
         json_t *u = json_pack("{s:s, s:s, s:I, s:s, s:[], s:o}", "id", j->id, "object",
-                              "text_completion", "created", (json_int_t)j->created, "model",
+                              object_name(j, 1), "created", (json_int_t)j->created, "model",
                               j->model_name, "choices", "usage", usage_json(j));
         sse_json(st, u);
     }

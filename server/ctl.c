@@ -19,6 +19,7 @@
 #include "api.h"
 #include "engine.h"
 #include "http.h"
+#include "jinja.h"
 #include "log.h"
 #include "met.h"
 #include "model.h"
@@ -149,6 +150,7 @@ int ctl_run(const cli_config *cfg, const lora_api_ops *aops)
     tok_tokenizer *tok = NULL;
     eng_engine *eng = NULL;
     met_metrics *met = NULL;
+    jj_template *chat = NULL;
     lr_error err;
     lr_error_clear(&err);
     int rc = 1, loop_ok = 0;
@@ -177,6 +179,11 @@ int ctl_run(const cli_config *cfg, const lora_api_ops *aops)
             tok_vocab_size(tok), (int)tok_bos_id(tok), (int)tok_eos_id(tok), ms_since(&t0));
 
     clock_gettime(CLOCK_MONOTONIC, &t0);
+    /* A chat template that does not compile only disables chat: completions still work. */
+    if (api_chat_load(cfg->model_dir, &err, &chat) != 0)
+        log_msg(LOG_WARN, "lorad: no chat endpoint: %s", err.msg);
+    else
+        log_msg(LOG_INFO, "chat template: %s", chat ? "compiled" : "none (chat disabled)");
     const eng_delta_ops *delta = NULL;
     if (aops && aops->create) {
         clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -239,6 +246,7 @@ int ctl_run(const cli_config *cfg, const lora_api_ops *aops)
     st.api.created = (long long)time(NULL);
     st.api.max_body_bytes = cfg->max_body_bytes;
     st.api.aops = st.aops;
+    st.api.chat_tmpl = chat;
     st.api.aops_user = st.aops_user;
 
     if (uv_loop_init(&st.loop) != 0) {
@@ -302,6 +310,7 @@ out:
         uv_loop_close(&st.loop);
     }
     met_destroy(met);
+    jj_destroy(chat);
     tok_destroy(tok);
     lr_model_free(model);
     if (rc == 0) log_msg(LOG_INFO, "lorad: stopped");

@@ -41,8 +41,8 @@ void met_destroy(met_metrics *m)
 const char *met_endpoint_name(met_endpoint ep)
 {
     static const char *names[MET_EP_COUNT] = {
-        "completions", "chat_completions", "tokenize", "detokenize", "models",
-        "health",      "metrics",          "generate", "adapters",   "other"};
+        "completions", "chat_completions", "tokenize",       "detokenize", "models", "health",
+        "metrics",     "generate",         "apply_template", "adapters",   "other"};
     return ep >= 0 && ep < MET_EP_COUNT ? names[ep] : "other";
 }
 

@@ -18,6 +18,7 @@ typedef enum {
     MET_EP_HEALTH,
     MET_EP_METRICS,
     MET_EP_GENERATE, /* /generate and /generate_stream (TGI) */
+    MET_EP_TEMPLATE, /* /apply-template */
     MET_EP_ADAPTERS, /* the adapter routes (/v1/adapters, /v1/load_lora_adapter, …) */
     MET_EP_OTHER,
     MET_EP_COUNT

@@ -454,6 +454,74 @@ def t_tgi(prompt, greedy):
     check(e["error"]["param"] == "parameters.max_new_tokens", "TGI errors name parameters.x: %r" % e)
 
 
+def t_chat(model):
+    """/apply-template against Python's jinja2 configured as transformers does, and
+    /v1/chat/completions against /v1/completions on the rendered prompt."""
+    cfg = json.load(open(os.path.join(model, "tokenizer_config.json")))
+    msgs = [{"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Say something about foxes"}]
+    try:
+        import jinja2.sandbox
+        env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        want = env.from_string(cfg["chat_template"]).render(
+            messages=msgs, add_generation_prompt=True, bos_token=cfg.get("bos_token"),
+            eos_token=cfg.get("eos_token"))
+    except ImportError:
+        want = None
+    st, _, r = post("/apply-template", {"messages": msgs})
+    check(st == 200 and (want is None or r.get("prompt") == want),
+          "/apply-template equals jinja2's rendering: %r vs %r" % (r, want))
+    prompt = r.get("prompt", "")
+    st, _, r2 = post("/apply-template", {"messages": msgs, "add_generation_prompt": False})
+    check(st == 200 and prompt.startswith(r2.get("prompt", "?")) and len(r2["prompt"]) < len(prompt),
+          "add_generation_prompt false drops the assistant header")
+    ids = tokenize(prompt, add_special=False)
+    ref = complete(prompt=ids, temperature=0, max_tokens=10, logprobs=2)
+    st, _, c = post("/v1/chat/completions", {"messages": msgs, "temperature": 0, "max_tokens": 10,
+                                             "logprobs": True, "top_logprobs": 2})
+    if not check(st == 200 and ref, "chat completion: %d %r" % (st, c)):
+        return
+    ch = c["choices"][0]
+    check(c["object"] == "chat.completion" and c["id"].startswith("chatcmpl-")
+          and ch["message"]["role"] == "assistant", "chat response shape: %r" % c)
+    check(ch["message"]["content"] == ref["choices"][0]["text"]
+          and ch["finish_reason"] == ref["choices"][0]["finish_reason"],
+          "chat content == completion of the rendered prompt: %r vs %r" % (ch["message"]["content"], ref["choices"][0]["text"]))
+    check(c["usage"]["prompt_tokens"] == len(ids), "chat usage counts the rendered prompt")
+    lc = ch["logprobs"]["content"]
+    check(len(lc) == c["usage"]["completion_tokens"] and all(len(t["top_logprobs"]) == 2 for t in lc)
+          and all(abs(t["logprob"] - v) < 1e-5 for t, v in zip(lc, ref["choices"][0]["logprobs"]["token_logprobs"]))
+          and all(bytes(t["bytes"]).decode("utf-8", "replace") == t["token"] for t in lc),
+          "chat logprobs: one entry per token with 2 alternatives, bytes = token")
+    # The streamed chat (stream() posts to /v1/completions, so by hand).
+    cn = http.client.HTTPConnection("127.0.0.1", D.port, timeout=120)
+    cn.request("POST", "/v1/chat/completions", json.dumps({"messages": msgs, "temperature": 0,
+                                                          "max_completion_tokens": 10, "stream": True}),
+               {"Content-Type": "application/json"})
+    raw = cn.getresponse().read().decode()
+    evs = [e[6:] for e in raw.split("\n\n") if e.strip()]
+    check(evs and evs[-1] == "[DONE]", "chat stream ends with [DONE]")
+    objs = [json.loads(e) for e in evs[:-1]]
+    check(all(o["object"] == "chat.completion.chunk" for o in objs), "chunk objects")
+    check(objs and objs[0]["choices"][0]["delta"].get("role") == "assistant", "first delta has the role")
+    text = "".join(o["choices"][0]["delta"].get("content", "") for o in objs if o["choices"])
+    check(text == ch["message"]["content"], "streamed chat == non-streamed: %r vs %r" % (text, ch["message"]["content"]))
+    for name, body, param in (
+            ("no messages", {"max_tokens": 3}, "messages"),
+            ("messages string", {"messages": "hi"}, "messages"),
+            ("message without role", {"messages": [{"content": "x"}]}, "messages"),
+            ("content number", {"messages": [{"role": "user", "content": 3}]}, "messages"),
+            ("image part", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
+            ("logprobs int", {"messages": msgs, "logprobs": 3}, "logprobs"),
+            ("top_logprobs alone", {"messages": msgs, "top_logprobs": 2}, "top_logprobs"),
+            ("top_logprobs 21", {"messages": msgs, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+            ("max_completion_tokens 0", {"messages": msgs, "max_completion_tokens": 0}, "max_completion_tokens"),
+            ("temperature -1", {"messages": msgs, "temperature": -1}, "temperature")):
+        st, _, e = post("/v1/chat/completions", body)
+        check(st == 400 and e.get("error", {}).get("param") == param,
+              "chat %s → 400 naming %s: %d %r" % (name, param, st, e))
+
+
 def t_eos():
     # Without ignore_eos a greedy run may stop early with "stop"; with it, always the full length.
     for p in ("a", "The end", "Once upon a time"):
@@ -733,7 +801,9 @@ def t_queue_full(binary, model):
         for t in ths:
             t.join(300)
         codes = sorted(r[0] for r in results if r)
-        check(codes.count(200) >= 2 and codes.count(429) >= 1 and set(codes) <= {200, 429},
+        # At least the first is admitted; whether a second one finds room in the queue depends
+        # on when the engine thread admits the first.
+        check(codes.count(200) >= 1 and codes.count(429) >= 1 and set(codes) <= {200, 429},
               "a burst past --max-queue gets 429s and the rest complete: %r" % codes)
         for st, _, r in results:
             if st == 429:
@@ -928,6 +998,7 @@ def main():
             run(t_stop, prompt, greedy)
             run(t_stream, prompt, greedy)
             run(t_tgi, prompt, greedy)
+        run(t_chat, model)
         run(t_eos)
         run(t_malformed)
         run(t_disconnect)
