@@ -65,22 +65,21 @@ def deb_exists(pkg):
 
 
 def needed_packages(path):
-    """Debian packages providing the DT_NEEDED libraries of an ELF file."""
+    """Debian packages providing the DT_NEEDED libraries of an ELF file (one dpkg -S call)."""
     out = subprocess.run(["readelf", "-d", path], capture_output=True, text=True).stdout
     sonames = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
     ldd = subprocess.run(["ldd", path], capture_output=True, text=True).stdout
     where = dict(re.findall(r"^\s*(\S+) => (\S+)", ldd, re.M))
-    pkgs = {}
-    for so in sonames:
-        p = where.get(so)
-        owner = None
-        for cand in filter(None, [p, p and os.path.realpath(p)]):
-            r = subprocess.run(["dpkg", "-S", cand], capture_output=True, text=True)
-            if r.returncode == 0:
-                owner = r.stdout.split(":")[0].strip()
-                break
-        pkgs[so] = owner
-    return pkgs
+    cands = {so: [p for p in (where.get(so), where.get(so) and os.path.realpath(where[so])) if p]
+             for so in sonames}
+    paths = sorted({p for ps in cands.values() for p in ps})
+    r = subprocess.run(["dpkg", "-S"] + paths, capture_output=True, text=True)
+    owner_of = {}
+    for ln in r.stdout.splitlines():
+        pkgs, _, f = ln.partition(": ")
+        owner_of[f.strip()] = pkgs.split(",")[0].split(":")[0].strip()
+    return {so: next((owner_of[p] for p in ps if p in owner_of), None)
+            for so, ps in cands.items()}
 
 
 def ignored(rel, patterns):
