@@ -131,7 +131,11 @@ class Client:
                     payload, data = "\n".join(data), []
                     if payload == "[DONE]":
                         return
-                    ev = json.loads(payload)
+                    try:
+                        ev = json.loads(payload)
+                    except ValueError:
+                        raise LoradError(0, "a streamed chunk is not JSON: %r"
+                                         % payload[:200]) from None
                     if isinstance(ev, dict) and "error" in ev:
                         err = ev["error"]
                         raise LoradError(500, err.get("message", "stream error")

@@ -115,6 +115,8 @@ class Scripted(http.server.BaseHTTPRequestHandler):
             if body.get("stream"):
                 if prompt == "cut":
                     return self._stream(STREAM_PIECES[:3])
+                if prompt == "junk":
+                    return self._stream([b"data: {not json\n\n", b"data: [DONE]\n\n"])
                 if prompt == "err":
                     return self._stream([STREAM_PIECES[1], STREAM_PIECES[2],
                                          b'data: {"error":{"message":"engine boom"}}\n\n'])
@@ -192,6 +194,8 @@ def part_a():
         check(rc == 0 and out == "chat:hello\n", "chat: %r" % out)
         rc, out, err = loractl(["complete", "--stream", "cut"], url=url)
         check(rc == 3 and "[DONE]" in err, "stream cut before [DONE]: rc %d err %r" % (rc, err))
+        rc, out, err = loractl(["complete", "--stream", "junk"], url=url)
+        check(rc == 3 and "not JSON" in err, "a chunk that is not JSON: rc %d err %r" % (rc, err))
         rc, out, err = loractl(["complete", "--stream", "err"], url=url)
         check(rc == 1 and "engine boom" in err, "error event: rc %d err %r" % (rc, err))
         rc, out, err = loractl(["-m", "missing", "complete", "--stream", "x"], url=url)
@@ -240,7 +244,8 @@ def part_a():
         c.unload_adapter("n2")
         check(last_seen()[3] == {"lora_name": "n2"}, "py unload")
         check(c.health() is True, "py health")
-        for prompt, status, text in (("cut", 0, "[DONE]"), ("err", 500, "engine boom")):
+        for prompt, status, text in (("cut", 0, "[DONE]"), ("err", 500, "engine boom"),
+                                     ("junk", 0, "not JSON")):
             try:
                 list(c.complete_stream(prompt))
                 check(False, "py stream %s should raise" % prompt)
