@@ -18,13 +18,13 @@
 typedef int (*lc_sse_event_fn)(void *ud, const char *data, size_t len);
 
 typedef struct lc_sse {
-    char *line;        /* the line being read (not yet terminated), heap, grows */
+    char *line; /* the line being read (not yet terminated), heap, grows */
     size_t line_len, line_cap;
-    char *data;        /* the data of the event being read, heap, grows */
+    char *data; /* the data of the event being read, heap, grows */
     size_t data_len, data_cap;
-    int has_data;      /* a data: field was seen in this event */
-    int after_cr;      /* the last byte was a CR: a following LF belongs to it */
-    size_t max_bytes;  /* refuse lines or events larger than this */
+    int has_data;     /* a data: field was seen in this event */
+    int after_cr;     /* the last byte was a CR: a following LF belongs to it */
+    size_t max_bytes; /* refuse lines or events larger than this */
     lc_sse_event_fn fn;
     void *ud;
 } lc_sse;

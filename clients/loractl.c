@@ -46,8 +46,8 @@ typedef struct lc_opts {
 
 /* The answer of one request. */
 typedef struct lc_reply {
-    long status;      /* HTTP status; 0 when none was received */
-    char *body;       /* the whole body (non-streamed, or an error answer), NUL-terminated */
+    long status; /* HTTP status; 0 when none was received */
+    char *body;  /* the whole body (non-streamed, or an error answer), NUL-terminated */
     size_t len, cap;
     int streaming;    /* the answer is text/event-stream and goes to the SSE reader */
     int is_chat;      /* stream chunks are chat.completion.chunk (delta.content) */
@@ -61,38 +61,37 @@ typedef struct lc_reply {
 
 static void usage(FILE *out)
 {
-    fputs(
-        "usage: loractl [options] COMMAND [ARGS]\n"
-        "Talk to a lorad daemon (LORAD_URL, default http://127.0.0.1:8080).\n"
-        "\n"
-        "Commands:\n"
-        "  health                    GET /health; exit 0 when the daemon is ready\n"
-        "  models                    list the base model and the adapters (/v1/models)\n"
-        "  complete PROMPT           a completion (/v1/completions); PROMPT '-' reads stdin\n"
-        "  chat MESSAGE              one user turn (/v1/chat/completions); '-' reads stdin\n"
-        "  tokenize TEXT             token ids of TEXT (/tokenize)\n"
-        "  adapters list             the adapter registry (/v1/adapters)\n"
-        "  adapters load NAME PATH   register and load a PEFT folder (/v1/load_lora_adapter)\n"
-        "  adapters unload NAME      drop an adapter (/v1/unload_lora_adapter)\n"
-        "\n"
-        "Options:\n"
-        "  --url URL                 server base URL (overrides LORAD_URL)\n"
-        "  --api-key KEY             bearer key (overrides LORAD_API_KEY)\n"
-        "  -m, --model ID            adapter id (or the base id) to use\n"
-        "  -n, --max-tokens N        tokens to generate at most\n"
-        "  -t, --temperature T       sampling temperature; 0 = greedy\n"
-        "      --top-p P             nucleus sampling mass\n"
-        "      --seed N              sampling seed\n"
-        "      --stop S              stop string\n"
-        "  -s, --system TEXT         system message (chat)\n"
-        "      --stream              print tokens as they arrive (Server-Sent Events)\n"
-        "      --json                print the server's JSON answer as is\n"
-        "      --timeout SEC         give up after SEC seconds (default: none)\n"
-        "      --no-adapter-header   do not send X-Adapter-Id (it routes requests by adapter)\n"
-        "  -h, --help                this text\n"
-        "      --version             print the version\n"
-        "Exit status: 0 ok, 1 the server answered with an error, 2 usage, 3 unreachable.\n",
-        out);
+    fputs("usage: loractl [options] COMMAND [ARGS]\n"
+          "Talk to a lorad daemon (LORAD_URL, default http://127.0.0.1:8080).\n"
+          "\n"
+          "Commands:\n"
+          "  health                    GET /health; exit 0 when the daemon is ready\n"
+          "  models                    list the base model and the adapters (/v1/models)\n"
+          "  complete PROMPT           a completion (/v1/completions); PROMPT '-' reads stdin\n"
+          "  chat MESSAGE              one user turn (/v1/chat/completions); '-' reads stdin\n"
+          "  tokenize TEXT             token ids of TEXT (/tokenize)\n"
+          "  adapters list             the adapter registry (/v1/adapters)\n"
+          "  adapters load NAME PATH   register and load a PEFT folder (/v1/load_lora_adapter)\n"
+          "  adapters unload NAME      drop an adapter (/v1/unload_lora_adapter)\n"
+          "\n"
+          "Options:\n"
+          "  --url URL                 server base URL (overrides LORAD_URL)\n"
+          "  --api-key KEY             bearer key (overrides LORAD_API_KEY)\n"
+          "  -m, --model ID            adapter id (or the base id) to use\n"
+          "  -n, --max-tokens N        tokens to generate at most\n"
+          "  -t, --temperature T       sampling temperature; 0 = greedy\n"
+          "      --top-p P             nucleus sampling mass\n"
+          "      --seed N              sampling seed\n"
+          "      --stop S              stop string\n"
+          "  -s, --system TEXT         system message (chat)\n"
+          "      --stream              print tokens as they arrive (Server-Sent Events)\n"
+          "      --json                print the server's JSON answer as is\n"
+          "      --timeout SEC         give up after SEC seconds (default: none)\n"
+          "      --no-adapter-header   do not send X-Adapter-Id (it routes requests by adapter)\n"
+          "  -h, --help                this text\n"
+          "      --version             print the version\n"
+          "Exit status: 0 ok, 1 the server answered with an error, 2 usage, 3 unreachable.\n",
+          out);
 }
 
 /* ------------------------------------------------------------------ parsing helpers */
@@ -102,8 +101,7 @@ static int parse_long(const char *s, long lo, long hi, long *out)
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -1;
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
     *out = v;
     return 0;
 }
@@ -113,8 +111,7 @@ static int parse_double(const char *s, double *out)
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v))
-        return -1;
+    if (errno || end == s || *end || !isfinite(v)) return -1;
     *out = v;
     return 0;
 }
@@ -124,8 +121,7 @@ static char *read_stdin(void)
 {
     size_t cap = 4096, len = 0;
     char *buf = malloc(cap);
-    if (!buf)
-        return NULL;
+    if (!buf) return NULL;
     for (;;) {
         if (len + 1 == cap) {
             if (cap >= LC_MAX_STDIN) {
@@ -143,8 +139,7 @@ static char *read_stdin(void)
         }
         size_t n = fread(buf + len, 1, cap - 1 - len, stdin);
         len += n;
-        if (n == 0)
-            break;
+        if (n == 0) break;
     }
     if (ferror(stdin)) {
         fprintf(stderr, "loractl: cannot read stdin\n");
@@ -159,15 +154,13 @@ static char *read_stdin(void)
 
 static int body_append(lc_reply *r, const char *p, size_t n)
 {
-    if (r->len + n > LC_MAX_BODY)
-        return -1;
+    if (r->len + n > LC_MAX_BODY) return -1;
     if (r->len + n + 1 > r->cap) {
         size_t ncap = r->cap ? r->cap : 4096;
         while (ncap < r->len + n + 1)
             ncap *= 2;
         char *nb = realloc(r->body, ncap);
-        if (!nb)
-            return -1;
+        if (!nb) return -1;
         r->body = nb;
         r->cap = ncap;
     }
@@ -181,8 +174,7 @@ static int body_append(lc_reply *r, const char *p, size_t n)
 static int on_event(void *ud, const char *data, size_t len)
 {
     lc_reply *r = ud;
-    if (r->saw_done)
-        return 0;
+    if (r->saw_done) return 0;
     if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
         r->saw_done = 1;
         return 0;
@@ -226,8 +218,7 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud)
 {
     lc_reply *r = ud;
     size_t n = size * nmemb;
-    if (r->status == 0)
-        curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &r->status);
+    if (r->status == 0) curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &r->status);
     if (r->streaming) {
         char *ct = NULL;
         curl_easy_getinfo(r->curl, CURLINFO_CONTENT_TYPE, &ct);
@@ -265,8 +256,7 @@ static int http_call(const lc_opts *o, const char *method, const char *path, jso
     curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(c, CURLOPT_USERAGENT, "loractl/" LC_VERSION);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
-    if (o->timeout > 0)
-        curl_easy_setopt(c, CURLOPT_TIMEOUT, o->timeout);
+    if (o->timeout > 0) curl_easy_setopt(c, CURLOPT_TIMEOUT, o->timeout);
     if (o->api_key && *o->api_key) {
         if ((size_t)snprintf(auth, sizeof(auth), "Authorization: Bearer %s", o->api_key) >=
             sizeof(auth)) {
@@ -295,16 +285,14 @@ static int http_call(const lc_opts *o, const char *method, const char *path, jso
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, payload);
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(payload));
     }
-    if (r->streaming)
-        hdrs = curl_slist_append(hdrs, "Accept: text/event-stream");
+    if (r->streaming) hdrs = curl_slist_append(hdrs, "Accept: text/event-stream");
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
     CURLcode cc = curl_easy_perform(c);
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
     if (cc != CURLE_OK) {
         if (r->err.code != LR_OK) {
             fprintf(stderr, "loractl: %s\n", r->err.msg);
-            if (r->server_error)
-                rc = LC_EXIT_API;
+            if (r->server_error) rc = LC_EXIT_API;
         } else
             fprintf(stderr, "loractl: %s %s failed: %s\n", method, url, curl_easy_strerror(cc));
         goto out;
@@ -325,9 +313,8 @@ static json_t *reply_json(const lc_reply *r, int *exit_code)
     json_error_t jerr;
     json_t *j = r->body ? json_loads(r->body, 0, &jerr) : NULL;
     if (r->status < 200 || r->status >= 300) {
-        const char *msg = j ? json_string_value(json_object_get(json_object_get(j, "error"),
-                                                                "message"))
-                            : NULL;
+        const char *msg =
+            j ? json_string_value(json_object_get(json_object_get(j, "error"), "message")) : NULL;
         fprintf(stderr, "loractl: HTTP %ld: %s\n", r->status,
                 msg ? msg : (r->body && *r->body ? r->body : "(empty answer)"));
         json_decref(j);
@@ -360,8 +347,7 @@ static int call_and_show(const lc_opts *o, const char *method, const char *path,
         if (j) {
             if (o->json) {
                 fputs(r.body, stdout);
-                if (r.len && r.body[r.len - 1] != '\n')
-                    fputc('\n', stdout);
+                if (r.len && r.body[r.len - 1] != '\n') fputc('\n', stdout);
             } else {
                 rc = show(j);
             }
@@ -419,8 +405,7 @@ static int show_completion(json_t *j)
     }
     size_t n = strlen(text);
     fputs(text, stdout);
-    if (n == 0 || text[n - 1] != '\n')
-        fputc('\n', stdout);
+    if (n == 0 || text[n - 1] != '\n') fputc('\n', stdout);
     return 0;
 }
 
@@ -428,20 +413,15 @@ static int show_completion(json_t *j)
 static int add_sampling(const lc_opts *o, json_t *req)
 {
     int bad = 0;
-    if (o->model)
-        bad |= json_object_set_new(req, "model", json_string(o->model));
+    if (o->model) bad |= json_object_set_new(req, "model", json_string(o->model));
     if (o->max_tokens > 0)
         bad |= json_object_set_new(req, "max_tokens", json_integer(o->max_tokens));
     if (!isnan(o->temperature))
         bad |= json_object_set_new(req, "temperature", json_real(o->temperature));
-    if (!isnan(o->top_p))
-        bad |= json_object_set_new(req, "top_p", json_real(o->top_p));
-    if (o->seed >= 0)
-        bad |= json_object_set_new(req, "seed", json_integer(o->seed));
-    if (o->stop)
-        bad |= json_object_set_new(req, "stop", json_string(o->stop));
-    if (o->stream)
-        bad |= json_object_set_new(req, "stream", json_true());
+    if (!isnan(o->top_p)) bad |= json_object_set_new(req, "top_p", json_real(o->top_p));
+    if (o->seed >= 0) bad |= json_object_set_new(req, "seed", json_integer(o->seed));
+    if (o->stop) bad |= json_object_set_new(req, "stop", json_string(o->stop));
+    if (o->stream) bad |= json_object_set_new(req, "stream", json_true());
     return bad ? -1 : 0;
 }
 
@@ -452,8 +432,7 @@ static int generate(const lc_opts *o, const char *path, json_t *req, int is_chat
         fprintf(stderr, "loractl: a parameter is not valid UTF-8 text\n");
         return LC_EXIT_USAGE;
     }
-    if (!o->stream || o->json)
-        return call_and_show(o, "POST", path, req, show_completion);
+    if (!o->stream || o->json) return call_and_show(o, "POST", path, req, show_completion);
 
     lc_reply r = {0};
     r.streaming = 1;
@@ -462,8 +441,7 @@ static int generate(const lc_opts *o, const char *path, json_t *req, int is_chat
     int rc = http_call(o, "POST", path, req, &r);
     if (rc == 0) {
         if (r.streaming) {
-            if (!r.printed_nl)
-                fputc('\n', stdout);
+            if (!r.printed_nl) fputc('\n', stdout);
             if (r.err.code != LR_OK) {
                 fprintf(stderr, "loractl: %s\n", r.err.msg);
                 rc = LC_EXIT_API;
@@ -473,8 +451,7 @@ static int generate(const lc_opts *o, const char *path, json_t *req, int is_chat
             }
         } else {
             json_t *j = reply_json(&r, &rc); /* an error answer instead of a stream */
-            if (j)
-                rc = show_completion(j);
+            if (j) rc = show_completion(j);
             json_decref(j);
         }
     }
@@ -498,8 +475,7 @@ static int cmd_complete(const lc_opts *o, const char *arg)
 {
     char *owned;
     const char *prompt;
-    if (text_arg(arg, &owned, &prompt) < 0)
-        return LC_EXIT_USAGE;
+    if (text_arg(arg, &owned, &prompt) < 0) return LC_EXIT_USAGE;
     json_t *req = json_pack("{s:s}", "prompt", prompt);
     int rc;
     if (!req) {
@@ -517,20 +493,17 @@ static int cmd_chat(const lc_opts *o, const char *arg)
 {
     char *owned;
     const char *msg;
-    if (text_arg(arg, &owned, &msg) < 0)
-        return LC_EXIT_USAGE;
+    if (text_arg(arg, &owned, &msg) < 0) return LC_EXIT_USAGE;
     int rc = LC_EXIT_USAGE;
     json_t *req = NULL, *msgs = json_array();
-    if (!msgs)
-        goto out;
+    if (!msgs) goto out;
     if (o->system &&
         json_array_append_new(msgs, json_pack("{s:s,s:s}", "role", "system", "content", o->system)))
         goto bad;
     if (json_array_append_new(msgs, json_pack("{s:s,s:s}", "role", "user", "content", msg)))
         goto bad;
     req = json_pack("{s:O}", "messages", msgs);
-    if (!req)
-        goto bad;
+    if (!req) goto bad;
     rc = generate(o, "/v1/chat/completions", req, 1);
     goto out;
 bad:
@@ -551,8 +524,8 @@ static int show_tokens(json_t *j)
     }
     size_t i;
     json_t *t;
-    json_array_foreach(toks, i, t) printf("%s%" JSON_INTEGER_FORMAT, i ? " " : "",
-                                          json_integer_value(t));
+    json_array_foreach(toks, i, t)
+        printf("%s%" JSON_INTEGER_FORMAT, i ? " " : "", json_integer_value(t));
     fputc('\n', stdout);
     return 0;
 }
@@ -561,12 +534,10 @@ static int cmd_tokenize(const lc_opts *o, const char *arg)
 {
     char *owned;
     const char *text;
-    if (text_arg(arg, &owned, &text) < 0)
-        return LC_EXIT_USAGE;
+    if (text_arg(arg, &owned, &text) < 0) return LC_EXIT_USAGE;
     int rc;
     json_t *req = json_pack("{s:s}", "content", text);
-    if (req && o->model)
-        json_object_set_new(req, "model", json_string(o->model));
+    if (req && o->model) json_object_set_new(req, "model", json_string(o->model));
     if (!req) {
         fprintf(stderr, "loractl: the text is not valid UTF-8\n");
         rc = LC_EXIT_USAGE;
@@ -643,8 +614,18 @@ static int run(int argc, char **argv)
                  .top_p = NAN,
                  .seed = -1,
                  .adapter_header = 1};
-    enum { O_URL = 256, O_KEY, O_TOPP, O_SEED, O_STOP, O_STREAM, O_JSON, O_TIMEOUT, O_NOHDR,
-           O_VERSION };
+    enum {
+        O_URL = 256,
+        O_KEY,
+        O_TOPP,
+        O_SEED,
+        O_STOP,
+        O_STREAM,
+        O_JSON,
+        O_TIMEOUT,
+        O_NOHDR,
+        O_VERSION
+    };
     static const struct option longopts[] = {
         {"url", required_argument, NULL, O_URL},
         {"api-key", required_argument, NULL, O_KEY},
@@ -668,16 +649,36 @@ static int run(int argc, char **argv)
     opterr = 0;
     while ((ch = getopt_long(argc, argv, "m:n:t:s:h", longopts, NULL)) != -1) {
         switch (ch) {
-        case O_URL: o.url = optarg; break;
-        case O_KEY: o.api_key = optarg; break;
-        case 'm': o.model = optarg; break;
-        case 's': o.system = optarg; break;
-        case O_STOP: o.stop = optarg; break;
-        case O_STREAM: o.stream = 1; break;
-        case O_JSON: o.json = 1; break;
-        case O_NOHDR: o.adapter_header = 0; break;
-        case 'h': usage(stdout); return LC_EXIT_OK;
-        case O_VERSION: printf("loractl %s\n", LC_VERSION); return LC_EXIT_OK;
+        case O_URL:
+            o.url = optarg;
+            break;
+        case O_KEY:
+            o.api_key = optarg;
+            break;
+        case 'm':
+            o.model = optarg;
+            break;
+        case 's':
+            o.system = optarg;
+            break;
+        case O_STOP:
+            o.stop = optarg;
+            break;
+        case O_STREAM:
+            o.stream = 1;
+            break;
+        case O_JSON:
+            o.json = 1;
+            break;
+        case O_NOHDR:
+            o.adapter_header = 0;
+            break;
+        case 'h':
+            usage(stdout);
+            return LC_EXIT_OK;
+        case O_VERSION:
+            printf("loractl %s\n", LC_VERSION);
+            return LC_EXIT_OK;
         case 'n':
             if (parse_long(optarg, 1, 1L << 30, &o.max_tokens) < 0) {
                 fprintf(stderr, "loractl: --max-tokens must be an integer >= 1, got '%s'\n",
@@ -687,8 +688,7 @@ static int run(int argc, char **argv)
             break;
         case 't':
             if (parse_double(optarg, &o.temperature) < 0 || o.temperature < 0) {
-                fprintf(stderr, "loractl: --temperature must be a number >= 0, got '%s'\n",
-                        optarg);
+                fprintf(stderr, "loractl: --temperature must be a number >= 0, got '%s'\n", optarg);
                 return LC_EXIT_USAGE;
             }
             break;
@@ -719,8 +719,7 @@ static int run(int argc, char **argv)
             return LC_EXIT_USAGE;
         }
     }
-    if (!o.url || !*o.url)
-        o.url = "http://127.0.0.1:8080";
+    if (!o.url || !*o.url) o.url = "http://127.0.0.1:8080";
     /* Drop trailing slashes so paths join cleanly ("http://h:1/" + "/health"). */
     char url[2048];
     size_t ul = strlen(o.url);
@@ -740,18 +739,12 @@ static int run(int argc, char **argv)
         return LC_EXIT_USAGE;
     }
     const char *cmd = args[0];
-    if (strcmp(cmd, "health") == 0 && nargs == 1)
-        return cmd_health(&o);
-    if (strcmp(cmd, "models") == 0 && nargs == 1)
-        return cmd_models(&o);
-    if (strcmp(cmd, "complete") == 0 && nargs == 2)
-        return cmd_complete(&o, args[1]);
-    if (strcmp(cmd, "chat") == 0 && nargs == 2)
-        return cmd_chat(&o, args[1]);
-    if (strcmp(cmd, "tokenize") == 0 && nargs == 2)
-        return cmd_tokenize(&o, args[1]);
-    if (strcmp(cmd, "adapters") == 0)
-        return cmd_adapters(&o, nargs - 1, args + 1);
+    if (strcmp(cmd, "health") == 0 && nargs == 1) return cmd_health(&o);
+    if (strcmp(cmd, "models") == 0 && nargs == 1) return cmd_models(&o);
+    if (strcmp(cmd, "complete") == 0 && nargs == 2) return cmd_complete(&o, args[1]);
+    if (strcmp(cmd, "chat") == 0 && nargs == 2) return cmd_chat(&o, args[1]);
+    if (strcmp(cmd, "tokenize") == 0 && nargs == 2) return cmd_tokenize(&o, args[1]);
+    if (strcmp(cmd, "adapters") == 0) return cmd_adapters(&o, nargs - 1, args + 1);
     fprintf(stderr, "loractl: unknown command or wrong number of arguments: '%s' (see --help)\n",
             cmd);
     return LC_EXIT_USAGE;

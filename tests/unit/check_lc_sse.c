@@ -114,9 +114,9 @@ START_TEST(test_bounds)
     for (size_t cut = 0; cut < sizeof(big); cut += 7)
         ck_assert_int_eq(feed_cut(big, &cut, 1, &s, 64), LR_ETOOLARGE);
     /* an event whose data lines add up past the bound, each line within it */
-    ck_assert_int_eq(feed_cut("data: 0123456789\ndata: 0123456789\ndata: 0123456789\n\n", NULL, 0,
-                              &s, 24),
-                     LR_ETOOLARGE);
+    ck_assert_int_eq(
+        feed_cut("data: 0123456789\ndata: 0123456789\ndata: 0123456789\n\n", NULL, 0, &s, 24),
+        LR_ETOOLARGE);
     ck_assert_int_eq(s.n, 0);
     /* exactly at the bound is fine */
     ck_assert_int_eq(feed_cut("data: 0123456789\n\n", NULL, 0, &s, 16), 0);
@@ -148,8 +148,10 @@ static Suite *lc_sse_suite(void)
     struct {
         const char *name;
         const TTest *fn;
-    } cases[] = {{"line_endings", test_line_endings}, {"fields", test_fields},
-                 {"ignored", test_ignored},           {"bounds", test_bounds},
+    } cases[] = {{"line_endings", test_line_endings},
+                 {"fields", test_fields},
+                 {"ignored", test_ignored},
+                 {"bounds", test_bounds},
                  {"callback_stops", test_callback_stops}};
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
