@@ -56,26 +56,46 @@ int jj_apply_test(jj_ctx *c, const jj_node *at, const char *name, size_t nlen, j
     else if (IS("callable")) /* Jinja2's Undefined has __call__ (that raises): callable */
         *res = v.t == JV_MACRO || v.t == JV_FUNC || v.t == JV_METHOD || v.t == JV_CALLER || v.t == JV_UNDEF;
     else if (IS("lower") || IS("upper")) {
-        jv m;
-        if (v.t != JV_STR) {
-            *res = 0;
-            return 0;
-        }
-        if ((rc = jj_map_case(c, at, v, IS("lower") ? JJ_CASE_LOWER : JJ_CASE_UPPER, &m)))
+        /* str(v).islower() / .isupper(): some cased character, none of the other case */
+        jv s;
+        if ((rc = jj_to_str(c, at, v, &s)))
             return rc;
-        *res = jv_equal(m, v);
-    } else if (IS("odd") || IS("even") || IS("divisibleby")) {
-        int64_t d = 2;
-        if (!isint && v.t != JV_BOOL)
-            return jj_fail(c, at, LR_EINVAL, "test '%.*s' needs an integer, got %s", (int)nlen, name,
-                           jv_type_name(v));
-        if (IS("divisibleby")) {
-            if (arg.t != JV_INT || arg.u.i == 0)
-                return jj_fail(c, at, LR_EINVAL, "divisibleby needs a non-zero integer");
-            d = arg.u.i;
+        int want_upper = IS("upper"), cased = 0, ok = 1;
+        for (size_t i = 0; i < s.u.s.n && ok;) {
+            int32_t cp = jj_next_cp(s.u.s.p, s.u.s.n, &i);
+            utf8proc_category_t k = utf8proc_category(cp);
+            if (k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LT) {
+                cased = 1;
+                ok = want_upper && k == UTF8PROC_CATEGORY_LU;
+            } else if (k == UTF8PROC_CATEGORY_LL) {
+                cased = 1;
+                ok = !want_upper;
+            }
         }
-        int64_t r = d == -1 ? 0 : v.u.i % d;
-        *res = IS("odd") ? r != 0 : r == 0;
+        *res = cased && ok;
+    } else if (IS("odd") || IS("even") || IS("divisibleby")) {
+        /* value % 2 (or % num) in Python: floats work too */
+        jv d = jv_mkint(2);
+        if (IS("divisibleby"))
+            d = arg;
+        int dnum = d.t == JV_INT || d.t == JV_BOOL || d.t == JV_FLOAT;
+        if ((!isint && v.t != JV_BOOL && v.t != JV_FLOAT) || !dnum)
+            return jj_fail(c, at, LR_EINVAL, "test '%.*s' needs numbers, got %s", (int)nlen, name,
+                           jv_type_name(dnum ? v : d));
+        if (v.t == JV_FLOAT || d.t == JV_FLOAT) {
+            double x = v.t == JV_FLOAT ? v.u.f : (double)v.u.i, y = d.t == JV_FLOAT ? d.u.f : (double)d.u.i;
+            if (y == 0)
+                return jj_fail(c, at, LR_EINVAL, "float modulo by zero in test '%.*s'", (int)nlen, name);
+            double r = fmod(x, y);
+            if (r != 0 && ((r < 0) != (y < 0)))
+                r += y; /* Python's % takes the divisor's sign */
+            *res = IS("odd") ? r == 1 : r == 0; /* jinja2.tests: value % 2 == 1 */
+        } else {
+            if (d.u.i == 0)
+                return jj_fail(c, at, LR_EINVAL, "integer modulo by zero in test '%.*s'", (int)nlen, name);
+            int64_t r = d.u.i == -1 ? 0 : v.u.i % d.u.i;
+            *res = IS("odd") ? r != 0 : r == 0;
+        }
     } else if (IS("eq") || IS("equalto")) *res = jv_equal(v, arg);
     else if (IS("ne")) *res = !jv_equal(v, arg);
     else if (IS("sameas")) *res = jv_equal(v, arg) && v.t == arg.t;

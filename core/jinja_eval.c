@@ -698,6 +698,8 @@ static int eval_binop(jj_ctx *c, const jj_node *n, jv *out)
     const char *on = opname[n->op];
     if (a.t == JV_STR && b.t == JV_STR && n->op == JO_ADD)
         return concat_str(c, n, a.u.s.p, a.u.s.n, b.u.s.p, b.u.s.n, out);
+    if (a.t == JV_LIST && b.t == JV_LIST && n->op == JO_ADD && a.tuple != b.tuple)
+        return arith_error(c, n, on, a, b); /* list + tuple is a TypeError in Python */
     if (a.t == JV_LIST && b.t == JV_LIST && n->op == JO_ADD) {
         jj_list *l = jj_list_new(c, n, a.u.l->n + b.u.l->n);
         if (!l)
@@ -728,6 +730,25 @@ static int eval_binop(jj_ctx *c, const jj_node *n, jv *out)
         out->t = JV_STR;
         out->u.s.p = p;
         out->u.s.n = s.u.s.n * (size_t)k;
+        return 0;
+    }
+    if (n->op == JO_MUL && ((a.t == JV_LIST && (b.t == JV_INT || b.t == JV_BOOL)) ||
+                            (b.t == JV_LIST && (a.t == JV_INT || a.t == JV_BOOL)))) {
+        jv s = a.t == JV_LIST ? a : b;
+        int64_t k = a.t == JV_LIST ? b.u.i : a.u.i;
+        if (k < 0)
+            k = 0;
+        if (s.u.l->n && (uint64_t)k > 1000000 / s.u.l->n)
+            return jj_fail(c, n, LR_EINTERNAL, "list repetition longer than 1000000 items");
+        jj_list *l = jj_list_new(c, n, s.u.l->n * (size_t)k);
+        if (!l)
+            return c->err->code;
+        for (int64_t i = 0; i < k; i++)
+            for (size_t j = 0; j < s.u.l->n; j++)
+                l->v[l->n++] = s.u.l->v[j];
+        out->t = JV_LIST;
+        out->tuple = s.tuple;
+        out->u.l = l;
         return 0;
     }
     if (!is_numv(a) || !is_numv(b))

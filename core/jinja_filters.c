@@ -355,9 +355,10 @@ static int f_indent(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *ou
     jv w = jv_mkint(4), s;
     jj_arg(a, 0, "width", &w);
     int first = jj_arg_bool(a, 1, "first", 0), blank = jj_arg_bool(a, 2, "blank", 0);
-    int rc = jj_to_str(c, n, in, &s);
-    if (rc)
-        return rc;
+    if (in.t != JV_STR) /* Jinja2 appends "\n" to the value itself */
+        return jj_fail(c, n, LR_EINVAL, "indent expects a string, got %s", jv_type_name(in));
+    s = in;
+    int rc = 0;
     jv ind;
     if (w.t == JV_STR) {
         ind = w;
@@ -492,7 +493,8 @@ static int f_map(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
 {
     jv attr, def = jj_undef(NULL), fname;
     jj_list *items, *l;
-    int rc = jj_items_of(c, n, in, &items);
+    /* Jinja2's do_map starts with `if value:` — a false value maps to nothing */
+    int rc = jj_items_of(c, n, jv_truthy(in) ? in : jj_undef(NULL), &items);
     if (rc || !(l = jj_list_new(c, n, items->n)))
         return rc ? rc : c->err->code;
     int by_attr = jj_arg(a, SIZE_MAX, "attribute", &attr);
@@ -623,10 +625,10 @@ static int f_round(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out
     return 0;
 }
 
+/* Markup(value): the text of the value (autoescaping is off, so nothing else changes) */
 static int f_safe(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
 {
-    *out = in;
-    return 0;
+    return jj_to_str(c, n, in, out);
 }
 
 /* select / reject / selectattr / rejectattr */
@@ -634,7 +636,8 @@ static int select_impl(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, int
                        jv *out)
 {
     jj_list *items, *l;
-    int rc = jj_items_of(c, n, in, &items);
+    /* Jinja2's _select_or_reject starts with `if seq:` — a false value selects nothing */
+    int rc = jv_truthy(in) ? jj_items_of(c, n, in, &items) : jj_items_of(c, n, jj_undef(NULL), &items);
     if (rc || !(l = jj_list_new(c, n, 0)))
         return rc ? rc : c->err->code;
     size_t first = by_attr ? 1 : 0;
