@@ -126,11 +126,23 @@ int tokdec_load(const json_t *j, const char *file, lr_error *err, tok_decoder **
                               file);
             goto out;
         }
-        d->first_strip = 1;
-        if (json_is_string(ps) && !strcmp(json_string_value(ps), "never"))
-            d->first_strip = 0;
-        if (json_is_false(json_object_get(j, "add_prefix_space")))
-            d->first_strip = 0;
+        /* prepend_scheme as in the pre-tokenizer (HF shares the struct): default "always";
+         * add_prefix_space=false is an error unless the scheme is "never". */
+        const char *sch = json_is_string(ps) ? json_string_value(ps) : "always";
+        if (strcmp(sch, "always") && strcmp(sch, "first") && strcmp(sch, "never")) {
+            rc = lr_error_set(err, LR_EUNSUPPORTED,
+                              "%s: decoder Metaspace prepend_scheme '%.40s' is not supported", file,
+                              sch);
+            goto out;
+        }
+        d->first_strip = strcmp(sch, "never") != 0;
+        if (json_is_false(json_object_get(j, "add_prefix_space")) && d->first_strip) {
+            rc = lr_error_set(err, LR_EUNSUPPORTED,
+                              "%s: decoder Metaspace add_prefix_space false does not match "
+                              "prepend_scheme",
+                              file);
+            goto out;
+        }
     } else {
         rc = lr_error_set(err, LR_EUNSUPPORTED, "%s: decoder type '%.100s' is not supported", file,
                           type);

@@ -170,7 +170,19 @@ int tokpre_load(const json_t *j, const char *file, lr_error *err, tok_pretok **o
         p->find = F_REGEX;
         p->beh = B_REMOVED;
         p->invert = 1;
-        rc = tokre_compile("\\w+|[^\\w\\s]+", 13, 0, where, err, &p->re);
+        static const char ws_re[] = "\\w+|[^\\w\\s]+";
+        rc = tokre_compile(ws_re, sizeof ws_re - 1, 0, where, err, &p->re);
+    } else if (!strcmp(type, "CharDelimiterSplit")) {
+        const json_t *dl = json_object_get(j, "delimiter");
+        p->kind = PT_SPLIT;
+        p->find = F_CHAR;
+        p->beh = B_REMOVED;
+        if (!json_is_string(dl) || json_string_length(dl) == 0 ||
+            tok_utf8_next(json_string_value(dl), json_string_length(dl), &p->ch) !=
+                (int)json_string_length(dl)) {
+            rc = lr_error_set(err, LR_EFORMAT, "%s: delimiter must be one character", where);
+            goto out;
+        }
     } else if (!strcmp(type, "Digits")) {
         p->kind = PT_SPLIT;
         p->find = F_NUMERIC;
@@ -205,8 +217,13 @@ int tokpre_load(const json_t *j, const char *file, lr_error *err, tok_pretok **o
                 goto out;
             }
         }
-        if (json_is_false(aps))
-            p->scheme = 2;
+        /* HF 0.22: the old add_prefix_space=false is only accepted beside prepend_scheme
+         * "never" (the scheme defaults to "always" first); add_prefix_space=true changes nothing. */
+        if (json_is_false(aps) && p->scheme != 2) {
+            rc = lr_error_set(err, LR_EUNSUPPORTED,
+                              "%s: add_prefix_space false does not match prepend_scheme", where);
+            goto out;
+        }
         p->split = sp ? json_is_true(sp) : 1;
     } else if (!strcmp(type, "ByteLevel")) {
         p->kind = PT_BYTELEVEL;

@@ -1,8 +1,9 @@
 /* tok_pretok.h — tokenizer.json pre-tokenizers: split a normalized segment into words.
  *
  * Sequence, Metaspace, ByteLevel, Split, WhitespaceSplit, Whitespace, Digits, Punctuation,
- * BertPreTokenizer, with HF's split behaviours (SPEC-HF.md E.1/E.2). A tok_pretok is immutable
- * after loading; the per-call state lives in a caller-owned tok_pre_ctx.
+ * BertPreTokenizer, CharDelimiterSplit, with HF's split behaviours (SPEC-HF.md E.1/E.2).
+ * A tok_pretok is immutable after loading; the per-call state lives in a caller-owned
+ * tok_pre_ctx.
  */
 #ifndef LR_TOK_PRETOK_H
 #define LR_TOK_PRETOK_H

@@ -741,6 +741,158 @@ START_TEST(test_regex_semantics)
 }
 END_TEST
 
+/* A BPE tokenizer.json with vocab/merges and extra top-level members, into a static buffer. */
+static const char *bpe_json(const char *vocab, const char *merges, const char *rest)
+{
+    static char buf[4096];
+    snprintf(buf, sizeof buf, "{\"model\":{\"type\":\"BPE\",\"vocab\":{%s},\"merges\":[%s]}%s%s}",
+             vocab, merges, rest[0] ? "," : "", rest);
+    return buf;
+}
+
+/* The rest of the pre-tokenizers; expectations as the HF crate 0.22.2 gives them. */
+START_TEST(test_more_pretokenizers)
+{
+    const char *v = "\"a\":0,\"1\":1,\"2\":2,\"12\":3,\",\":4,\"!\":5,\"ab\":6,\"b\":7,\"c\":8";
+    const char *m = "\"1 2\",\"a b\"";
+    tok_tokenizer *t =
+        must_load(bpe_json(v, m, "\"pre_tokenizer\":{\"type\":\"Digits\",\"individual_digits\":true}"), NULL);
+    expect_ids(t, "a12b", 0, IDS(0, 1, 2, 7));
+    tok_destroy(t);
+    t = must_load(bpe_json(v, m, "\"pre_tokenizer\":{\"type\":\"Digits\",\"individual_digits\":false}"), NULL);
+    expect_ids(t, "a12b", 0, IDS(0, 3, 7));
+    tok_destroy(t);
+    t = must_load(bpe_json(v, m, "\"pre_tokenizer\":{\"type\":\"Punctuation\",\"behavior\":\"Isolated\"}"), NULL);
+    expect_ids(t, "ab,!ab", 0, IDS(6, 4, 5, 6)); /* "a,!a" would merge "ab" across without it */
+    tok_destroy(t);
+    t = must_load(bpe_json(v, m, "\"pre_tokenizer\":{\"type\":\"Whitespace\"}"), NULL);
+    expect_ids(t, "ab, c!!  a1", 0, IDS(6, 4, 8, 5, 5, 0, 1));
+    tok_destroy(t);
+    t = must_load(bpe_json(v, m, "\"pre_tokenizer\":{\"type\":\"BertPreTokenizer\"}"), NULL);
+    expect_ids(t, "ab, c!!  a1", 0, IDS(6, 4, 8, 5, 5, 0, 1));
+    tok_destroy(t);
+    t = must_load(bpe_json(v, m, "\"pre_tokenizer\":{\"type\":\"CharDelimiterSplit\",\"delimiter\":\",\"}"),
+                  NULL);
+    expect_ids(t, "ab,,c", 0, IDS(6, 8));
+    tok_destroy(t);
+    /* ByteLevel add_prefix_space: " " is prepended to a word not starting with one. */
+    const char *bv = "\"a\":0,\"b\":1,\"\\u0120\":2,\"\\u0120a\":3,\"\\u0120b\":4";
+    const char *bm = "\"\\u0120 a\",\"\\u0120 b\"";
+    t = must_load(bpe_json(bv, bm, "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":true,"
+                                   "\"trim_offsets\":true,\"use_regex\":true}"),
+                  NULL);
+    expect_ids(t, "a b", 0, IDS(3, 4));
+    expect_ids(t, "  a", 0, IDS(2, 3));
+    tok_destroy(t);
+    t = must_load(bpe_json(bv, bm, "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":true,"
+                                   "\"trim_offsets\":true,\"use_regex\":false}"),
+                  NULL);
+    expect_ids(t, "a b", 0, IDS(3, 4));
+    tok_destroy(t);
+    /* Metaspace "first" without split: no prepend after an added token; a leading ' ' already
+     * becomes the replacement. */
+    t = must_load(bpe_json("\"\\u2581a\":0,\"a\":1,\"\\u2581\":2,\"b\":3,\"<s>\":4", "",
+                           "\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\","
+                           "\"prepend_scheme\":\"first\",\"split\":false},\"added_tokens\":[{\"id\":4,"
+                           "\"content\":\"<s>\",\"normalized\":false,\"special\":true}]"),
+                  NULL);
+    expect_ids(t, "a<s>a", 0, IDS(2, 1, 4, 1));
+    expect_ids(t, " a", 0, IDS(2, 1));
+    expect_ids(t, "<s>a", 0, IDS(4, 1));
+    tok_destroy(t);
+    /* Old Metaspace form: add_prefix_space true = always, split defaults to true. */
+    t = must_load(bpe_json("\"\\u2581a\":0,\"a\":1,\"\\u2581\":2,\"b\":3", "",
+                           "\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\","
+                           "\"add_prefix_space\":true},\"decoder\":{\"type\":\"Metaspace\","
+                           "\"replacement\":\"\\u2581\",\"add_prefix_space\":true}"),
+                  NULL);
+    expect_ids(t, "a a", 0, IDS(2, 1, 2, 1));
+    expect_decode(t, IDS(0, 0), 0, "a a");
+    tok_destroy(t);
+}
+END_TEST
+
+START_TEST(test_unicode_normalizers)
+{
+    const char *v = "\"e\":0,\"\\u0301\":1,\"\\u00e9\":2,\"f\":3,\"i\":4,\"\\ufb01\":5";
+    static const struct {
+        const char *form, *text;
+        int32_t ids[4];
+        size_t n;
+    } cases[] = {
+        {"NFC", "e\xCC\x81\xEF\xAC\x81", {2, 5}, 2},      /* é composed, ﬁ kept */
+        {"NFD", "\xC3\xA9\xEF\xAC\x81", {0, 1, 5}, 3},    /* e + U+0301, ﬁ kept */
+        {"NFKD", "\xC3\xA9\xEF\xAC\x81", {0, 1, 3, 4}, 4}, /* ﬁ → f i */
+        {"NFKC", "e\xCC\x81\xEF\xAC\x81", {2, 3, 4}, 3},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char rest[128];
+        snprintf(rest, sizeof rest, "\"normalizer\":{\"type\":\"%s\"}", cases[i].form);
+        tok_tokenizer *t = must_load(bpe_json(v, "", rest), NULL);
+        expect_ids(t, cases[i].text, 0, cases[i].ids, cases[i].n);
+        tok_destroy(t);
+    }
+    /* Lowercase: U+0130 → "i" + U+0307 (Rust's full mapping). */
+    tok_tokenizer *t = must_load(bpe_json("\"i\":0,\"\\u0307\":1,\"\\u0131\":2", "",
+                                          "\"normalizer\":{\"type\":\"Lowercase\"}"),
+                                 NULL);
+    expect_ids(t, "\xC4\xB0I", 0, IDS(0, 1, 0));
+    tok_destroy(t);
+}
+END_TEST
+
+START_TEST(test_unigram_inline)
+{
+    /* Viterbi by hand: "▁ab" = ▁(-3)+ab(-1.5) = -4.5 beats ▁a(-2.5)+b(-2) = -4.5? equal — HF keeps
+     * the first found best: ▁ then ab (ids 4, 3). "▁a" = -2.5 beats ▁+a = -4. */
+    const char *j =
+        "{\"model\":{\"type\":\"Unigram\",\"unk_id\":0,\"vocab\":[[\"<unk>\",0],[\"a\",-1],[\"b\",-2],"
+        "[\"ab\",-1.5],[\"\\u2581\",-3],[\"\\u2581a\",-2.5]],\"byte_fallback\":false},"
+        "\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":"
+        "\"always\",\"split\":true},\"decoder\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\","
+        "\"prepend_scheme\":\"always\",\"split\":true}}";
+    tok_tokenizer *t = must_load(j, NULL);
+    expect_ids(t, "ab a", 0, IDS(4, 3, 5));
+    expect_ids(t, "b xa", 0, IDS(4, 2, 4, 0, 1));
+    expect_decode(t, IDS(5, 3, 4, 1), 0, "aab a");
+    ck_assert_str_eq(tok_id_to_piece(t, 5), "\xE2\x96\x81" "a");
+    ck_assert_int_eq(tok_piece_to_id(t, "ab"), 3);
+    ck_assert_int_eq(tok_vocab_size(t), 6);
+    tok_destroy(t);
+}
+END_TEST
+
+START_TEST(test_more_decoders)
+{
+    tok_tokenizer *t = must_load(
+        bpe_json("\"a\":0,\"aa\":1,\"b\":2", "",
+                 "\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":"
+                 "{\"Regex\":\"a+\"},\"content\":\"x\"},{\"type\":\"Fuse\"}]}"),
+        NULL);
+    expect_decode(t, IDS(0, 1, 2, 0), 0, "xxbx");
+    tok_destroy(t);
+    /* Strip start 1 / stop 2 per token. */
+    t = must_load(bpe_json("\"_a_\":0,\"__b__\":1,\"_x\":2,\"__c___\":3", "",
+                           "\"decoder\":{\"type\":\"Strip\",\"content\":\"_\",\"start\":1,\"stop\":2}"),
+                  NULL);
+    expect_decode(t, IDS(0, 1, 2, 3), 0, "a_bx_c_");
+    tok_destroy(t);
+    /* ByteFallback reads hex as Rust's from_str_radix: "<0x+F>" is byte 0x0F, lowercase ok. */
+    t = must_load(bpe_json("\"<0x+F>\":0,\"<0x41>\":1,\"<0x4a>\":2,\"x\":3", "",
+                           "\"decoder\":{\"type\":\"ByteFallback\"}"),
+                  NULL);
+    expect_decode(t, IDS(0, 1, 2, 3), 0, "\x0F" "AJx");
+    tok_destroy(t);
+    /* HF refuses add_prefix_space=false beside the default scheme "always". */
+    lr_error e = {0};
+    ck_assert_ptr_null(load_inline(bpe_json("\"a\":0", "",
+                                            "\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":"
+                                            "\"_\",\"add_prefix_space\":false}"),
+                                   NULL, &e));
+    ck_assert_ptr_nonnull(strstr(e.msg, "add_prefix_space false"));
+}
+END_TEST
+
 /* Hostile files: byte-level mutations of a small but feature-rich tokenizer.json must load or
  * fail cleanly, and whatever loads must encode/decode without crashing (ASan watches). */
 static uint64_t fuzz_rng = 0x9E3779B97F4A7C15ull;
@@ -928,6 +1080,10 @@ int main(void)
         {"lossy_utf8", test_lossy_utf8, 30},
         {"load_errors", test_load_errors, 30},
         {"regex", test_regex_semantics, 30},
+        {"more_pretokenizers", test_more_pretokenizers, 30},
+        {"unicode_normalizers", test_unicode_normalizers, 30},
+        {"unigram_inline", test_unigram_inline, 30},
+        {"more_decoders", test_more_decoders, 30},
         {"fuzz_files", test_fuzz_files, 300},
         {"roundtrip_bytelevel", test_roundtrip_bytelevel, 300},
     };
