@@ -23,6 +23,14 @@
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
+/* Where the golden files are: $LORAD_TOK_GOLDEN_DIR (for extra differential corpora made with
+ * tests/tokgold/gen.mjs-style scripts), default tests/data/tok. */
+static const char *golden_dir(void)
+{
+    const char *d = getenv("LORAD_TOK_GOLDEN_DIR");
+    return d && *d ? d : "tests/data/tok";
+}
+
 static const char *cache_dir(void)
 {
     const char *d = getenv("LORAD_TOK_CACHE");
@@ -226,7 +234,7 @@ static int n_golden;
 
 static void find_goldens(void)
 {
-    DIR *d = opendir("tests/data/tok");
+    DIR *d = opendir(golden_dir());
     struct dirent *de;
     while (d && (de = readdir(d)) && n_golden < 32) {
         size_t n = strlen(de->d_name);
@@ -241,8 +249,8 @@ static void find_goldens(void)
 
 START_TEST(test_golden)
 {
-    char path[256];
-    snprintf(path, sizeof path, "tests/data/tok/golden_%s.json", golden_names[_i]);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/golden_%s.json", golden_dir(), golden_names[_i]);
     int bad = run_golden(path, golden_names[_i]);
     ck_assert_msg(bad == 0, "%s: %d golden mismatches (details on stderr)", golden_names[_i], bad);
 }
@@ -250,7 +258,8 @@ END_TEST
 
 START_TEST(test_golden_present)
 {
-    ck_assert_msg(n_golden > 0, "no golden files in tests/data/tok (run from the repository root)");
+    ck_assert_msg(n_golden > 0, "no golden files in %s (run from the repository root)",
+                  golden_dir());
 }
 END_TEST
 
@@ -285,8 +294,8 @@ static void *thread_main(void *arg)
 START_TEST(test_threads)
 {
     ck_assert_int_gt(n_golden, 0);
-    char path[256], tj[1024], tc[1024];
-    snprintf(path, sizeof path, "tests/data/tok/golden_%s.json", golden_names[0]);
+    char path[1024], tj[1024], tc[1024];
+    snprintf(path, sizeof path, "%s/golden_%s.json", golden_dir(), golden_names[0]);
     snprintf(tj, sizeof tj, "%s/%s/tokenizer.json", cache_dir(), golden_names[0]);
     snprintf(tc, sizeof tc, "%s/%s/tokenizer_config.json", cache_dir(), golden_names[0]);
     json_t *g = json_load_file(path, JSON_ALLOW_NUL, NULL);
