@@ -115,7 +115,7 @@ bench: deps
 
 # Deploy checks (tests/deploy; see README "Deploy"). deploy-test runs those suites alone — they
 # are part of `make test` too (about a minute). docker-check replays deploy/Dockerfile in clean
-# debootstrap roots: needs root and Debian's mirror, takes 5-10 minutes, so not in `make test`.
+# debootstrap roots: needs root and Debian's mirror, takes 7-14 minutes, so not in `make test`.
 deploy-test: deps
 	@$(MAKE) --no-print-directory $(BUILD)/lorad $(BUILD)/loractl
 	@$(MAKE) --no-print-directory BUILD=build/asan SAN=1 OPT=-O1 build/asan/loractl

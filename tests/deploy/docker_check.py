@@ -4,8 +4,8 @@ made by debootstrap, then run the resulting "image" the way `docker run` would.
 
   /usr/bin/python3 tests/deploy/docker_check.py [--work DIR] [--mirror URL] [--keep]
 
-Needs root (debootstrap, chroot) and Debian's mirror. Slow (5-10 minutes the first time; the
-debootstrapped base is cached in WORK/base), so it is not part of `make test`.
+Needs root (debootstrap, chroot) and Debian's mirror. Slow (about 14 minutes the first time,
+7 after: the debootstrapped base is cached in WORK/base), so it is not part of `make test`.
 
 Each stage starts from a copy of a `debootstrap --variant=minbase bookworm` root (what
 debian:bookworm-slim is made of) and runs the stage's instructions in order: RUN through
