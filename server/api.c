@@ -152,8 +152,22 @@ static void do_apply_template(api_ctx *ctx, const char *body, size_t len, api_re
 }
 
 /* tgi: 0 = /v1/completions, 1 = /generate, 2 = /generate_stream, 3 = /v1/chat/completions. */
+/* May `t` (NULL = no auth) use model id `id` (NULL = the base)? 0 or 403 in err. */
+static int tenant_may_use(const api_ctx *ctx, const auth_tenant *t, const char *id, api_err *err)
+{
+    if (!t) return 0;
+    if (!id || strcmp(id, ctx->served_name) == 0) {
+        if (t->base) return 0;
+        return api_fail(err, LR_EFORBIDDEN, 403, "model",
+                        "tenant '%.64s' may not use the base model", t->name);
+    }
+    if (auth_adapter_allowed(t, id)) return 0;
+    return api_fail(err, LR_EFORBIDDEN, 403, "model", "tenant '%.64s' may not use adapter '%.200s'",
+                    t->name, id);
+}
+
 static void do_completions(api_ctx *ctx, const char *body, size_t len, const api_conn *conn,
-                           api_reply *out, int tgi)
+                           api_reply *out, int tgi, auth_tenant *tenant)
 {
     json_t *v = parse_body(body, len, out);
     if (!v) return;
@@ -178,15 +192,37 @@ static void do_completions(api_ctx *ctx, const char *body, size_t len, const api
             rc = api_fail(&err, LR_EINVAL, 400, "adapters",
                           "give either an adapter id in model or an adapters mix, not both");
         else {
+            /* Every member must be allowed for the tenant. */
+            size_t i;
+            json_t *m;
+            if (json_is_array(mix)) json_array_foreach(mix, i, m)
+                {
+                    json_t *id = json_object_get(m, "id");
+                    if (!rc && json_is_string(id))
+                        rc = tenant_may_use(ctx, tenant, json_string_value(id), &err);
+                }
             lr_error e;
             lr_error_clear(&e);
-            if (ctx->aops->resolve_mix(ctx->aops_user, mix, &adapter, &e) != 0)
+            if (!rc && ctx->aops->resolve_mix(ctx->aops_user, mix, &adapter, &e) != 0)
                 rc = from_lr(&err, &e, "adapters");
         }
     } else if (!rc) {
-        rc = resolve_model(ctx, req.model, &adapter, &err);
+        rc = tenant_may_use(ctx, tenant, req.model, &err);
+        if (!rc) rc = resolve_model(ctx, req.model, &adapter, &err);
     }
     json_decref(v);
+    if (!rc && tenant) {
+        /* The tenant's concurrency cap: the slot is held until the job is freed. */
+        if (auth_acquire(tenant) != 0) {
+            rc = api_fail(&err, LR_EBUSY, 429, NULL,
+                          "tenant '%.64s' already has %d requests in flight (max_concurrent)",
+                          tenant->name, tenant->max_concurrent);
+            if (adapter && ctx->aops && ctx->aops->release)
+                ctx->aops->release(ctx->aops_user, adapter);
+        } else {
+            req.tenant = tenant;
+        }
+    }
     if (rc) {
         api_cmpl_req_clear(&req);
         api_reply_error(out, &err);
@@ -374,6 +410,28 @@ void api_handle(api_ctx *ctx, const char *method, const char *path, const char *
     const route *r = NULL;
     for (size_t i = 0; i < sizeof k_routes / sizeof k_routes[0]; i++)
         if (strcmp(path, k_routes[i].path) == 0) r = &k_routes[i];
+    /* With keys configured every route but /health and /metrics needs one (unknown routes too,
+     * so that they do not reveal what exists). */
+    auth_tenant *tenant = NULL;
+    if (ctx->auth && !(r && (r->ep == MET_EP_HEALTH || r->ep == MET_EP_METRICS))) {
+        tenant = auth_lookup(ctx->auth, conn ? conn->authorization : NULL);
+        if (!tenant) {
+            if (r) out->ep = r->ep;
+            fail(out, LR_EAUTH, 401, NULL,
+                 "a valid API key is required: send the header Authorization: Bearer KEY");
+            return;
+        }
+        if (!r && !tenant->admin &&
+            (strcmp(path, "/v1/load_lora_adapter") == 0 ||
+             strcmp(path, "/v1/unload_lora_adapter") == 0)) {
+            out->ep = MET_EP_ADAPTERS;
+            char msg[200];
+            snprintf(msg, sizeof msg,
+                     "tenant '%.64s' may not load or unload adapters (admin: false)", tenant->name);
+            fail(out, LR_EFORBIDDEN, 403, NULL, msg);
+            return;
+        }
+    }
     if (!r && ctx->aops && ctx->aops->route) {
         /* The adapter routes are answered by adapters/, after the same body and drain checks
          * (with adapter support on, an unknown route with an oversize body is a 413). */
@@ -444,16 +502,17 @@ void api_handle(api_ctx *ctx, const char *method, const char *path, const char *
     }
     switch (r->ep) {
     case MET_EP_COMPLETIONS:
-        do_completions(ctx, body, len, conn, out, 0);
+        do_completions(ctx, body, len, conn, out, 0, tenant);
         break;
     case MET_EP_CHAT:
-        do_completions(ctx, body, len, conn, out, 3);
+        do_completions(ctx, body, len, conn, out, 3, tenant);
         break;
     case MET_EP_TEMPLATE:
         do_apply_template(ctx, body, len, out);
         break;
     case MET_EP_GENERATE:
-        do_completions(ctx, body, len, conn, out, strcmp(path, "/generate_stream") == 0 ? 2 : 1);
+        do_completions(ctx, body, len, conn, out, strcmp(path, "/generate_stream") == 0 ? 2 : 1,
+                       tenant);
         break;
     case MET_EP_TOKENIZE:
         do_tokenize(ctx, body, len, out);

@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "auth.h"
 #include "engine.h"
 #include "err.h"
 #include "lora_api.h" /* types only: server/ calls adapters/ through the ops table */
@@ -60,6 +61,7 @@ typedef struct api_ctx {
     api_resolve_fn resolve;   /* NULL → every non-base id is 404 (unless aops) */
     void *resolve_user;
     const struct jj_template *chat_tmpl; /* the model's chat template, NULL if none */
+    auth_db *auth;                       /* API keys / tenants; NULL = open (no keys) */
     const lora_api_ops *aops;            /* the adapter layer (adapters/lora_api.h); NULL = none */
     void *aops_user;
 } api_ctx;
@@ -68,6 +70,7 @@ typedef struct api_ctx {
 typedef struct api_conn {
     int (*alive)(void *user);
     void *user;
+    const char *authorization; /* the Authorization header, or NULL */
 } api_conn;
 
 typedef struct api_stream api_stream;
@@ -132,7 +135,8 @@ typedef struct api_cmpl_req {
     /* TGI (/generate, /generate_stream): the response shape, and details: true. With tgi, echo
      * means return_full_text and logprobs is 0 (each token's logprob is reported). */
     int tgi, details;
-    int chat; /* /v1/chat/completions: chat response shapes */
+    int chat;            /* /v1/chat/completions: chat response shapes */
+    auth_tenant *tenant; /* holds a concurrency slot, released when the job is freed */
 } api_cmpl_req;
 
 typedef struct api_limits {

@@ -202,6 +202,7 @@ static void job_free(api_job *j)
             free(j->prompt_off[p]);
     free(j->prompt_off);
     free(j->model_name);
+    auth_release(j->req.tenant);
     /* Every engine reference is gone, so the engine no longer reads the adapter. */
     if (j->adapter && j->ctx->aops && j->ctx->aops->release)
         j->ctx->aops->release(j->ctx->aops_user, j->adapter);
@@ -375,6 +376,7 @@ int api_job_start(api_ctx *ctx, api_cmpl_req *req, const void *adapter, api_job 
     *out = NULL;
     api_job *j = calloc(1, sizeof *j);
     if (!j) {
+        auth_release(req->tenant);
         api_cmpl_req_clear(req);
         if (adapter && ctx->aops && ctx->aops->release) ctx->aops->release(ctx->aops_user, adapter);
         return api_fail(err, LR_ENOMEM, 500, NULL, "out of memory");

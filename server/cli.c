@@ -60,6 +60,9 @@ void cli_usage(FILE *out)
         "  --max-lora-rank N         refuse adapters of a larger rank, 0 = no limit (default 0)\n"
         "  --allow-adapter-paths-anywhere  let /v1/load_lora_adapter register folders outside\n"
         "                            the --adapter-dir roots\n"
+        "  --api-key KEY             require 'Authorization: Bearer KEY' (full access)\n"
+        "  --api-keys FILE           tenants: {\"tenants\": [{name, keys, adapters (globs), base,\n"
+        "                            admin, max_concurrent}]}; /health and /metrics stay public\n"
         "  --log-level L             debug | info | warn | error (default info)\n"
         "  --help                    this text\n"
         "  --version                 print the version\n"
@@ -156,6 +159,12 @@ int cli_parse(int argc, char **argv, cli_config *cfg, FILE *out, lr_error *err)
             if (!(rc = parse_int(name, val, 1, 86400, &v, err))) cfg->idle_timeout = (int)v;
         } else if (strcmp(name, "--max-connections") == 0) {
             if (!(rc = parse_int(name, val, 1, 65536, &v, err))) cfg->max_connections = (int)v;
+        } else if (strcmp(name, "--api-key") == 0) {
+            if (!*val) rc = lr_error_set(err, LR_EINVAL, "--api-key must not be empty");
+            cfg->api_key = val;
+        } else if (strcmp(name, "--api-keys") == 0) {
+            if (!*val) rc = lr_error_set(err, LR_EINVAL, "--api-keys must name a file");
+            cfg->api_keys = val;
         } else if (strcmp(name, "--adapter-dir") == 0) {
             if (!*val)
                 rc = lr_error_set(err, LR_EINVAL, "--adapter-dir must not be empty");
@@ -183,6 +192,10 @@ int cli_parse(int argc, char **argv, cli_config *cfg, FILE *out, lr_error *err)
             rc = lr_error_set(err, LR_EINVAL, "unknown flag '%.64s' (see --help)", name);
         }
         if (rc) return CLI_EXIT_USAGE;
+    }
+    if (cfg->api_key && cfg->api_keys) {
+        lr_error_set(err, LR_EINVAL, "give --api-key or --api-keys, not both");
+        return CLI_EXIT_USAGE;
     }
     if (!cfg->model_dir || !*cfg->model_dir) {
         lr_error_set(err, LR_EINVAL, "--model DIR is required (see --help)");

@@ -37,7 +37,10 @@ typedef struct cli_config {
     int max_loaded_adapters;  /* --max-loaded-adapters (default 64; 0 = no limit) */
     int allow_paths_anywhere; /* --allow-adapter-paths-anywhere */
     int max_lora_rank;        /* --max-lora-rank (default 0 = no limit) */
-    char served_buf[256];     /* storage for the default served name */
+    /* Auth: at most one of the two; neither = open */
+    const char *api_key;  /* --api-key KEY: one key, full access */
+    const char *api_keys; /* --api-keys FILE: tenants */
+    char served_buf[256]; /* storage for the default served name */
 } cli_config;
 
 enum { CLI_OK = 0, CLI_EXIT_OK = 1, CLI_EXIT_USAGE = 2 };

@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "api.h"
+#include "auth.h"
 #include "engine.h"
 #include "http.h"
 #include "jinja.h"
@@ -151,6 +152,7 @@ int ctl_run(const cli_config *cfg, const lora_api_ops *aops)
     eng_engine *eng = NULL;
     met_metrics *met = NULL;
     jj_template *chat = NULL;
+    auth_db *auth = NULL;
     lr_error err;
     lr_error_clear(&err);
     int rc = 1, loop_ok = 0;
@@ -179,6 +181,16 @@ int ctl_run(const cli_config *cfg, const lora_api_ops *aops)
             tok_vocab_size(tok), (int)tok_bos_id(tok), (int)tok_eos_id(tok), ms_since(&t0));
 
     clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (cfg->api_key || cfg->api_keys) {
+        int arc = cfg->api_key ? auth_single_key(cfg->api_key, &err, &auth)
+                               : auth_load_file(cfg->api_keys, &err, &auth);
+        if (arc) {
+            log_msg(LOG_ERROR, "lorad: %s", err.msg);
+            goto out;
+        }
+        log_msg(LOG_INFO, "auth: %d tenant(s); requests need Authorization: Bearer KEY",
+                auth_n_tenants(auth));
+    }
     /* A chat template that does not compile only disables chat: completions still work. */
     if (api_chat_load(cfg->model_dir, &err, &chat) != 0)
         log_msg(LOG_WARN, "lorad: no chat endpoint: %s", err.msg);
@@ -247,6 +259,7 @@ int ctl_run(const cli_config *cfg, const lora_api_ops *aops)
     st.api.max_body_bytes = cfg->max_body_bytes;
     st.api.aops = st.aops;
     st.api.chat_tmpl = chat;
+    st.api.auth = auth;
     st.api.aops_user = st.aops_user;
 
     if (uv_loop_init(&st.loop) != 0) {
@@ -311,6 +324,7 @@ out:
     }
     met_destroy(met);
     jj_destroy(chat);
+    auth_destroy(auth);
     tok_destroy(tok);
     lr_model_free(model);
     if (rc == 0) log_msg(LOG_INFO, "lorad: stopped");

@@ -148,7 +148,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->len += n;
         return MHD_YES;
     }
-    api_conn ac = {.alive = conn_alive, .user = r};
+    api_conn ac = {.alive = conn_alive,
+                   .user = r,
+                   .authorization = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                                MHD_HTTP_HEADER_AUTHORIZATION)};
     api_reply rep;
     api_handle(srv->p.api, method, url, r->body ? r->body : "", r->len, r->too_large, &ac, &rep);
     free(r->body);

@@ -204,6 +204,7 @@ def t_cli(binary, model):
     r = subprocess.run([binary, "--help"], capture_output=True, text=True)
     check(r.returncode == 0 and "--max-body-bytes" in r.stdout, "--help exits 0 and lists flags")
     for bad in (["--port", "abc"], ["--port", "70000"], ["--log-level", "loud"],
+                ["--api-key", "a", "--api-keys", "f"],
                 ["--threads", "-1"], ["--bogus", "1"], []):
         args = [binary] + (["--model", model] if bad else []) + bad
         r = subprocess.run(args, capture_output=True, text=True)
@@ -965,6 +966,85 @@ def t_adapters(binary, model):
         shutil.rmtree(root, ignore_errors=True)
 
 
+def t_auth(binary, model):
+    """--api-keys: 401 without a valid key, 403 for what a tenant may not use, 429 past its
+    max_concurrent; /health and /metrics stay public."""
+    global D
+    root = tempfile.mkdtemp(prefix="lorad-e2e-auth-")
+    gen = os.path.join(ROOT, "tests/gen/gen_adapter.py")
+    for out in ("org/a", "other/b"):
+        subprocess.run([PY, gen, "--base", model, "--variant", "qv", "--out", os.path.join(root, "ads", out)],
+                       check=True, capture_output=True)
+    keys = os.path.join(root, "keys.json")
+    with open(keys, "w") as f:
+        json.dump({"tenants": [
+            {"name": "alice", "keys": ["ka"], "adapters": ["org/*"], "base": True, "admin": True},
+            {"name": "bob", "keys": ["kb1", "kb2"], "adapters": [], "base": False, "max_concurrent": 1},
+        ]}, f)
+    main_daemon, D = D, Daemon(binary, model, ["--api-keys", keys, "--adapter-dir", os.path.join(root, "ads")])
+    try:
+        def call(path, body, key, method="POST"):
+            h = {"Authorization": "Bearer " + key} if key else {}
+            return request(method, path, body, headers=h)
+        st, _, r = request("GET", "/health")
+        check(st == 200, "/health is public with keys configured")
+        st, _, r = request("GET", "/metrics")
+        check(st == 200, "/metrics is public with keys configured")
+        body = {"prompt": "hi", "max_tokens": 2}
+        for key, want, what in ((None, 401, "no key"), ("nope", 401, "unknown key"), ("ka", 200, "alice on the base"),
+                                ("kb1", 403, "bob on the base (base: false)")):
+            st, _, r = call("/v1/completions", body, key)
+            check(st == want and (want == 200 or r["error"]["message"]), "%s → %d (got %d %r)" % (what, want, st, r))
+        st, _, r = request("POST", "/v1/completions", body, headers={"Authorization": "Basic ka"})
+        check(st == 401, "another scheme is not a key: %d" % st)
+        st, _, r = call("/v1/completions", dict(body, model="org/a"), "ka")
+        check(st == 200, "alice may use org/a: %d %r" % (st, r))
+        st, _, r = call("/v1/completions", dict(body, model="other/b"), "ka")
+        check(st == 403 and "other/b" in r["error"]["message"], "alice may not use other/b: %d %r" % (st, r))
+        st, _, r = call("/v1/completions", dict(body, adapters=[{"id": "org/a"}, {"id": "other/b"}]), "ka")
+        check(st == 403, "a mix with a forbidden member is refused: %d" % st)
+        st, _, r = call("/v1/unload_lora_adapter", {"lora_name": "org/a"}, "kb2")
+        check(st == 403 and "admin" in r["error"]["message"], "bob may not unload adapters: %d %r" % (st, r))
+        st, _, r = call("/tokenize", {"content": "x"}, None)
+        check(st == 401, "tokenize needs a key too: %d" % st)
+        st, _, r = call("/v1/nothing", {}, None)
+        check(st == 401, "unknown routes do not answer without a key: %d" % st)
+    finally:
+        rc = D.stop(120)
+        check(rc == 0, "the auth daemon exits 0 (got %r)" % rc)
+        err = D.stderr()
+        check("kb1" not in err and "kb2" not in err, "keys are not logged")
+        check("ERROR: AddressSanitizer" not in err and "runtime error:" not in err,
+              "sanitizer-clean stderr of the auth daemon")
+        D = main_daemon
+    # max_concurrent: a tenant with one slot, two slow requests at once → one 429.
+    with open(keys, "w") as f:
+        json.dump({"tenants": [{"name": "carol", "keys": ["kc"], "max_concurrent": 1}]}, f)
+    main_daemon, D = D, Daemon(binary, model, ["--api-keys", keys])
+    try:
+        res = {}
+
+        def worker(i):
+            res[i] = request("POST", "/v1/completions", {"prompt": "slow %d" % i, "max_tokens": 400, "ignore_eos": True},
+                             headers={"Authorization": "Bearer kc"})[0]
+
+        ths = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join(300)
+        codes = sorted(res.values())
+        check(codes.count(200) >= 1 and codes.count(429) >= 1, "max_concurrent 1: extra requests get 429: %r" % codes)
+        st, _, r = request("POST", "/v1/completions", {"prompt": "after", "max_tokens": 2},
+                           headers={"Authorization": "Bearer kc"})
+        check(st == 200, "the slot is released after the requests end: %d" % st)
+    finally:
+        rc = D.stop(120)
+        check(rc == 0, "the second auth daemon exits 0 (got %r)" % rc)
+        D = main_daemon
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main():
     global D
     binary, model = find_binary(), find_model()
@@ -1009,6 +1089,7 @@ def main():
         run(t_metrics)
         run(t_queue_full, binary, model)
         run(t_adapters, binary, model)
+        run(t_auth, binary, model)
         run(t_drain_timeout, binary, model)
         run(t_sigterm)
     finally:
