@@ -54,6 +54,7 @@ typedef struct lc_reply {
     int saw_done;     /* data: [DONE] arrived */
     int printed_nl;   /* the streamed text ended with a newline */
     int server_error; /* the stream carried an error event (exit 1, not 3) */
+    int raw_events;   /* --json --stream: print each chunk's JSON on a line of its own */
     lr_error err;     /* why a stream failed (bad chunk, error event) */
     lc_sse sse;
     CURL *curl;
@@ -85,7 +86,8 @@ static void usage(FILE *out)
           "      --stop S              stop string\n"
           "  -s, --system TEXT         system message (chat)\n"
           "      --stream              print tokens as they arrive (Server-Sent Events)\n"
-          "      --json                print the server's JSON answer as is\n"
+          "      --json                print the server's JSON answer as is (with --stream:\n"
+          "                            one line per chunk, without [DONE])\n"
           "      --timeout SEC         give up after SEC seconds (default: none)\n"
           "      --no-adapter-header   do not send X-Adapter-Id (it routes requests by adapter)\n"
           "  -h, --help                this text\n"
@@ -191,6 +193,13 @@ static int on_event(void *ud, const char *data, size_t len)
         r->server_error = 1;
         rc = lr_error_set(&r->err, LR_EINTERNAL, "the server ended the stream with an error: %s",
                           msg ? msg : "(no message)");
+        goto out;
+    }
+    if (r->raw_events) {
+        fwrite(data, 1, len, stdout);
+        fputc('\n', stdout);
+        fflush(stdout);
+        r->printed_nl = 1;
         goto out;
     }
     json_t *choices = json_object_get(chunk, "choices");
@@ -432,11 +441,12 @@ static int generate(const lc_opts *o, const char *path, json_t *req, int is_chat
         fprintf(stderr, "loractl: a parameter is not valid UTF-8 text\n");
         return LC_EXIT_USAGE;
     }
-    if (!o->stream || o->json) return call_and_show(o, "POST", path, req, show_completion);
+    if (!o->stream) return call_and_show(o, "POST", path, req, show_completion);
 
     lc_reply r = {0};
     r.streaming = 1;
     r.is_chat = is_chat;
+    r.raw_events = o->json;
     lc_sse_init(&r.sse, LC_MAX_BODY, on_event, &r);
     int rc = http_call(o, "POST", path, req, &r);
     if (rc == 0) {

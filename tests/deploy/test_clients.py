@@ -185,6 +185,14 @@ def part_a():
         check(rc == 0 and out == STREAM_TEXT + "\n", "stream framing: rc %d out %r err %r"
               % (rc, out, err))
         check(last_seen()[3].get("stream") is True, "--stream sends stream: true")
+        rc, out, err = loractl(["complete", "--stream", "--json", "s"], url=url)
+        lines = out.splitlines()
+        try:
+            texts = [json.loads(ln)["choices"][0]["text"] for ln in lines]
+        except (ValueError, KeyError, IndexError):
+            texts = None
+        check(rc == 0 and texts == ["Hel", "lo \u00e9", "!", ""],
+              "--stream --json: one JSON line per chunk: rc %d %r" % (rc, out))
         rc, out, err = loractl(["chat", "--stream", "-s", "be brief", "hello"], url=url)
         check(rc == 0 and out == "Hi there\n", "chat stream: rc %d out %r" % (rc, out))
         check(last_seen()[3]["messages"] == [{"role": "system", "content": "be brief"},
