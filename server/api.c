@@ -1,6 +1,8 @@
-/* api.c — routing and the small endpoints (/health, /v1/models, /tokenize, /detokenize,
- * /metrics), the OpenAI error shape, and the /v1/completions entry that ties parsing
- * (api_cmpl.c) to generation (api_gen.c). No HTTP library here: http.c adapts. */
+/* api.c — routing, API keys, and the small endpoints (/health, /v1/models, /tokenize,
+ * /detokenize, /apply-template, /metrics), the OpenAI error shape, and the entry shared by
+ * /v1/completions, /v1/chat/completions and /generate[_stream] that ties parsing (api_cmpl.c,
+ * api_chat.c) and adapter resolution (adapters/ through lora_api_ops) to generation
+ * (api_gen.c). No HTTP library here: http.c adapts. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
