@@ -1,14 +1,16 @@
-/* jinja_lex.c — chat-template source to tokens: preprocessing and lexing.
+/* jinja_lex.c — chat-template source to tokens, following Jinja2's lexer (lexer.py) with
+ * transformers' settings trim_blocks=True and lstrip_blocks=True.
  *
- * Whitespace handling is done the way @huggingface/jinja does it, because its result equals
- * Jinja2's with trim_blocks=True and lstrip_blocks=True for everything real templates contain:
- * one trailing newline of the template is dropped (keep_trailing_newline=False), blanks before a
- * `{%` / `{#` at the start of a line are removed (lstrip_blocks; `{%+` opts out), the newline
- * right after `%}` / `#}` is removed (trim_blocks; `+%}` opts out), and `{%-` / `-%}` (likewise
- * for `{{ }}` and `{# #}`) trim all whitespace on that side. Every byte of the preprocessed text
- * keeps the offset it had in the original source so that messages name the line and column a
- * user sees in the template. `{% raw %}` blocks become text here. All token text is copied into
- * the template's arena. Not here: the grammar (jinja_parse.c).
+ * \r\n and \r become \n and one trailing newline of the template goes (keep_trailing_newline=
+ * False). Text runs up to the next "{{", "{%" or "{#". Before a tag, "{%-" / "{{-" / "{#-" strip
+ * all whitespace at the end of the text; otherwise, for "{%" and "{#" (not "{{", and not with
+ * "+"), lstrip_blocks removes the blanks between the last newline — or the start of a line — and
+ * the tag. After a tag, "-%}" / "-}}" / "-#}" strip all whitespace that follows, "%}" and "#}"
+ * take one newline (trim_blocks), "+%}" keeps it. Tag ends only count outside ( [ {. `{% raw %}`
+ * blocks become text here. @huggingface/jinja approximates this with regexes on the source; the
+ * two agree on everything the real templates contain (tests/jinja/gen.mjs notes the rest).
+ * Every byte keeps its original offset so messages name the line and column a user sees.
+ * All token text is copied into the template's arena. Not here: the grammar (jinja_parse.c).
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -57,59 +59,26 @@ static void pre_free(pre *o)
     o->map = NULL;
 }
 
-/* Is i at a line start in the JS multiline sense (after \n, \r, U+2028, U+2029)? */
-static int line_start(const char *p, size_t i)
-{
-    if (i == 0)
-        return 1;
-    if (p[i - 1] == '\n' || p[i - 1] == '\r')
-        return 1;
-    return i >= 3 && (unsigned char)p[i - 3] == 0xE2 && (unsigned char)p[i - 2] == 0x80 &&
-           ((unsigned char)p[i - 1] == 0xA8 || (unsigned char)p[i - 1] == 0xA9);
-}
-
-static int tag_open(const char *p, size_t n, size_t i)
-{
-    return i + 1 < n && p[i] == '{' && (p[i + 1] == '#' || p[i + 1] == '%' || p[i + 1] == '-');
-}
-
-/* lstrip_blocks: /^[ \t]*({[#%-])/gm → "$1"; then trim_blocks: /([#%-]})\n/g → "$1". */
+/* Jinja2's tokeniter: every \r\n and \r becomes \n, and one trailing newline of the template
+ * goes (keep_trailing_newline=False). */
 static int preprocess(const char *src, size_t len, pre *out)
 {
-    if (len > 0 && src[len - 1] == '\n')
-        len--;
-    pre a;
-    if (pre_alloc(&a, len))
+    if (pre_alloc(out, len))
         return LR_ENOMEM;
-    for (size_t i = 0; i < len;) {
-        if (line_start(src, i)) {
-            size_t j = i;
-            while (j < len && (src[j] == ' ' || src[j] == '\t'))
-                j++;
-            /* "{%+" / "{#+" opt out of lstrip_blocks (Jinja2) */
-            if (j > i && tag_open(src, len, j) && !(j + 2 < len && src[j + 2] == '+'))
-                i = j;
+    for (size_t i = 0; i < len; i++) {
+        out->map[out->n] = (uint32_t)i;
+        if (src[i] == '\r') {
+            out->p[out->n++] = '\n';
+            if (i + 1 < len && src[i + 1] == '\n')
+                i++;
+        } else {
+            out->p[out->n++] = src[i];
         }
-        a.map[a.n] = (uint32_t)i;
-        a.p[a.n++] = src[i++];
     }
-    a.map[a.n] = (uint32_t)len;
-    if (pre_alloc(out, a.n)) {
-        pre_free(&a);
-        pre_free(out);
-        return LR_ENOMEM;
-    }
-    for (size_t i = 0; i < a.n; i++) {
-        out->map[out->n] = a.map[i];
-        out->p[out->n++] = a.p[i];
-        /* "+%}" opts out of trim_blocks (Jinja2) */
-        if (a.p[i] == '}' && i > 0 && (a.p[i - 1] == '#' || a.p[i - 1] == '%' || a.p[i - 1] == '-') &&
-            !(i > 1 && a.p[i - 2] == '+') && i + 1 < a.n && a.p[i + 1] == '\n')
-            i++;
-    }
-    out->map[out->n] = a.map[a.n];
+    if (out->n > 0 && out->p[out->n - 1] == '\n')
+        out->n--;
+    out->map[out->n] = (uint32_t)len;
     out->p[out->n] = '\0';
-    pre_free(&a);
     return 0;
 }
 
@@ -117,6 +86,7 @@ static int preprocess(const char *src, size_t len, pre *out)
 
 typedef struct lexer {
     jj_template *t;
+    int line_starting; /* the last tag ended a line (Jinja2's line_starting, for lstrip_blocks) */
     lr_error *err;
     pre pp;
     jj_tok *v;
@@ -151,26 +121,6 @@ static jj_tok *lex_push(lexer *L, int type, size_t at)
     k->type = (uint8_t)type;
     k->pos = L->pp.map[at];
     return k;
-}
-
-/* JS String.prototype.trimEnd on the last text token (whitespace control `{%-`). */
-static void strip_last_text(lexer *L)
-{
-    if (L->n == 0 || L->v[L->n - 1].type != TK_TEXT)
-        return;
-    jj_tok *k = &L->v[L->n - 1];
-    size_t n = k->n;
-    while (n > 0) {
-        size_t i = n - 1, cl;
-        while (i > 0 && ((unsigned char)k->s[i] & 0xC0) == 0x80)
-            i--;
-        if (!jj_is_space_at(k->s, n, i, &cl) || i + cl != n)
-            break;
-        n = i;
-    }
-    k->n = n;
-    if (n == 0)
-        L->n--;
 }
 
 static size_t skip_space(const char *p, size_t n, size_t i)
@@ -295,29 +245,36 @@ static int lex_tag(lexer *L, size_t *ip, int block)
 {
     const char *p = L->pp.p;
     size_t n = L->pp.n, i = *ip;
-    int depth = 0; /* open { inside the tag: "}}" closes a {{ }} tag only at depth 0 */
+    /* open ( [ { inside the tag: like Jinja2, the closer only counts when they are balanced */
+    int depth = 0;
     for (;;) {
         i = skip_space(p, n, i);
         if (i >= n)
             return lex_fail(L, *ip, "unclosed %s tag", block ? "{%" : "{{");
         const char *close = block ? "%}" : "}}";
-        if (p[i] == '-' && i + 2 < n + 0 && p[i + 1] == close[0] && p[i + 2] == close[1] &&
-            (block || depth == 0)) {
+        if (depth == 0 && p[i] == '-' && i + 2 < n && p[i + 1] == close[0] && p[i + 2] == close[1]) {
             if (!lex_push(L, block ? TK_BE : TK_VE, i))
                 return LR_ENOMEM;
-            *ip = skip_space(p, n, i + 3);
+            *ip = skip_space(p, n, i + 3); /* "-%}\s*" */
+            L->line_starting = *ip > i + 3 && p[*ip - 1] == '\n';
             return 0;
         }
-        if (block && p[i] == '+' && i + 2 < n && p[i + 1] == '%' && p[i + 2] == '}') {
+        if (depth == 0 && block && p[i] == '+' && i + 2 < n && p[i + 1] == '%' && p[i + 2] == '}') {
             if (!lex_push(L, TK_BE, i))
                 return LR_ENOMEM;
-            *ip = i + 3;
+            *ip = i + 3; /* "+%}": no trim_blocks */
+            L->line_starting = 0;
             return 0;
         }
-        if (i + 1 < n && p[i] == close[0] && p[i + 1] == close[1] && (block || depth == 0)) {
+        if (depth == 0 && i + 1 < n && p[i] == close[0] && p[i + 1] == close[1]) {
             if (!lex_push(L, block ? TK_BE : TK_VE, i))
                 return LR_ENOMEM;
             *ip = i + 2;
+            L->line_starting = 0;
+            if (block && *ip < n && p[*ip] == '\n') { /* trim_blocks: "%}\n?" */
+                (*ip)++;
+                L->line_starting = 1;
+            }
             return 0;
         }
         char c = p[i];
@@ -394,9 +351,9 @@ static int lex_tag(lexer *L, size_t *ip, int block)
             return LR_ENOMEM;
         k->s = OPS[o];
         k->n = strlen(OPS[o]);
-        if (c == '{')
+        if (c == '{' || c == '(' || c == '[')
             depth++;
-        else if (c == '}' && depth > 0)
+        else if ((c == '}' || c == ')' || c == ']') && depth > 0)
             depth--;
         i += k->n;
     }
@@ -413,9 +370,10 @@ static int raw_tag(const char *p, size_t n, size_t i, const char *name, size_t *
     if (j + nl > n || memcmp(p + j, name, nl) != 0)
         return 0;
     j = skip_space(p, n, j + nl);
-    int minus = 0;
+    int minus = 0, plus_before_close = 0;
     if (j < n && (p[j] == '-' || p[j] == '+')) {
         minus = p[j] == '-';
+        plus_before_close = p[j] == '+';
         j++;
     }
     if (j + 1 >= n || p[j] != '%' || p[j + 1] != '}')
@@ -424,82 +382,123 @@ static int raw_tag(const char *p, size_t n, size_t i, const char *name, size_t *
     if (strip)
         *strip = minus;
     *after = minus ? skip_space(p, n, j) : j;
+    /* "{% endraw %}" takes trim_blocks' newline; "{% raw %}" does not (Jinja2's rules) */
+    if (!minus && plus_before_close == 0 && strcmp(name, "endraw") == 0 && j < n && p[j] == '\n')
+        *after = j + 1;
     return 1;
 }
 
+/* The end of p[s:e] without trailing whitespace (Python str.rstrip()). */
+static size_t rstrip_end(const char *p, size_t s, size_t e)
+{
+    while (e > s) {
+        size_t k = e - 1, cl;
+        while (k > s && ((unsigned char)p[k] & 0xC0) == 0x80)
+            k--;
+        if (!jj_is_space_at(p, e, k, &cl) || k + cl != e)
+            break;
+        e = k;
+    }
+    return e;
+}
+
+/* Jinja2's OptionalLStrip for the text p[s:e] before a tag: sign '-' strips all trailing
+ * whitespace; otherwise, for block and comment tags (lstrip_blocks), whitespace between the last
+ * newline (or the start of a line) and the tag goes. Returns the new end. */
+static size_t tag_strip(const lexer *L, const char *p, size_t s, size_t e, char sign, int is_var)
+{
+    if (sign == '-')
+        return rstrip_end(p, s, e);
+    if (sign == '+' || is_var)
+        return e;
+    size_t l = e;
+    while (l > s && p[l - 1] != '\n')
+        l--;
+    if (l == s && !L->line_starting)
+        return e;
+    return (e > l && rstrip_end(p, l, e) == l) ? l : e;
+}
+
+static int emit_text(lexer *L, const char *p, size_t s, size_t e)
+{
+    if (e <= s)
+        return 0;
+    jj_tok *k = lex_push(L, TK_TEXT, s);
+    char *c = jj_arena_alloc(&L->t->arena, e - s);
+    if (!k || !c)
+        return LR_ENOMEM;
+    memcpy(c, p + s, e - s);
+    k->s = c;
+    k->n = e - s;
+    return 0;
+}
+
+/* Jinja2's root state: text up to the next "{{" / "{%" / "{#" (with an optional - or + sign). */
 static int lex(lexer *L)
 {
     const char *p = L->pp.p;
     size_t n = L->pp.n, i = 0;
+    L->line_starting = 1;
     while (i < n) {
         size_t s = i;
         while (i < n && !(p[i] == '{' && i + 1 < n && (p[i + 1] == '%' || p[i + 1] == '{' || p[i + 1] == '#')))
             i++;
-        if (i > s) {
-            jj_tok *k = lex_push(L, TK_TEXT, s);
-            if (!k)
+        if (i >= n) {
+            if (emit_text(L, p, s, n))
                 return LR_ENOMEM;
-            char *c = jj_arena_alloc(&L->t->arena, i - s);
-            if (!c)
-                return LR_ENOMEM;
-            memcpy(c, p + s, i - s);
-            k->s = c;
-            k->n = i - s;
-        }
-        if (i >= n)
             break;
+        }
         char kind = p[i + 1];
-        int minus = i + 2 < n && p[i + 2] == '-';
-        if (minus)
-            strip_last_text(L);
+        char sign = (p[i + 2] == '-' || p[i + 2] == '+') ? p[i + 2] : 0; /* p[n] is NUL */
+        size_t after, raw_end = 0, raw_after = 0;
+        int raw_strip_in = 0;
+        if (kind == '%' && raw_tag(p, n, i, "raw", &after, &raw_strip_in)) {
+            /* {% raw %}…{% endraw %}: the text between, uninterpreted */
+            for (size_t j = after; j + 1 < n; j++)
+                if (p[j] == '{' && p[j + 1] == '%' && raw_tag(p, n, j, "endraw", &raw_after, NULL)) {
+                    raw_end = j;
+                    break;
+                }
+            if (!raw_end)
+                return lex_fail(L, i, "'{%% raw %%}' is never closed (expected '{%% endraw %%}')");
+        }
+        if (emit_text(L, p, s, tag_strip(L, p, s, i, sign, kind == '{')))
+            return LR_ENOMEM;
+        L->line_starting = 0;
+        if (raw_end) {
+            char esign = (p[raw_end + 2] == '-' || p[raw_end + 2] == '+') ? p[raw_end + 2] : 0;
+            if (emit_text(L, p, after, tag_strip(L, p, after, raw_end, esign, 0)))
+                return LR_ENOMEM;
+            i = raw_after;
+            L->line_starting = i > 0 && p[i - 1] == '\n';
+            continue;
+        }
         if (kind == '#') {
-            size_t j = i + 2;
-            while (j + 1 < n && !(p[j] == '#' && p[j + 1] == '}'))
+            /* Jinja2: (.*?)(\+#}|-#}\s*|#}\n?) */
+            size_t j = i + 2 + (sign ? 1 : 0);
+            while (j + 1 < n && !(p[j] == '#' && p[j + 1] == '}') &&
+                   !((p[j] == '-' || p[j] == '+') && j + 2 < n && p[j + 1] == '#' && p[j + 2] == '}'))
                 j++;
             if (j + 1 >= n)
                 return lex_fail(L, i, "unclosed comment");
-            /* "{#- … -#}": the '-' before "#}" must not be the one right after "{#" */
-            int strip_after = p[j - 1] == '-' && j - 1 >= i + 2 + (size_t)minus;
-            i = j + 2;
-            if (strip_after)
-                i = skip_space(p, n, i);
-            continue;
-        }
-        if (kind == '%') {
-            size_t after;
-            int strip_in;
-            if (raw_tag(p, n, i, "raw", &after, &strip_in)) {
-                /* {% raw %}…{% endraw %}: the text between, uninterpreted */
-                size_t j = after, end_start = 0, end_after = 0;
-                int strip_end = 0;
-                while (j + 1 < n) {
-                    if (p[j] == '{' && p[j + 1] == '%' && raw_tag(p, n, j, "endraw", &end_after, NULL)) {
-                        end_start = j;
-                        strip_end = j + 2 < n && p[j + 2] == '-';
-                        break;
-                    }
-                    j++;
+            if (p[j] == '-') {
+                i = skip_space(p, n, j + 3);
+                L->line_starting = i > j + 3 && p[i - 1] == '\n';
+            } else if (p[j] == '+') {
+                i = j + 3;
+            } else {
+                i = j + 2;
+                if (i < n && p[i] == '\n') {
+                    i++;
+                    L->line_starting = 1;
                 }
-                if (!end_start)
-                    return lex_fail(L, i, "'{%% raw %%}' is never closed (expected '{%% endraw %%}')");
-                size_t a = strip_in ? skip_space(p, end_start, after) : after, b = end_start;
-                jj_tok *k = lex_push(L, TK_TEXT, a < n ? a : i);
-                char *c = jj_arena_alloc(&L->t->arena, b - a + 1);
-                if (!k || !c)
-                    return LR_ENOMEM;
-                memcpy(c, p + a, b - a);
-                k->s = c;
-                k->n = b - a;
-                if (strip_end)
-                    strip_last_text(L);
-                i = end_after;
-                continue;
             }
+            continue;
         }
         jj_tok *k = lex_push(L, kind == '%' ? TK_BB : TK_VB, i);
         if (!k)
             return LR_ENOMEM;
-        i += (minus || p[i + 2] == '+') ? 3 : 2;
+        i += sign ? 3 : 2;
         int rc = lex_tag(L, &i, kind == '%');
         if (rc)
             return rc;

@@ -33,7 +33,10 @@
 //   - float values with a zero fraction arrive as JS integers (1.0 prints "1"; Jinja2 "1.0");
 //   - `x | trim` on None is an error (Jinja2: "None"); string + non-string concatenates
 //     (Jinja2: TypeError); attribute access on Undefined gives Undefined (Jinja2: UndefinedError);
-//   - length counts UTF-16 units (Jinja2: code points).
+//   - length counts UTF-16 units (Jinja2: code points);
+//   - lstrip_blocks removes only spaces and tabs before a tag (Jinja2: any whitespace but
+//     newlines, e.g. U+00A0 too); \r\n in the template stays (Jinja2 turns it into \n);
+//     `{%+` / `+%}` are not understood.
 
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';

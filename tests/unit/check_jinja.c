@@ -452,9 +452,10 @@ START_TEST(test_limits)
     size_t n = 20000;
     char *deep = malloc(n * 2 + 16);
     strcpy(deep, "{{ ");
-    for (size_t i = 0; i < n; i++)
-        strcat(deep + 3 + i, "(");
-    strcat(deep, " }}");
+    memset(deep + 3, '(', n);
+    deep[3 + n] = '1';
+    memset(deep + 4 + n, ')', n);
+    strcpy(deep + 4 + 2 * n, " }}");
     ck_assert_int_eq(render_opts(deep, NULL, &e), LR_EFORMAT);
     ck_assert_msg(strstr(e.msg, "nesting deeper") != NULL, "%s", e.msg);
     free(deep);
