@@ -196,7 +196,14 @@ static int on_event(void *ud, const char *data, size_t len)
         goto out;
     }
     if (r->raw_events) {
-        fwrite(data, 1, len, stdout);
+        /* Re-encoded compactly: a data field may span lines, the output must not. */
+        char *line = json_dumps(chunk, JSON_COMPACT);
+        if (!line) {
+            rc = lr_error_set(&r->err, LR_ENOMEM, "out of memory printing a streamed chunk");
+            goto out;
+        }
+        fputs(line, stdout);
+        free(line);
         fputc('\n', stdout);
         fflush(stdout);
         r->printed_nl = 1;
