@@ -11,6 +11,7 @@ Rules checked (each failure names the line):
   runtime  the runtime stage installs no -dev package, compiler or Python, yet provides every
            shared library that build/lorad and build/loractl link against directly (DT_NEEDED,
            mapped to Debian packages with dpkg -S); every package named exists in Debian
+  secrets  no ENV or ARG of the image carries a key, token or password
   user     the runtime stage switches to a non-root numeric USER created by useradd before the
            ENTRYPOINT; EXPOSE, HEALTHCHECK (with loractl, which the image contains) and an
            exec-form ENTRYPOINT are present
@@ -147,6 +148,13 @@ def lint():
                       a.find("rm -rf /var/lib/apt/lists") > ii,
                       "line %d: rm -rf /var/lib/apt/lists/* after the install" % ins.line)
                 all_pkgs.setdefault(s.name, []).extend(dockerfile.apt_packages(a))
+    for s in stages:
+        for k in s.env():
+            check(not re.search(r"KEY|TOKEN|SECRET|PASSWORD", k),
+                  "stage %s: no secret baked into the image (ENV %s)" % (s.name, k))
+        for a in s.all("ARG"):
+            check(not re.search(r"KEY|TOKEN|SECRET|PASSWORD", a.args, re.I),
+                  "line %d: no secret passed as a build ARG" % a.line)
     rt_pkgs = set(all_pkgs.get("runtime", []))
     for p in sorted(rt_pkgs):
         check(not BUILD_ONLY.search(p), "runtime stage installs build-only package %s" % p)
