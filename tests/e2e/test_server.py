@@ -620,6 +620,47 @@ def t_malformed():
     check(r is not None, "unknown fields are ignored")
 
 
+def t_hostile_http():
+    """Broken HTTP on raw sockets: each gets an error status or a closed connection, and the
+    daemon keeps serving."""
+    cases = [
+        b"GARBAGE\r\n\r\n",
+        b"\x00\x01\x02\xff\xfe" * 100 + b"\r\n\r\n",
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n{",
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nabc\r\n",
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"ffffffffffffffff\r\nab\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200000 + b"\r\n\r\n",
+        b"GET /" + b"a" * 100000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    ]
+    bad_utf8 = b'{"prompt": "\xc3\x28"}'
+    cases.append(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                 % len(bad_utf8) + bad_utf8)
+    for i, raw in enumerate(cases):
+        s = socket.create_connection(("127.0.0.1", D.port), timeout=30)
+        try:
+            s.sendall(raw)
+            s.shutdown(socket.SHUT_WR)
+            got = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        except OSError:
+            got = b""
+        finally:
+            s.close()
+        status = got.split(b" ", 2)[1] if got.startswith(b"HTTP/1.") else b""
+        check(got == b"" or status.startswith(b"4") or status.startswith(b"5"),
+              "hostile request %d answered with an error or closed: %r" % (i, got[:80]))
+        if raw.endswith(bad_utf8):
+            check(status == b"400" and b"not valid JSON" in got, "invalid UTF-8 in the body → 400: %r" % got[-200:])
+    st, _, r = request("GET", "/health")
+    check(st == 200, "the daemon serves after hostile requests")
+
+
 def t_disconnect():
     before = metrics()
     body = json.dumps({"prompt": "Tell me a long story", "max_tokens": 1000, "ignore_eos": True,
@@ -1081,6 +1122,7 @@ def main():
         run(t_chat, model)
         run(t_eos)
         run(t_malformed)
+        run(t_hostile_http)
         run(t_disconnect)
         run(t_disconnect_plain)
         run(t_sighup)
