@@ -79,17 +79,23 @@ $(BUILD)/tests/check_kernels:     $(COMMON) $(ST) $(MODEL) $(ENGINE)
 $(BUILD)/tests/check_kv:          $(COMMON) $(ST) $(MODEL) $(ENGINE)
 $(BUILD)/tests/check_sampler:     $(COMMON) $(ST) $(MODEL) $(ENGINE)
 $(BUILD)/tests/check_engine:      $(COMMON) $(ST) $(MODEL) $(ENGINE)
+$(BUILD)/tests/check_t5:          $(COMMON) $(ST) $(MODEL) $(ENGINE)
 $(BUILD)/tests/check_peft:        $(COMMON) $(ST) $(MODEL) $(ENGINE) $(ADAPT)
 $(BUILD)/tests/check_lora:        $(COMMON) $(ST) $(MODEL) $(ENGINE) $(ADAPT)
 $(BUILD)/tests/check_registry:    $(COMMON) $(ST) $(MODEL) $(ENGINE) $(ADAPT)
 $(BUILD)/tests/check_api:         $(COMMON) $(TOK) $(ST) $(MODEL) $(ENGINE) $(JINJA) $(SERVER)
 $(BUILD)/tests/check_lc_sse:      $(COMMON) $(CLIENT)
+$(BUILD)/tests/check_regress:     $(COMMON) $(TOK) $(ST) $(MODEL) $(ENGINE) $(JINJA) $(ADAPT) $(SERVER) $(call obj,$(wildcard tests/fuzz/fuzz_*.c))
 # Every check_<x>.c needs a line above naming its groups.
 $(BUILD)/tests/check_%: $(BUILD)/tests/unit/check_%.o
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(CHECK_LIBS)
 
 # Tokenizer benchmark (MB/s per tokenizer, 1 MB single-char worst cases).
 $(BUILD)/lr-tok-bench: $(BUILD)/tests/bench/tok_bench.o $(COMMON) $(TOK)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# Engine benchmark (tests/bench/bench.c): decode, batching, prefill, adapters, server overhead.
+$(BUILD)/lr-bench: $(BUILD)/tests/bench/bench.o $(ADAPT) $(CORE_ALL)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # The embedded default model: small, generated deterministically by our own generator.
@@ -113,6 +119,13 @@ bench: deps
 	@$(MAKE) --no-print-directory all $(BUILD)/lr-bench
 	@BUILD=$(BUILD) PY=$(PY) ./tests/bench/run.sh
 
+# Fuzzing (tests/fuzz, README "Fuzzing"): clang + libFuzzer, not part of make test. Builds every
+# target into build/fuzz/ and runs each for FUZZ_SECONDS, one at a time, printing its executions.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@./scripts/fuzz-deps.sh
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) ./tests/fuzz/run.sh
+
 # Deploy checks (tests/deploy; see README "Deploy"). deploy-test runs those suites alone — they
 # are part of `make test` too (about a minute). docker-check replays deploy/Dockerfile in clean
 # debootstrap roots: needs root and Debian's mirror, takes 7-14 minutes, so not in `make test`.
@@ -128,4 +141,4 @@ docker-check: deps
 clean:
 	rm -rf build
 
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) -type f -name '*.d' 2>/dev/null)
