@@ -278,7 +278,16 @@ int main(int argc, char **argv)
         int lrc = peft_load(ads[i].dir, m, NULL, &err, &ads[i].a);
         load_s += now_s() - t_load;
         if (lrc != 0) {
+            /* free what was loaded, so leak checkers running this tool see only real leaks */
             fprintf(stderr, "lr-generate: %s\n", err.msg);
+            for (int j = 0; j < i; j++)
+                peft_free(ads[j].a);
+            free(ads);
+            free(orig);
+            for (int j = 0; j < n_req; j++)
+                free(reqs[j].prompt);
+            free(reqs);
+            lr_model_free(m);
             return 1;
         }
         if (ads[i].a->max_rank > max_rank) max_rank = ads[i].a->max_rank;
