@@ -42,8 +42,7 @@ void tokbpe_scratch_free(tok_bpe_scratch *s)
 
 void tokbpe_destroy(tok_bpe *b)
 {
-    if (!b)
-        return;
+    if (!b) return;
     tokmap_free(&b->vocab);
     tokpair_free(&b->merges);
     free(b->id_ent);
@@ -52,13 +51,11 @@ void tokbpe_destroy(tok_bpe *b)
     free(b);
 }
 
-static int opt_string(const json_t *o, const char *key, const char *file, lr_error *err,
-                      char **out)
+static int opt_string(const json_t *o, const char *key, const char *file, lr_error *err, char **out)
 {
     const json_t *v = json_object_get(o, key);
     *out = NULL;
-    if (!v || json_is_null(v))
-        return 0;
+    if (!v || json_is_null(v)) return 0;
     if (!json_is_string(v))
         return lr_error_set(err, LR_EFORMAT, "%s: BPE field '%s' must be a string or null", file,
                             key);
@@ -81,8 +78,7 @@ static int merge_parts(const json_t *m, const char **a, size_t *al, const char *
         const char *s = json_string_value(m);
         size_t n = json_string_length(m);
         const char *sp = memchr(s, ' ', n);
-        if (!sp)
-            return -1;
+        if (!sp) return -1;
         *a = s;
         *al = (size_t)(sp - s);
         *b = sp + 1;
@@ -105,8 +101,7 @@ int tokbpe_load(const json_t *model, const char *file, lr_error *err, tok_bpe **
     int rc = 0;
     tok_bpe *b = calloc(1, sizeof *b);
     tok_buf tmp = {0};
-    if (!b)
-        return lr_error_set(err, LR_ENOMEM, "%s: out of memory", file);
+    if (!b) return lr_error_set(err, LR_ENOMEM, "%s: out of memory", file);
     b->unk_id = -1;
     const json_t *dropout = json_object_get(model, "dropout");
     if (dropout && !json_is_null(dropout) &&
@@ -140,21 +135,17 @@ int tokbpe_load(const json_t *model, const char *file, lr_error *err, tok_bpe **
                               key);
             goto out;
         }
-        if (tokmap_put(&b->vocab, key, strlen(key), (int32_t)id))
-            goto oom;
-        if (id > max_id)
-            max_id = id;
+        if (tokmap_put(&b->vocab, key, strlen(key), (int32_t)id)) goto oom;
+        if (id > max_id) max_id = id;
     }
     b->n_ids = (int32_t)(max_id + 1);
     b->id_ent = malloc(((size_t)b->n_ids + 1) * sizeof *b->id_ent);
-    if (!b->id_ent)
-        goto oom;
+    if (!b->id_ent) goto oom;
     for (int32_t i = 0; i < b->n_ids; i++)
         b->id_ent[i] = -1;
     for (size_t i = 0; i < b->vocab.n; i++) {
         int32_t id = b->vocab.ent[i].val;
-        if (b->id_ent[id] < 0)
-            b->id_ent[id] = (int32_t)i;
+        if (b->id_ent[id] < 0) b->id_ent[id] = (int32_t)i;
     }
     for (int i = 0; i < 256; i++) {
         char hb[8];
@@ -187,8 +178,7 @@ int tokbpe_load(const json_t *model, const char *file, lr_error *err, tok_bpe **
         const json_t *m = json_array_get(merges, i);
         const char *pa, *pb;
         size_t la, lb;
-        if (json_is_string(m) && strncmp(json_string_value(m), "#version", 8) == 0)
-            continue;
+        if (json_is_string(m) && strncmp(json_string_value(m), "#version", 8) == 0) continue;
         /* HF reads either all "a b" strings or all [a, b] pairs, never a mix. */
         if (json_is_array(m) != json_is_array(json_array_get(merges, 0))) {
             rc = lr_error_set(err, LR_EFORMAT,
@@ -210,16 +200,14 @@ int tokbpe_load(const json_t *model, const char *file, lr_error *err, tok_bpe **
         /* The merged token is a + b without b's continuing-subword prefix. */
         size_t cut = plen && lb >= plen && memcmp(pb, b->prefix, plen) == 0 ? plen : 0;
         tmp.n = 0;
-        if (tokbuf_put(&tmp, pa, la) || tokbuf_put(&tmp, pb + cut, lb - cut))
-            goto oom;
+        if (tokbuf_put(&tmp, pa, la) || tokbuf_put(&tmp, pb + cut, lb - cut)) goto oom;
         int32_t id = tokmap_get(&b->vocab, tmp.p, tmp.n);
         if (id < 0) {
             rc = lr_error_set(err, LR_EFORMAT, "%s: BPE merge %zu: '%.*s' is not in the vocab",
                               file, i, (int)(tmp.n > 100 ? 100 : tmp.n), tmp.p);
             goto out;
         }
-        if (tokpair_put(&b->merges, ia, ib, (int32_t)i, id))
-            goto oom;
+        if (tokpair_put(&b->merges, ia, ib, (int32_t)i, id)) goto oom;
     }
     free(tmp.p);
     *out = b;
@@ -239,29 +227,34 @@ int32_t tokbpe_piece_id(const tok_bpe *b, const char *s, size_t len)
 
 const char *tokbpe_id_piece(const tok_bpe *b, int32_t id)
 {
-    if (id < 0 || id >= b->n_ids || b->id_ent[id] < 0)
-        return NULL;
+    if (id < 0 || id >= b->n_ids || b->id_ent[id] < 0) return NULL;
     return b->vocab.pool.p + b->vocab.ent[b->id_ent[id]].off;
 }
 
-int32_t tokbpe_max_id(const tok_bpe *b) { return b->n_ids - 1; }
-size_t tokbpe_vocab_count(const tok_bpe *b) { return b->vocab.n; }
+int32_t tokbpe_max_id(const tok_bpe *b)
+{
+    return b->n_ids - 1;
+}
+size_t tokbpe_vocab_count(const tok_bpe *b)
+{
+    return b->vocab.n;
+}
 
 /* ---- the merge queue: buckets by rank, a heap over ranks -------------------------------- */
 
-static uint32_t rank_hash(int32_t r) { return (uint32_t)r * 2654435761u; }
+static uint32_t rank_hash(int32_t r)
+{
+    return (uint32_t)r * 2654435761u;
+}
 
 static void rheap_down(tok_bpe_scratch *q, size_t i)
 {
     int32_t *h = q->rheap;
     for (;;) {
         size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < q->rheap_n && q->bk[h[l]].rank < q->bk[h[m]].rank)
-            m = l;
-        if (r < q->rheap_n && q->bk[h[r]].rank < q->bk[h[m]].rank)
-            m = r;
-        if (m == i)
-            return;
+        if (l < q->rheap_n && q->bk[h[l]].rank < q->bk[h[m]].rank) m = l;
+        if (r < q->rheap_n && q->bk[h[r]].rank < q->bk[h[m]].rank) m = r;
+        if (m == i) return;
         int32_t t = h[i];
         h[i] = h[m];
         h[m] = t;
@@ -274,8 +267,7 @@ static int rheap_push(tok_bpe_scratch *q, int32_t bi)
     if (q->rheap_n == q->rheap_cap) {
         size_t c = q->rheap_cap ? q->rheap_cap * 2 : 64;
         void *p = realloc(q->rheap, c * sizeof *q->rheap);
-        if (!p)
-            return LR_ENOMEM;
+        if (!p) return LR_ENOMEM;
         q->rheap = p;
         q->rheap_cap = c;
     }
@@ -304,8 +296,7 @@ static int q_grow_table(tok_bpe_scratch *q)
 {
     size_t cap = q->table_cap ? q->table_cap * 2 : 256;
     int32_t *t = calloc(cap, sizeof *t);
-    if (!t)
-        return LR_ENOMEM;
+    if (!t) return LR_ENOMEM;
     for (size_t i = 0; i < q->bk_used; i++) {
         size_t h = rank_hash(q->bk[i].rank) & (cap - 1);
         while (t[h])
@@ -321,8 +312,7 @@ static int q_grow_table(tok_bpe_scratch *q)
 
 static int q_push(tok_bpe_scratch *q, int32_t rank, int32_t pos, int32_t id)
 {
-    if ((q->bk_used + 1) * 2 > q->table_cap && q_grow_table(q))
-        return LR_ENOMEM;
+    if ((q->bk_used + 1) * 2 > q->table_cap && q_grow_table(q)) return LR_ENOMEM;
     size_t h = rank_hash(rank) & (q->table_cap - 1);
     while (q->table[h] && q->bk[q->table[h] - 1].rank != rank)
         h = (h + 1) & (q->table_cap - 1);
@@ -333,8 +323,7 @@ static int q_push(tok_bpe_scratch *q, int32_t rank, int32_t pos, int32_t id)
         if (q->bk_used == q->bk_cap) {
             size_t c = q->bk_cap ? q->bk_cap * 2 : 64;
             struct tok_bucket *p = realloc(q->bk, c * sizeof *p);
-            if (!p)
-                return LR_ENOMEM;
+            if (!p) return LR_ENOMEM;
             memset(p + q->bk_cap, 0, (c - q->bk_cap) * sizeof *p);
             q->bk = p;
             q->bk_cap = c;
@@ -350,16 +339,14 @@ static int q_push(tok_bpe_scratch *q, int32_t rank, int32_t pos, int32_t id)
     if (b->cursor == b->n) { /* idle bucket: becomes pending again */
         b->n = b->cursor = 0;
         b->sorted = 1;
-        if (rheap_push(q, bi))
-            return LR_ENOMEM;
+        if (rheap_push(q, bi)) return LR_ENOMEM;
     } else if (b->v[b->n - 1].pos > pos) {
         b->sorted = 0;
     }
     if (b->n == b->cap) {
         uint32_t c = b->cap ? b->cap * 2 : 16;
         void *p = realloc(b->v, c * sizeof *b->v);
-        if (!p)
-            return LR_ENOMEM;
+        if (!p) return LR_ENOMEM;
         b->v = p;
         b->cap = c;
     }
@@ -376,8 +363,7 @@ static int cand_cmp(const void *a, const void *b)
 /* Pop the candidate with the lowest (rank, pos); 0 when the queue is empty. */
 static int q_pop(tok_bpe_scratch *q, int32_t *rank, int32_t *pos, int32_t *id)
 {
-    if (!q->rheap_n)
-        return 0;
+    if (!q->rheap_n) return 0;
     struct tok_bucket *b = &q->bk[q->rheap[0]];
     if (!b->sorted) {
         qsort(b->v + b->cursor, b->n - b->cursor, sizeof *b->v, cand_cmp);
@@ -406,8 +392,7 @@ static int h_push(tok_bpe_scratch *q, int32_t rank, int32_t pos, int32_t id)
     if (q->heap_n == q->heap_cap) {
         size_t c = q->heap_cap ? q->heap_cap * 2 : 128;
         void *p = realloc(q->heap, c * sizeof *q->heap);
-        if (!p)
-            return LR_ENOMEM;
+        if (!p) return LR_ENOMEM;
         q->heap = p;
         q->heap_cap = c;
     }
@@ -425,8 +410,7 @@ static int h_push(tok_bpe_scratch *q, int32_t rank, int32_t pos, int32_t id)
 
 static int h_pop(tok_bpe_scratch *q, int32_t *rank, int32_t *pos, int32_t *id)
 {
-    if (!q->heap_n)
-        return 0;
+    if (!q->heap_n) return 0;
     struct tok_merge *h = q->heap;
     *rank = h[0].rank;
     *pos = h[0].pos;
@@ -434,12 +418,9 @@ static int h_pop(tok_bpe_scratch *q, int32_t *rank, int32_t *pos, int32_t *id)
     h[0] = h[--q->heap_n];
     for (size_t i = 0, n = q->heap_n;;) {
         size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < n && merge_less(&h[l], &h[m]))
-            m = l;
-        if (r < n && merge_less(&h[r], &h[m]))
-            m = r;
-        if (m == i)
-            break;
+        if (l < n && merge_less(&h[l], &h[m])) m = l;
+        if (r < n && merge_less(&h[r], &h[m])) m = r;
+        if (m == i) break;
         struct tok_merge t = h[i];
         h[i] = h[m];
         h[m] = t;
@@ -461,8 +442,7 @@ static int add_sym(tok_bpe_scratch *sc, size_t *n, int32_t id, int32_t len)
     if (*n == sc->sym_cap) {
         size_t c = sc->sym_cap ? sc->sym_cap * 2 : 256;
         void *p = realloc(sc->sym, c * sizeof *sc->sym);
-        if (!p)
-            return LR_ENOMEM;
+        if (!p) return LR_ENOMEM;
         sc->sym = p;
         sc->sym_cap = c;
     }
@@ -471,15 +451,12 @@ static int add_sym(tok_bpe_scratch *sc, size_t *n, int32_t id, int32_t len)
     return 0;
 }
 
-int tokbpe_encode(const tok_bpe *b, const char *w, size_t len, tok_bpe_scratch *sc,
-                  tok_ids *out)
+int tokbpe_encode(const tok_bpe *b, const char *w, size_t len, tok_bpe_scratch *sc, tok_ids *out)
 {
-    if (len == 0)
-        return 0;
+    if (len == 0) return 0;
     if (b->ignore_merges) {
         int32_t id = tokmap_get(&b->vocab, w, len);
-        if (id >= 0)
-            return tokids_push(out, id);
+        if (id >= 0) return tokids_push(out, id);
     }
     /* merge_word: one symbol per char, byte tokens for unknown chars, fused unknowns. */
     size_t n = 0;
@@ -502,11 +479,9 @@ int tokbpe_encode(const tok_bpe *b, const char *w, size_t len, tok_bpe_scratch *
         i += (size_t)cl;
         int32_t id = tokmap_get(&b->vocab, s, sl);
         if (id >= 0) {
-            if (unk_len && add_sym(sc, &n, b->unk_id, unk_len))
-                return LR_ENOMEM;
+            if (unk_len && add_sym(sc, &n, b->unk_id, unk_len)) return LR_ENOMEM;
             unk_len = 0;
-            if (add_sym(sc, &n, id, cl))
-                return LR_ENOMEM;
+            if (add_sym(sc, &n, id, cl)) return LR_ENOMEM;
             continue;
         }
         if (b->byte_fallback) {
@@ -516,24 +491,20 @@ int tokbpe_encode(const tok_bpe *b, const char *w, size_t len, tok_bpe_scratch *
             if (k == sl) {
                 /* HF adds the bytes without flushing a pending <unk> first. */
                 for (k = 0; k < sl; k++)
-                    if (add_sym(sc, &n, b->byte_id[(unsigned char)s[k]], 1))
-                        return LR_ENOMEM;
+                    if (add_sym(sc, &n, b->byte_id[(unsigned char)s[k]], 1)) return LR_ENOMEM;
                 continue;
             }
         }
         if (b->unk_id >= 0) {
             if (unk_len && !b->fuse_unk) {
-                if (add_sym(sc, &n, b->unk_id, unk_len))
-                    return LR_ENOMEM;
+                if (add_sym(sc, &n, b->unk_id, unk_len)) return LR_ENOMEM;
                 unk_len = 0;
             }
             unk_len += cl;
         }
     }
-    if (unk_len && add_sym(sc, &n, b->unk_id, unk_len))
-        return LR_ENOMEM;
-    if (n == 0)
-        return 0;
+    if (unk_len && add_sym(sc, &n, b->unk_id, unk_len)) return LR_ENOMEM;
+    if (n == 0) return 0;
     sc->sym[n - 1].next = -1;
 
     /* merge_all: pop the lowest (rank, pos); apply it if still valid (HF checks that the
@@ -554,17 +525,14 @@ int tokbpe_encode(const tok_bpe *b, const char *w, size_t len, tok_bpe_scratch *
     while (small ? h_pop(sc, &top.rank, &top.pos, &top.id)
                  : q_pop(sc, &top.rank, &top.pos, &top.id)) {
         struct tok_sym *cur = &sym[top.pos];
-        if (cur->len == 0 || cur->next < 0)
-            continue;
+        if (cur->len == 0 || cur->next < 0) continue;
         int32_t nx = cur->next, rank, id;
-        if (!tokpair_get(&b->merges, cur->id, sym[nx].id, &rank, &id) || id != top.id)
-            continue;
+        if (!tokpair_get(&b->merges, cur->id, sym[nx].id, &rank, &id) || id != top.id) continue;
         cur->id = top.id;
         cur->len += sym[nx].len;
         cur->next = sym[nx].next;
         sym[nx].len = 0;
-        if (cur->next >= 0)
-            sym[cur->next].prev = top.pos;
+        if (cur->next >= 0) sym[cur->next].prev = top.pos;
         if (cur->prev >= 0 && tokpair_get(&b->merges, sym[cur->prev].id, cur->id, &rank, &id) &&
             cand_push(sc, small, rank, cur->prev, id))
             return LR_ENOMEM;
@@ -573,7 +541,6 @@ int tokbpe_encode(const tok_bpe *b, const char *w, size_t len, tok_bpe_scratch *
             return LR_ENOMEM;
     }
     for (int32_t i = 0; i >= 0; i = sym[i].next)
-        if (tokids_push(out, sym[i].id))
-            return LR_ENOMEM;
+        if (tokids_push(out, sym[i].id)) return LR_ENOMEM;
     return 0;
 }

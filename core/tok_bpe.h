@@ -28,17 +28,17 @@ typedef struct tok_bpe tok_bpe;
 typedef struct tok_bpe_scratch {
     struct tok_sym {
         int32_t id, prev, next, len;
-    } *sym;
+    } * sym;
     size_t sym_cap;
     struct tok_bucket {
         struct tok_cand {
             int32_t pos, id;
-        } *v;
+        } * v;
         uint32_t n, cap, cursor; /* pending = v[cursor, n) */
         int32_t rank;
         uint32_t slot; /* its slot in the rank table */
         int sorted;
-    } *bk;
+    } * bk;
     size_t bk_used, bk_cap;
     int32_t *rheap; /* bucket indices with pending candidates, min-heap on rank */
     size_t rheap_n, rheap_cap;
@@ -46,7 +46,7 @@ typedef struct tok_bpe_scratch {
     size_t table_cap;
     struct tok_merge {
         int32_t rank, pos, id;
-    } *heap; /* short words: a plain binary min-heap on (rank, pos) */
+    } * heap; /* short words: a plain binary min-heap on (rank, pos) */
     size_t heap_n, heap_cap;
     tok_buf tmp;
 } tok_bpe_scratch;

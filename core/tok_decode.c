@@ -16,18 +16,26 @@
 #include "tok_norm.h"
 #include "tok_pretok.h"
 
-typedef enum { D_SEQUENCE, D_BYTELEVEL, D_REPLACE, D_BYTEFALLBACK, D_FUSE, D_STRIP, D_METASPACE } dkind;
+typedef enum {
+    D_SEQUENCE,
+    D_BYTELEVEL,
+    D_REPLACE,
+    D_BYTEFALLBACK,
+    D_FUSE,
+    D_STRIP,
+    D_METASPACE
+} dkind;
 
 struct tok_decoder {
     dkind kind;
     tok_decoder **sub;
     size_t n_sub;
-    tok_regex *re;     /* Replace pattern */
-    char *content;     /* Replace content */
+    tok_regex *re; /* Replace pattern */
+    char *content; /* Replace content */
     size_t content_len;
-    uint32_t ch;       /* Strip content / Metaspace replacement */
-    int start, stop;   /* Strip */
-    int first_strip;   /* Metaspace: delete the replacement in token 0 */
+    uint32_t ch;     /* Strip content / Metaspace replacement */
+    int start, stop; /* Strip */
+    int first_strip; /* Metaspace: delete the replacement in token 0 */
 };
 
 typedef struct strlist {
@@ -37,8 +45,7 @@ typedef struct strlist {
 
 void tokdec_destroy(tok_decoder *d)
 {
-    if (!d)
-        return;
+    if (!d) return;
     for (size_t i = 0; i < d->n_sub; i++)
         tokdec_destroy(d->sub[i]);
     free(d->sub);
@@ -49,8 +56,7 @@ void tokdec_destroy(tok_decoder *d)
 
 static int one_char(const json_t *v, uint32_t *cp)
 {
-    if (!json_is_string(v) || json_string_length(v) == 0)
-        return -1;
+    if (!json_is_string(v) || json_string_length(v) == 0) return -1;
     return tok_utf8_next(json_string_value(v), json_string_length(v), cp) ==
                    (int)json_string_length(v)
                ? 0
@@ -60,14 +66,11 @@ static int one_char(const json_t *v, uint32_t *cp)
 int tokdec_load(const json_t *j, const char *file, lr_error *err, tok_decoder **out)
 {
     *out = NULL;
-    if (!j || json_is_null(j))
-        return 0;
+    if (!j || json_is_null(j)) return 0;
     const char *type = json_string_value(json_object_get(j, "type"));
-    if (!type)
-        return lr_error_set(err, LR_EFORMAT, "%s: decoder without a 'type'", file);
+    if (!type) return lr_error_set(err, LR_EFORMAT, "%s: decoder without a 'type'", file);
     tok_decoder *d = calloc(1, sizeof *d);
-    if (!d)
-        return lr_error_set(err, LR_ENOMEM, "%s: out of memory", file);
+    if (!d) return lr_error_set(err, LR_ENOMEM, "%s: out of memory", file);
     int rc = 0;
     if (!strcmp(type, "Sequence")) {
         const json_t *a = json_object_get(j, "decoders");
@@ -81,10 +84,8 @@ int tokdec_load(const json_t *j, const char *file, lr_error *err, tok_decoder **
             goto out;
         }
         for (size_t i = 0; i < json_array_size(a); i++) {
-            if ((rc = tokdec_load(json_array_get(a, i), file, err, &d->sub[d->n_sub])))
-                goto out;
-            if (d->sub[d->n_sub])
-                d->n_sub++;
+            if ((rc = tokdec_load(json_array_get(a, i), file, err, &d->sub[d->n_sub]))) goto out;
+            if (d->sub[d->n_sub]) d->n_sub++;
         }
     } else if (!strcmp(type, "ByteLevel")) {
         d->kind = D_BYTELEVEL;
@@ -96,7 +97,8 @@ int tokdec_load(const json_t *j, const char *file, lr_error *err, tok_decoder **
         const json_t *c = json_object_get(j, "content");
         d->kind = D_REPLACE;
         if (!json_is_string(c)) {
-            rc = lr_error_set(err, LR_EFORMAT, "%s: decoder Replace needs a string 'content'", file);
+            rc =
+                lr_error_set(err, LR_EFORMAT, "%s: decoder Replace needs a string 'content'", file);
             goto out;
         }
         d->content_len = json_string_length(c);
@@ -159,23 +161,23 @@ out:
 static int add_str(strlist *l, const char *s, size_t n)
 {
     size_t off = l->text.n;
-    if (tokbuf_put(&l->text, s, n))
-        return LR_ENOMEM;
+    if (tokbuf_put(&l->text, s, n)) return LR_ENOMEM;
     return tokpieces_push(&l->s, off, n, 0);
 }
 
 /* Is s the 6-byte "<0xHH>"? Rust's u8::from_str_radix also takes a leading '+'. */
 static int byte_token(const char *s, size_t n, unsigned *b)
 {
-    if (n != 6 || memcmp(s, "<0x", 3) || s[5] != '>')
-        return 0;
+    if (n != 6 || memcmp(s, "<0x", 3) || s[5] != '>') return 0;
     unsigned v = 0;
     for (int i = 3; i < 5; i++) {
         char c = s[i];
-        int x = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c == '+' && i == 3 ? 0 : -1;
-        if (x < 0)
-            return 0;
+        int x = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                : c == '+' && i == 3   ? 0
+                                       : -1;
+        if (x < 0) return 0;
         v = v * 16 + (unsigned)x;
     }
     *b = s[3] == '+' ? v % 16 : v;
@@ -185,8 +187,7 @@ static int byte_token(const char *s, size_t n, unsigned *b)
 static int flush_bytes(strlist *o, tok_buf *bytes)
 {
     int rc = 0;
-    if (!bytes->n)
-        return 0;
+    if (!bytes->n) return 0;
     if (tok_utf8_valid(bytes->p, bytes->n))
         rc = add_str(o, bytes->p, bytes->n);
     else
@@ -223,18 +224,15 @@ static int step(const tok_decoder *d, const strlist *in, strlist *o)
             }
         }
         size_t off = o->text.n;
-        if (!rc)
-            rc = tok_utf8_lossy(&o->text, raw.p ? raw.p : "", raw.n);
-        if (!rc)
-            rc = tokpieces_push(&o->s, off, o->text.n - off, 0);
+        if (!rc) rc = tok_utf8_lossy(&o->text, raw.p ? raw.p : "", raw.n);
+        if (!rc) rc = tokpieces_push(&o->s, off, o->text.n - off, 0);
         free(raw.p);
         return rc;
     }
     case D_REPLACE: {
         pcre2_match_data *md = pcre2_match_data_create(1, NULL);
         tok_spans sp = {0};
-        if (!md)
-            return LR_ENOMEM;
+        if (!md) return LR_ENOMEM;
         for (size_t i = 0; !rc && i < in->s.n; i++) {
             const char *s = t + in->s.v[i].off;
             size_t off = o->text.n;
@@ -243,8 +241,7 @@ static int step(const tok_decoder *d, const strlist *in, strlist *o)
             for (size_t k = 0; !rc && k < sp.n; k++)
                 rc = sp.v[k].m ? tokbuf_put(&o->text, d->content, d->content_len)
                                : tokbuf_put(&o->text, s + sp.v[k].s, sp.v[k].e - sp.v[k].s);
-            if (!rc)
-                rc = tokpieces_push(&o->s, off, o->text.n - off, 0);
+            if (!rc) rc = tokpieces_push(&o->s, off, o->text.n - off, 0);
         }
         free(sp.v);
         pcre2_match_data_free(md);
@@ -258,12 +255,10 @@ static int step(const tok_decoder *d, const strlist *in, strlist *o)
                 rc = tokbuf_putc(&bytes, (char)b);
             } else {
                 rc = flush_bytes(o, &bytes);
-                if (!rc)
-                    rc = add_str(o, t + in->s.v[i].off, in->s.v[i].len);
+                if (!rc) rc = add_str(o, t + in->s.v[i].off, in->s.v[i].len);
             }
         }
-        if (!rc)
-            rc = flush_bytes(o, &bytes);
+        if (!rc) rc = flush_bytes(o, &bytes);
         free(bytes.p);
         return rc;
     }
@@ -280,8 +275,7 @@ static int step(const tok_decoder *d, const strlist *in, strlist *o)
             uint32_t cp;
             for (int k = 0; k < d->start && a < n; k++) {
                 int cl = tok_utf8_next(s + a, n - a, &cp);
-                if (cp != d->ch)
-                    break;
+                if (cp != d->ch) break;
                 a += (size_t)cl;
             }
             for (int k = 0; k < d->stop && z > a; k++) {
@@ -289,8 +283,7 @@ static int step(const tok_decoder *d, const strlist *in, strlist *o)
                 while (p > a && ((unsigned char)s[p] & 0xC0) == 0x80)
                     p--;
                 tok_utf8_next(s + p, z - p, &cp);
-                if (cp != d->ch)
-                    break;
+                if (cp != d->ch) break;
                 z = p;
             }
             rc = add_str(o, s + a, z - a);
@@ -309,8 +302,7 @@ static int step(const tok_decoder *d, const strlist *in, strlist *o)
                     rc = tokbuf_putc(&o->text, ' ');
                 k += (size_t)cl;
             }
-            if (!rc)
-                rc = tokpieces_push(&o->s, off, o->text.n - off, 0);
+            if (!rc) rc = tokpieces_push(&o->s, off, o->text.n - off, 0);
         }
         return rc;
     }
@@ -323,8 +315,7 @@ static int run(const tok_decoder *d, strlist *a, strlist *b)
     if (d->kind == D_SEQUENCE) {
         for (size_t i = 0; i < d->n_sub; i++) {
             int rc = run(d->sub[i], a, b);
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
         return 0;
     }
@@ -349,12 +340,10 @@ int tokdec_run(const tok_decoder *d, const char *const *tok, const size_t *len, 
     strlist a = {0}, b = {0};
     for (size_t i = 0; !rc && i < n; i++)
         rc = add_str(&a, tok[i], len[i]);
-    if (!rc)
-        rc = run(d, &a, &b);
+    if (!rc) rc = run(d, &a, &b);
     for (size_t i = 0; !rc && i < a.s.n; i++)
         rc = tokbuf_put(out, a.text.p + a.s.v[i].off, a.s.v[i].len);
-    if (!rc)
-        rc = tokbuf_put(out, "", 0);
+    if (!rc) rc = tokbuf_put(out, "", 0);
     free(a.text.p);
     free(a.s.v);
     free(b.text.p);

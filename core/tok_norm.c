@@ -33,15 +33,14 @@ struct tok_norm {
     size_t n_sub;
     char *str; /* Prepend text / Replace content */
     size_t str_len;
-    tok_regex *re;  /* Replace pattern */
-    int flags;      /* NF*: utf8proc options; Strip: 1 = left, 2 = right */
-    tokpc *pc;      /* Precompiled */
+    tok_regex *re; /* Replace pattern */
+    int flags;     /* NF*: utf8proc options; Strip: 1 = left, 2 = right */
+    tokpc *pc;     /* Precompiled */
 };
 
 void toknorm_destroy(tok_norm *n)
 {
-    if (!n)
-        return;
+    if (!n) return;
     for (size_t i = 0; i < n->n_sub; i++)
         toknorm_destroy(n->sub[i]);
     free(n->sub);
@@ -74,8 +73,7 @@ static int get_str(const json_t *j, const char *key, const char *what, const cha
         return lr_error_set(err, LR_EFORMAT, "%s: %s needs a string field '%s'", file, what, key);
     *len = json_string_length(v);
     *out = malloc(*len + 1);
-    if (!*out)
-        return lr_error_set(err, LR_ENOMEM, "%s: out of memory", file);
+    if (!*out) return lr_error_set(err, LR_ENOMEM, "%s: out of memory", file);
     memcpy(*out, json_string_value(v), *len + 1);
     return 0;
 }
@@ -83,14 +81,11 @@ static int get_str(const json_t *j, const char *key, const char *what, const cha
 int toknorm_load(const json_t *j, const char *file, lr_error *err, tok_norm **out)
 {
     *out = NULL;
-    if (!j || json_is_null(j))
-        return 0;
+    if (!j || json_is_null(j)) return 0;
     const char *type = json_string_value(json_object_get(j, "type"));
-    if (!type)
-        return lr_error_set(err, LR_EFORMAT, "%s: normalizer without a 'type'", file);
+    if (!type) return lr_error_set(err, LR_EFORMAT, "%s: normalizer without a 'type'", file);
     tok_norm *n = calloc(1, sizeof *n);
-    if (!n)
-        return lr_error_set(err, LR_ENOMEM, "%s: out of memory", file);
+    if (!n) return lr_error_set(err, LR_ENOMEM, "%s: out of memory", file);
     int rc = 0;
     if (!strcmp(type, "Sequence")) {
         const json_t *a = json_object_get(j, "normalizers");
@@ -100,13 +95,10 @@ int toknorm_load(const json_t *j, const char *file, lr_error *err, tok_norm **ou
             goto out;
         }
         n->sub = calloc(json_array_size(a) + 1, sizeof *n->sub);
-        if (!n->sub)
-            goto oom;
+        if (!n->sub) goto oom;
         for (size_t i = 0; i < json_array_size(a); i++) {
-            if ((rc = toknorm_load(json_array_get(a, i), file, err, &n->sub[n->n_sub])))
-                goto out;
-            if (n->sub[n->n_sub])
-                n->n_sub++;
+            if ((rc = toknorm_load(json_array_get(a, i), file, err, &n->sub[n->n_sub]))) goto out;
+            if (n->sub[n->n_sub]) n->n_sub++;
         }
     } else if (!strcmp(type, "Prepend")) {
         n->kind = NORM_PREPEND;
@@ -119,10 +111,9 @@ int toknorm_load(const json_t *j, const char *file, lr_error *err, tok_norm **ou
     } else if (!strcmp(type, "NFC") || !strcmp(type, "NFD") || !strcmp(type, "NFKC") ||
                !strcmp(type, "NFKD")) {
         n->kind = NORM_UNICODE;
-        n->flags = UTF8PROC_STABLE | (type[2] == 'C' || type[3] == 'C' ? UTF8PROC_COMPOSE
-                                                                       : UTF8PROC_DECOMPOSE);
-        if (type[2] == 'K')
-            n->flags |= UTF8PROC_COMPAT;
+        n->flags = UTF8PROC_STABLE |
+                   (type[2] == 'C' || type[3] == 'C' ? UTF8PROC_COMPOSE : UTF8PROC_DECOMPOSE);
+        if (type[2] == 'K') n->flags |= UTF8PROC_COMPAT;
     } else if (!strcmp(type, "Lowercase")) {
         n->kind = NORM_LOWERCASE;
     } else if (!strcmp(type, "Strip")) {
@@ -177,11 +168,9 @@ static int replace_all(const tok_norm *nm, const char *s, size_t len, tok_buf *o
 int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out)
 {
     out->n = 0;
-    if (tokbuf_reserve(out, len))
-        return LR_ENOMEM;
+    if (tokbuf_reserve(out, len)) return LR_ENOMEM;
     out->p[0] = '\0';
-    if (!nm)
-        return tokbuf_put(out, s, len);
+    if (!nm) return tokbuf_put(out, s, len);
     switch (nm->kind) {
     case NORM_SEQUENCE: {
         /* Ping-pong between out and a temporary buffer. */
@@ -202,8 +191,7 @@ int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out)
         return rc;
     }
     case NORM_PREPEND:
-        if (len && tokbuf_put(out, nm->str, nm->str_len))
-            return LR_ENOMEM;
+        if (len && tokbuf_put(out, nm->str, nm->str_len)) return LR_ENOMEM;
         return tokbuf_put(out, s, len);
     case NORM_REPLACE:
         return replace_all(nm, s, len, out);
@@ -211,8 +199,7 @@ int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out)
         utf8proc_uint8_t *d = NULL;
         utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)len, &d,
                                           (utf8proc_option_t)nm->flags);
-        if (r < 0)
-            return r == UTF8PROC_ERROR_NOMEM ? LR_ENOMEM : LR_EINTERNAL;
+        if (r < 0) return r == UTF8PROC_ERROR_NOMEM ? LR_ENOMEM : LR_EINTERNAL;
         int rc = tokbuf_put(out, (const char *)d, (size_t)r);
         free(d);
         return rc;
@@ -233,8 +220,7 @@ int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out)
                 if (c < UTF8PROC_CATEGORY_MN || c > UTF8PROC_CATEGORY_ME)
                     rc = tokbuf_put(out, s + i, (size_t)k);
             }
-            if (rc)
-                return rc;
+            if (rc) return rc;
             i += (size_t)k;
         }
         return 0;
@@ -243,8 +229,7 @@ int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out)
         uint32_t cp;
         while ((nm->flags & 1) && a < b) {
             int k = tok_utf8_next(s + a, b - a, &cp);
-            if (!tok_is_whitespace(cp))
-                break;
+            if (!tok_is_whitespace(cp)) break;
             a += (size_t)k;
         }
         while ((nm->flags & 2) && b > a) {
@@ -252,8 +237,7 @@ int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out)
             while (p > a && ((unsigned char)s[p] & 0xC0) == 0x80)
                 p--;
             tok_utf8_next(s + p, b - p, &cp);
-            if (!tok_is_whitespace(cp))
-                break;
+            if (!tok_is_whitespace(cp)) break;
             b = p;
         }
         return tokbuf_put(out, s + a, b - a);
@@ -262,8 +246,7 @@ int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out)
         char *d = NULL;
         size_t dn = 0;
         int rc = tokpc_normalize(nm->pc, s, len, &d, &dn);
-        if (!rc)
-            rc = tokbuf_put(out, d, dn);
+        if (!rc) rc = tokbuf_put(out, d, dn);
         free(d);
         return rc;
     }

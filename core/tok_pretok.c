@@ -20,7 +20,7 @@ typedef enum { F_REGEX, F_WHITESPACE, F_NUMERIC, F_PUNCT, F_CHAR } finder;
 
 typedef enum {
     PT_SEQUENCE,
-    PT_SPLIT,     /* generic finder + behaviour (Split, WhitespaceSplit, Whitespace, Digits, …) */
+    PT_SPLIT, /* generic finder + behaviour (Split, WhitespaceSplit, Whitespace, Digits, …) */
     PT_METASPACE,
     PT_BYTELEVEL,
     PT_BERT,
@@ -34,24 +34,21 @@ struct tok_pretok {
     tok_regex *re;
     behavior beh;
     int invert;
-    uint32_t ch;               /* F_CHAR / Metaspace replacement */
-    char rep[8];               /* Metaspace replacement, UTF-8 */
+    uint32_t ch; /* F_CHAR / Metaspace replacement */
+    char rep[8]; /* Metaspace replacement, UTF-8 */
     int rep_len;
-    int scheme;                /* Metaspace: 0 always, 1 first, 2 never */
-    int split;                 /* Metaspace split */
-    int add_prefix_space;      /* ByteLevel */
+    int scheme;           /* Metaspace: 0 always, 1 first, 2 never */
+    int split;            /* Metaspace split */
+    int add_prefix_space; /* ByteLevel */
 };
 
 /* GPT-2's 68 non-printable bytes map to U+0100 + n in increasing byte order:
  * 0x00–0x20 → U+0100–U+0120, 0x7F–0xA0 → U+0121–U+0142, 0xAD → U+0143. */
 uint32_t tok_byte_char(unsigned char b)
 {
-    if (b <= 0x20)
-        return 0x100 + b;
-    if (b >= 0x7F && b <= 0xA0)
-        return 0x121 + (uint32_t)(b - 0x7F);
-    if (b == 0xAD)
-        return 0x143;
+    if (b <= 0x20) return 0x100 + b;
+    if (b >= 0x7F && b <= 0xA0) return 0x121 + (uint32_t)(b - 0x7F);
+    if (b == 0xAD) return 0x143;
     return b;
 }
 
@@ -59,12 +56,9 @@ int tok_char_byte(uint32_t cp)
 {
     if ((cp >= 0x21 && cp <= 0x7E) || (cp >= 0xA1 && cp <= 0xAC) || (cp >= 0xAE && cp <= 0xFF))
         return (int)cp;
-    if (cp >= 0x100 && cp <= 0x120)
-        return (int)(cp - 0x100);
-    if (cp >= 0x121 && cp <= 0x142)
-        return (int)(cp - 0x121 + 0x7F);
-    if (cp == 0x143)
-        return 0xAD;
+    if (cp >= 0x100 && cp <= 0x120) return (int)(cp - 0x100);
+    if (cp >= 0x121 && cp <= 0x142) return (int)(cp - 0x121 + 0x7F);
+    if (cp == 0x143) return 0xAD;
     return -1;
 }
 
@@ -82,8 +76,7 @@ int tokpieces_push(tok_pieces *p, size_t off, size_t len, int orig0)
     if (p->n == p->cap) {
         size_t c = p->cap ? p->cap * 2 : 64;
         tok_piece *v = realloc(p->v, c * sizeof *v);
-        if (!v)
-            return LR_ENOMEM;
+        if (!v) return LR_ENOMEM;
         p->v = v;
         p->cap = c;
     }
@@ -93,8 +86,7 @@ int tokpieces_push(tok_pieces *p, size_t off, size_t len, int orig0)
 
 void tokpre_destroy(tok_pretok *p)
 {
-    if (!p)
-        return;
+    if (!p) return;
     for (size_t i = 0; i < p->n_sub; i++)
         tokpre_destroy(p->sub[i]);
     free(p->sub);
@@ -124,14 +116,11 @@ static const char GPT2_RE[] =
 int tokpre_load(const json_t *j, const char *file, lr_error *err, tok_pretok **out)
 {
     *out = NULL;
-    if (!j || json_is_null(j))
-        return 0;
+    if (!j || json_is_null(j)) return 0;
     const char *type = json_string_value(json_object_get(j, "type"));
-    if (!type)
-        return lr_error_set(err, LR_EFORMAT, "%s: pre_tokenizer without a 'type'", file);
+    if (!type) return lr_error_set(err, LR_EFORMAT, "%s: pre_tokenizer without a 'type'", file);
     tok_pretok *p = calloc(1, sizeof *p);
-    if (!p)
-        return lr_error_set(err, LR_ENOMEM, "%s: out of memory", file);
+    if (!p) return lr_error_set(err, LR_ENOMEM, "%s: out of memory", file);
     int rc = 0;
     char where[300];
     snprintf(where, sizeof where, "%s: pre_tokenizer %s", file, type);
@@ -148,10 +137,8 @@ int tokpre_load(const json_t *j, const char *file, lr_error *err, tok_pretok **o
             goto out;
         }
         for (size_t i = 0; i < json_array_size(a); i++) {
-            if ((rc = tokpre_load(json_array_get(a, i), file, err, &p->sub[p->n_sub])))
-                goto out;
-            if (p->sub[p->n_sub])
-                p->n_sub++;
+            if ((rc = tokpre_load(json_array_get(a, i), file, err, &p->sub[p->n_sub]))) goto out;
+            if (p->sub[p->n_sub]) p->n_sub++;
         }
     } else if (!strcmp(type, "Split")) {
         p->kind = PT_SPLIT;
@@ -191,12 +178,12 @@ int tokpre_load(const json_t *j, const char *file, lr_error *err, tok_pretok **o
         p->kind = PT_SPLIT;
         p->find = F_PUNCT;
         p->beh = B_ISOLATED;
-        if (json_object_get(j, "behavior"))
-            rc = load_behavior(j, file, err, &p->beh);
+        if (json_object_get(j, "behavior")) rc = load_behavior(j, file, err, &p->beh);
     } else if (!strcmp(type, "BertPreTokenizer")) {
         p->kind = PT_BERT;
     } else if (!strcmp(type, "Metaspace")) {
-        const json_t *rep = json_object_get(j, "replacement"), *aps = json_object_get(j, "add_prefix_space"),
+        const json_t *rep = json_object_get(j, "replacement"),
+                     *aps = json_object_get(j, "add_prefix_space"),
                      *ps = json_object_get(j, "prepend_scheme"), *sp = json_object_get(j, "split");
         p->kind = PT_METASPACE;
         if (!json_is_string(rep) || json_string_length(rep) == 0 ||
@@ -210,15 +197,19 @@ int tokpre_load(const json_t *j, const char *file, lr_error *err, tok_pretok **o
         p->scheme = 0;
         if (json_is_string(ps)) {
             const char *s = json_string_value(ps);
-            p->scheme = !strcmp(s, "always") ? 0 : !strcmp(s, "first") ? 1 : !strcmp(s, "never") ? 2 : -1;
+            p->scheme = !strcmp(s, "always")  ? 0
+                        : !strcmp(s, "first") ? 1
+                        : !strcmp(s, "never") ? 2
+                                              : -1;
             if (p->scheme < 0) {
-                rc = lr_error_set(err, LR_EUNSUPPORTED, "%s: prepend_scheme '%.40s' is not supported",
-                                  where, s);
+                rc = lr_error_set(err, LR_EUNSUPPORTED,
+                                  "%s: prepend_scheme '%.40s' is not supported", where, s);
                 goto out;
             }
         }
         /* HF 0.22: the old add_prefix_space=false is only accepted beside prepend_scheme
-         * "never" (the scheme defaults to "always" first); add_prefix_space=true changes nothing. */
+         * "never" (the scheme defaults to "always" first); add_prefix_space=true changes nothing.
+         */
         if (json_is_false(aps) && p->scheme != 2) {
             rc = lr_error_set(err, LR_EUNSUPPORTED,
                               "%s: add_prefix_space false does not match prepend_scheme", where);
@@ -256,16 +247,13 @@ static int find_chars(finder f, uint32_t ch, const char *s, size_t n, tok_spans 
                   : f == F_PUNCT    ? tok_is_punct(cp)
                                     : cp == ch;
         if (hit) {
-            if (last < i && tokspans_push(sp, last, i, 0))
-                return LR_ENOMEM;
-            if (tokspans_push(sp, i, i + (size_t)k, 1))
-                return LR_ENOMEM;
+            if (last < i && tokspans_push(sp, last, i, 0)) return LR_ENOMEM;
+            if (tokspans_push(sp, i, i + (size_t)k, 1)) return LR_ENOMEM;
             last = i + (size_t)k;
         }
         i += (size_t)k;
     }
-    if (last < n && tokspans_push(sp, last, n, 0))
-        return LR_ENOMEM;
+    if (last < n && tokspans_push(sp, last, n, 0)) return LR_ENOMEM;
     return 0;
 }
 
@@ -279,8 +267,7 @@ static int emit_split(const tok_piece *pc, tok_spans *sp, behavior b, tok_pieces
     switch (b) {
     case B_REMOVED:
         for (size_t i = 0; i < sp->n; i++)
-            if (!v[i].m)
-                v[n++] = v[i];
+            if (!v[i].m) v[n++] = v[i];
         break;
     case B_ISOLATED:
         n = sp->n;
@@ -343,8 +330,7 @@ static int split_step(const tok_pretok *p, finder f, behavior b, tok_pre_ctx *c,
         } else {
             rc = find_chars(f, p ? p->ch : 0, s, w->v[i].len, &c->spans);
         }
-        if (!rc)
-            rc = emit_split(&w->v[i], &c->spans, b, &c->tmp);
+        if (!rc) rc = emit_split(&w->v[i], &c->spans, b, &c->tmp);
     }
     tok_pieces t = *w;
     *w = c->tmp;
@@ -355,8 +341,7 @@ static int split_step(const tok_pretok *p, finder f, behavior b, tok_pre_ctx *c,
 /* Append text to the arena; src may point into the arena itself. */
 static int arena_put(tok_pre_ctx *c, size_t src_off, const char *lit, size_t n)
 {
-    if (tokbuf_reserve(&c->arena, n))
-        return LR_ENOMEM;
+    if (tokbuf_reserve(&c->arena, n)) return LR_ENOMEM;
     memcpy(c->arena.p + c->arena.n, lit ? lit : c->arena.p + src_off, n);
     c->arena.n += n;
     c->arena.p[c->arena.n] = '\0';
@@ -393,8 +378,7 @@ static int metaspace(const tok_pretok *p, tok_pre_ctx *c, tok_pieces *w)
         pc->off = start;
         pc->len = k;
     }
-    if (!p->split)
-        return 0;
+    if (!p->split) return 0;
     return split_step(p, F_CHAR, B_MERGED_NEXT, c, w);
 }
 
@@ -404,23 +388,19 @@ static int bytelevel(const tok_pretok *p, tok_pre_ctx *c, tok_pieces *w)
     if (p->add_prefix_space) {
         for (size_t i = 0; i < w->n; i++) {
             tok_piece *pc = &w->v[i];
-            if (pc->len && c->arena.p[pc->off] == ' ')
-                continue;
+            if (pc->len && c->arena.p[pc->off] == ' ') continue;
             size_t start = c->arena.n;
-            if (arena_put(c, 0, " ", 1) || arena_put(c, pc->off, NULL, pc->len))
-                return LR_ENOMEM;
+            if (arena_put(c, 0, " ", 1) || arena_put(c, pc->off, NULL, pc->len)) return LR_ENOMEM;
             pc->off = start;
             pc->len++;
         }
     }
-    if (p->re && (rc = split_step(p, F_REGEX, B_ISOLATED, c, w)))
-        return rc;
+    if (p->re && (rc = split_step(p, F_REGEX, B_ISOLATED, c, w))) return rc;
     /* Map every byte to its printable char (2 bytes of UTF-8 at most). */
     for (size_t i = 0; i < w->n; i++) {
         tok_piece *pc = &w->v[i];
         size_t start = c->arena.n;
-        if (tokbuf_reserve(&c->arena, pc->len * 2))
-            return LR_ENOMEM;
+        if (tokbuf_reserve(&c->arena, pc->len * 2)) return LR_ENOMEM;
         const unsigned char *s = (const unsigned char *)c->arena.p + pc->off;
         char *d = c->arena.p + start;
         size_t k = 0;
@@ -443,10 +423,8 @@ static int bytelevel(const tok_pretok *p, tok_pre_ctx *c, tok_pieces *w)
 
 int tokpre_apply(const tok_pretok *p, tok_pre_ctx *c, tok_pieces *w)
 {
-    if (!p)
-        return 0;
-    if (!c->md && !(c->md = pcre2_match_data_create(1, NULL)))
-        return LR_ENOMEM;
+    if (!p) return 0;
+    if (!c->md && !(c->md = pcre2_match_data_create(1, NULL))) return LR_ENOMEM;
     int rc = 0;
     switch (p->kind) {
     case PT_SEQUENCE:
@@ -456,8 +434,7 @@ int tokpre_apply(const tok_pretok *p, tok_pre_ctx *c, tok_pieces *w)
     case PT_SPLIT:
         return split_step(p, p->find, p->beh, c, w);
     case PT_BERT:
-        if ((rc = split_step(p, F_WHITESPACE, B_REMOVED, c, w)))
-            return rc;
+        if ((rc = split_step(p, F_WHITESPACE, B_REMOVED, c, w))) return rc;
         return split_step(p, F_PUNCT, B_ISOLATED, c, w);
     case PT_METASPACE:
         return metaspace(p, c, w);

@@ -17,16 +17,16 @@ struct tok_regex {
 };
 
 /* Unicode White_Space, the set Oniguruma's \s matches. */
-#define WS_BODY "\\t-\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}" \
-                "\\x{205F}\\x{3000}"
+#define WS_BODY                                                                                    \
+    "\\t-\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}"                \
+    "\\x{205F}\\x{3000}"
 
 int tokspans_push(tok_spans *sp, size_t s, size_t e, int m)
 {
     if (sp->n == sp->cap) {
         size_t c = sp->cap ? sp->cap * 2 : 64;
         tok_span *v = realloc(sp->v, c * sizeof *v);
-        if (!v)
-            return LR_ENOMEM;
+        if (!v) return LR_ENOMEM;
         sp->v = v;
         sp->cap = c;
     }
@@ -52,8 +52,7 @@ static int translate(const char *p, size_t n, tok_buf *o)
                 rc = tokbuf_put(o, "[^0-9a-fA-F]", 12);
             else {
                 rc = tokbuf_putc(o, '\\');
-                if (!rc)
-                    rc = tokbuf_putc(o, d);
+                if (!rc) rc = tokbuf_putc(o, d);
             }
             continue;
         }
@@ -62,10 +61,8 @@ static int translate(const char *p, size_t n, tok_buf *o)
             if (!in_class) {
                 rc = tokbuf_putc(o, c);
                 in_class = 1;
-                if (i + 1 < n && p[i + 1] == '^')
-                    rc = rc ? rc : tokbuf_putc(o, p[++i]);
-                if (i + 1 < n && p[i + 1] == ']')
-                    rc = rc ? rc : tokbuf_putc(o, p[++i]);
+                if (i + 1 < n && p[i + 1] == '^') rc = rc ? rc : tokbuf_putc(o, p[++i]);
+                if (i + 1 < n && p[i + 1] == ']') rc = rc ? rc : tokbuf_putc(o, p[++i]);
                 continue;
             }
             in_class++; /* nested class (Oniguruma set operations) */
@@ -82,8 +79,7 @@ int tokre_compile(const char *pattern, size_t len, int literal, const char *what
 {
     tok_regex *re = calloc(1, sizeof *re);
     tok_buf t = {0};
-    if (!re)
-        return lr_error_set(err, LR_ENOMEM, "%s: out of memory", what);
+    if (!re) return lr_error_set(err, LR_ENOMEM, "%s: out of memory", what);
     if (literal && len == 0) {
         *out = re;
         return 0;
@@ -91,8 +87,7 @@ int tokre_compile(const char *pattern, size_t len, int literal, const char *what
     uint32_t opts = PCRE2_UTF | PCRE2_UCP;
     if (literal) {
         opts = PCRE2_UTF | PCRE2_LITERAL; /* PCRE2 refuses UCP with LITERAL; it is moot there */
-        if (tokbuf_put(&t, pattern, len))
-            goto oom;
+        if (tokbuf_put(&t, pattern, len)) goto oom;
     } else if (translate(pattern, len, &t) || tokbuf_put(&t, "", 0)) {
         goto oom;
     }
@@ -121,44 +116,35 @@ oom:
 
 void tokre_destroy(tok_regex *re)
 {
-    if (!re)
-        return;
+    if (!re) return;
     pcre2_code_free(re->code);
     free(re);
 }
 
-int tokre_find(const tok_regex *re, pcre2_match_data *md, const char *s, size_t n,
-               tok_spans *out)
+int tokre_find(const tok_regex *re, pcre2_match_data *md, const char *s, size_t n, tok_spans *out)
 {
-    if (n == 0)
-        return tokspans_push(out, 0, 0, 0);
+    if (n == 0) return tokspans_push(out, 0, 0, 0);
     size_t prev = 0, pos = 0;
     while (re->code && pos <= n) {
         int rc = pcre2_match(re->code, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, md, NULL);
-        if (rc == PCRE2_ERROR_NOMATCH)
-            break;
-        if (rc < 0)
-            return LR_EINTERNAL;
+        if (rc == PCRE2_ERROR_NOMATCH) break;
+        if (rc < 0) return LR_EINTERNAL;
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
         size_t ms = ov[0], me = ov[1];
         if (ms < pos || me < ms || me > n) /* \K or lookbehind tricks: refuse */
             return LR_EINTERNAL;
-        if (prev != ms && tokspans_push(out, prev, ms, 0))
-            return LR_ENOMEM;
-        if (tokspans_push(out, ms, me, 1))
-            return LR_ENOMEM;
+        if (prev != ms && tokspans_push(out, prev, ms, 0)) return LR_ENOMEM;
+        if (tokspans_push(out, ms, me, 1)) return LR_ENOMEM;
         prev = me;
         if (me == ms) {
             /* Empty match: step over one character, as Oniguruma's find_iter does. */
-            if (me >= n)
-                break;
+            if (me >= n) break;
             uint32_t cp;
             pos = me + (size_t)tok_utf8_next(s + me, n - me, &cp);
         } else {
             pos = me;
         }
     }
-    if (prev != n && tokspans_push(out, prev, n, 0))
-        return LR_ENOMEM;
+    if (prev != n && tokspans_push(out, prev, n, 0)) return LR_ENOMEM;
     return 0;
 }

@@ -39,7 +39,6 @@ void tokre_destroy(tok_regex *re);
  * spans covering s completely, alternating unmatched (m=0) and matched (m=1) pieces; an empty
  * subject gives one empty unmatched span. md: match data from pcre2_match_data_create(1,..).
  * Returns 0, LR_ENOMEM, or LR_EINTERNAL if PCRE2 gives up (limits). */
-int tokre_find(const tok_regex *re, pcre2_match_data *md, const char *s, size_t n,
-               tok_spans *out);
+int tokre_find(const tok_regex *re, pcre2_match_data *md, const char *s, size_t n, tok_spans *out);
 
 #endif

@@ -14,14 +14,12 @@
 
 int tokbuf_reserve(tok_buf *b, size_t extra)
 {
-    if (b->n + extra + 1 <= b->cap)
-        return 0;
+    if (b->n + extra + 1 <= b->cap) return 0;
     size_t cap = b->cap ? b->cap : 64;
     while (cap < b->n + extra + 1)
         cap *= 2;
     char *p = realloc(b->p, cap);
-    if (!p)
-        return LR_ENOMEM;
+    if (!p) return LR_ENOMEM;
     b->p = p;
     b->cap = cap;
     return 0;
@@ -29,16 +27,17 @@ int tokbuf_reserve(tok_buf *b, size_t extra)
 
 int tokbuf_put(tok_buf *b, const char *s, size_t n)
 {
-    if (tokbuf_reserve(b, n))
-        return LR_ENOMEM;
-    if (n)
-        memcpy(b->p + b->n, s, n);
+    if (tokbuf_reserve(b, n)) return LR_ENOMEM;
+    if (n) memcpy(b->p + b->n, s, n);
     b->n += n;
     b->p[b->n] = '\0';
     return 0;
 }
 
-int tokbuf_putc(tok_buf *b, char c) { return tokbuf_put(b, &c, 1); }
+int tokbuf_putc(tok_buf *b, char c)
+{
+    return tokbuf_put(b, &c, 1);
+}
 
 int tokbuf_put_cp(tok_buf *b, uint32_t cp)
 {
@@ -52,8 +51,7 @@ int tokids_push(tok_ids *v, int32_t id)
     if (v->n == v->cap) {
         size_t c = v->cap ? v->cap * 2 : 64;
         int32_t *p = realloc(v->v, c * sizeof *p);
-        if (!p)
-            return LR_ENOMEM;
+        if (!p) return LR_ENOMEM;
         v->v = p;
         v->cap = c;
     }
@@ -76,8 +74,7 @@ static int strmap_grow(tok_strmap *m)
 {
     size_t cap = m->cap ? m->cap * 2 : 1024;
     uint32_t *slots = calloc(cap, sizeof *slots);
-    if (!slots)
-        return LR_ENOMEM;
+    if (!slots) return LR_ENOMEM;
     for (size_t i = 0; i < m->n; i++) {
         const struct tok_strent *e = &m->ent[i];
         size_t h = hash_bytes(m->pool.p + e->off, e->len) & (cap - 1);
@@ -93,10 +90,8 @@ static int strmap_grow(tok_strmap *m)
 
 int tokmap_put(tok_strmap *m, const char *key, size_t len, int32_t val)
 {
-    if (len > UINT32_MAX)
-        return LR_EINVAL;
-    if ((m->n + 1) * 2 > m->cap && strmap_grow(m))
-        return LR_ENOMEM;
+    if (len > UINT32_MAX) return LR_EINVAL;
+    if ((m->n + 1) * 2 > m->cap && strmap_grow(m)) return LR_ENOMEM;
     size_t h = hash_bytes(key, len) & (m->cap - 1);
     while (m->slots[h]) {
         struct tok_strent *e = &m->ent[m->slots[h] - 1];
@@ -109,15 +104,13 @@ int tokmap_put(tok_strmap *m, const char *key, size_t len, int32_t val)
     if (m->n == m->ent_cap) {
         size_t c = m->ent_cap ? m->ent_cap * 2 : 512;
         void *p = realloc(m->ent, c * sizeof *m->ent);
-        if (!p)
-            return LR_ENOMEM;
+        if (!p) return LR_ENOMEM;
         m->ent = p;
         m->ent_cap = c;
     }
     /* Keys are NUL-separated in the pool so a stored key is also a C string. */
     size_t off = m->pool.n;
-    if (tokbuf_put(&m->pool, key, len) || tokbuf_putc(&m->pool, '\0'))
-        return LR_ENOMEM;
+    if (tokbuf_put(&m->pool, key, len) || tokbuf_putc(&m->pool, '\0')) return LR_ENOMEM;
     m->ent[m->n] = (struct tok_strent){off, (uint32_t)len, val};
     m->slots[h] = (uint32_t)(++m->n);
     return 0;
@@ -125,13 +118,11 @@ int tokmap_put(tok_strmap *m, const char *key, size_t len, int32_t val)
 
 int32_t tokmap_get(const tok_strmap *m, const char *key, size_t len)
 {
-    if (!m->cap)
-        return -1;
+    if (!m->cap) return -1;
     size_t h = hash_bytes(key, len) & (m->cap - 1);
     while (m->slots[h]) {
         const struct tok_strent *e = &m->ent[m->slots[h] - 1];
-        if (e->len == len && memcmp(m->pool.p + e->off, key, len) == 0)
-            return e->val;
+        if (e->len == len && memcmp(m->pool.p + e->off, key, len) == 0) return e->val;
         h = (h + 1) & (m->cap - 1);
     }
     return -1;
@@ -159,11 +150,9 @@ int tokpair_put(tok_pairmap *m, int32_t a, int32_t b, int32_t rank, int32_t id)
     if ((m->n + 1) * 2 > m->cap) {
         size_t cap = m->cap ? m->cap * 2 : 1024;
         struct tok_pairent *s = calloc(cap, sizeof *s);
-        if (!s)
-            return LR_ENOMEM;
+        if (!s) return LR_ENOMEM;
         for (size_t i = 0; i < m->cap; i++) {
-            if (!m->slots[i].key)
-                continue;
+            if (!m->slots[i].key) continue;
             size_t h = mix64(m->slots[i].key) & (cap - 1);
             while (s[h].key)
                 h = (h + 1) & (cap - 1);
@@ -177,16 +166,14 @@ int tokpair_put(tok_pairmap *m, int32_t a, int32_t b, int32_t rank, int32_t id)
     size_t h = mix64(key) & (m->cap - 1);
     while (m->slots[h].key && m->slots[h].key != key)
         h = (h + 1) & (m->cap - 1);
-    if (!m->slots[h].key)
-        m->n++;
+    if (!m->slots[h].key) m->n++;
     m->slots[h] = (struct tok_pairent){key, rank, id};
     return 0;
 }
 
 int tokpair_get(const tok_pairmap *m, int32_t a, int32_t b, int32_t *rank, int32_t *id)
 {
-    if (!m->cap)
-        return 0;
+    if (!m->cap) return 0;
     uint64_t key = (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1;
     size_t h = mix64(key) & (m->cap - 1);
     while (m->slots[h].key) {
@@ -240,16 +227,12 @@ static int utf8_probe(const unsigned char *s, size_t n, int *good)
         need = 2;
     } else if (c >= 0xE0 && c <= 0xEF) {
         need = 3;
-        if (c == 0xE0)
-            lo = 0xA0;
-        if (c == 0xED)
-            hi = 0x9F;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
     } else if (c >= 0xF0 && c <= 0xF4) {
         need = 4;
-        if (c == 0xF0)
-            lo = 0x90;
-        if (c == 0xF4)
-            hi = 0x8F;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
     } else {
         *good = 0;
         return 0;
@@ -280,8 +263,7 @@ int tok_utf8_valid(const char *s, size_t n)
             continue;
         }
         int k = tok_utf8_valid_at(u + i, n - i);
-        if (!k)
-            return 0;
+        if (!k) return 0;
         i += (size_t)k;
     }
     return 1;
@@ -291,8 +273,7 @@ int tok_utf8_lossy(tok_buf *out, const char *s, size_t n)
 {
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0, run = 0;
-    if (tokbuf_reserve(out, n))
-        return LR_ENOMEM;
+    if (tokbuf_reserve(out, n)) return LR_ENOMEM;
     while (i < n) {
         int good, need = utf8_probe(u + i, n - i, &good);
         if (need && good == need) {
@@ -316,7 +297,10 @@ int tok_is_whitespace(uint32_t c)
            c == 0x205F || c == 0x3000;
 }
 
-static int cat(uint32_t c) { return (int)utf8proc_category((utf8proc_int32_t)c); }
+static int cat(uint32_t c)
+{
+    return (int)utf8proc_category((utf8proc_int32_t)c);
+}
 
 int tok_is_numeric(uint32_t c)
 {
@@ -347,4 +331,7 @@ int tok_is_punct(uint32_t c)
     return k >= UTF8PROC_CATEGORY_PC && k <= UTF8PROC_CATEGORY_PO;
 }
 
-int tok_is_mark_nonspacing(uint32_t c) { return cat(c) == UTF8PROC_CATEGORY_MN; }
+int tok_is_mark_nonspacing(uint32_t c)
+{
+    return cat(c) == UTF8PROC_CATEGORY_MN;
+}

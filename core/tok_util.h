@@ -30,12 +30,12 @@ int tokids_push(tok_ids *v, int32_t id);
 /* String → int32 map. Keys are copied into one pool owned by the map; no per-key malloc.
  * Inserting an existing key overwrites its value (HF's HashMap collect semantics). */
 typedef struct tok_strmap {
-    uint32_t *slots;  /* (cap) index+1 into ent, 0 = empty */
+    uint32_t *slots; /* (cap) index+1 into ent, 0 = empty */
     struct tok_strent {
         size_t off;   /* key offset in pool */
         uint32_t len; /* key length */
         int32_t val;
-    } *ent;
+    } * ent;
     size_t n, ent_cap, cap;
     tok_buf pool;
 } tok_strmap;
@@ -50,7 +50,7 @@ typedef struct tok_pairmap {
     struct tok_pairent {
         uint64_t key; /* (a << 32 | b) + 1; 0 = empty */
         int32_t rank, id;
-    } *slots;
+    } * slots;
     size_t n, cap;
 } tok_pairmap;
 

@@ -77,8 +77,8 @@ struct tok_tokenizer {
     trie raw_trie, norm_trie;
     int has_norm_added;
 
-    int32_t n_ids;       /* max id + 1 over model and added tokens */
-    int32_t *id_added;   /* (n_ids) index into added[] or -1 */
+    int32_t n_ids;             /* max id + 1 over model and added tokens */
+    int32_t *id_added;         /* (n_ids) index into added[] or -1 */
     unsigned char *id_special; /* (n_ids) 1 if the id's text is a special token */
 
     tpl *tpls; /* post-processor: templates applied in order */
@@ -101,41 +101,53 @@ int32_t tok_piece_to_id(const tok_tokenizer *t, const char *piece)
 {
     size_t n = strlen(piece);
     int32_t a = tokmap_get(&t->added_map, piece, n);
-    if (a >= 0)
-        return t->added[a].id;
-    if (t->bpe)
-        return tokbpe_piece_id(t->bpe, piece, n);
+    if (a >= 0) return t->added[a].id;
+    if (t->bpe) return tokbpe_piece_id(t->bpe, piece, n);
     return tokmap_get(&t->ug_vocab, piece, n);
 }
 
 static const char *model_piece(const tok_tokenizer *t, int32_t id)
 {
-    if (t->bpe)
-        return tokbpe_id_piece(t->bpe, id);
-    if (id < 0 || id >= t->ug_n)
-        return NULL;
+    if (t->bpe) return tokbpe_id_piece(t->bpe, id);
+    if (id < 0 || id >= t->ug_n) return NULL;
     return t->ug_pool.p + t->ug_off[id];
 }
 
 const char *tok_id_to_piece(const tok_tokenizer *t, int32_t id)
 {
-    if (id < 0 || id >= t->n_ids)
-        return NULL;
-    if (t->id_added[id] >= 0)
-        return t->added[t->id_added[id]].content;
+    if (id < 0 || id >= t->n_ids) return NULL;
+    if (t->id_added[id] >= 0) return t->added[t->id_added[id]].content;
     return model_piece(t, id);
 }
 
-int tok_vocab_size(const tok_tokenizer *t) { return t->n_ids; }
+int tok_vocab_size(const tok_tokenizer *t)
+{
+    return t->n_ids;
+}
 int tok_is_special(const tok_tokenizer *t, int32_t id)
 {
     return id >= 0 && id < t->n_ids && t->id_special[id];
 }
-int32_t tok_bos_id(const tok_tokenizer *t) { return t->bos_id; }
-int32_t tok_eos_id(const tok_tokenizer *t) { return t->eos_id; }
-const char *tok_bos_text(const tok_tokenizer *t) { return t->bos; }
-const char *tok_eos_text(const tok_tokenizer *t) { return t->eos; }
-int tok_clean_up_spaces(const tok_tokenizer *t) { return t->clean_up; }
+int32_t tok_bos_id(const tok_tokenizer *t)
+{
+    return t->bos_id;
+}
+int32_t tok_eos_id(const tok_tokenizer *t)
+{
+    return t->eos_id;
+}
+const char *tok_bos_text(const tok_tokenizer *t)
+{
+    return t->bos;
+}
+const char *tok_eos_text(const tok_tokenizer *t)
+{
+    return t->eos;
+}
+int tok_clean_up_spaces(const tok_tokenizer *t)
+{
+    return t->clean_up;
+}
 
 /* ---- added-token trie ------------------------------------------------------------------- */
 
@@ -156,8 +168,7 @@ static int trie_insert(trie *tr, const char *s, size_t n, int32_t tok)
             if (tr->n == tr->cap) {
                 size_t cap = tr->cap ? tr->cap * 2 : 256;
                 trie_node *v = realloc(tr->v, cap * sizeof *v);
-                if (!v)
-                    return LR_ENOMEM;
+                if (!v) return LR_ENOMEM;
                 tr->v = v;
                 tr->cap = cap;
             }
@@ -179,16 +190,14 @@ static int trie_insert(trie *tr, const char *s, size_t n, int32_t tok)
 /* The longest added token starting at s[0] (index into added[]) and its length, or -1. */
 static int32_t trie_longest(const trie *tr, const char *s, size_t n, size_t *len)
 {
-    if (!tr->n || !n)
-        return -1;
+    if (!tr->n || !n) return -1;
     int32_t best = -1, c = tr->root[(unsigned char)s[0]];
     for (size_t i = 0; c >= 0;) {
         if (tr->v[c].tok >= 0) {
             best = tr->v[c].tok;
             *len = i + 1;
         }
-        if (++i >= n)
-            break;
+        if (++i >= n) break;
         unsigned char b = (unsigned char)s[i];
         c = tr->v[c].child;
         while (c >= 0 && tr->v[c].byte != b)
@@ -223,8 +232,7 @@ static int segs_push(segs *g, size_t s, size_t e, int32_t tok)
     if (g->n == g->cap) {
         size_t c = g->cap ? g->cap * 2 : 16;
         seg *v = realloc(g->v, c * sizeof *v);
-        if (!v)
-            return LR_ENOMEM;
+        if (!v) return LR_ENOMEM;
         g->v = v;
         g->cap = c;
     }
@@ -254,8 +262,7 @@ static int find_added(const tok_tokenizer *t, const trie *tr, int normed, const 
             uint32_t cp;
             int before = ms > 0 && tok_is_word(last_cp(s, ms));
             int after = me < n && (tok_utf8_next(s + me, n - me, &cp), tok_is_word(cp));
-            if (before || after)
-                continue;
+            if (before || after) continue;
         }
         if (a->lstrip) {
             while (ms > start_off) {
@@ -264,8 +271,7 @@ static int find_added(const tok_tokenizer *t, const trie *tr, int normed, const 
                     p--;
                 uint32_t cp;
                 tok_utf8_next(s + p, ms - p, &cp);
-                if (!tok_is_whitespace(cp))
-                    break;
+                if (!tok_is_whitespace(cp)) break;
                 ms = p;
             }
         }
@@ -273,20 +279,16 @@ static int find_added(const tok_tokenizer *t, const trie *tr, int normed, const 
             while (me < n) {
                 uint32_t cp;
                 int cl = tok_utf8_next(s + me, n - me, &cp);
-                if (!tok_is_whitespace(cp))
-                    break;
+                if (!tok_is_whitespace(cp)) break;
                 me += (size_t)cl;
             }
             i = me;
         }
-        if (start_off < ms && segs_push(out, start_off, ms, -1))
-            return LR_ENOMEM;
-        if (segs_push(out, ms, me, k))
-            return LR_ENOMEM;
+        if (start_off < ms && segs_push(out, start_off, ms, -1)) return LR_ENOMEM;
+        if (segs_push(out, ms, me, k)) return LR_ENOMEM;
         start_off = me;
     }
-    if (start_off < n && segs_push(out, start_off, n, -1))
-        return LR_ENOMEM;
+    if (start_off < n && segs_push(out, start_off, n, -1)) return LR_ENOMEM;
     return 0;
 }
 
@@ -307,14 +309,12 @@ static int encode_words(const tok_tokenizer *t, enc_ctx *c, const char *s, size_
     c->words.n = 0;
     if (n == 0) /* an empty segment has no words (HF's prepend on empty text is a no-op) */
         return 0;
-    if (tokbuf_put(&c->pre.arena, s, n) || tokpieces_push(&c->words, 0, n, orig0))
-        return LR_ENOMEM;
+    if (tokbuf_put(&c->pre.arena, s, n) || tokpieces_push(&c->words, 0, n, orig0)) return LR_ENOMEM;
     int rc = tokpre_apply(t->pre, &c->pre, &c->words);
     for (size_t i = 0; !rc && i < c->words.n; i++) {
         const char *w = c->pre.arena.p + c->words.v[i].off;
         size_t wl = c->words.v[i].len;
-        if (wl == 0)
-            continue;
+        if (wl == 0) continue;
         rc = t->bpe ? tokbpe_encode(t->bpe, w, wl, &c->bpe, out) : tokug_encode(t->ug, w, wl, out);
     }
     return rc;
@@ -324,13 +324,10 @@ static int encode_segment(const tok_tokenizer *t, enc_ctx *c, const char *s, siz
                           tok_ids *out)
 {
     int rc = toknorm_apply(t->norm, s, n, &c->nbuf);
-    if (rc)
-        return rc;
-    if (!t->has_norm_added)
-        return encode_words(t, c, c->nbuf.p, c->nbuf.n, orig0, out);
+    if (rc) return rc;
+    if (!t->has_norm_added) return encode_words(t, c, c->nbuf.p, c->nbuf.n, orig0, out);
     c->nsegs.n = 0;
-    if ((rc = find_added(t, &t->norm_trie, 1, c->nbuf.p, c->nbuf.n, &c->nsegs)))
-        return rc;
+    if ((rc = find_added(t, &t->norm_trie, 1, c->nbuf.p, c->nbuf.n, &c->nsegs))) return rc;
     for (size_t i = 0; !rc && i < c->nsegs.n; i++) {
         seg g = c->nsegs.v[i];
         if (g.tok >= 0)
@@ -349,10 +346,8 @@ static int apply_templates(const tok_tokenizer *t, tok_ids *out, size_t base)
         for (size_t i = 0; i < tp->n; i++)
             extra += tp->items[i].is_seq ? 0 : tp->items[i].n;
         int32_t *a = malloc((seq + 1) * sizeof *a);
-        if (!a)
-            return LR_ENOMEM;
-        if (seq)
-            memcpy(a, out->v + base, seq * sizeof *a);
+        if (!a) return LR_ENOMEM;
+        if (seq) memcpy(a, out->v + base, seq * sizeof *a);
         out->n = base;
         for (size_t i = 0; i < tp->n; i++) {
             const tpl_item *it = &tp->items[i];
@@ -370,13 +365,10 @@ static int apply_templates(const tok_tokenizer *t, tok_ids *out, size_t base)
     return 0;
 }
 
-int tok_encode(const tok_tokenizer *t, const char *text, size_t len, int add_special,
-               tok_ids *out)
+int tok_encode(const tok_tokenizer *t, const char *text, size_t len, int add_special, tok_ids *out)
 {
-    if (!t || !out || (!text && len))
-        return LR_EINVAL;
-    if (!tok_utf8_valid(text, len))
-        return LR_EINVAL;
+    if (!t || !out || (!text && len)) return LR_EINVAL;
+    if (!tok_utf8_valid(text, len)) return LR_EINVAL;
     size_t base = out->n;
     enc_ctx c = {0};
     segs raw = {0};
@@ -388,10 +380,8 @@ int tok_encode(const tok_tokenizer *t, const char *text, size_t len, int add_spe
         else
             rc = encode_segment(t, &c, text + g.s, g.e - g.s, g.s == 0, out);
     }
-    if (!rc && add_special)
-        rc = apply_templates(t, out, base);
-    if (rc)
-        out->n = base;
+    if (!rc && add_special) rc = apply_templates(t, out, base);
+    if (rc) out->n = base;
     free(raw.v);
     tokpre_ctx_free(&c.pre);
     free(c.words.v);
@@ -403,8 +393,7 @@ int tok_encode(const tok_tokenizer *t, const char *text, size_t len, int add_spe
 
 /* ---- decode ----------------------------------------------------------------------------- */
 
-static int decode_into(const tok_tokenizer *t, const int32_t *ids, size_t n, int skip,
-                       tok_buf *out)
+static int decode_into(const tok_tokenizer *t, const int32_t *ids, size_t n, int skip, tok_buf *out)
 {
     const char **tok = malloc((n + 1) * sizeof *tok);
     size_t *len = malloc((n + 1) * sizeof *len);
@@ -420,8 +409,7 @@ static int decode_into(const tok_tokenizer *t, const int32_t *ids, size_t n, int
             rc = LR_ERANGE;
             goto out;
         }
-        if (skip && t->id_special[ids[i]])
-            continue;
+        if (skip && t->id_special[ids[i]]) continue;
         tok[k] = p;
         len[k++] = strlen(p);
     }
@@ -437,25 +425,23 @@ int tok_decode(const tok_tokenizer *t, const int32_t *ids, size_t n, int skip_sp
 {
     tok_buf b = {0};
     *out = NULL;
-    if (len)
-        *len = 0;
+    if (len) *len = 0;
     int rc = decode_into(t, ids, n, skip_special, &b);
-    if (!rc)
-        rc = tokbuf_put(&b, "", 0);
+    if (!rc) rc = tokbuf_put(&b, "", 0);
     if (rc) {
         free(b.p);
         return rc;
     }
     *out = b.p;
-    if (len)
-        *len = b.n;
+    if (len) *len = b.n;
     return 0;
 }
 
 size_t tok_clean_up_apply(char *s, size_t n)
 {
     /* transformers' clean_up_tokenization: sequential plain replaces, each shortening. */
-    static const char *from[] = {" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're"};
+    static const char *from[] = {" .",   " ?",  " !",  " ,",   " ' ",
+                                 " n't", " 'm", " 's", " 've", " 're"};
     static const char *to[] = {".", "?", "!", ",", "'", "n't", "'m", "'s", "'ve", "'re"};
     for (int r = 0; r < 10; r++) {
         size_t fl = strlen(from[r]), tl = strlen(to[r]), w = 0;
@@ -487,8 +473,7 @@ struct tok_stream {
 int tok_stream_create(const tok_tokenizer *t, int skip_special, tok_stream **out)
 {
     tok_stream *s = calloc(1, sizeof *s);
-    if (!s)
-        return LR_ENOMEM;
+    if (!s) return LR_ENOMEM;
     s->t = t;
     s->skip = skip_special;
     if (tokbuf_put(&s->prefix, "", 0)) {
@@ -501,8 +486,7 @@ int tok_stream_create(const tok_tokenizer *t, int skip_special, tok_stream **out
 
 void tok_stream_destroy(tok_stream *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     free(s->ids.v);
     free(s->prefix.p);
     free(s);
@@ -527,34 +511,30 @@ int tok_stream_step(tok_stream *s, int32_t id, char **buf, size_t *len, size_t *
 {
     tok_buf d = {0};
     int rc = 0;
-    if (!tok_id_to_piece(s->t, id))
-        return LR_ERANGE;
+    if (!tok_id_to_piece(s->t, id)) return LR_ERANGE;
     if (s->prefix.n == 0 && s->ids.n > 0) {
-        if ((rc = decode_into(s->t, s->ids.v, s->ids.n, s->skip, &d)))
-            goto out;
+        if ((rc = decode_into(s->t, s->ids.v, s->ids.n, s->skip, &d))) goto out;
         if (!ends_with_fffd(&d)) {
             s->prefix.n = 0;
-            if ((rc = tokbuf_put(&s->prefix, d.p ? d.p : "", d.n)))
-                goto out;
+            if ((rc = tokbuf_put(&s->prefix, d.p ? d.p : "", d.n))) goto out;
             s->prefix_index = s->ids.n;
         }
         d.n = 0;
     }
-    if ((rc = tokids_push(&s->ids, id)) || (rc = decode_into(s->t, s->ids.v, s->ids.n, s->skip, &d)))
+    if ((rc = tokids_push(&s->ids, id)) ||
+        (rc = decode_into(s->t, s->ids.v, s->ids.n, s->skip, &d)))
         goto out;
     if (d.n > s->prefix.n && !ends_with_fffd(&d)) {
         if (memcmp(d.p, s->prefix.p, s->prefix.n) != 0) {
             rc = LR_EINTERNAL; /* HF: DecodeStreamError::InvalidPrefix */
             goto out;
         }
-        if ((rc = emit(buf, len, cap, d.p + s->prefix.n, d.n - s->prefix.n)))
-            goto out;
+        if ((rc = emit(buf, len, cap, d.p + s->prefix.n, d.n - s->prefix.n))) goto out;
         size_t new_index = s->ids.n - s->prefix_index;
         memmove(s->ids.v, s->ids.v + s->prefix_index, new_index * sizeof *s->ids.v);
         s->ids.n = new_index;
         s->prefix.n = 0;
-        if ((rc = decode_into(s->t, s->ids.v, s->ids.n, s->skip, &s->prefix)))
-            goto out;
+        if ((rc = decode_into(s->t, s->ids.v, s->ids.n, s->skip, &s->prefix))) goto out;
         s->prefix_index = new_index;
     }
 out:
@@ -572,8 +552,7 @@ int tok_stream_flush(tok_stream *s, char **buf, size_t *len, size_t *cap)
         else
             rc = emit(buf, len, cap, d.p + s->prefix.n, d.n - s->prefix.n);
     }
-    if (!rc && !*buf)
-        rc = emit(buf, len, cap, "", 0);
+    if (!rc && !*buf) rc = emit(buf, len, cap, "", 0);
     s->ids.n = 0;
     s->prefix.n = 0;
     s->prefix.p[0] = '\0';
@@ -586,8 +565,7 @@ int tok_stream_flush(tok_stream *s, char **buf, size_t *len, size_t *cap)
 
 void tok_destroy(tok_tokenizer *t)
 {
-    if (!t)
-        return;
+    if (!t) return;
     free(t->file);
     toknorm_destroy(t->norm);
     tokpre_destroy(t->pre);
@@ -640,8 +618,8 @@ static int load_unigram(tok_tokenizer *t, const json_t *m, lr_error *err)
         const json_t *p = json_array_get(e, 0), *s = json_array_get(e, 1);
         if (!json_is_array(e) || json_array_size(e) != 2 || !json_is_string(p) ||
             !json_is_number(s)) {
-            rc = lr_error_set(err, LR_EFORMAT,
-                              "%s: Unigram vocab entry %zu is not [piece, score]", t->file, i);
+            rc = lr_error_set(err, LR_EFORMAT, "%s: Unigram vocab entry %zu is not [piece, score]",
+                              t->file, i);
             goto out;
         }
         pieces[i] = json_string_value(p);
@@ -655,10 +633,10 @@ static int load_unigram(tok_tokenizer *t, const json_t *m, lr_error *err)
         }
     }
     t->ug_n = (int32_t)n;
-    rc = tokug_create(pieces, scores, (int)n, unk && !json_is_null(unk) ? (int)json_integer_value(unk) : -1,
+    rc = tokug_create(pieces, scores, (int)n,
+                      unk && !json_is_null(unk) ? (int)json_integer_value(unk) : -1,
                       json_flag(m, "byte_fallback", 0), err, &t->ug);
-    if (rc)
-        lr_error_prefix(err, "%s: Unigram model: ", t->file);
+    if (rc) lr_error_prefix(err, "%s: Unigram model: ", t->file);
 out:
     free(pieces);
     free(scores);
@@ -674,21 +652,17 @@ static int add_added(tok_tokenizer *t, const json_t *a, int from_config, lr_erro
 {
     const json_t *c = json_object_get(a, "content");
     if (!json_is_string(c))
-        return lr_error_set(err, LR_EFORMAT, "%s: an added token has no string 'content'",
-                            t->file);
+        return lr_error_set(err, LR_EFORMAT, "%s: an added token has no string 'content'", t->file);
     size_t n = json_string_length(c);
-    if (n == 0)
-        return 0; /* HF ignores empty added tokens */
+    if (n == 0) return 0; /* HF ignores empty added tokens */
     int32_t known = tokmap_get(&t->added_map, json_string_value(c), n);
-    if (known >= 0 && from_config)
-        return 0;
+    if (known >= 0 && from_config) return 0;
     added_tok *k;
     if (known >= 0) {
         k = &t->added[known];
     } else {
         added_tok *v = realloc(t->added, (t->n_added + 1) * sizeof *v);
-        if (!v)
-            return LR_ENOMEM;
+        if (!v) return LR_ENOMEM;
         t->added = v;
         k = &t->added[t->n_added];
         memset(k, 0, sizeof *k);
@@ -696,20 +670,17 @@ static int add_added(tok_tokenizer *t, const json_t *a, int from_config, lr_erro
                              : tokmap_get(&t->ug_vocab, json_string_value(c), n);
         int64_t vs = t->bpe ? (int64_t)tokbpe_vocab_count(t->bpe) : t->ug_n, max = -1;
         for (size_t i = 0; i < t->n_added; i++)
-            if (t->added[i].id > max)
-                max = t->added[i].id;
+            if (t->added[i].id > max) max = t->added[i].id;
         int64_t id = mid >= 0 ? mid : max < 0 ? vs : (max >= vs || vs == 0) ? max + 1 : vs;
         if (id > INT32_MAX - 1)
             return lr_error_set(err, LR_EFORMAT, "%s: too many added tokens", t->file);
         k->id = (int32_t)id;
         k->len = n;
         k->content = malloc(n + 1);
-        if (!k->content)
-            return LR_ENOMEM;
+        if (!k->content) return LR_ENOMEM;
         memcpy(k->content, json_string_value(c), n + 1);
         t->n_added++;
-        if (tokmap_put(&t->added_map, k->content, n, (int32_t)(t->n_added - 1)))
-            return LR_ENOMEM;
+        if (tokmap_put(&t->added_map, k->content, n, (int32_t)(t->n_added - 1))) return LR_ENOMEM;
     }
     k->single_word = json_flag(a, "single_word", 0);
     k->lstrip = json_flag(a, "lstrip", 0);
@@ -722,23 +693,23 @@ static int add_added(tok_tokenizer *t, const json_t *a, int from_config, lr_erro
 
 static int load_template(tok_tokenizer *t, const json_t *pp, lr_error *err)
 {
-    const json_t *single = json_object_get(pp, "single"), *sp = json_object_get(pp, "special_tokens");
+    const json_t *single = json_object_get(pp, "single"),
+                 *sp = json_object_get(pp, "special_tokens");
     if (!json_is_array(single))
         return lr_error_set(err, LR_EUNSUPPORTED,
                             "%s: post_processor TemplateProcessing 'single' must be an array",
                             t->file);
     tpl *v = realloc(t->tpls, (t->n_tpls + 1) * sizeof *v);
-    if (!v)
-        return LR_ENOMEM;
+    if (!v) return LR_ENOMEM;
     t->tpls = v;
     tpl *tp = &t->tpls[t->n_tpls++];
     tp->n = 0;
     tp->items = calloc(json_array_size(single) + 1, sizeof *tp->items);
-    if (!tp->items)
-        return LR_ENOMEM;
+    if (!tp->items) return LR_ENOMEM;
     for (size_t i = 0; i < json_array_size(single); i++) {
         const json_t *it = json_array_get(single, i);
-        const json_t *seq = json_object_get(it, "Sequence"), *st = json_object_get(it, "SpecialToken");
+        const json_t *seq = json_object_get(it, "Sequence"),
+                     *st = json_object_get(it, "SpecialToken");
         tpl_item *ti = &tp->items[tp->n++]; /* counted now so an error path frees its ids */
         if (seq) {
             const char *sid = json_string_value(json_object_get(seq, "id"));
@@ -756,8 +727,7 @@ static int load_template(tok_tokenizer *t, const json_t *pp, lr_error *err)
                                     t->file, name ? name : "?");
             ti->n = json_array_size(ids);
             ti->ids = calloc(ti->n + 1, sizeof *ti->ids);
-            if (!ti->ids)
-                return LR_ENOMEM;
+            if (!ti->ids) return LR_ENOMEM;
             for (size_t k = 0; k < ti->n; k++) {
                 const json_t *x = json_array_get(ids, k);
                 if (!json_is_integer(x) || json_integer_value(x) < 0 ||
@@ -769,7 +739,8 @@ static int load_template(tok_tokenizer *t, const json_t *pp, lr_error *err)
             }
         } else {
             return lr_error_set(err, LR_EUNSUPPORTED,
-                                "%s: post_processor template item %zu is not supported", t->file, i);
+                                "%s: post_processor template item %zu is not supported", t->file,
+                                i);
         }
     }
     return 0;
@@ -777,15 +748,11 @@ static int load_template(tok_tokenizer *t, const json_t *pp, lr_error *err)
 
 static int load_post(tok_tokenizer *t, const json_t *pp, lr_error *err)
 {
-    if (!pp || json_is_null(pp))
-        return 0;
+    if (!pp || json_is_null(pp)) return 0;
     const char *type = json_string_value(json_object_get(pp, "type"));
-    if (!type)
-        return lr_error_set(err, LR_EFORMAT, "%s: post_processor without a 'type'", t->file);
-    if (!strcmp(type, "ByteLevel"))
-        return 0; /* only touches offsets */
-    if (!strcmp(type, "TemplateProcessing"))
-        return load_template(t, pp, err);
+    if (!type) return lr_error_set(err, LR_EFORMAT, "%s: post_processor without a 'type'", t->file);
+    if (!strcmp(type, "ByteLevel")) return 0; /* only touches offsets */
+    if (!strcmp(type, "TemplateProcessing")) return load_template(t, pp, err);
     if (!strcmp(type, "Sequence")) {
         const json_t *a = json_object_get(pp, "processors");
         if (!json_is_array(a))
@@ -793,8 +760,7 @@ static int load_post(tok_tokenizer *t, const json_t *pp, lr_error *err)
                                 t->file);
         for (size_t i = 0; i < json_array_size(a); i++) {
             int rc = load_post(t, json_array_get(a, i), err);
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
         return 0;
     }
@@ -804,8 +770,8 @@ static int load_post(tok_tokenizer *t, const json_t *pp, lr_error *err)
 
 static void token_text(const json_t *v, char *dst, size_t cap)
 {
-    const char *s = json_is_string(v) ? json_string_value(v)
-                                      : json_string_value(json_object_get(v, "content"));
+    const char *s =
+        json_is_string(v) ? json_string_value(v) : json_string_value(json_object_get(v, "content"));
     snprintf(dst, cap, "%s", s ? s : "");
 }
 
@@ -823,17 +789,17 @@ static int load_config(tok_tokenizer *t, const json_t *cfg, const char *cfile, l
         char *end;
         long id = strtol(key, &end, 10);
         if (*end || id < 0 || id > INT32_MAX)
-            return lr_error_set(err, LR_EFORMAT, "%s: added_tokens_decoder key '%.40s' is not an id",
-                                cfile, key);
+            return lr_error_set(err, LR_EFORMAT,
+                                "%s: added_tokens_decoder key '%.40s' is not an id", cfile, key);
         int rc = add_added(t, val, 1, err);
-        if (rc)
-            return rc == LR_ENOMEM ? lr_error_set(err, rc, "%s: out of memory", cfile) : rc;
+        if (rc) return rc == LR_ENOMEM ? lr_error_set(err, rc, "%s: out of memory", cfile) : rc;
     }
     const char *cls = json_string_value(json_object_get(cfg, "tokenizer_class"));
     if (cls && (!strcmp(cls, "LlamaTokenizer") || !strcmp(cls, "LlamaTokenizerFast") ||
                 !strcmp(cls, "CodeLlamaTokenizerFast"))) {
         /* LlamaTokenizerFast.update_post_processor: [bos] $A [eos] from the config flags. */
-        int add_bos = json_flag(cfg, "add_bos_token", 1), add_eos = json_flag(cfg, "add_eos_token", 0);
+        int add_bos = json_flag(cfg, "add_bos_token", 1),
+            add_eos = json_flag(cfg, "add_eos_token", 0);
         for (size_t k = 0; k < t->n_tpls; k++) {
             for (size_t i = 0; i < t->tpls[k].n; i++)
                 free(t->tpls[k].items[i].ids);
@@ -844,8 +810,7 @@ static int load_config(tok_tokenizer *t, const json_t *cfg, const char *cfile, l
         tpl_item *items = calloc(3, sizeof *items);
         if (!v || !items) {
             free(items);
-            if (v)
-                t->tpls = v;
+            if (v) t->tpls = v;
             return lr_error_set(err, LR_ENOMEM, "%s: out of memory", cfile);
         }
         t->tpls = v;
@@ -859,13 +824,13 @@ static int load_config(tok_tokenizer *t, const json_t *cfg, const char *cfile, l
                 continue;
             }
             int k = w / 2;
-            if (!want[k])
-                continue;
+            if (!want[k]) continue;
             int32_t id = names[k][0] ? tok_piece_to_id(t, names[k]) : -1;
             if (id < 0)
-                return lr_error_set(err, LR_EFORMAT, "%s: add_%s_token is true but %s_token '%s' "
-                                    "is not in the vocabulary", cfile, k ? "eos" : "bos",
-                                    k ? "eos" : "bos", names[k]);
+                return lr_error_set(err, LR_EFORMAT,
+                                    "%s: add_%s_token is true but %s_token '%s' "
+                                    "is not in the vocabulary",
+                                    cfile, k ? "eos" : "bos", k ? "eos" : "bos", names[k]);
             tpl_item *it = &items[t->tpls[0].n++];
             if (!(it->ids = malloc(sizeof *it->ids)))
                 return lr_error_set(err, LR_ENOMEM, "%s: out of memory", cfile);
@@ -880,8 +845,7 @@ static int finish(tok_tokenizer *t, lr_error *err)
 {
     int32_t max = t->bpe ? tokbpe_max_id(t->bpe) : t->ug_n - 1;
     for (size_t i = 0; i < t->n_added; i++)
-        if (t->added[i].id > max)
-            max = t->added[i].id;
+        if (t->added[i].id > max) max = t->added[i].id;
     if (max >= (1 << 25))
         return lr_error_set(err, LR_EFORMAT, "%s: token id %d is too large", t->file, (int)max);
     t->n_ids = max + 1;
@@ -913,18 +877,15 @@ static int finish(tok_tokenizer *t, lr_error *err)
         } else {
             rc = trie_insert(&t->raw_trie, a->content, a->len, (int32_t)i);
         }
-        if (rc)
-            return lr_error_set(err, LR_ENOMEM, "%s: out of memory", t->file);
+        if (rc) return lr_error_set(err, LR_ENOMEM, "%s: out of memory", t->file);
     }
     /* An id is special when its decoded text is a special added token's content. */
     for (size_t i = 0; i < t->n_added; i++) {
-        if (!t->added[i].special)
-            continue;
+        if (!t->added[i].special) continue;
         t->id_special[t->added[i].id] = 1;
         int32_t mid = t->bpe ? tokbpe_piece_id(t->bpe, t->added[i].content, t->added[i].len)
                              : tokmap_get(&t->ug_vocab, t->added[i].content, t->added[i].len);
-        if (mid >= 0 && t->id_added[mid] < 0)
-            t->id_special[mid] = 1;
+        if (mid >= 0 && t->id_added[mid] < 0) t->id_special[mid] = 1;
     }
     for (size_t k = 0; k < t->n_tpls; k++)
         for (size_t i = 0; i < t->tpls[k].n; i++)
@@ -981,8 +942,7 @@ static int load(const char *path, const char *config, lr_error *err, tok_tokeniz
         rc = lr_error_set(err, LR_EUNSUPPORTED, "%s: model type '%.100s' is not supported", path,
                           mtype ? mtype : "(missing)");
     }
-    if (rc)
-        goto out;
+    if (rc) goto out;
     if ((rc = toknorm_load(json_object_get(root, "normalizer"), path, err, &t->norm)) ||
         (rc = tokpre_load(json_object_get(root, "pre_tokenizer"), path, err, &t->pre)) ||
         (rc = tokdec_load(json_object_get(root, "decoder"), path, err, &t->dec)) ||
@@ -995,8 +955,7 @@ static int load(const char *path, const char *config, lr_error *err, tok_tokeniz
     }
     for (size_t i = 0; i < json_array_size(added); i++) {
         if ((rc = add_added(t, json_array_get(added, i), 0, err))) {
-            if (rc == LR_ENOMEM)
-                lr_error_set(err, rc, "%s: out of memory", path);
+            if (rc == LR_ENOMEM) lr_error_set(err, rc, "%s: out of memory", path);
             goto out;
         }
     }
@@ -1011,8 +970,7 @@ static int load(const char *path, const char *config, lr_error *err, tok_tokeniz
                                   config, je.line, cfg ? "not an object" : je.text);
                 goto out;
             }
-            if ((rc = load_config(t, cfg, config, err)))
-                goto out;
+            if ((rc = load_config(t, cfg, config, err))) goto out;
         }
     }
     rc = finish(t, err);
@@ -1033,8 +991,7 @@ int tok_load_files(const char *tokenizer_json, const char *config_json, lr_error
     if (!tokenizer_json || !out)
         return lr_error_set(err, LR_EINVAL, "tok_load_files: no tokenizer.json path given");
     FILE *f = fopen(tokenizer_json, "rb");
-    if (!f)
-        return lr_error_set(err, LR_ENOTFOUND, "%s: cannot open", tokenizer_json);
+    if (!f) return lr_error_set(err, LR_ENOTFOUND, "%s: cannot open", tokenizer_json);
     fclose(f);
     return load(tokenizer_json, config_json, err, out);
 }

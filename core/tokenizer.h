@@ -32,15 +32,14 @@ void tok_destroy(tok_tokenizer *t);
 /* Encode UTF-8 text (len bytes; invalid UTF-8 is an LR_EINVAL error) and APPEND the ids to out.
  * add_special: apply the post-processor (BOS/EOS templates). Special-token text in `text` is
  * always matched as the special token, as HF does. */
-int tok_encode(const tok_tokenizer *t, const char *text, size_t len, int add_special,
-               tok_ids *out);
+int tok_encode(const tok_tokenizer *t, const char *text, size_t len, int add_special, tok_ids *out);
 /* Decode ids to UTF-8 (HF decode(ids, skip_special_tokens), no clean-up pass). *out is a new
  * malloc'd NUL-terminated string (free it), *len its length. Unknown ids → LR_ERANGE. */
 int tok_decode(const tok_tokenizer *t, const int32_t *ids, size_t n, int skip_special, char **out,
                size_t *len);
 
-int tok_vocab_size(const tok_tokenizer *t);            /* model vocab + added tokens (max id + 1) */
-const char *tok_id_to_piece(const tok_tokenizer *t, int32_t id); /* raw vocab string or NULL */
+int tok_vocab_size(const tok_tokenizer *t); /* model vocab + added tokens (max id + 1) */
+const char *tok_id_to_piece(const tok_tokenizer *t, int32_t id);    /* raw vocab string or NULL */
 int32_t tok_piece_to_id(const tok_tokenizer *t, const char *piece); /* -1 if absent */
 int tok_is_special(const tok_tokenizer *t, int32_t id);
 int32_t tok_bos_id(const tok_tokenizer *t); /* from tokenizer_config.json; -1 if none */

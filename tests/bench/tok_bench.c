@@ -61,8 +61,7 @@ static void build_corpus(text *t, size_t target)
     DIR *d = opendir("tests/data/tok");
     struct dirent *de;
     while (d && (de = readdir(d))) {
-        if (strncmp(de->d_name, "golden_", 7))
-            continue;
+        if (strncmp(de->d_name, "golden_", 7)) continue;
         char path[600];
         snprintf(path, sizeof path, "tests/data/tok/%s", de->d_name);
         json_t *g = json_load_file(path, JSON_ALLOW_NUL, NULL);
@@ -75,15 +74,47 @@ static void build_corpus(text *t, size_t target)
         json_decref(g);
         break; /* one golden file holds the whole corpus */
     }
-    if (d)
-        closedir(d);
-    static const char *words[] = {
-        "the", "model", "adapter", "serving", "tokenizer", "request", "batch", "of", "and", "in",
-        "Mixture", "experts", "LoRA", "weights", "is", "a", "to", "with", "without", "café",
-        "naïve", "über", "Straße", "東京", "数据", "😀", "don't", "it's", "we'll", "HTTP/1.1",
-        "2024", "3.14159", "1,000,000", "x86_64", "int main(void)", "{\"k\": [1, 2]}", "—", "«ok»"};
-    static const char *punct[] = {" ", " ", " ", " ", ", ", ". ", "! ", "? ", "\n", "  ", "\t",
-                                  ": ", "; ", "\n\n", " (", ") "};
+    if (d) closedir(d);
+    static const char *words[] = {"the",
+                                  "model",
+                                  "adapter",
+                                  "serving",
+                                  "tokenizer",
+                                  "request",
+                                  "batch",
+                                  "of",
+                                  "and",
+                                  "in",
+                                  "Mixture",
+                                  "experts",
+                                  "LoRA",
+                                  "weights",
+                                  "is",
+                                  "a",
+                                  "to",
+                                  "with",
+                                  "without",
+                                  "café",
+                                  "naïve",
+                                  "über",
+                                  "Straße",
+                                  "東京",
+                                  "数据",
+                                  "😀",
+                                  "don't",
+                                  "it's",
+                                  "we'll",
+                                  "HTTP/1.1",
+                                  "2024",
+                                  "3.14159",
+                                  "1,000,000",
+                                  "x86_64",
+                                  "int main(void)",
+                                  "{\"k\": [1, 2]}",
+                                  "—",
+                                  "«ok»"};
+    static const char *punct[] = {" ",  " ",  " ",  " ",  ", ", ". ",   "! ", "? ",
+                                  "\n", "  ", "\t", ": ", "; ", "\n\n", " (", ") "};
     while (t->n < target) {
         if (corpus.n && rnd(40) == 0) {
             put(t, corpus.p, corpus.n > 4096 ? 4096 : corpus.n);
@@ -100,8 +131,7 @@ static void build_corpus(text *t, size_t target)
 /* Cut at a UTF-8 boundary near `at`. */
 static size_t boundary(const char *s, size_t n, size_t at)
 {
-    if (at >= n)
-        return n;
+    if (at >= n) return n;
     while (at < n && ((unsigned char)s[at] & 0xC0) == 0x80)
         at++;
     return at;
@@ -167,11 +197,11 @@ int main(int argc, char **argv)
             bench_dir(argv[i], &corpus);
     } else {
         const char *root = getenv("LORAD_TOK_CACHE");
-        if (!root || !*root)
-            root = "tests/.cache/tok";
+        if (!root || !*root) root = "tests/.cache/tok";
         DIR *d = opendir(root);
         if (!d) {
-            fprintf(stderr, "tok_bench: no %s (run tests/tokgold/fetch.sh) and no arguments\n", root);
+            fprintf(stderr, "tok_bench: no %s (run tests/tokgold/fetch.sh) and no arguments\n",
+                    root);
             return 1;
         }
         char *names[64];

@@ -57,8 +57,7 @@ static tok_tokenizer *load_inline(const char *json, const char *config, lr_error
     const char *b = config ? tmp_file(1, config) : NULL;
     int rc = tok_load_files(a, b, err, &t);
     unlink(a);
-    if (b)
-        unlink(b);
+    if (b) unlink(b);
     return rc ? NULL : t;
 }
 
@@ -96,8 +95,8 @@ static void expect_decode(const tok_tokenizer *t, const int32_t *ids, size_t n, 
     size_t len = 0;
     int rc = tok_decode(t, ids, n, skip, &s, &len);
     ck_assert_msg(rc == 0, "decode failed: %d", rc);
-    ck_assert_msg(len == strlen(want) && memcmp(s, want, len) == 0, "decode: got '%s' want '%s'",
-                  s, want);
+    ck_assert_msg(len == strlen(want) && memcmp(s, want, len) == 0, "decode: got '%s' want '%s'", s,
+                  want);
     free(s);
 }
 
@@ -105,11 +104,9 @@ static void expect_decode(const tok_tokenizer *t, const int32_t *ids, size_t n, 
 
 static int json_ids_eq(const json_t *a, const tok_ids *ids)
 {
-    if (json_array_size(a) != ids->n)
-        return 0;
+    if (json_array_size(a) != ids->n) return 0;
     for (size_t i = 0; i < ids->n; i++)
-        if (json_integer_value(json_array_get(a, i)) != ids->v[i])
-            return 0;
+        if (json_integer_value(json_array_get(a, i)) != ids->v[i]) return 0;
     return 1;
 }
 
@@ -184,7 +181,9 @@ static int run_golden(const char *path, const char *name)
         const json_t *text = json_object_get(c, "text");
         char tag[160];
         snprintf(tag, sizeof tag, "%s #%zu %s", name, i,
-                 json_string_value(json_object_get(c, "tag")) ? json_string_value(json_object_get(c, "tag")) : "");
+                 json_string_value(json_object_get(c, "tag"))
+                     ? json_string_value(json_object_get(c, "tag"))
+                     : "");
         for (int sp = 1; sp >= 0; sp--) {
             tok_ids ids = {0};
             int rc = tok_encode(t, json_string_value(text), json_string_length(text), sp, &ids);
@@ -238,13 +237,13 @@ static void find_goldens(void)
     struct dirent *de;
     while (d && (de = readdir(d)) && n_golden < 32) {
         size_t n = strlen(de->d_name);
-        if (strncmp(de->d_name, "golden_", 7) || n < 13 || n > 70 || strcmp(de->d_name + n - 5, ".json"))
+        if (strncmp(de->d_name, "golden_", 7) || n < 13 || n > 70 ||
+            strcmp(de->d_name + n - 5, ".json"))
             continue;
         snprintf(golden_names[n_golden++], sizeof golden_names[0], "%.*s", (int)(n - 12),
                  de->d_name + 7);
     }
-    if (d)
-        closedir(d);
+    if (d) closedir(d);
 }
 
 START_TEST(test_golden)
@@ -331,9 +330,8 @@ END_TEST
 static char *toy(const char *model_extra, const char *rest)
 {
     static char buf[4096];
-    snprintf(buf, sizeof buf,
-             "{\"model\":{\"type\":\"BPE\",%s,%s,\"unk_token\":\"<unk>\"%s},%s}", TOY_VOCAB,
-             TOY_MERGES, model_extra, rest);
+    snprintf(buf, sizeof buf, "{\"model\":{\"type\":\"BPE\",%s,%s,\"unk_token\":\"<unk>\"%s},%s}",
+             TOY_VOCAB, TOY_MERGES, model_extra, rest);
     return buf;
 }
 
@@ -389,9 +387,10 @@ START_TEST(test_normalizers)
 {
     /* Prepend + Replace (legacy Llama): "a b" → "▁a▁b" → one word → ▁a, ▁, b. */
     char rest[1024];
-    snprintf(rest, sizeof rest, "\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":["
-                                "{\"type\":\"Prepend\",\"prepend\":\"\\u2581\"},"
-                                "{\"type\":\"Replace\",\"pattern\":{\"String\":\" \"},\"content\":\"\\u2581\"}]}");
+    snprintf(rest, sizeof rest,
+             "\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":["
+             "{\"type\":\"Prepend\",\"prepend\":\"\\u2581\"},"
+             "{\"type\":\"Replace\",\"pattern\":{\"String\":\" \"},\"content\":\"\\u2581\"}]}");
     tok_tokenizer *t = must_load(toy("", rest), NULL);
     expect_ids(t, "a b", 0, IDS(7, 6, 2));
     expect_ids(t, "", 0, NULL, 0);
@@ -407,7 +406,10 @@ START_TEST(test_normalizers)
                           "{\"type\":\"Lowercase\"},{\"type\":\"NFKC\"}]}"),
                   NULL);
     expect_ids(t, "ABC", 0, IDS(5));
-    expect_ids(t, "\xEF\xBD\x81" "b", 0, IDS(4));
+    expect_ids(t,
+               "\xEF\xBD\x81"
+               "b",
+               0, IDS(4));
     tok_destroy(t);
     /* NFD splits é into e + U+0301, both unknown → unk unk; StripAccents then drops the mark. */
     t = must_load(toy("", "\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":["
@@ -419,7 +421,10 @@ START_TEST(test_normalizers)
     t = must_load(toy("", "\"normalizer\":{\"type\":\"Strip\",\"strip_left\":true,"
                           "\"strip_right\":true}"),
                   NULL);
-    expect_ids(t, " \xE3\x80\x80" "ab\t ", 0, IDS(4));
+    expect_ids(t,
+               " \xE3\x80\x80"
+               "ab\t ",
+               0, IDS(4));
     tok_destroy(t);
 }
 END_TEST
@@ -444,10 +449,11 @@ START_TEST(test_pretokenizers)
     expect_ids(t, "ab c", 0, IDS(4, 6, 3));
     tok_destroy(t);
     /* Metaspace first: prepended only at input offset 0, not after an added token. */
-    t = must_load(toy("", "\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\","
-                          "\"prepend_scheme\":\"first\",\"split\":true},"
-                          "\"added_tokens\":[{\"id\":3,\"content\":\"c\",\"single_word\":false,"
-                          "\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true}]"),
+    t = must_load(toy("",
+                      "\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\","
+                      "\"prepend_scheme\":\"first\",\"split\":true},"
+                      "\"added_tokens\":[{\"id\":3,\"content\":\"c\",\"single_word\":false,"
+                      "\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true}]"),
                   NULL);
     expect_ids(t, "acab", 0, IDS(7, 3, 4));
     tok_destroy(t);
@@ -501,7 +507,9 @@ START_TEST(test_bytelevel)
     expect_ids(t, "\xC3\xA9", 0, IDS(9, 10));
     expect_decode(t, IDS(0, 6, 3, 7), 0, "a's a\n");
     /* A lone C3 byte decodes lossily to U+FFFD. */
-    expect_decode(t, IDS(9, 0), 0, "\xEF\xBF\xBD" "a");
+    expect_decode(t, IDS(9, 0), 0,
+                  "\xEF\xBF\xBD"
+                  "a");
     tok_destroy(t);
 }
 END_TEST
@@ -573,7 +581,8 @@ START_TEST(test_post_and_config)
         "\"added_tokens\":[{\"id\":0,\"content\":\"<s>\",\"special\":true,\"normalized\":false},"
         "{\"id\":1,\"content\":\"</s>\",\"special\":true,\"normalized\":false}],"
         "\"post_processor\":{\"type\":\"Sequence\",\"processors\":[{\"type\":\"ByteLevel\"},"
-        "{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<s>\",\"type_id\":0}},"
+        "{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<s>\",\"type_"
+        "id\":0}},"
         "{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],\"special_tokens\":{\"<s>\":{\"id\":\"<s>\","
         "\"ids\":[0],\"tokens\":[\"<s>\"]}}}]}}";
     tok_tokenizer *t = must_load(j, NULL);
@@ -605,7 +614,8 @@ START_TEST(test_decoders)
         "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"\\u2581a\":0,\"<0xE2>\":1,\"<0x82>\":2,"
         "\"<0xAC>\":3,\"b\":4,\"<0x41>\":5},\"merges\":[]},"
         "\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":"
-        "{\"String\":\"\\u2581\"},\"content\":\" \"},{\"type\":\"ByteFallback\"},{\"type\":\"Fuse\"},"
+        "{\"String\":\"\\u2581\"},\"content\":\" "
+        "\"},{\"type\":\"ByteFallback\"},{\"type\":\"Fuse\"},"
         "{\"type\":\"Strip\",\"content\":\" \",\"start\":1,\"stop\":0}]}}";
     tok_tokenizer *t = must_load(j, NULL);
     expect_decode(t, IDS(0, 4), 0, "ab");
@@ -669,13 +679,17 @@ START_TEST(test_lossy_utf8)
     tok_tokenizer *t = must_load(j, NULL);
     /* F0 9F 98 80 → 😀; F0 9F 98 + A → one U+FFFD then A (maximal prefix). */
     expect_decode(t, IDS(0, 1, 2, 3), 0, "\xF0\x9F\x98\x80");
-    expect_decode(t, IDS(0, 1, 2, 8), 0, "\xEF\xBF\xBD" "A");
+    expect_decode(t, IDS(0, 1, 2, 8), 0,
+                  "\xEF\xBF\xBD"
+                  "A");
     /* E2 82 at the end → one U+FFFD. */
     expect_decode(t, IDS(4, 5), 0, "\xEF\xBF\xBD");
     /* ED A0 (surrogate lead): ED alone is invalid with A0 → two U+FFFD (ED, then A0). */
     expect_decode(t, IDS(6, 7), 0, "\xEF\xBF\xBD\xEF\xBF\xBD");
     /* FF → U+FFFD. */
-    expect_decode(t, IDS(9, 8), 0, "\xEF\xBF\xBD" "A");
+    expect_decode(t, IDS(9, 8), 0,
+                  "\xEF\xBF\xBD"
+                  "A");
     tok_destroy(t);
 }
 END_TEST
@@ -709,16 +723,21 @@ START_TEST(test_load_errors)
     expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"aa\":1},"
                       "\"merges\":[\"a a\",[\"a\",\"a\"]]}}",
                       "merge 1 mixes", ".json");
-    expect_load_error("{\"version\":\"2.0\",\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
-                      "version '2.0'", ".json");
+    expect_load_error(
+        "{\"version\":\"2.0\",\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
+        "version '2.0'", ".json");
     expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[],"
                       "\"dropout\":0.1}}",
                       "dropout", ".json");
-    snprintf(j, sizeof j, "{%s,\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},"
-                          "\"behavior\":\"Isolated\",\"invert\":false}}", m);
+    snprintf(j, sizeof j,
+             "{%s,\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},"
+             "\"behavior\":\"Isolated\",\"invert\":false}}",
+             m);
     expect_load_error(j, "pre_tokenizer Split", "regex '('");
-    snprintf(j, sizeof j, "{%s,\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"String\":\"x\"},"
-                          "\"behavior\":\"Sideways\",\"invert\":false}}", m);
+    snprintf(j, sizeof j,
+             "{%s,\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"String\":\"x\"},"
+             "\"behavior\":\"Sideways\",\"invert\":false}}",
+             m);
     expect_load_error(j, "behavior 'Sideways'", ".json");
     expect_load_error("{\"model\":", "not valid JSON", ".json");
     expect_load_error("[1,2]", "top level", ".json");
@@ -745,7 +764,10 @@ START_TEST(test_regex_semantics)
     tok_tokenizer *t = must_load(j, NULL);
     /* U+0085 = C2 85 → chars Â ą(0x85 → U+0127). As whitespace it is its own word "Âą" → merged
      * id 6, then "a". If \s missed it, "Âąa" would be one word → Â, ąa = 2, 5. */
-    expect_ids(t, "\xC2\x85" "a", 0, IDS(6, 0));
+    expect_ids(t,
+               "\xC2\x85"
+               "a",
+               0, IDS(6, 0));
     tok_destroy(t);
 }
 END_TEST
@@ -764,14 +786,18 @@ START_TEST(test_more_pretokenizers)
 {
     const char *v = "\"a\":0,\"1\":1,\"2\":2,\"12\":3,\",\":4,\"!\":5,\"ab\":6,\"b\":7,\"c\":8";
     const char *m = "\"1 2\",\"a b\"";
-    tok_tokenizer *t =
-        must_load(bpe_json(v, m, "\"pre_tokenizer\":{\"type\":\"Digits\",\"individual_digits\":true}"), NULL);
+    tok_tokenizer *t = must_load(
+        bpe_json(v, m, "\"pre_tokenizer\":{\"type\":\"Digits\",\"individual_digits\":true}"), NULL);
     expect_ids(t, "a12b", 0, IDS(0, 1, 2, 7));
     tok_destroy(t);
-    t = must_load(bpe_json(v, m, "\"pre_tokenizer\":{\"type\":\"Digits\",\"individual_digits\":false}"), NULL);
+    t = must_load(
+        bpe_json(v, m, "\"pre_tokenizer\":{\"type\":\"Digits\",\"individual_digits\":false}"),
+        NULL);
     expect_ids(t, "a12b", 0, IDS(0, 3, 7));
     tok_destroy(t);
-    t = must_load(bpe_json(v, m, "\"pre_tokenizer\":{\"type\":\"Punctuation\",\"behavior\":\"Isolated\"}"), NULL);
+    t = must_load(
+        bpe_json(v, m, "\"pre_tokenizer\":{\"type\":\"Punctuation\",\"behavior\":\"Isolated\"}"),
+        NULL);
     expect_ids(t, "ab,!ab", 0, IDS(6, 4, 5, 6)); /* "a,!a" would merge "ab" across without it */
     tok_destroy(t);
     t = must_load(bpe_json(v, m, "\"pre_tokenizer\":{\"type\":\"Whitespace\"}"), NULL);
@@ -780,31 +806,35 @@ START_TEST(test_more_pretokenizers)
     t = must_load(bpe_json(v, m, "\"pre_tokenizer\":{\"type\":\"BertPreTokenizer\"}"), NULL);
     expect_ids(t, "ab, c!!  a1", 0, IDS(6, 4, 8, 5, 5, 0, 1));
     tok_destroy(t);
-    t = must_load(bpe_json(v, m, "\"pre_tokenizer\":{\"type\":\"CharDelimiterSplit\",\"delimiter\":\",\"}"),
-                  NULL);
+    t = must_load(
+        bpe_json(v, m, "\"pre_tokenizer\":{\"type\":\"CharDelimiterSplit\",\"delimiter\":\",\"}"),
+        NULL);
     expect_ids(t, "ab,,c", 0, IDS(6, 8));
     tok_destroy(t);
     /* ByteLevel add_prefix_space: " " is prepended to a word not starting with one. */
     const char *bv = "\"a\":0,\"b\":1,\"\\u0120\":2,\"\\u0120a\":3,\"\\u0120b\":4";
     const char *bm = "\"\\u0120 a\",\"\\u0120 b\"";
-    t = must_load(bpe_json(bv, bm, "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":true,"
-                                   "\"trim_offsets\":true,\"use_regex\":true}"),
+    t = must_load(bpe_json(bv, bm,
+                           "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":true,"
+                           "\"trim_offsets\":true,\"use_regex\":true}"),
                   NULL);
     expect_ids(t, "a b", 0, IDS(3, 4));
     expect_ids(t, "  a", 0, IDS(2, 3));
     tok_destroy(t);
-    t = must_load(bpe_json(bv, bm, "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":true,"
-                                   "\"trim_offsets\":true,\"use_regex\":false}"),
+    t = must_load(bpe_json(bv, bm,
+                           "\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":true,"
+                           "\"trim_offsets\":true,\"use_regex\":false}"),
                   NULL);
     expect_ids(t, "a b", 0, IDS(3, 4));
     tok_destroy(t);
     /* Metaspace "first" without split: no prepend after an added token; a leading ' ' already
      * becomes the replacement. */
-    t = must_load(bpe_json("\"\\u2581a\":0,\"a\":1,\"\\u2581\":2,\"b\":3,\"<s>\":4", "",
-                           "\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\","
-                           "\"prepend_scheme\":\"first\",\"split\":false},\"added_tokens\":[{\"id\":4,"
-                           "\"content\":\"<s>\",\"normalized\":false,\"special\":true}]"),
-                  NULL);
+    t = must_load(
+        bpe_json("\"\\u2581a\":0,\"a\":1,\"\\u2581\":2,\"b\":3,\"<s>\":4", "",
+                 "\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\","
+                 "\"prepend_scheme\":\"first\",\"split\":false},\"added_tokens\":[{\"id\":4,"
+                 "\"content\":\"<s>\",\"normalized\":false,\"special\":true}]"),
+        NULL);
     expect_ids(t, "a<s>a", 0, IDS(2, 1, 4, 1));
     expect_ids(t, " a", 0, IDS(2, 1));
     expect_ids(t, "<s>a", 0, IDS(4, 1));
@@ -829,8 +859,8 @@ START_TEST(test_unicode_normalizers)
         int32_t ids[4];
         size_t n;
     } cases[] = {
-        {"NFC", "e\xCC\x81\xEF\xAC\x81", {2, 5}, 2},      /* é composed, ﬁ kept */
-        {"NFD", "\xC3\xA9\xEF\xAC\x81", {0, 1, 5}, 3},    /* e + U+0301, ﬁ kept */
+        {"NFC", "e\xCC\x81\xEF\xAC\x81", {2, 5}, 2},       /* é composed, ﬁ kept */
+        {"NFD", "\xC3\xA9\xEF\xAC\x81", {0, 1, 5}, 3},     /* e + U+0301, ﬁ kept */
         {"NFKD", "\xC3\xA9\xEF\xAC\x81", {0, 1, 3, 4}, 4}, /* ﬁ → f i */
         {"NFKC", "e\xCC\x81\xEF\xAC\x81", {2, 3, 4}, 3},
     };
@@ -855,16 +885,19 @@ START_TEST(test_unigram_inline)
     /* Viterbi by hand: "▁ab" = ▁(-3)+ab(-1.5) = -4.5 beats ▁a(-2.5)+b(-2) = -4.5? equal — HF keeps
      * the first found best: ▁ then ab (ids 4, 3). "▁a" = -2.5 beats ▁+a = -4. */
     const char *j =
-        "{\"model\":{\"type\":\"Unigram\",\"unk_id\":0,\"vocab\":[[\"<unk>\",0],[\"a\",-1],[\"b\",-2],"
+        "{\"model\":{\"type\":\"Unigram\",\"unk_id\":0,\"vocab\":[[\"<unk>\",0],[\"a\",-1],[\"b\",-"
+        "2],"
         "[\"ab\",-1.5],[\"\\u2581\",-3],[\"\\u2581a\",-2.5]],\"byte_fallback\":false},"
         "\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":"
-        "\"always\",\"split\":true},\"decoder\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\","
+        "\"always\",\"split\":true},\"decoder\":{\"type\":\"Metaspace\",\"replacement\":"
+        "\"\\u2581\","
         "\"prepend_scheme\":\"always\",\"split\":true}}";
     tok_tokenizer *t = must_load(j, NULL);
     expect_ids(t, "ab a", 0, IDS(4, 3, 5));
     expect_ids(t, "b xa", 0, IDS(4, 2, 4, 0, 1));
     expect_decode(t, IDS(5, 3, 4, 1), 0, "aab a");
-    ck_assert_str_eq(tok_id_to_piece(t, 5), "\xE2\x96\x81" "a");
+    ck_assert_str_eq(tok_id_to_piece(t, 5), "\xE2\x96\x81"
+                                            "a");
     ck_assert_int_eq(tok_piece_to_id(t, "ab"), 3);
     ck_assert_int_eq(tok_vocab_size(t), 6);
     tok_destroy(t);
@@ -874,30 +907,35 @@ END_TEST
 START_TEST(test_more_decoders)
 {
     tok_tokenizer *t = must_load(
-        bpe_json("\"a\":0,\"aa\":1,\"b\":2", "",
-                 "\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":"
-                 "{\"Regex\":\"a+\"},\"content\":\"x\"},{\"type\":\"Fuse\"}]}"),
+        bpe_json(
+            "\"a\":0,\"aa\":1,\"b\":2", "",
+            "\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":"
+            "{\"Regex\":\"a+\"},\"content\":\"x\"},{\"type\":\"Fuse\"}]}"),
         NULL);
     expect_decode(t, IDS(0, 1, 2, 0), 0, "xxbx");
     tok_destroy(t);
     /* Strip start 1 / stop 2 per token. */
-    t = must_load(bpe_json("\"_a_\":0,\"__b__\":1,\"_x\":2,\"__c___\":3", "",
-                           "\"decoder\":{\"type\":\"Strip\",\"content\":\"_\",\"start\":1,\"stop\":2}"),
-                  NULL);
+    t = must_load(
+        bpe_json("\"_a_\":0,\"__b__\":1,\"_x\":2,\"__c___\":3", "",
+                 "\"decoder\":{\"type\":\"Strip\",\"content\":\"_\",\"start\":1,\"stop\":2}"),
+        NULL);
     expect_decode(t, IDS(0, 1, 2, 3), 0, "a_bx_c_");
     tok_destroy(t);
     /* ByteFallback reads hex as Rust's from_str_radix: "<0x+F>" is byte 0x0F, lowercase ok. */
     t = must_load(bpe_json("\"<0x+F>\":0,\"<0x41>\":1,\"<0x4a>\":2,\"x\":3", "",
                            "\"decoder\":{\"type\":\"ByteFallback\"}"),
                   NULL);
-    expect_decode(t, IDS(0, 1, 2, 3), 0, "\x0F" "AJx");
+    expect_decode(t, IDS(0, 1, 2, 3), 0,
+                  "\x0F"
+                  "AJx");
     tok_destroy(t);
     /* HF refuses add_prefix_space=false beside the default scheme "always". */
     lr_error e = {0};
-    ck_assert_ptr_null(load_inline(bpe_json("\"a\":0", "",
-                                            "\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":"
-                                            "\"_\",\"add_prefix_space\":false}"),
-                                   NULL, &e));
+    ck_assert_ptr_null(
+        load_inline(bpe_json("\"a\":0", "",
+                             "\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":"
+                             "\"_\",\"add_prefix_space\":false}"),
+                    NULL, &e));
     ck_assert_ptr_nonnull(strstr(e.msg, "add_prefix_space false"));
 }
 END_TEST
@@ -916,11 +954,13 @@ static unsigned fuzz_rand(unsigned n)
 START_TEST(test_fuzz_files)
 {
     const char *base =
-        "{\"version\":\"1.0\",\"added_tokens\":[{\"id\":5,\"content\":\"<s>\",\"single_word\":false,"
+        "{\"version\":\"1.0\",\"added_tokens\":[{\"id\":5,\"content\":\"<s>\",\"single_word\":"
+        "false,"
         "\"lstrip\":true,\"rstrip\":false,\"normalized\":false,\"special\":true}],"
         "\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFKC\"},"
         "{\"type\":\"Replace\",\"pattern\":{\"Regex\":\"\\\\s+\"},\"content\":\" \"}]},"
-        "\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":"
+        "\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\","
+        "\"pattern\":"
         "{\"Regex\":\"\\\\p{L}+|\\\\p{N}\"},\"behavior\":\"Isolated\",\"invert\":false},{\"type\":"
         "\"Metaspace\",\"replacement\":\"_\",\"prepend_scheme\":\"first\",\"split\":true}]},"
         "\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":"
@@ -929,10 +969,12 @@ START_TEST(test_fuzz_files)
         "\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":"
         "{\"String\":\"_\"},\"content\":\" \"},{\"type\":\"ByteFallback\"},{\"type\":\"Fuse\"},"
         "{\"type\":\"Strip\",\"content\":\" \",\"start\":1,\"stop\":1}]},"
-        "\"model\":{\"type\":\"BPE\",\"byte_fallback\":true,\"fuse_unk\":true,\"unk_token\":\"<u>\","
+        "\"model\":{\"type\":\"BPE\",\"byte_fallback\":true,\"fuse_unk\":true,\"unk_token\":\"<u>"
+        "\","
         "\"vocab\":{\"<u>\":0,\"a\":1,\"b\":2,\"ab\":3,\"_\":4,\"<0x41>\":6,\"_a\":7},"
         "\"merges\":[\"a b\",\"_ a\"]}}";
-    static const char *texts[] = {"", "ab ab", "<s>A b1", "\xC3\xA9\xE2\x80\x83x", "  <s>  ", "_a_"};
+    static const char *texts[] = {"",        "ab ab", "<s>A b1", "\xC3\xA9\xE2\x80\x83x",
+                                  "  <s>  ", "_a_"};
     size_t n = strlen(base);
     char *buf = malloc(n + 64);
     int loaded = 0;
@@ -945,8 +987,7 @@ START_TEST(test_fuzz_files)
     const char *fz = getenv("LORAD_TOK_FUZZ");
     if (fz && atoi(fz) > 0) {
         iters = atoi(fz);
-        if (strchr(fz, ','))
-            fuzz_rng = strtoull(strchr(fz, ',') + 1, NULL, 10) | 1;
+        if (strchr(fz, ',')) fuzz_rng = strtoull(strchr(fz, ',') + 1, NULL, 10) | 1;
     }
     for (int it = 0; it < iters; it++) {
         memcpy(buf, base, n + 1);
@@ -1009,9 +1050,10 @@ START_TEST(test_roundtrip_bytelevel)
     lr_error e = {0};
     tok_tokenizer *t = NULL;
     ck_assert_msg(tok_load_files(tj, NULL, &e, &t) == 0, "%s", e.msg);
-    static const uint32_t pool[] = {'a', 'Z', ' ', ' ', '\n', '\r', '\t', '1', '7', '\'', 's', '!',
-                                    0xE9, 0x300, 0x85, 0xA0, 0x3000, 0x4E2D, 0x1F600, 0x200D,
-                                    0xFE0F, 0x10FFFD, 0x7F, 0x1, 0x130, 0x17F, 0x2028, 0xAC00};
+    static const uint32_t pool[] = {'a',      'Z',  ' ',    ' ',    '\n',    '\r',   '\t',
+                                    '1',      '7',  '\'',   's',    '!',     0xE9,   0x300,
+                                    0x85,     0xA0, 0x3000, 0x4E2D, 0x1F600, 0x200D, 0xFE0F,
+                                    0x10FFFD, 0x7F, 0x1,    0x130,  0x17F,   0x2028, 0xAC00};
     char text[4096];
     int bad = 0;
     for (int it = 0; it < 400; it++) {
@@ -1042,8 +1084,7 @@ START_TEST(test_roundtrip_bytelevel)
         char *s = NULL;
         size_t sl = 0;
         ck_assert_int_eq(tok_decode(t, ids.v, ids.n, 0, &s, &sl), 0);
-        if (sl != n || memcmp(s, text, n) != 0)
-            bad++;
+        if (sl != n || memcmp(s, text, n) != 0) bad++;
         free(s);
         free(ids.v);
     }
@@ -1062,8 +1103,7 @@ int main(void)
     suite_add_tcase(s, gp);
     for (int i = 0; i < n_golden; i++) {
         static char names[32][96]; /* Check keeps the pointer */
-        if (only && strcmp(only, golden_names[i]))
-            continue;
+        if (only && strcmp(only, golden_names[i])) continue;
         snprintf(names[i], sizeof names[i], "golden_%s", golden_names[i]);
         TCase *tc = tcase_create(names[i]);
         tcase_set_timeout(tc, 300);
