@@ -5,7 +5,8 @@ made by debootstrap, then run the resulting "image" the way `docker run` would.
   /usr/bin/python3 tests/deploy/docker_check.py [--work DIR] [--mirror URL] [--keep]
 
 Needs root (debootstrap, chroot) and Debian's mirror. Slow (about 14 minutes the first time,
-7 after: the debootstrapped base is cached in WORK/base), so it is not part of `make test`.
+7 after: the debootstrapped base is cached in WORK/base; WORK defaults to
+/var/tmp/lorad-docker-check), so it is not part of `make test`.
 
 Each stage starts from a copy of a `debootstrap --variant=minbase bookworm` root (what
 debian:bookworm-slim is made of) and runs the stage's instructions in order: RUN through
@@ -255,7 +256,9 @@ def run_image(root, meta, work):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--work", default=os.path.join(ROOT, "build", "docker-check"))
+    # Not under build/: the Makefile includes every build/**/*.d, and a Debian root is full of
+    # /etc/*.d directories.
+    ap.add_argument("--work", default="/var/tmp/lorad-docker-check")
     ap.add_argument("--mirror", default="http://deb.debian.org/debian")
     ap.add_argument("--keep", action="store_true", help="keep the stage roots afterwards")
     a = ap.parse_args()

@@ -11,7 +11,8 @@ error event, and error answers. The expected output is written out by hand here.
 Part B — against a live lorad on port 0: every answer of a client is compared with the answer of
 a plain http.client request for the same thing (greedy, so deterministic): complete (plain,
 --stream, --json), chat when the server has the route, tokenize, models, health; the adapter
-calls load / list / use / unload when the server has the adapter API; an unreachable server.
+calls load / list / use / unload when the server has the adapter API; an unreachable server;
+bearer keys (LORAD_API_KEY, --api-key, api_key=) against a daemon started with --api-key.
 """
 
 import http.server
@@ -394,7 +395,38 @@ def part_b():
         check(e.status == 0, "py client unreachable: status 0, got %s" % e.status)
 
 
+def part_auth():
+    """--api-key: LORAD_API_KEY (or --api-key) must be sent; /health stays public."""
+    lorad = binary("lorad")
+    if not supports_flag(lorad, "--api-key"):
+        print("NOTE: this lorad build has no --api-key yet: auth not checked")
+        return
+    d = Daemon(lorad, model_dir(), ["--api-key", "s3cret-key"])
+    try:
+        rc, out, err = loractl(["health"], url=d.url)
+        check(rc == 0, "/health is public: %d %r" % (rc, err))
+        rc, out, err = loractl(["-n", "2", "complete", "x"], url=d.url)
+        check(rc == 1 and "HTTP 401" in err, "no key: exit 1 with the 401: %d %r" % (rc, err))
+        rc, out, err = loractl(["-n", "2", "complete", "x"], url=d.url, key="wrong")
+        check(rc == 1 and "HTTP 401" in err, "wrong key: 401: %d %r" % (rc, err))
+        rc, out, err = loractl(["-n", "2", "complete", "x"], url=d.url, key="s3cret-key")
+        check(rc == 0, "LORAD_API_KEY authorizes loractl: %d %r" % (rc, err))
+        rc, out, err = loractl(["--api-key", "s3cret-key", "-n", "2", "--stream", "complete",
+                                "x"], url=d.url)
+        check(rc == 0, "--api-key authorizes a stream: %d %r" % (rc, err))
+        try:
+            lorad_client.Client(d.url).complete("x", max_tokens=2)
+            check(False, "python client without a key should get 401")
+        except lorad_client.LoradError as e:
+            check(e.status == 401, "python client without a key: 401, got %s" % e.status)
+        check(isinstance(lorad_client.Client(d.url, api_key="s3cret-key").complete(
+            "x", max_tokens=2), str), "python client with api_key")
+    finally:
+        check(d.stop() == 0, "auth daemon exits 0")
+
+
 if __name__ == "__main__":
     part_a()
     part_b()
+    part_auth()
     finish("test_clients")
