@@ -4,7 +4,8 @@
 
 1. 20 adapters (generated PEFT folders under one --adapter-dir) are requested through the router,
    half naming the adapter only in the JSON body's "model" (read by the njs helper), half through
-   lorad_client.py, which also sends X-Adapter-Id. Every adapter must be answered by one replica
+   lorad_client.py, which also sends X-Adapter-Id, and TGI's /generate with
+   parameters.adapter_id goes to the same replica. Every adapter must be answered by one replica
    only (the X-Lorad-Upstream header of every answer), and each replica's own /v1/adapters must
    show exactly the adapters routed to it (requests > 0) and none of the others'.
 2. Requests with no adapter spread over both replicas ($request_id hashing).
@@ -100,6 +101,16 @@ def main():
                 check(used == per[a], "replica %s's /v1/adapters lists exactly the adapters "
                       "routed to it: extra %s, missing %s"
                       % (a, sorted(used - per[a]), sorted(per[a] - used)))
+
+        # TGI-style /generate names the adapter in parameters.adapter_id: same replica.
+        if with_adapters:
+            for aid in ids[:6]:
+                st, h, body = http_request(router.url + "/generate", "POST",
+                                           {"inputs": PROMPT, "parameters": {
+                                               "adapter_id": aid, "max_new_tokens": 2}})
+                check(st == 200 and h.get("X-Lorad-Upstream") == owner.get(aid),
+                      "/generate with parameters.adapter_id %s goes to its replica %s: %s %s"
+                      % (aid, owner.get(aid), st, h.get("X-Lorad-Upstream")))
 
         # -- 2. no adapter: spread by $request_id
         base_ups = set()
