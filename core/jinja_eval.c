@@ -473,6 +473,9 @@ static int call_macro(jj_ctx *c, const jj_node *n, const jj_node *m, const jj_ar
 {
     if (c->depth >= c->opt.max_depth)
         return jj_fail(c, n, LR_EINTERNAL, "macro calls nested deeper than %d", c->opt.max_depth);
+    if (caller && !m->i)
+        return jj_fail(c, n, LR_EINVAL, "macro '%.*s' is called from a {%% call %%} block but "
+                       "never uses caller()", (int)m->slen, m->s);
     if (a->npos > m->nparams)
         return jj_fail(c, n, LR_EINVAL, "macro '%.*s' takes at most %zu argument%s (%zu given)",
                        (int)m->slen, m->s, m->nparams, m->nparams == 1 ? "" : "s", a->npos);
@@ -1128,6 +1131,9 @@ static int exec_for(jj_ctx *c, const jj_node *n)
     lp->items = items;
     jv lv = {.t = JV_LOOP};
     lv.u.ptr = lp;
+    /* Jinja2 runs the else block unless some iteration reached the end of the body: a loop
+     * whose every iteration ends in break/continue runs it too */
+    int completed = 0;
     for (size_t i = 0; !rc && i < items->n; i++) {
         lp->i = i;
         /* each iteration starts from the enclosing scope again: a `set` in the body is seen
@@ -1140,13 +1146,15 @@ static int exec_for(jj_ctx *c, const jj_node *n)
             rc = jj_frame_set(c, n, f, "loop", 4, lv);
         if (!rc)
             rc = jj_exec_body(c, n->kids, n->nkids);
+        if (!rc && !c->ctl)
+            completed = 1;
         if (c->ctl == JJ_CTL_BREAK) {
             c->ctl = 0;
             break;
         }
         c->ctl = 0;
     }
-    if (!rc && items->n == 0)
+    if (!rc && !completed)
         rc = jj_exec_body(c, n->kids2, n->nkids2);
     c->frame = saved;
     return rc;

@@ -713,6 +713,23 @@ static int p_params(parser *P, jj_node *x)
     return 0;
 }
 
+/* Does this code refer to `caller` (not counting macros nested in it)? */
+static int uses_caller(jj_node *const *kids, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const jj_node *x = kids[i];
+        if (!x || x->kind == JN_MACRO)
+            continue;
+        if (x->kind == JN_NAME && x->slen == 6 && memcmp(x->s, "caller", 6) == 0)
+            return 1;
+        jj_node *const abc[3] = {x->a, x->b, x->c};
+        if (uses_caller(abc, 3) || uses_caller(x->kids, x->nkids) || uses_caller(x->kids2, x->nkids2) ||
+            (x->defs && uses_caller(x->defs, x->nparams)))
+            return 1;
+    }
+    return 0;
+}
+
 static jj_node *p_statement(parser *P)
 {
     const jj_tok *open = PEEK(P); /* {% */
@@ -731,7 +748,9 @@ static jj_node *p_statement(parser *P)
         }
         x = node(P, JN_IF, k);
         jj_node *cur = x;
-        if (!x || !(x->a = p_expr(P, 1)) || expect_type(P, TK_BE, "'%}'"))
+        /* Jinja2 parses the test without a conditional expression (parse_tuple(with_condexpr=
+         * False)): `{% if a if b else c %}` is a syntax error there too */
+        if (!x || !(x->a = p_expr(P, 0)) || expect_type(P, TK_BE, "'%}'"))
             return NULL;
         static const char *const ends[] = {"elif", "else", "endif", NULL};
         for (;;) {
@@ -741,7 +760,7 @@ static jj_node *p_statement(parser *P)
             int e = end_tag(P, ends);
             if (e == 0) {
                 jj_node *nx = node(P, JN_IF, which);
-                if (!nx || !(nx->a = p_expr(P, 1)) || expect_type(P, TK_BE, "'%}'"))
+                if (!nx || !(nx->a = p_expr(P, 0)) || expect_type(P, TK_BE, "'%}'"))
                     return NULL;
                 cur->kids2 = jj_arena_alloc(&P->t->arena, sizeof *cur->kids2);
                 if (!cur->kids2)
@@ -936,6 +955,7 @@ static jj_node *p_statement(parser *P)
         end_tag(P, ends);
         if (PEEK(P)->type == TK_NAME) /* {% endmacro name %} */
             P->i++;
+        x->i = uses_caller(x->kids, x->nkids); /* only such macros accept a {% call %} block */
     } else if (is_name(k, "call")) {
         x = node(P, JN_CALLBLK, k);
         if (!x)
