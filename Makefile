@@ -27,6 +27,10 @@ ifeq ($(SAN),1)
 ALL_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS    += -fsanitize=address,undefined
 endif
+ifeq ($(SAN),thread)
+ALL_CFLAGS += -fsanitize=thread -fno-omit-frame-pointer
+LDFLAGS    += -fsanitize=thread
+endif
 
 # Objects, one group per module. A test links only the groups it needs, so a module under
 # construction cannot break the build of another module's tests.
@@ -48,7 +52,7 @@ UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(sort $(wildcard tests
 TOOLS      := $(BUILD)/lr-generate
 
 .SECONDARY:
-.PHONY: all run test unit asan bench fuzz soak deps models clean deploy-test docker-check
+.PHONY: all run test unit asan bench fuzz soak tsan valgrind deps models clean deploy-test docker-check
 all: $(BUILD)/lorad $(BUILD)/loractl $(TOOLS) $(UNIT_TESTS)
 
 deps:
@@ -125,6 +129,25 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	@./scripts/fuzz-deps.sh
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) ./tests/fuzz/run.sh
+
+# Reliability (README "Reliability"). tsan: a ThreadSanitizer build of lorad in build/tsan running
+# the concurrency end-to-end tests (tests/soak/tsan.py). valgrind: a start-serve-SIGTERM cycle under
+# valgrind --leak-check=full. soak: SOAK_SECONDS of SOAK_CLIENTS concurrent mixed clients.
+SOAK_SECONDS ?= 600
+SOAK_CLIENTS ?= 64
+tsan:
+	@$(MAKE) --no-print-directory BUILD=build/tsan SAN=thread OPT=-O1 build/tsan/lorad
+	@$(MAKE) --no-print-directory $(BUILD)/lorad
+	LORAD_BUILD=$(BUILD) LORAD_TSAN_BUILD=build/tsan $(PY) tests/soak/tsan.py
+
+valgrind:
+	@$(MAKE) --no-print-directory $(BUILD)/lorad
+	LORAD_BUILD=$(BUILD) $(PY) tests/soak/valgrind.py
+
+soak:
+	@$(MAKE) --no-print-directory $(BUILD)/lorad
+	LORAD_BUILD=$(BUILD) SOAK_SECONDS=$(SOAK_SECONDS) SOAK_CLIENTS=$(SOAK_CLIENTS) \
+	    $(PY) tests/soak/soak.py
 
 # Deploy checks (tests/deploy; see README "Deploy"). deploy-test runs those suites alone — they
 # are part of `make test` too (about a minute). docker-check replays deploy/Dockerfile in clean

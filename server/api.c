@@ -412,10 +412,14 @@ void api_handle(api_ctx *ctx, const char *method, const char *path, const char *
     const route *r = NULL;
     for (size_t i = 0; i < sizeof k_routes / sizeof k_routes[0]; i++)
         if (strcmp(path, k_routes[i].path) == 0) r = &k_routes[i];
-    /* With keys configured every route but /health and /metrics needs one (unknown routes too,
-     * so that they do not reveal what exists). */
+    /* --metrics off: /metrics does not exist. */
+    if (r && r->ep == MET_EP_METRICS && ctx->metrics_mode == API_METRICS_OFF) r = NULL;
+    /* With keys configured every route but /health and (unless --metrics auth) /metrics needs
+     * one (unknown routes too, so that they do not reveal what exists). */
     auth_tenant *tenant = NULL;
-    if (ctx->auth && !(r && (r->ep == MET_EP_HEALTH || r->ep == MET_EP_METRICS))) {
+    int is_public = r && (r->ep == MET_EP_HEALTH ||
+                          (r->ep == MET_EP_METRICS && ctx->metrics_mode == API_METRICS_PUBLIC));
+    if (ctx->auth && !is_public) {
         tenant = auth_lookup(ctx->auth, conn ? conn->authorization : NULL);
         if (!tenant) {
             if (r) out->ep = r->ep;

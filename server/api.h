@@ -44,6 +44,10 @@ int api_fail(api_err *err, int code, int http, const char *param, const char *fm
  * unknown id). */
 typedef int (*api_resolve_fn)(void *user, const char *id, const void **adapter, api_err *err);
 
+/* --metrics: who may read /metrics. AUTH needs a valid key when keys are configured (open
+ * daemons have no keys to ask for); OFF answers 404 as for an unknown route. */
+typedef enum { API_METRICS_PUBLIC = 0, API_METRICS_AUTH = 1, API_METRICS_OFF = 2 } api_metrics_mode;
+
 /* What the handlers need; plain data with borrowed pointers, owned by ctl.c. */
 typedef struct api_ctx {
     const lr_model *model;
@@ -62,6 +66,7 @@ typedef struct api_ctx {
     void *resolve_user;
     const struct jj_template *chat_tmpl; /* the model's chat template, NULL if none */
     auth_db *auth;                       /* API keys / tenants; NULL = open (no keys) */
+    int metrics_mode;                    /* an api_metrics_mode (--metrics) */
     const lora_api_ops *aops;            /* the adapter layer (adapters/lora_api.h); NULL = none */
     void *aops_user;
 } api_ctx;

@@ -192,9 +192,12 @@ int api_chat_render(const api_ctx *ctx, const json_t *body, char **out, size_t *
                             json_is_array(tools) ? tools : NULL, tok_bos_text(ctx->tok),
                             tok_eos_text(ctx->tok), NULL, NULL, out, len, &le);
     json_decref(msgs);
+    /* A template that hits a render bound (recursion, loop, output size) on these messages is
+     * refused as a bad request: the daemon is fine, this conversation cannot be rendered. Only
+     * running out of memory is our fault (500). */
     if (rc)
-        return api_fail(err, rc, le.http > 0 ? le.http : 0, "messages", "%s",
-                        le.msg[0] ? le.msg : lr_strerror(rc));
+        return api_fail(err, rc, rc == LR_ENOMEM ? 500 : le.http > 0 && le.http < 500 ? le.http : 400,
+                        "messages", "%s", le.msg[0] ? le.msg : lr_strerror(rc));
     return 0;
 }
 

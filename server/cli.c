@@ -24,6 +24,8 @@ void cli_defaults(cli_config *cfg)
     cfg->drain_timeout = 30;
     cfg->idle_timeout = 120;
     cfg->max_connections = 1024;
+    cfg->header_timeout = 30;
+    cfg->metrics_mode = 0;
     cfg->log_level = LOG_INFO;
     cfg->adapter_cache_mb = 1024;
     cfg->max_loaded_adapters = 64;
@@ -62,7 +64,12 @@ void cli_usage(FILE *out)
         "                            the --adapter-dir roots\n"
         "  --api-key KEY             require 'Authorization: Bearer KEY' (full access)\n"
         "  --api-keys FILE           tenants: {\"tenants\": [{name, keys, adapters (globs), base,\n"
-        "                            admin, max_concurrent}]}; /health and /metrics stay public\n"
+        "                            admin, max_concurrent}]}; /health stays public\n"
+        "  --header-timeout SEC      close a connection that has not sent a whole request\n"
+        "                            (headers and body) this long after connecting or after its\n"
+        "                            previous reply; 0 = off (default 30)\n"
+        "  --metrics MODE            /metrics is public, auth (needs a valid key when keys are\n"
+        "                            configured) or off (404) (default public)\n"
         "  --log-level L             debug | info | warn | error (default info)\n"
         "  --help                    this text\n"
         "  --version                 print the version\n"
@@ -159,6 +166,18 @@ int cli_parse(int argc, char **argv, cli_config *cfg, FILE *out, lr_error *err)
             if (!(rc = parse_int(name, val, 1, 86400, &v, err))) cfg->idle_timeout = (int)v;
         } else if (strcmp(name, "--max-connections") == 0) {
             if (!(rc = parse_int(name, val, 1, 65536, &v, err))) cfg->max_connections = (int)v;
+        } else if (strcmp(name, "--header-timeout") == 0) {
+            if (!(rc = parse_int(name, val, 0, 86400, &v, err))) cfg->header_timeout = (int)v;
+        } else if (strcmp(name, "--metrics") == 0) {
+            if (strcmp(val, "public") == 0)
+                cfg->metrics_mode = 0;
+            else if (strcmp(val, "auth") == 0)
+                cfg->metrics_mode = 1;
+            else if (strcmp(val, "off") == 0)
+                cfg->metrics_mode = 2;
+            else
+                rc = lr_error_set(err, LR_EINVAL,
+                                  "--metrics must be public, auth or off, got '%.64s'", val);
         } else if (strcmp(name, "--api-key") == 0) {
             if (!*val) rc = lr_error_set(err, LR_EINVAL, "--api-key must not be empty");
             cfg->api_key = val;

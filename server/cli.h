@@ -29,6 +29,8 @@ typedef struct cli_config {
     int drain_timeout;       /* --drain-timeout SEC (default 30) */
     int idle_timeout;        /* --idle-timeout SEC (default 120): idle/stalled connections */
     int max_connections;     /* --max-connections (default 1024) */
+    int header_timeout;      /* --header-timeout SEC (default 30): a whole request, 0 = none */
+    int metrics_mode;        /* --metrics public|auth|off (an api_metrics_mode; default public) */
     int log_level;           /* a log_level (default info) */
     /* Adapters (LoRA) */
     const char *adapter_dirs[CLI_MAX_ADAPTER_DIRS]; /* --adapter-dir DIR, repeatable */

@@ -260,6 +260,7 @@ int ctl_run(const cli_config *cfg, const lora_api_ops *aops)
     st.api.aops = st.aops;
     st.api.chat_tmpl = chat;
     st.api.auth = auth;
+    st.api.metrics_mode = cfg->metrics_mode;
     st.api.aops_user = st.aops_user;
 
     if (uv_loop_init(&st.loop) != 0) {
@@ -285,6 +286,7 @@ int ctl_run(const cli_config *cfg, const lora_api_ops *aops)
         .max_body_bytes = cfg->max_body_bytes,
         .idle_timeout = cfg->idle_timeout,
         .max_connections = cfg->max_connections,
+        .header_timeout = cfg->header_timeout,
         .api = &st.api,
         .on_request_done = request_done,
         .user = &st,
@@ -299,6 +301,29 @@ int ctl_run(const cli_config *cfg, const lora_api_ops *aops)
         fprintf(stderr, "lorad: listening on http://[%s]:%d\n", cfg->host, port);
     else
         fprintf(stderr, "lorad: listening on http://%s:%d\n", cfg->host, port);
+    /* Say who can reach us: an open daemon (no keys) is meant for this machine only. */
+    if (!auth) {
+        int loopback = strcmp(cfg->host, "127.0.0.1") == 0 || strcmp(cfg->host, "::1") == 0 ||
+                       strcmp(cfg->host, "localhost") == 0 || strncmp(cfg->host, "127.", 4) == 0;
+        if (loopback)
+            log_msg(LOG_INFO,
+                    "auth: no API keys: open to local clients only (bound to %s; use --api-key "
+                    "or --api-keys before binding another address)",
+                    cfg->host);
+        else
+            log_msg(LOG_WARN,
+                    "auth: no API keys and bound to %s: ANYONE who can reach this address may "
+                    "use and administer the daemon (give --api-key or --api-keys)",
+                    cfg->host);
+    }
+    log_msg(LOG_INFO,
+            "limits: body %lld bytes, header timeout %ds, idle timeout %ds, %d connections, "
+            "queue %d, /metrics %s",
+            (long long)cfg->max_body_bytes, cfg->header_timeout, cfg->idle_timeout,
+            cfg->max_connections, cfg->max_queue,
+            cfg->metrics_mode == API_METRICS_PUBLIC ? "public"
+            : cfg->metrics_mode == API_METRICS_AUTH ? "needs a key"
+                                                    : "off");
     fflush(stderr);
 
     uv_run(&st.loop, UV_RUN_DEFAULT);
