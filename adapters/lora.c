@@ -11,18 +11,22 @@
  */
 #include "lora.h"
 
+#include "kernels.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Runs of at most this many rows use plain loops (decode tokens): cheaper than sgemm's setup. */
-#define LORA_LOOP_T 2
+/* Runs of at most this many rows use vector dot products (decode tokens): below this sgemm's
+ * setup and packing cost more than the products (rank 16: a run is a few thousand FMAs). */
+#define LORA_LOOP_T 8
 
 typedef struct lora_member {
     const peft_adapter *a;
     float scale;
     float **dora; /* [n_layers * LR_MOD_COUNT] factors at this scale, or NULL (use the module's) */
+    float *edora; /* embedding DoRA factor at this scale, or NULL (use the embedding's) */
 } lora_member;
 
 struct lora_set {
@@ -32,6 +36,8 @@ struct lora_set {
     int rmax, outmax;
     int any_dora;
     uint8_t *has; /* [n_layers * LR_MOD_COUNT] */
+    float *ebase; /* (hidden) the embedding row before any member, for mixes with embedding DoRA */
+    int ehidden;
 };
 
 static int model_outmax(const lr_model *m)
@@ -47,7 +53,8 @@ static int model_outmax(const lr_model *m)
 void lora_set_destroy(lora_set *s)
 {
     if (!s) return;
-    for (int i = 0; i < s->n; i++) {
+    for (int i = 0; i < s->n && s->mem; i++) {
+        free(s->mem[i].edora);
         if (s->mem[i].dora) {
             for (int j = 0; j < s->n_layers * LR_MOD_COUNT; j++)
                 free(s->mem[i].dora[j]);
@@ -56,6 +63,7 @@ void lora_set_destroy(lora_set *s)
     }
     free(s->mem);
     free(s->has);
+    free(s->ebase);
     free(s);
 }
 
@@ -74,7 +82,9 @@ int lora_set_create(const lr_model *m, const peft_adapter *const *ads, const flo
             return lr_error_set(err, LR_EINVAL, "adapter mix: scale %d is not a finite number", i);
     lora_set *s = calloc(1, sizeof *s);
     if (!s) return lr_error_set(err, LR_ENOMEM, "adapter mix: out of memory");
-    int L = m->cfg.n_layers, nm = L * LR_MOD_COUNT;
+    /* T5: LoRA layers are the encoder blocks, then the decoder blocks (engine.h). */
+    int L = m->cfg.n_layers + (m->cfg.arch == LR_ARCH_T5 ? m->cfg.n_dec_layers : 0);
+    int nm = L * LR_MOD_COUNT;
     s->n = n;
     s->n_layers = L;
     s->outmax = model_outmax(m);
@@ -87,6 +97,18 @@ int lora_set_create(const lr_model *m, const peft_adapter *const *ads, const flo
         me->scale = scales ? scales[i] : 1.0f;
         LR_ASSERT(me->a->n_layers == L);
         if (me->a->max_rank > s->rmax) s->rmax = me->a->max_rank;
+        const peft_embed *em = me->a->embed;
+        if (em && em->dora) {
+            /* a mix needs the row before any member; another scale needs another norm */
+            if (n > 1 && !s->ebase) {
+                if (!(s->ebase = malloc(sizeof(float) * (size_t)em->hidden))) goto nomem;
+                s->ehidden = em->hidden;
+            }
+            if (me->scale != 1.0f) {
+                if (!(me->edora = malloc(sizeof(float) * (size_t)em->hidden))) goto nomem;
+                peft_dora_embed_factor(m, em, (double)em->s * me->scale, me->edora);
+            }
+        }
         for (int j = 0; j < nm; j++) {
             const peft_module *md = me->a->mods[j];
             if (!md) continue;
@@ -129,15 +151,11 @@ int lora_has_module(const void *set, int layer, lr_module mod)
 static void shrink(const peft_module *md, const float *x, int ldx, int T, float *tmp)
 {
     if (T <= LORA_LOOP_T) {
+        /* Vector dot products: A (r·in floats, 37 KB at r 16) stays in L1/L2 across rows. */
         for (int t = 0; t < T; t++) {
             const float *xr = x + (size_t)t * ldx;
-            for (int j = 0; j < md->r; j++) {
-                const float *a = md->A + (size_t)j * md->in;
-                float acc = 0;
-                for (int i = 0; i < md->in; i++)
-                    acc += xr[i] * a[i];
-                tmp[(size_t)t * md->r + j] = acc;
-            }
+            for (int j = 0; j < md->r; j++)
+                tmp[(size_t)t * md->r + j] = kern_dot_f32(xr, md->A + (size_t)j * md->in, md->in);
         }
         return;
     }
@@ -154,10 +172,7 @@ static void expand(const peft_module *md, const float *tmp, int T, float k, floa
             const float *tr = tmp + (size_t)t * md->r;
             float *yr = o + (size_t)t * ldo;
             for (int q = 0; q < md->out; q++) {
-                const float *b = md->B + (size_t)q * md->r;
-                float acc = 0;
-                for (int j = 0; j < md->r; j++)
-                    acc += tr[j] * b[j];
+                float acc = kern_dot_f32(tr, md->B + (size_t)q * md->r, md->r);
                 yr[q] = (beta == 0.0f ? 0.0f : yr[q]) + k * acc;
             }
         }
@@ -233,18 +248,30 @@ void lora_apply(const void *set, int layer, lr_module mod, const float *x, int l
 void lora_embed(const void *set, int32_t id, float *out_row)
 {
     const lora_set *s = set;
+    /* DoRA (SPEC D.5): out += (f − 1) ⊙ E[id] + f ⊙ k·s·B·A[:, id], E[id] being the row before
+     * any member (out_row itself when the adapter is alone). Engine thread only: ebase is the
+     * set's own buffer. */
+    const float *base = out_row;
+    if (s->ebase) {
+        memcpy(s->ebase, out_row, sizeof(float) * (size_t)s->ehidden);
+        base = s->ebase;
+    }
     for (int i = 0; i < s->n; i++) {
         const peft_embed *e = s->mem[i].a->embed;
         if (!e || id < 0 || id >= e->vocab) continue;
-        // out += k·s · B (H, r) · A[:, id] (r)
+        // delta = k·s · B (H, r) · A[:, id] (r)
         float k = e->s * s->mem[i].scale;
         const float *a = e->At + (size_t)id * e->r;
+        const float *f = e->dora ? (s->mem[i].edora ? s->mem[i].edora : e->dora) : NULL;
         for (int h = 0; h < e->hidden; h++) {
             const float *b = e->B + (size_t)h * e->r;
             float acc = 0;
             for (int j = 0; j < e->r; j++)
                 acc += b[j] * a[j];
-            out_row[h] += k * acc;
+            if (f)
+                out_row[h] += (f[h] - 1.0f) * base[h] + f[h] * (k * acc);
+            else
+                out_row[h] += k * acc;
         }
     }
 }

@@ -31,9 +31,37 @@ static const char *const mod_names[LR_MOD_COUNT] = {
     "down_proj", NULL,     NULL,     NULL,     NULL,
 };
 
+/* T5 (SPEC D.2): LoRA layer numbers are encoder blocks 0..Le-1, then decoder blocks
+ * Le..Le+Ld-1; the modules keep their HF names (q, k, v, o, EncDecAttention, wi / wi_0 / wi_1, wo).
+ */
+static int lora_layers(const lr_model *m)
+{
+    return m->cfg.n_layers + (m->cfg.arch == LR_ARCH_T5 ? m->cfg.n_dec_layers : 0);
+}
+
+static char *t5_module_name(const lr_model *m, int layer, lr_module mod, char *buf, size_t size)
+{
+    static const char *const qkvo[] = {"q", "k", "v", "o"};
+    int Le = m->cfg.n_layers, dec = layer >= Le, b = dec ? layer - Le : layer;
+    const char *stack = dec ? "decoder" : "encoder";
+    const char *ff = mod == LR_MOD_GATE ? "wi_0"
+                     : mod == LR_MOD_UP ? (m->cfg.gated_ff ? "wi_1" : "wi")
+                                        : "wo";
+    if (mod >= LR_MOD_Q && mod <= LR_MOD_O)
+        snprintf(buf, size, "%s.block.%d.layer.0.SelfAttention.%s", stack, b, qkvo[mod]);
+    else if (mod >= LR_MOD_GATE && mod <= LR_MOD_DOWN)
+        snprintf(buf, size, "%s.block.%d.layer.%d.DenseReluDense.%s", stack, b, dec ? 2 : 1, ff);
+    else if (dec && mod >= LR_MOD_XQ && mod <= LR_MOD_XO)
+        snprintf(buf, size, "decoder.block.%d.layer.1.EncDecAttention.%s", b,
+                 qkvo[mod - LR_MOD_XQ]);
+    else
+        snprintf(buf, size, "%s.block.%d.<module %d>", stack, b, (int)mod);
+    return buf;
+}
+
 char *peft_module_name(const lr_model *m, int layer, lr_module mod, char *buf, size_t size)
 {
-    (void)m;
+    if (m && m->cfg.arch == LR_ARCH_T5) return t5_module_name(m, layer, mod, buf, size);
     if (mod < 0 || mod >= LR_MOD_COUNT || !mod_names[mod])
         snprintf(buf, size, "model.layers.%d.<module %d>", layer, (int)mod);
     else
@@ -45,10 +73,23 @@ char *peft_module_name(const lr_model *m, int layer, lr_module mod, char *buf, s
 /* The base weight of (layer, mod), or NULL when the model has none. */
 static const lr_mat *base_mat(const lr_model *m, int layer, lr_module mod)
 {
-    if (layer < 0 || layer >= m->cfg.n_layers) return NULL;
-    const lr_layer *L = &m->layers[layer];
+    if (layer < 0 || layer >= lora_layers(m)) return NULL;
+    const lr_layer *L =
+        layer < m->cfg.n_layers ? &m->layers[layer] : &m->dec_layers[layer - m->cfg.n_layers];
     const lr_mat *w = NULL;
     switch (mod) {
+    case LR_MOD_XQ:
+        w = &L->xq;
+        break;
+    case LR_MOD_XK:
+        w = &L->xk;
+        break;
+    case LR_MOD_XV:
+        w = &L->xv;
+        break;
+    case LR_MOD_XO:
+        w = &L->xo;
+        break;
     case LR_MOD_Q:
         w = &L->q;
         break;
@@ -427,11 +468,12 @@ static int cfg_parse(const char *text, const lr_model *m, peft_cfg *c, lr_error 
         }
     }
     if (!v || json_is_null(v)) {
-        /* PEFT's per-architecture default for Llama, Mistral and Qwen2. */
-        json_t *d = json_pack("[ss]", "q_proj", "v_proj");
+        /* PEFT's per-architecture default for Llama, Mistral and Qwen2 (T5: q, v). */
+        int t5 = m->cfg.arch == LR_ARCH_T5;
+        json_t *d = json_pack("[ss]", t5 ? "q" : "q_proj", t5 ? "v" : "v_proj");
         rc = sel_parse(d, "target_modules", &c->target, err);
         json_decref(d);
-        snprintf(c->targets, sizeof c->targets, "q_proj,v_proj");
+        snprintf(c->targets, sizeof c->targets, t5 ? "q,v" : "q_proj,v_proj");
     } else {
         rc = sel_parse(v, "target_modules", &c->target, err);
     }
@@ -576,7 +618,16 @@ static int split_key(const char *name, char *path, size_t psize, int *kind)
 /* Slot of a module path: layer * LR_MOD_COUNT + mod, the embedding slot, or -1. */
 static int slot_of(const lr_model *m, const char *path)
 {
-    int L = m->cfg.n_layers;
+    int L = lora_layers(m);
+    if (m->cfg.arch == LR_ARCH_T5) { /* no embedding LoRA on T5; few modules: compare names */
+        char buf[128];
+        for (int layer = 0; layer < L; layer++)
+            for (int mod = 0; mod < LR_MOD_COUNT; mod++)
+                if (base_mat(m, layer, (lr_module)mod) &&
+                    !strcmp(path, peft_module_name(m, layer, (lr_module)mod, buf, sizeof buf)))
+                    return layer * LR_MOD_COUNT + mod;
+        return -1;
+    }
     if (!strcmp(path, "model.embed_tokens")) return L * LR_MOD_COUNT;
     int layer, n = 0;
     if (sscanf(path, "model.layers.%d.%n", &layer, &n) != 1 || n == 0 || layer < 0 || layer >= L)
@@ -661,6 +712,29 @@ void peft_dora_factor(const lr_model *m, int layer, lr_module mod, const peft_mo
     free(acc);
 }
 
+void peft_dora_embed_factor(const lr_model *m, const peft_embed *e, double s, float *f)
+{
+    double *n2 = calloc((size_t)e->hidden, sizeof *n2);
+    float *row = malloc(sizeof(float) * (size_t)e->hidden);
+    LR_ASSERT(n2 && row && m->embed.rows == e->vocab && m->embed.cols == e->hidden);
+    for (int v = 0; v < e->vocab; v++) {
+        kern_mat_row(&m->embed, v, row);
+        const float *a = e->At + (size_t)v * e->r;
+        for (int d = 0; d < e->hidden; d++) {
+            const float *b = e->B + (size_t)d * e->r;
+            double acc = 0;
+            for (int j = 0; j < e->r; j++)
+                acc += (double)b[j] * a[j];
+            double x = row[d] + s * acc;
+            n2[d] += x * x;
+        }
+    }
+    for (int d = 0; d < e->hidden; d++)
+        f[d] = (float)(e->mag[d] / sqrt(n2[d]));
+    free(n2);
+    free(row);
+}
+
 static void module_free(peft_module *md)
 {
     if (!md) return;
@@ -682,6 +756,8 @@ void peft_free(peft_adapter *a)
     if (a->embed) {
         free(a->embed->At);
         free(a->embed->B);
+        free(a->embed->dora);
+        free(a->embed->mag);
         free(a->embed);
     }
     free(a->dir);
@@ -703,10 +779,7 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
               peft_adapter **out)
 {
     *out = NULL;
-    if (m->cfg.arch == LR_ARCH_T5)
-        return lr_error_set(err, LR_EUNSUPPORTED,
-                            "adapters on T5 models are not supported until the engine runs T5");
-    int L = m->cfg.n_layers, nslots = L * LR_MOD_COUNT + 1, rc = 0;
+    int L = lora_layers(m), nslots = L * LR_MOD_COUNT + 1, rc = 0;
     peft_cfg c;
     memset(&c, 0, sizeof c);
     st_file *f = NULL;
@@ -757,7 +830,8 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
                               "adapter does not fit the base model: tensor '%.200s' belongs to "
                               "module %.200s, which the base model does not have",
                               t->name, mpath);
-        else if ((kind == K_EA || kind == K_EB || kind == K_EBASE) != (slot == L * LR_MOD_COUNT))
+        else if (kind != K_MAG &&
+                 (kind == K_EA || kind == K_EB || kind == K_EBASE) != (slot == L * LR_MOD_COUNT))
             rc = lr_error_set(err, LR_EFORMAT,
                               "adapter_model.safetensors: tensor '%.200s' does not fit module "
                               "%.200s",
@@ -822,7 +896,7 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
             }
         }
     int ebase = L * LR_MOD_COUNT * K_COUNT;
-    int emb_t = cfg_targets(&c, "model.embed_tokens", 0);
+    int emb_t = m->cfg.arch != LR_ARCH_T5 && cfg_targets(&c, "model.embed_tokens", 0);
     if (emb_t) any = 1;
     if (emb_t && (tab[ebase + K_EA] || tab[ebase + K_EB])) {
         const char *k = "model.embed_tokens";
@@ -833,15 +907,21 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
                               k);
             goto out;
         }
-        if (c.dora) {
-            rc = lr_error_set(err, LR_EUNSUPPORTED,
-                              "adapter_config.json: use_dora on the embedding (%s) is not "
-                              "supported",
-                              k);
-            goto out;
-        }
         int r = (int)pats_lookup(c.rank, c.n_rank, k, c.r);
         char why[96];
+        if (c.dora) {
+            snprintf(why, sizeof why, "hidden=%d", m->cfg.hidden);
+            if (!tab[ebase + K_MAG]) {
+                rc = lr_error_set(err, LR_EFORMAT,
+                                  "adapter_model.safetensors: use_dora is set but %s has no "
+                                  "lora_magnitude_vector",
+                                  k);
+                goto out;
+            }
+            if ((rc = check_shape(tab[ebase + K_MAG], k, "lora_magnitude_vector", m->cfg.hidden, 0,
+                                  1, why, err)))
+                goto out;
+        }
         snprintf(why, sizeof why, "r=%d, vocab=%d, hidden=%d", r, m->cfg.vocab, m->cfg.hidden);
         if ((rc = check_shape(tab[ebase + K_EA], k, "lora_embedding_A", r, m->cfg.vocab, 2, why,
                               err)) ||
@@ -957,6 +1037,15 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
         e->s = (float)scaling(&c, e->r, e->alpha);
         if (e->r > a->max_rank) a->max_rank = e->r;
         a->embed = e;
+        if (c.dora) {
+            if (!(e->mag = to_f32(tab[ebase + K_MAG], &a->bytes)) ||
+                !(e->dora = malloc(sizeof(float) * (size_t)e->hidden))) {
+                rc = lr_error_set(err, LR_ENOMEM, "adapter: out of memory");
+                goto out;
+            }
+            a->bytes += (int64_t)sizeof(float) * e->hidden;
+            peft_dora_embed_factor(m, e, scaling(&c, e->r, e->alpha), e->dora);
+        }
     }
     (void)name;
     *out = a;

@@ -7,8 +7,8 @@
  * `(.*\.)?(P)$` matches from the start wins), use_rslora, layers_to_transform + layers_pattern,
  * F32/F16/BF16 tensors, lora_bias, DoRA magnitudes (the per-output-row factor m/‖W0 + s·B·A‖ is
  * computed here from the base weights, in double), and embedding LoRA. What lorad does not
- * support (modules_to_save, bias other than "none", fan_in_fan_out, other peft types, DoRA on an
- * embedding, T5 until the engine runs it) is refused with a message naming the field.
+ * support (modules_to_save, bias other than "none", fan_in_fan_out, other peft types, T5 until
+ * the engine runs it) is refused with a message naming the field.
  *
  * Everything is validated against the base before any float is converted: each targeted module
  * exists, r equals lora_A.shape[0], A is [r, in] and B is [out, r] of that module; a mismatch is
@@ -46,6 +46,8 @@ typedef struct peft_embed {
     float s;
     float *At; /* (vocab, r) lora_embedding_A transposed, so a token's column is contiguous */
     float *B;  /* (hidden, r) lora_embedding_B */
+    float *dora; /* (hidden) DoRA factor m / ‖(E + s·(B·A)ᵀ)[:, d]‖₂ per embedding dim, or NULL */
+    float *mag; /* (hidden) DoRA magnitude m */
 } peft_embed;
 
 typedef struct peft_adapter {
@@ -82,6 +84,10 @@ const peft_module *peft_module_at(const peft_adapter *a, int layer, lr_module mo
  * computed in double from the base weights (any dtype). f has md->out floats. */
 void peft_dora_factor(const lr_model *m, int layer, lr_module mod, const peft_module *md, double s,
                       float *f);
+
+/* DoRA factor of an embedding LoRA at scaling s (SPEC D.5): f[d] = mag[d] / n_d with
+ * n_d = ‖(E + s·(B·A)ᵀ)[:, d]‖₂ over the vocabulary, in double from m's embedding (any dtype). */
+void peft_dora_embed_factor(const lr_model *m, const peft_embed *e, double s, float *f);
 
 /* Module name as PEFT sees it inside the base ("model.layers.3.mlp.up_proj") into buf. */
 char *peft_module_name(const lr_model *m, int layer, lr_module mod, char *buf, size_t size);

@@ -19,6 +19,7 @@ enum { L = 2, H = 8, I = 12, V = 16 };
 
 static float W0[L][I * I]; /* q of each layer: [H, H]; gate: [I, H] in W1 */
 static float W1[L][I * H];
+static float E[V * H];
 static lr_layer layers[L];
 static lr_model model;
 static uint32_t seed = 1;
@@ -49,6 +50,9 @@ static void setup(void)
         layers[l].gate = (lr_mat){LR_DT_F32, W1[l], I, H};
     }
     model.layers = layers;
+    for (int i = 0; i < V * H; i++)
+        E[i] = frand();
+    model.embed = (lr_mat){LR_DT_F32, E, V, H};
 }
 
 static float *rnd(int n)
@@ -287,8 +291,8 @@ START_TEST(test_embed)
 {
     peft_adapter *a = new_adapter(), *b = new_adapter();
     peft_embed *ea = calloc(1, sizeof *ea), *eb = calloc(1, sizeof *eb);
-    *ea = (peft_embed){3, V, H, 6, 2.0f, rnd(V * 3), rnd(H * 3)};
-    *eb = (peft_embed){2, V, H, 1, 0.5f, rnd(V * 2), rnd(H * 2)};
+    *ea = (peft_embed){3, V, H, 6, 2.0f, rnd(V * 3), rnd(H * 3), NULL, NULL};
+    *eb = (peft_embed){2, V, H, 1, 0.5f, rnd(V * 2), rnd(H * 2), NULL, NULL};
     a->embed = ea;
     b->embed = eb;
     a->max_rank = 3;
@@ -328,6 +332,71 @@ START_TEST(test_embed)
 }
 END_TEST
 
+START_TEST(test_embed_dora)
+{
+    /* SPEC D.5 embedding: out = E[id] + Σ members; a DoRA member adds (f − 1)·E[id] + f·k·δ. */
+    peft_adapter *a = new_adapter(), *b = new_adapter();
+    peft_embed *ea = calloc(1, sizeof *ea), *eb = calloc(1, sizeof *eb);
+    *ea = (peft_embed){3, V, H, 6, 2.0f, rnd(V * 3), rnd(H * 3), NULL, NULL};
+    *eb = (peft_embed){2, V, H, 1, 0.5f, rnd(V * 2), rnd(H * 2), NULL, NULL};
+    ea->dora = malloc(sizeof(float) * H);
+    ea->mag = malloc(sizeof(float) * H);
+    for (int h = 0; h < H; h++) {
+        ea->dora[h] = 0.6f + (float)h / 10.0f;
+        ea->mag[h] = 1.0f + (float)h / 7.0f;
+    }
+    a->embed = ea;
+    b->embed = eb;
+    a->max_rank = 3;
+    b->max_rank = 2;
+    for (int variant = 0; variant < 3; variant++) {
+        /* 0: the DoRA adapter alone; 1: DoRA + plain ×3; 2: DoRA ×0.5 (factor from mag) + plain */
+        const peft_adapter *list[2] = {a, b};
+        float scales[2] = {variant == 2 ? 0.5f : 1.0f, 3.0f};
+        int n = variant == 0 ? 1 : 2;
+        double f[H];
+        for (int h = 0; h < H; h++) {
+            f[h] = ea->dora[h];
+            if (variant == 2) {
+                double n2 = 0;
+                for (int v = 0; v < V; v++) {
+                    double x = E[v * H + h];
+                    for (int j = 0; j < 3; j++)
+                        x += 1.0 * (double)ea->B[h * 3 + j] * ea->At[v * 3 + j];
+                    n2 += x * x;
+                }
+                f[h] = ea->mag[h] / sqrt(n2);
+            }
+        }
+        lora_set *set;
+        lr_error e;
+        ck_assert_int_eq(lora_set_create(&model, list, scales, n, &e, &set), 0);
+        for (int id = 0; id < V; id++) {
+            float row[H];
+            double want[H];
+            for (int h = 0; h < H; h++) {
+                row[h] = E[id * H + h];
+                double da = 0, db = 0;
+                for (int j = 0; j < 3; j++)
+                    da += (double)ea->B[h * 3 + j] * ea->At[id * 3 + j];
+                for (int j = 0; j < 2; j++)
+                    db += (double)eb->B[h * 2 + j] * eb->At[id * 2 + j];
+                double base = E[id * H + h];
+                want[h] = base + (f[h] - 1) * base + f[h] * scales[0] * 2.0 * da;
+                if (n == 2) want[h] += scales[1] * 0.5 * db;
+            }
+            lora_embed(set, id, row);
+            for (int h = 0; h < H; h++)
+                ck_assert_msg(fabs(row[h] - want[h]) <= 1e-5 * (1 + fabs(want[h])),
+                              "variant %d id %d dim %d: %g vs %g", variant, id, h, row[h], want[h]);
+        }
+        lora_set_destroy(set);
+    }
+    peft_free(a);
+    peft_free(b);
+}
+END_TEST
+
 START_TEST(test_ops)
 {
     eng_delta_ops ops;
@@ -350,6 +419,7 @@ int main(void)
                  {"dora", test_dora},
                  {"mix", test_mix},
                  {"embed", test_embed},
+                 {"embed_dora", test_embed_dora},
                  {"ops", test_ops}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name);

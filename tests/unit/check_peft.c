@@ -507,12 +507,34 @@ START_TEST(test_embedding)
     add_t("base_model.model.model.embed_tokens.base_layer.weight", "F32", 2, V + 2, H);
     expect_fail(LR_EINCOMPAT, "[18, 8]", "[16, 8]");
 
-    /* DoRA on the embedding is refused, naming the field */
+    /* DoRA on the embedding: factor m / ‖(E + s·(B·A)ᵀ)[:, d]‖ over the vocabulary */
+    reset();
+    write_cfg("{\"r\":3,\"lora_alpha\":6,\"use_dora\":true,\"target_modules\":[\"embed_tokens\"]}");
+    float *DA = add_t("base_model.model.model.embed_tokens.lora_embedding_A", "F32", 2, 3, V);
+    float *DB = add_t("base_model.model.model.embed_tokens.lora_embedding_B", "F32", 2, H, 3);
+    float *mag = add_t("base_model.model.model.embed_tokens.lora_magnitude_vector", "F32", 1, H, 0);
+    ck_assert_msg(load(&a, &e) == 0, "%s", e.msg);
+    ck_assert_ptr_nonnull(a->embed->dora);
+    for (int d = 0; d < H; d++) {
+        double n2 = 0;
+        for (int v = 0; v < V; v++) {
+            double x = embed_w[v * H + d];
+            for (int j = 0; j < 3; j++)
+                x += 2.0 * (double)DB[d * 3 + j] * DA[j * V + v];
+            n2 += x * x;
+        }
+        double want = mag[d] / sqrt(n2);
+        ck_assert_double_eq_tol(a->embed->dora[d], want, 1e-6 * fabs(want));
+    }
+    peft_free(a);
+    cleanup_dir();
+
+    /* DoRA on the embedding without its magnitude vector */
     reset();
     write_cfg("{\"r\":3,\"lora_alpha\":6,\"use_dora\":true,\"target_modules\":[\"embed_tokens\"]}");
     add_t("base_model.model.model.embed_tokens.lora_embedding_A", "F32", 2, 3, V);
     add_t("base_model.model.model.embed_tokens.lora_embedding_B", "F32", 2, H, 3);
-    expect_fail(LR_EUNSUPPORTED, "use_dora", "embed_tokens");
+    expect_fail(LR_EFORMAT, "lora_magnitude_vector", "embed_tokens");
 }
 END_TEST
 
