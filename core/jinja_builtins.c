@@ -217,7 +217,9 @@ int jj_call_global(jj_ctx *c, const jj_node *n, int id, const jj_args *a, jv *ou
 
 static const char *const STR_METHODS[] = {"startswith", "endswith", "strip", "lstrip", "rstrip",
                                           "split", "upper", "lower", "title", "capitalize",
-                                          "replace", "join", "find", "count", NULL};
+                                          "replace", "join", "find", "count", "isdigit",
+                                          "isalpha", "isalnum", "isspace", "islower", "isupper",
+                                          "splitlines", "format", NULL};
 static const char *const DICT_METHODS[] = {"get", "items", "keys", "values", NULL};
 /* mutating methods: present (so `x.append` is not Undefined) but refused when called */
 static const char *const LIST_MUTATORS[] = {"append", "extend", "insert", "pop", "remove", "clear",
@@ -244,6 +246,73 @@ int jj_method_exists(jv self, const char *name, size_t nlen)
     default:
         return 0;
     }
+}
+
+/* str.format with {} / {0} / {name} fields (no format specs or conversions) and {{ }}. */
+static int str_format(jj_ctx *c, const jj_node *n, jv s, const jj_args *a, jv *out)
+{
+    jj_buf b = {.limit = c->opt.max_output};
+    size_t auto_i = 0;
+    int rc = 0;
+    const char *p = s.u.s.p;
+    for (size_t i = 0; !rc && i < s.u.s.n; i++) {
+        char ch = p[i];
+        if ((ch == '{' || ch == '}') && i + 1 < s.u.s.n && p[i + 1] == ch) {
+            rc = jj_buf_putc(&b, ch);
+            i++;
+            continue;
+        }
+        if (ch == '}') {
+            rc = jj_fail(c, n, LR_EINVAL, "str.format: single '}' in format string");
+            break;
+        }
+        if (ch != '{') {
+            rc = jj_buf_putc(&b, ch);
+            continue;
+        }
+        const char *close = memchr(p + i, '}', s.u.s.n - i);
+        if (!close) {
+            rc = jj_fail(c, n, LR_EINVAL, "str.format: single '{' in format string");
+            break;
+        }
+        const char *f = p + i + 1;
+        size_t fl = (size_t)(close - f);
+        jv v;
+        int found;
+        if (memchr(f, ':', fl) || memchr(f, '!', fl) || memchr(f, '[', fl) || memchr(f, '.', fl)) {
+            rc = jj_fail(c, n, LR_EINVAL, "str.format: only plain {} / {0} / {name} fields are supported");
+            break;
+        }
+        if (fl == 0) {
+            found = auto_i < a->npos;
+            if (found)
+                v = a->pos[auto_i++];
+        } else if (f[0] >= '0' && f[0] <= '9') {
+            size_t k = (size_t)strtoul(f, NULL, 10);
+            found = k < a->npos;
+            if (found)
+                v = a->pos[k];
+        } else {
+            found = 0;
+            for (size_t j = 0; j < a->nkw && !found; j++)
+                if (a->kw[j]->slen == fl && memcmp(a->kw[j]->s, f, fl) == 0) {
+                    v = a->kwv[j];
+                    found = 1;
+                }
+        }
+        if (!found) {
+            rc = jj_fail(c, n, LR_EINVAL, "str.format: no argument for {%.*s}", (int)(fl > 60 ? 60 : fl), f);
+            break;
+        }
+        rc = jv_str(&b, v);
+        if (rc)
+            rc = jj_fail(c, n, LR_EINTERNAL, "formatted text larger than the output limit");
+        i = (size_t)(close - p);
+    }
+    if (!rc)
+        rc = jj_mkstr(c, n, b.p ? b.p : "", b.n, out);
+    free(b.p);
+    return rc;
 }
 
 static int str_method(jj_ctx *c, const jj_node *n, jv s, const char *name, size_t nlen,
@@ -287,6 +356,48 @@ static int str_method(jj_ctx *c, const jj_node *n, jv s, const char *name, size_
         ja.npos = 1;
         return rc ? rc : jj_call_filter(c, n, "join", 4, jv_mklist(items), &ja, out);
     }
+    if (IS("isdigit") || IS("isalpha") || IS("isalnum") || IS("isspace")) {
+        /* true for a non-empty string whose every character is of the kind */
+        int ok = s.u.s.n > 0;
+        for (size_t i = 0; ok && i < s.u.s.n;) {
+            size_t st = i, cl;
+            int32_t cp = jj_next_cp(s.u.s.p, s.u.s.n, &i);
+            utf8proc_category_t k = utf8proc_category(cp);
+            int alpha = k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO;
+            int digit = k == UTF8PROC_CATEGORY_ND;
+            if (IS("isdigit")) ok = digit;
+            else if (IS("isalpha")) ok = alpha;
+            else if (IS("isalnum")) ok = alpha || digit || k == UTF8PROC_CATEGORY_NL || k == UTF8PROC_CATEGORY_NO;
+            else ok = jj_is_space_at(s.u.s.p, s.u.s.n, st, &cl);
+        }
+        *out = jv_mkbool(ok);
+        return 0;
+    }
+    if (IS("islower") || IS("isupper")) {
+        int r;
+        int rc = jj_apply_test(c, n, name + 2, nlen - 2, s, NULL, 0, &r);
+        if (!rc)
+            *out = jv_mkbool(r);
+        return rc;
+    }
+    if (IS("splitlines")) {
+        jj_list *l = jj_list_new(c, n, 0);
+        if (!l)
+            return c->err->code;
+        int rc = 0;
+        for (size_t i = 0; !rc && i < s.u.s.n;) {
+            size_t st = i;
+            while (i < s.u.s.n && s.u.s.p[i] != '\n' && s.u.s.p[i] != '\r')
+                i++;
+            rc = jj_list_push(c, n, l, jv_mkslice(s.u.s.p + st, i - st));
+            if (i < s.u.s.n)
+                i += (s.u.s.p[i] == '\r' && i + 1 < s.u.s.n && s.u.s.p[i + 1] == '\n') ? 2 : 1;
+        }
+        *out = jv_mklist(l);
+        return rc;
+    }
+    if (IS("format"))
+        return str_format(c, n, s, a, out);
     if (IS("find") || IS("count")) {
         jv sub;
         if (!jj_arg(a, 0, NULL, &sub) || sub.t != JV_STR)

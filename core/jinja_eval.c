@@ -754,6 +754,8 @@ static int eval_binop(jj_ctx *c, const jj_node *n, jv *out)
         out->u.l = l;
         return 0;
     }
+    if (n->op == JO_MOD && a.t == JV_STR)
+        return jj_percent_format(c, n, a, b, out);
     if (!is_numv(a) || !is_numv(b))
         return arith_error(c, n, on, a, b);
     int fl = a.t == JV_FLOAT || b.t == JV_FLOAT;

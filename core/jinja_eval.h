@@ -128,6 +128,9 @@ int jj_strip_args(jj_ctx *c, const jj_node *n, const jj_args *a, const char **ch
 int jj_replace_args(jj_ctx *c, const jj_node *n, jv s, const jj_args *a, jv *out);
 int jj_split(jj_ctx *c, const jj_node *n, jv s, const jj_args *a, jv *out);
 int jj_starts_ends(jj_ctx *c, const jj_node *n, jv s, const jj_args *a, int ends, jv *out);
+/* Python's fmt % args (printf-style: s r d i f e g x o and %%, flags - + space # 0, width,
+ * precision, %(key)s with a dict); args a tuple for several values. */
+int jj_percent_format(jj_ctx *c, const jj_node *n, jv fmt, jv args, jv *out);
 
 /* jinja_filters.c */
 int jj_items_of(jj_ctx *c, const jj_node *n, jv v, jj_list **out); /* iterate any value */

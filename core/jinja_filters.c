@@ -350,6 +350,38 @@ static int f_int(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
     return 0;
 }
 
+/* Jinja2's format filter: value % args (keyword arguments become a mapping) */
+static int f_format(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
+{
+    if (in.t != JV_STR)
+        return jj_fail(c, n, LR_EINVAL, "format expects a format string, got %s", jv_type_name(in));
+    if (a->nkw && a->npos)
+        return jj_fail(c, n, LR_EINVAL, "format: positional or keyword arguments, not both");
+    jv args;
+    if (a->nkw) {
+        jj_dict *d = jj_alloc(c, n, sizeof *d);
+        if (!d)
+            return c->err->code;
+        for (size_t j = 0; j < a->nkw; j++) {
+            int rc = jj_dict_set(c, n, d, a->kw[j]->s, a->kw[j]->slen, a->kwv[j]);
+            if (rc)
+                return rc;
+        }
+        args.t = JV_DICT;
+        args.tuple = 0;
+        args.u.d = d;
+    } else {
+        jj_list *l = jj_list_new(c, n, a->npos);
+        if (!l)
+            return c->err->code;
+        for (size_t i = 0; i < a->npos; i++)
+            l->v[l->n++] = a->pos[i];
+        args = jv_mklist(l);
+        args.tuple = 1;
+    }
+    return jj_percent_format(c, n, in, args, out);
+}
+
 static int f_indent(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
 {
     jv w = jv_mkint(4), s;
@@ -864,7 +896,7 @@ static const struct {
     {"abs", f_abs},         {"attr", f_attr},           {"batch", f_batch},
     {"capitalize", f_capitalize}, {"count", f_length},  {"d", f_default},
     {"default", f_default}, {"dictsort", f_dictsort},   {"e", f_escape},
-    {"escape", f_escape},   {"first", f_first},         {"float", f_float},
+    {"escape", f_escape},   {"first", f_first},         {"float", f_float},       {"format", f_format},
     {"indent", f_indent},   {"int", f_int},             {"items", f_items},
     {"join", f_join},       {"last", f_last},           {"length", f_length},
     {"list", f_list},       {"lower", f_lower},         {"map", f_map},

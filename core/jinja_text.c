@@ -296,3 +296,147 @@ int jj_starts_ends(jj_ctx *c, const jj_node *n, jv s, const jj_args *a, int ends
     *out = jv_mkbool(0);
     return 0;
 }
+
+/* ---- printf-style formatting: Python's `str % args` (and Jinja2's format filter) ------------ */
+
+/* One conversion %[(key)][flags][width][.precision]type applied to v, appended to b. */
+static int fmt_one(jj_ctx *c, const jj_node *n, jj_buf *b, jv v, const char *flags, int width,
+                   int prec, char type)
+{
+    char tmp[128], spec[32];
+    jj_buf t = {.limit = c->opt.max_output};
+    int rc = 0;
+    int left = strchr(flags, '-') != NULL, zero = strchr(flags, '0') != NULL && !left;
+    if (type == 's' || type == 'r') {
+        rc = type == 's' ? jv_str(&t, v) : jv_repr(&t, v);
+        if (!rc && prec >= 0 && t.p) /* precision truncates, in code points */
+            t.n = jj_utf8_offset(t.p, t.n, (size_t)prec);
+        zero = 0;
+    } else {
+        int isnum = v.t == JV_INT || v.t == JV_BOOL || v.t == JV_FLOAT;
+        if (!isnum) {
+            free(t.p);
+            return jj_fail(c, n, LR_EINVAL, "%%%c format: a real number is required, not %s", type,
+                           jv_type_name(v));
+        }
+        double d = v.t == JV_FLOAT ? v.u.f : (double)v.u.i;
+        size_t k = 0;
+        spec[k++] = '%';
+        for (const char *f = flags; *f && k < 8; f++)
+            if (*f == '+' || *f == ' ' || *f == '#')
+                spec[k++] = *f;
+        if (type == 'd' || type == 'i' || type == 'x' || type == 'X' || type == 'o') {
+            if (v.t == JV_FLOAT && !(d > -9.2e18 && d < 9.2e18)) {
+                free(t.p);
+                return jj_fail(c, n, LR_EINVAL, "%%%c format: number out of range", type);
+            }
+            long long iv = v.t == JV_FLOAT ? (long long)d : (long long)v.u.i;
+            snprintf(spec + k, sizeof spec - k, "ll%c", type == 'i' ? 'd' : type);
+            snprintf(tmp, sizeof tmp, spec, iv);
+        } else {
+            snprintf(spec + k, sizeof spec - k, ".%d%c", prec >= 0 ? (prec > 50 ? 50 : prec) : 6, type);
+            snprintf(tmp, sizeof tmp, spec, d);
+        }
+        rc = jj_buf_put(&t, tmp, strlen(tmp));
+    }
+    size_t len = t.p ? jj_utf8_len(t.p, t.n) : 0;
+    size_t pad = width > 0 && (size_t)width > len ? (size_t)width - len : 0;
+    if (!rc && !left && pad) {
+        /* zero padding goes after a sign */
+        size_t sign = zero && t.n && (t.p[0] == '-' || t.p[0] == '+' || t.p[0] == ' ') ? 1 : 0;
+        if (sign)
+            rc = jj_buf_putc(b, t.p[0]);
+        for (size_t i = 0; !rc && i < pad; i++)
+            rc = jj_buf_putc(b, zero ? '0' : ' ');
+        if (!rc)
+            rc = jj_buf_put(b, t.p + sign, t.n - sign);
+    } else if (!rc) {
+        rc = jj_buf_put(b, t.p ? t.p : "", t.n);
+        for (size_t i = 0; !rc && i < pad; i++)
+            rc = jj_buf_putc(b, ' ');
+    }
+    free(t.p);
+    return rc;
+}
+
+int jj_percent_format(jj_ctx *c, const jj_node *n, jv fmt, jv args, jv *out)
+{
+    const char *p = fmt.u.s.p;
+    size_t len = fmt.u.s.n, ai = 0;
+    /* a tuple supplies the arguments in turn; a dict is used by %(key)s; anything else is one */
+    int is_tuple = args.t == JV_LIST && args.tuple;
+    size_t nargs = is_tuple ? args.u.l->n : 1;
+    int used_dict = 0;
+    jj_buf b = {.limit = c->opt.max_output};
+    int rc = 0;
+    for (size_t i = 0; !rc && i < len;) {
+        const char *pc = memchr(p + i, '%', len - i);
+        size_t lit = pc ? (size_t)(pc - (p + i)) : len - i;
+        rc = jj_buf_put(&b, p + i, lit);
+        i += lit;
+        if (rc || i >= len)
+            break;
+        i++; /* '%' */
+        jv v;
+        int have_key = 0;
+        if (i < len && p[i] == '(') {
+            const char *close = memchr(p + i, ')', len - i);
+            if (!close || args.t != JV_DICT) {
+                rc = jj_fail(c, n, LR_EINVAL, "%%(key) format needs a mapping argument");
+                break;
+            }
+            jv *hit = jj_dict_get(args.u.d, p + i + 1, (size_t)(close - (p + i + 1)));
+            if (!hit) {
+                rc = jj_fail(c, n, LR_EINVAL, "format key '%.*s' is missing",
+                             (int)(close - (p + i + 1)), p + i + 1);
+                break;
+            }
+            v = *hit;
+            have_key = used_dict = 1;
+            i = (size_t)(close - p) + 1;
+        }
+        char flags[8] = {0};
+        size_t nf = 0;
+        while (i < len && strchr("-+ #0", p[i]) && nf < sizeof flags - 1)
+            flags[nf++] = p[i++];
+        int width = 0, prec = -1;
+        while (i < len && p[i] >= '0' && p[i] <= '9' && width < 10000)
+            width = width * 10 + (p[i++] - '0');
+        if (i < len && p[i] == '.') {
+            prec = 0;
+            i++;
+            while (i < len && p[i] >= '0' && p[i] <= '9' && prec < 10000)
+                prec = prec * 10 + (p[i++] - '0');
+        }
+        if (i >= len) {
+            rc = jj_fail(c, n, LR_EINVAL, "incomplete format");
+            break;
+        }
+        char type = p[i++];
+        if (type == '%') {
+            rc = jj_buf_putc(&b, '%');
+            continue;
+        }
+        if (!strchr("srdifFeEgGxXo", type)) {
+            rc = jj_fail(c, n, LR_EINVAL, "unsupported format character '%c'", type);
+            break;
+        }
+        if (!have_key) {
+            if (ai >= nargs) {
+                rc = jj_fail(c, n, LR_EINVAL, "not enough arguments for format string");
+                break;
+            }
+            v = is_tuple ? args.u.l->v[ai] : args;
+            ai++;
+        }
+        rc = fmt_one(c, n, &b, v, flags, width, prec, type);
+    }
+    if (!rc && !used_dict && args.t != JV_DICT && ai < nargs)
+        rc = jj_fail(c, n, LR_EINVAL, "not all arguments converted during string formatting");
+    if (rc && !c->err->code)
+        rc = jj_fail(c, n, LR_EINTERNAL, "formatted text larger than the output limit");
+    if (!rc)
+        rc = jj_mkstr(c, n, b.p ? b.p : "", b.n, out);
+    free(b.p);
+    return rc;
+}
