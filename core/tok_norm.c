@@ -149,11 +149,13 @@ out:
     return 0;
 }
 
-static int replace_all(const tok_norm *nm, const char *s, size_t len, tok_buf *out)
+static int replace_all(const tok_norm *nm, const char *s, size_t len, tok_buf *out, int *shifted)
 {
     tok_spans sp = {0};
     pcre2_match_data *md = pcre2_match_data_create(1, NULL);
     int rc = md ? tokre_find(nm->re, md, s, len, &sp) : LR_ENOMEM;
+    /* A match at 0 replaced by nothing: the text now starts at a later original char. */
+    if (!rc && sp.n && sp.v[0].m && sp.v[0].e > 0 && nm->str_len == 0) *shifted = 1;
     for (size_t i = 0; !rc && i < sp.n; i++) {
         if (sp.v[i].m)
             rc = tokbuf_put(out, nm->str, nm->str_len);
@@ -165,8 +167,10 @@ static int replace_all(const tok_norm *nm, const char *s, size_t len, tok_buf *o
     return rc;
 }
 
-int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out)
+int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out, int *shifted)
 {
+    int dummy = 0;
+    if (!shifted) shifted = &dummy;
     out->n = 0;
     if (tokbuf_reserve(out, len)) return LR_ENOMEM;
     out->p[0] = '\0';
@@ -177,7 +181,7 @@ int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out)
         tok_buf a = {0};
         int rc = tokbuf_put(&a, s, len);
         for (size_t i = 0; !rc && i < nm->n_sub; i++) {
-            rc = toknorm_apply(nm->sub[i], a.p, a.n, out);
+            rc = toknorm_apply(nm->sub[i], a.p, a.n, out, shifted);
             tok_buf t = a;
             a = *out;
             *out = t;
@@ -194,7 +198,7 @@ int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out)
         if (len && tokbuf_put(out, nm->str, nm->str_len)) return LR_ENOMEM;
         return tokbuf_put(out, s, len);
     case NORM_REPLACE:
-        return replace_all(nm, s, len, out);
+        return replace_all(nm, s, len, out, shifted);
     case NORM_UNICODE: {
         utf8proc_uint8_t *d = NULL;
         utf8proc_ssize_t r = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)len, &d,
@@ -219,6 +223,8 @@ int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out)
                 int c = utf8proc_category((utf8proc_int32_t)cp);
                 if (c < UTF8PROC_CATEGORY_MN || c > UTF8PROC_CATEGORY_ME)
                     rc = tokbuf_put(out, s + i, (size_t)k);
+                else if (out->n == 0)
+                    *shifted = 1;
             }
             if (rc) return rc;
             i += (size_t)k;
@@ -240,6 +246,7 @@ int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out)
             if (!tok_is_whitespace(cp)) break;
             b = p;
         }
+        if (a > 0) *shifted = 1;
         return tokbuf_put(out, s + a, b - a);
     }
     case NORM_PRECOMPILED: {
@@ -248,6 +255,15 @@ int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out)
         int rc = tokpc_normalize(nm->pc, s, len, &d, &dn);
         if (!rc) rc = tokbuf_put(out, d, dn);
         free(d);
+        /* Does the first code point vanish (e.g. a control char under nmt_nfkc)? Then the text
+         * starts later in the original. Whole grapheme clusters are not considered here. */
+        if (!rc && len) {
+            uint32_t cp;
+            int k = tok_utf8_next(s, len, &cp);
+            d = NULL;
+            if (tokpc_normalize(nm->pc, s, (size_t)k, &d, &dn) == 0 && dn == 0) *shifted = 1;
+            free(d);
+        }
         return rc;
     }
     }

@@ -19,8 +19,11 @@ int toknorm_load(const json_t *j, const char *file, lr_error *err, tok_norm **ou
 void toknorm_destroy(tok_norm *n);
 
 /* Normalize s[0:len] (valid UTF-8) into out (reset first). nm may be NULL (copy).
+ * *shifted (may be NULL; never cleared) is set to 1 when the normalized text no longer starts
+ * at original offset 0 — its leading chars were stripped or replaced by nothing — which HF's
+ * Metaspace prepend_scheme "first" looks at through NormalizedString alignments.
  * Returns 0, LR_ENOMEM or LR_EINTERNAL (regex engine gave up). */
-int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out);
+int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out, int *shifted);
 
 /* Read a Replace/Split pattern object {"String": s} or {"Regex": r} (borrowed) into a new
  * compiled regex; `what` names the construct in errors ("pre_tokenizer Split"). */

@@ -323,7 +323,9 @@ static int encode_words(const tok_tokenizer *t, enc_ctx *c, const char *s, size_
 static int encode_segment(const tok_tokenizer *t, enc_ctx *c, const char *s, size_t n, int orig0,
                           tok_ids *out)
 {
-    int rc = toknorm_apply(t->norm, s, n, &c->nbuf);
+    int shifted = 0;
+    int rc = toknorm_apply(t->norm, s, n, &c->nbuf, &shifted);
+    orig0 = orig0 && !shifted;
     if (rc) return rc;
     if (!t->has_norm_added) return encode_words(t, c, c->nbuf.p, c->nbuf.n, orig0, out);
     c->nsegs.n = 0;
@@ -861,7 +863,7 @@ static int finish(tok_tokenizer *t, lr_error *err)
         int rc;
         if (a->normalized) {
             tok_buf nb = {0};
-            if ((rc = toknorm_apply(t->norm, a->content, a->len, &nb))) {
+            if ((rc = toknorm_apply(t->norm, a->content, a->len, &nb, NULL))) {
                 free(nb.p);
                 return lr_error_set(err, rc, "%s: cannot normalize added token '%.80s'", t->file,
                                     a->content);

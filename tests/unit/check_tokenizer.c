@@ -880,6 +880,49 @@ START_TEST(test_unicode_normalizers)
 }
 END_TEST
 
+/* Metaspace "first" prepends only when the word starts at original offset 0: a normalizer that
+ * drops the leading chars (Strip, Replace by "", StripAccents) moves the start (HF alignments). */
+START_TEST(test_first_after_normalizer)
+{
+    static const struct {
+        const char *norm, *text;
+        int32_t ids[4];
+        size_t n;
+    } cases[] = {
+        {"{\"type\":\"Strip\",\"strip_left\":true,\"strip_right\":false}", "  a b", {1, 0, 2}, 3},
+        {"{\"type\":\"Strip\",\"strip_left\":true,\"strip_right\":false}", "a", {0, 1}, 2},
+        {"{\"type\":\"Replace\",\"pattern\":{\"String\":\"x\"},\"content\":\"\"}", "xa", {1}, 1},
+        {"{\"type\":\"Replace\",\"pattern\":{\"String\":\"x\"},\"content\":\"\"}", "ax", {0, 1}, 2},
+        {"{\"type\":\"Replace\",\"pattern\":{\"String\":\"x\"},\"content\":\"b\"}",
+         "xa",
+         {0, 2, 1},
+         3},
+        {"{\"type\":\"Prepend\",\"prepend\":\"x\"}", "a", {0, 3, 1}, 3},
+        {"{\"type\":\"StripAccents\"}",
+         "\xCC\x81"
+         "a",
+         {1},
+         1},
+        {"{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"Replace\",\"pattern\":{\"String\":"
+         "\"x\"},\"content\":\"\"},{\"type\":\"Prepend\",\"prepend\":\"b\"}]}",
+         "xa",
+         {2, 1},
+         2},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char rest[1024];
+        snprintf(rest, sizeof rest,
+                 "\"normalizer\":%s,\"pre_tokenizer\":{\"type\":\"Metaspace\",\"replacement\":"
+                 "\"\\u2581\",\"prepend_scheme\":\"first\",\"split\":true}",
+                 cases[i].norm);
+        tok_tokenizer *t = must_load(
+            bpe_json("\"\\u2581\":0,\"a\":1,\"b\":2,\"x\":3,\"\\u0301\":4", "", rest), NULL);
+        expect_ids(t, cases[i].text, 0, cases[i].ids, cases[i].n);
+        tok_destroy(t);
+    }
+}
+END_TEST
+
 START_TEST(test_unigram_inline)
 {
     /* Viterbi by hand: "▁ab" = ▁(-3)+ab(-1.5) = -4.5 beats ▁a(-2.5)+b(-2) = -4.5? equal — HF keeps
@@ -1132,6 +1175,7 @@ int main(void)
         {"more_pretokenizers", test_more_pretokenizers, 30},
         {"unicode_normalizers", test_unicode_normalizers, 30},
         {"unigram_inline", test_unigram_inline, 30},
+        {"first_after_normalizer", test_first_after_normalizer, 30},
         {"more_decoders", test_more_decoders, 30},
         {"fuzz_files", test_fuzz_files, 300},
         {"roundtrip_bytelevel", test_roundtrip_bytelevel, 300},
