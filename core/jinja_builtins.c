@@ -52,7 +52,8 @@ int jj_apply_test(jj_ctx *c, const jj_node *at, const char *name, size_t nlen, j
     else if (IS("float")) *res = v.t == JV_FLOAT;
     else if (IS("mapping")) *res = v.t == JV_DICT;
     else if (IS("iterable")) *res = v.t == JV_LIST || v.t == JV_DICT || v.t == JV_STR || v.t == JV_UNDEF;
-    else if (IS("sequence")) *res = v.t == JV_LIST || v.t == JV_DICT || v.t == JV_STR;
+    else if (IS("sequence")) /* len() and __getitem__: Undefined has both */
+        *res = v.t == JV_LIST || v.t == JV_DICT || v.t == JV_STR || v.t == JV_UNDEF;
     else if (IS("callable")) /* Jinja2's Undefined has __call__ (that raises): callable */
         *res = v.t == JV_MACRO || v.t == JV_FUNC || v.t == JV_METHOD || v.t == JV_CALLER || v.t == JV_UNDEF;
     else if (IS("lower") || IS("upper")) {

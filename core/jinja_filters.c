@@ -326,6 +326,8 @@ static int f_float(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out
 {
     jv def = jv_mkfloat(0.0);
     jj_arg(a, 0, "default", &def);
+    if (in.t == JV_UNDEF) /* float(Undefined) raises UndefinedError in Jinja2 */
+        return jj_undef_error(c, n, in);
     if (in.t == JV_FLOAT)
         *out = in;
     else if (in.t == JV_INT || in.t == JV_BOOL)
@@ -339,6 +341,8 @@ static int f_int(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
 {
     jv def = jv_mkint(0);
     jj_arg(a, 0, "default", &def);
+    if (in.t == JV_UNDEF)
+        return jj_undef_error(c, n, in);
     if (in.t == JV_INT)
         *out = in;
     else if (in.t == JV_BOOL)

@@ -431,7 +431,9 @@ int jj_percent_format(jj_ctx *c, const jj_node *n, jv fmt, jv args, jv *out)
         }
         rc = fmt_one(c, n, &b, v, flags, width, prec, type);
     }
-    if (!rc && !used_dict && args.t != JV_DICT && ai < nargs)
+    /* Python counts a non-tuple argument with __getitem__ (list, dict) as a mapping: left
+     * unused, it is no error */
+    if (!rc && !used_dict && (is_tuple || (args.t != JV_DICT && args.t != JV_LIST)) && ai < nargs)
         rc = jj_fail(c, n, LR_EINVAL, "not all arguments converted during string formatting");
     if (rc && !c->err->code)
         rc = jj_fail(c, n, LR_EINTERNAL, "formatted text larger than the output limit");
