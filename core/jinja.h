@@ -18,8 +18,15 @@
  *            an undefined value, …).
  *            LR_EINTERNAL (500) — a limit was hit (output size, loop steps, nesting depth,
  *            memory); LR_ENOMEM on allocation failure.
- * Semantics follow Python Jinja2 as transformers configures it; where @huggingface/jinja (the
- * oracle of tests/jinja/gen.mjs) differs, gen.mjs lists the differences.
+ * Semantics follow Python Jinja2 3.1 as transformers configures it (checked against it by
+ * tests/jinja/gen_jinja2.py); @huggingface/jinja, the oracle the issue names, agrees on every
+ * real template case in tests/data/jinja/golden.json, and gen.mjs lists where it differs.
+ * Not supported (an error names them): include/extends/import/block, recursive loops, *args /
+ * **kwargs and varargs/kwargs in macros, format specs in str.format. Integers are 64-bit
+ * (overflow is an error, Python would grow). Known Jinja2 artefacts not reproduced: range()
+ * and generators print as lists; a name read in a loop or macro before a later top-level
+ * `set` of it gives the context's value (Jinja2: undefined); full case mapping only for ß,
+ * the Latin ligatures and İ.
  */
 #ifndef LR_JINJA_H
 #define LR_JINJA_H
