@@ -10,8 +10,10 @@
  * its tokens and sampler state; it is recomputed when readmitted and sends no event twice, so its
  * output is the same as if it had never been preempted.
  *
- * This module does not know HTTP, text or adapter files; T5 models are refused until the
- * encoder-decoder forward exists (the sequence struct already carries the encoder input).
+ * This module does not know HTTP, text or adapter files. Encoder-decoder (T5) sequences live in
+ * the same batches (see the "T5:" comments): the encoder runs once, in the step that admits the
+ * sequence, batched with every other sequence admitted then; its cross-attention K/V go to the
+ * sequence's KV_CROSS table; decoder rows of all T5 sequences share one pass (core/t5).
  */
 #include "engine.h"
 
@@ -24,6 +26,7 @@
 #include "kernels.h"
 #include "kv.h"
 #include "sampler.h"
+#include "t5.h"
 
 typedef struct eng_seq {
     uint64_t id;
@@ -39,9 +42,9 @@ typedef struct eng_seq {
     int cancel;      /* set by eng_cancel (atomic) */
     kv_seq kv;
     smp_seq *smp;
-    /* Encoder-decoder (T5), unused until the T5 forward lands: the prompt is the encoder input
-     * (enc = tokens[0..n_enc)), the decoder starts from dec_start and its cross-attention K/V
-     * live in kv's KV_CROSS table. */
+    /* T5: n_enc > 0. The prompt is the encoder input (tokens[0..n_enc)); the decoder's
+     * positions are p = 0..n_gen: dec_start, then the generated tokens (see seq_tok); n_done
+     * counts decoder positions; the cross-attention K/V live in kv's KV_CROSS table. */
     int n_enc;
     int32_t dec_start;
     struct eng_seq *next; /* waiting list link */
@@ -51,6 +54,7 @@ typedef struct eng_seq {
 typedef struct eng_slice {
     eng_seq *s;
     int start, count; /* positions start..start+count-1 */
+    int enc;          /* T5: this step also runs the sequence's encoder (it was just admitted) */
 } eng_slice;
 
 /* A row whose logits are needed: to sample (pos == last) or for a prompt logprob event. */
@@ -67,6 +71,7 @@ struct eng_engine {
     kern_pool *pool;
     kv_pool *kv;
     fwd_ctx *fwd;
+    t5_ctx *t5; /* T5 models: the encoder-decoder pass instead of fwd */
     pthread_t thread;
     int thread_started;
 
@@ -89,6 +94,10 @@ struct eng_engine {
     int32_t *lidx;         /* [max_logit_rows] */
     float *logits;         /* [max_logit_rows, V] */
     float *smp_scratch;
+    /* T5 only: encoder rows of the step, and each decoder row's encoder length. */
+    int32_t *eids, *epos, *denc; /* [max_batch_tokens] */
+    kv_seq **ekv;                /* [max_batch_tokens] */
+    const void **eadapter;       /* [max_batch_tokens] */
     eng_seq **done; /* [max_seqs + 1] finished this step */
     int max_logit_rows;
 };
@@ -103,9 +112,17 @@ static void seq_free(eng_engine *e, eng_seq *s)
     free(s);
 }
 
+/* Positions the sequence has (T5: decoder positions: the start token and the generated ones). */
 static int seq_len(const eng_seq *s)
 {
-    return s->n_prompt + s->n_gen;
+    return s->n_enc ? 1 + s->n_gen : s->n_prompt + s->n_gen;
+}
+
+/* The token at position p (T5: the decoder input, starting from dec_start). */
+static int32_t seq_tok(const eng_seq *s, int p)
+{
+    if (!s->n_enc) return s->tokens[p];
+    return p == 0 ? s->dec_start : s->tokens[s->n_prompt + p - 1];
 }
 
 /* Deliver one event; returns the callback's answer (1 = stop). */
@@ -241,7 +258,7 @@ static int schedule(eng_engine *e, int *n_done)
             /* s was the youngest: nothing after it is left to schedule */
             break;
         }
-        e->slices[ns++] = (eng_slice){s, len - 1, 1};
+        e->slices[ns++] = (eng_slice){s, len - 1, 1, 0};
         budget--;
     }
     /* 2. Prefill chunks of admitted sequences (their blocks were reserved at admission). */
@@ -250,7 +267,7 @@ static int schedule(eng_engine *e, int *n_done)
         int rem = seq_len(s) - s->n_done;
         if (rem <= 1) continue;
         int c = rem < budget ? rem : budget;
-        e->slices[ns++] = (eng_slice){s, s->n_done, c};
+        e->slices[ns++] = (eng_slice){s, s->n_done, c, 0};
         budget -= c;
     }
     /* 3. Admission, first come first served. */
@@ -263,14 +280,31 @@ static int schedule(eng_engine *e, int *n_done)
             if (*n_done > e->par.max_seqs) break;
             continue;
         }
-        if (kv_seq_reserve(e->kv, &s->kv, KV_SELF, len) != 0)
+        /* T5: the whole encoder runs in this step, with at least one decoder row, and the
+         * cross-attention table is reserved too (both or neither). */
+        int enc = s->n_enc;
+        if (enc && (enc + 1 > budget ||
+                    kv_blocks_for(e->kv, enc) + kv_blocks_for(e->kv, len) > kv_blocks_total(e->kv))) {
+            if (enc + 1 <= e->par.max_batch_tokens &&
+                kv_blocks_for(e->kv, enc) + kv_blocks_for(e->kv, len) <= kv_blocks_total(e->kv))
+                break; /* wait for a step with room for its encoder */
+            wait_pop_front(e);
+            e->done[(*n_done)++] = s; /* can never fit */
+            if (*n_done > e->par.max_seqs) break;
+            continue;
+        }
+        if (enc && kv_seq_reserve(e->kv, &s->kv, KV_CROSS, enc) != 0) break;
+        if (kv_seq_reserve(e->kv, &s->kv, KV_SELF, len) != 0) {
+            kv_seq_release(e->kv, &s->kv);
             break; /* wait for blocks; later requests wait behind it */
+        }
         wait_pop_front(e);
         s->order = ++e->next_order;
         s->n_done = 0;
         e->running[e->n_running++] = s;
+        budget -= enc;
         int c = len < budget ? len : budget;
-        e->slices[ns++] = (eng_slice){s, 0, c};
+        e->slices[ns++] = (eng_slice){s, 0, c, enc > 0};
         budget -= c;
     }
     return ns;
@@ -306,12 +340,15 @@ static void handle_logits(eng_engine *e, const eng_lrow *r, const float *lg)
     smp_seq_accept(s->smp, tok);
     ev.token = tok;
     ev.logprob = smp_logprobs(lg, e->V, tok, ev.n_top, ev.top_ids, ev.top_logprobs);
-    s->tokens[seq_len(s)] = tok;
+    s->tokens[s->n_prompt + s->n_gen] = tok;
     s->n_gen++;
     if (!s->p.ignore_eos && is_eos(e, tok))
         ev.finish = ENG_FINISH_EOS;
     else if (s->n_gen >= s->max_gen || seq_len(s) >= e->ctx_limit)
         ev.finish = ENG_FINISH_LENGTH;
+    else if (s->n_enc && kv_blocks_for(e->kv, s->n_enc) + kv_blocks_for(e->kv, seq_len(s) + 1) >
+                             kv_blocks_total(e->kv))
+        ev.finish = ENG_FINISH_LENGTH; /* T5: the encoder's table shares the pool */
     pthread_mutex_lock(&e->mu);
     e->st.generated_tokens++;
     pthread_mutex_unlock(&e->mu);
@@ -357,7 +394,7 @@ static int engine_step(eng_engine *e)
         }
         e->slices[j + 1] = x;
     }
-    int n = 0, nl = 0, n_adapters = 0;
+    int n = 0, nl = 0, n_adapters = 0, ne = 0;
     const void *last_ad = NULL;
     uint64_t n_prompt_rows = 0;
     for (int i = 0; i < ns; i++) {
@@ -368,13 +405,27 @@ static int engine_step(eng_engine *e)
             last_ad = s->p.adapter;
         }
         int len = seq_len(s);
+        /* T5: the encoder rows of a newly admitted sequence (its whole prompt); they count as
+         * its prompt tokens, once. */
+        for (int p = 0; sl->enc && p < s->n_enc; p++) {
+            e->eids[ne] = s->tokens[p];
+            e->epos[ne] = p;
+            e->ekv[ne] = &s->kv;
+            e->eadapter[ne] = s->p.adapter;
+            ne++;
+            if (p >= s->prompt_seen) {
+                n_prompt_rows++;
+                s->prompt_seen = p + 1;
+            }
+        }
         for (int k = 0; k < sl->count; k++) {
             int p = sl->start + k;
-            e->ids[n] = s->tokens[p];
+            e->ids[n] = seq_tok(s, p);
             e->pos[n] = p;
+            if (e->denc) e->denc[n] = s->n_enc;
             e->rkv[n] = &s->kv;
             e->radapter[n] = s->p.adapter;
-            if (p < s->n_prompt && p >= s->prompt_seen) {
+            if (!s->n_enc && p < s->n_prompt && p >= s->prompt_seen) {
                 n_prompt_rows++;
                 s->prompt_seen = p + 1;
             }
@@ -387,7 +438,14 @@ static int engine_step(eng_engine *e)
     fwd_batch b = {n, e->ids, e->pos, (kv_seq *const *)e->rkv, e->radapter};
     lr_error err;
     lr_error_clear(&err);
-    int rc = fwd_forward(e->fwd, &b, &err);
+    int rc;
+    if (e->t5) {
+        t5_batch tb = {ne, e->eids, e->epos, (kv_seq *const *)e->ekv, e->eadapter,
+                       n,  e->ids,  e->pos,  (kv_seq *const *)e->rkv, e->radapter, e->denc};
+        rc = t5_forward(e->t5, &tb, &err);
+    } else {
+        rc = fwd_forward(e->fwd, &b, &err);
+    }
     /* Pass counters before any event, so a snapshot taken after a request's last event
      * includes the pass that produced it. */
     pthread_mutex_lock(&e->mu);
@@ -404,7 +462,10 @@ static int engine_step(eng_engine *e)
             int c = nl - i0 < e->max_logit_rows ? nl - i0 : e->max_logit_rows;
             for (int i = 0; i < c; i++)
                 e->lidx[i] = e->lrows[i0 + i].row;
-            fwd_logits(e->fwd, e->lidx, c, e->logits);
+            if (e->t5)
+                t5_logits(e->t5, e->lidx, c, e->logits);
+            else
+                fwd_logits(e->fwd, e->lidx, c, e->logits);
             for (int i = 0; i < c; i++)
                 handle_logits(e, &e->lrows[i0 + i], e->logits + (size_t)i * (size_t)e->V);
         }
@@ -494,6 +555,7 @@ void eng_destroy(eng_engine *e)
         pthread_join(e->thread, NULL);
     }
     fwd_destroy(e->fwd);
+    t5_destroy(e->t5);
     kv_pool_destroy(e->kv);
     kern_pool_destroy(e->pool);
     pthread_mutex_destroy(&e->mu);
@@ -508,6 +570,11 @@ void eng_destroy(eng_engine *e)
     free(e->lidx);
     free(e->logits);
     free(e->smp_scratch);
+    free(e->eids);
+    free(e->epos);
+    free(e->denc);
+    free(e->ekv);
+    free(e->eadapter);
     free(e->done);
     free(e);
 }
@@ -517,9 +584,7 @@ int eng_create(const eng_params *params, lr_error *err, eng_engine **out)
     *out = NULL;
     const lr_model *m = params->model;
     if (!m) return lr_error_set(err, LR_EINVAL, "engine: no model given");
-    if (m->cfg.arch == LR_ARCH_T5)
-        return lr_error_set(err, LR_EUNSUPPORTED,
-                            "engine: T5 (encoder-decoder) models are not supported yet");
+    int is_t5 = m->cfg.arch == LR_ARCH_T5;
     eng_params p = *params;
     if (p.max_batch_tokens <= 0) p.max_batch_tokens = 512;
     if (p.max_seqs <= 0) p.max_seqs = 64;
@@ -539,7 +604,10 @@ int eng_create(const eng_params *params, lr_error *err, eng_engine **out)
     pthread_cond_init(&e->cv, NULL);
     int rc = kern_pool_create(p.threads, err, &e->pool);
     if (rc) goto fail;
-    kv_params kp = {m->cfg.n_layers, m->cfg.n_kv_heads * m->cfg.head_dim, p.kv_block_tokens,
+    /* T5: the pool holds the decoder's self-attention and cross-attention K/V, per decoder
+     * block; the encoder's K/V live only during its pass. */
+    kv_params kp = {is_t5 ? m->cfg.n_dec_layers : m->cfg.n_layers,
+                    m->cfg.n_kv_heads * m->cfg.head_dim, p.kv_block_tokens,
                     p.kv_cache_bytes > 0 ? p.kv_cache_bytes : p.kv_cache_mb * 1024 * 1024,
                     m->cfg.max_pos};
     rc = kv_pool_create(&kp, err, &e->kv);
@@ -548,7 +616,7 @@ int eng_create(const eng_params *params, lr_error *err, eng_engine **out)
     e->ctx_limit = pool_tokens < m->cfg.max_pos ? (int)pool_tokens : m->cfg.max_pos;
     e->max_logit_rows = p.max_seqs;
     fwd_params fp = {m, e->pool, e->kv, p.max_batch_tokens, e->max_logit_rows, p.delta};
-    rc = fwd_create(&fp, err, &e->fwd);
+    rc = is_t5 ? t5_create(&fp, err, &e->t5) : fwd_create(&fp, err, &e->fwd);
     if (rc) goto fail;
     size_t T = (size_t)p.max_batch_tokens;
     e->running = calloc((size_t)p.max_seqs, sizeof *e->running);
@@ -562,8 +630,16 @@ int eng_create(const eng_params *params, lr_error *err, eng_engine **out)
     e->logits = calloc((size_t)e->max_logit_rows * (size_t)e->V, sizeof(float));
     e->smp_scratch = calloc(smp_scratch_floats(e->V) + 1, sizeof(float));
     e->done = calloc((size_t)p.max_seqs * 2 + 2, sizeof *e->done);
+    if (is_t5) {
+        e->eids = calloc(T, sizeof *e->eids);
+        e->epos = calloc(T, sizeof *e->epos);
+        e->denc = calloc(T, sizeof *e->denc);
+        e->ekv = calloc(T, sizeof *e->ekv);
+        e->eadapter = calloc(T, sizeof *e->eadapter);
+    }
     if (!e->running || !e->slices || !e->ids || !e->pos || !e->rkv || !e->radapter || !e->lrows ||
-        !e->lidx || !e->logits || !e->smp_scratch || !e->done) {
+        !e->lidx || !e->logits || !e->smp_scratch || !e->done ||
+        (is_t5 && (!e->eids || !e->epos || !e->denc || !e->ekv || !e->eadapter))) {
         rc = lr_error_set(err, LR_ENOMEM, "engine: cannot allocate step buffers for %d tokens",
                           p.max_batch_tokens);
         goto fail;
@@ -602,6 +678,19 @@ int eng_submit(eng_engine *e, const eng_request_params *p, lr_error *err, uint64
                             "the prompt has %d tokens but the model's context is %d tokens; at "
                             "most %d prompt tokens leave room for one generated token",
                             p->n_prompt, cf->max_pos, cf->max_pos - 1);
+    /* T5: the encoder runs in one pass with at least one decoder row; the encoder has no
+     * per-position logprobs. */
+    int is_t5 = cf->arch == LR_ARCH_T5;
+    if (is_t5 && p->n_prompt + 1 > e->par.max_batch_tokens)
+        return lr_error_set(err, LR_EINVAL,
+                            "the prompt has %d tokens; the encoder runs in one pass of at most %d "
+                            "tokens (--max-batch-tokens) with one decoder token, so at most %d "
+                            "prompt tokens fit",
+                            p->n_prompt, e->par.max_batch_tokens, e->par.max_batch_tokens - 1);
+    if (is_t5 && p->prompt_logprobs)
+        return lr_error_set(err, LR_EINVAL,
+                            "prompt logprobs (echo) are not defined for an encoder-decoder model: "
+                            "the prompt is the encoder input");
     int rc = smp_params_check(&p->sampling, err);
     if (rc) return rc;
 
@@ -609,11 +698,11 @@ int eng_submit(eng_engine *e, const eng_request_params *p, lr_error *err, uint64
     if (!s) return lr_error_set(err, LR_ENOMEM, "request: out of memory");
     s->p = *p;
     s->n_prompt = p->n_prompt;
-    int room = cf->max_pos - p->n_prompt;
+    int room = is_t5 ? cf->max_pos - 1 : cf->max_pos - p->n_prompt; /* T5: decoder positions */
     s->max_gen = p->max_tokens < room ? p->max_tokens : room;
     s->cap = p->n_prompt + s->max_gen;
     s->lp_next = 1;
-    s->n_enc = 0;
+    s->n_enc = is_t5 ? p->n_prompt : 0;
     s->dec_start = cf->decoder_start_id;
     s->tokens = malloc(sizeof(int32_t) * (size_t)s->cap);
     if (!s->tokens || kv_seq_init(e->kv, &s->kv) != 0 ||
@@ -623,7 +712,11 @@ int eng_submit(eng_engine *e, const eng_request_params *p, lr_error *err, uint64
     }
     memcpy(s->tokens, p->prompt, sizeof(int32_t) * (size_t)p->n_prompt);
     s->p.prompt = s->tokens;
-    smp_seq_add_prompt(s->smp, s->tokens, s->n_prompt);
+    /* HF penalises repeats over the decoder's input ids for encoder-decoder models. */
+    if (is_t5)
+        smp_seq_add_prompt(s->smp, &s->dec_start, 1);
+    else
+        smp_seq_add_prompt(s->smp, s->tokens, s->n_prompt);
 
     pthread_mutex_lock(&e->mu);
     if (e->draining || e->stop) {

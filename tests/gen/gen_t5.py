@@ -10,6 +10,7 @@ Presets (SPEC-HF section C):
             (own lm_head, no output scaling), F32, 3 encoder + 2 decoder blocks.
   t5_relu   T5 v1.0 style: "relu", tied head (decoder output scaled by d_model^-0.5), BF16,
             d_kv·heads (96) != d_model (64), 2 + 3 blocks, relative_attention_max_distance 64.
+  flan_t5_tok  t5_gated's kind with vocab 32128 and the real T5 tokenizer files copied in.
   t5_small60m  t5-small's shape (512/2048/6+6/8 heads/32128, relu, tied): ~60M parameters, bench only.
 Adapters (as PEFT save_pretrained writes them, task_type SEQ_2_SEQ_LM, keys
 "base_model.model.<module>.lora_A.weight"): "qv" (target_modules ["q","v"]: hits encoder and decoder
@@ -38,11 +39,17 @@ BASE = dict(vocab=256, d_model=64, d_kv=16, d_ff=128, layers=3, dec_layers=2, he
 PRESETS = {
     "t5_gated": dict(seed=2001),
     "t5_relu": dict(vocab=320, d_model=64, d_kv=24, d_ff=160, layers=2, dec_layers=3, heads=4,
-                    ff="relu", tie=True, dtype="BF16", max_dist=64, seed=2002),
+                    ff="relu", tie=True, dtype="BF16", max_dist=64, emb_std=2.0, out_gain=4.0, seed=2002),
+    # Flan-T5 style with the real T5 tokenizer (../shared/data/t5, 32100 ids; vocab 32128 as the
+    # released checkpoints pad it): what the daemon test and the README example serve.
+    "flan_t5_tok": dict(vocab=32128, d_model=48, d_kv=16, d_ff=96, layers=2, dec_layers=2, heads=4,
+                        tokenizer=True, seed=2003, test=False),
     "t5_small60m": dict(vocab=32128, d_model=512, d_kv=64, d_ff=2048, layers=6, dec_layers=6,
                         heads=8, ff="relu", tie=True, seed=2060, test=False),
 }
 
+T5_TOKENIZER_DIR = os.environ.get("LORAD_T5_TOKENIZER",
+                                  os.path.join(HERE, "..", "..", "..", "shared", "data", "t5"))
 PARITY_MAX_TOKENS = 20  # > 16 decoder positions: the unidirectional log buckets are used too
 STRENGTH = 0.6
 
@@ -101,14 +108,14 @@ def make_weights(p):
         return np.float32(mean) + rng.standard_normal(n, dtype=np.float32) * np.float32(std)
 
     w = {}
-    w["shared.weight"] = rng.standard_normal((V, H), dtype=np.float32) * np.float32(3.0 if p["tie"] else 1.0)
+    w["shared.weight"] = rng.standard_normal((V, H), dtype=np.float32) * np.float32(p.get("emb_std", 1.0))
 
     def attn(pre, bias):
         # No 1/sqrt(d_kv) in T5 attention: q is kept small instead (as T5's init does).
         w[pre + "q.weight"] = lin(inner, H, gain=1.5 / np.sqrt(dkv))
         w[pre + "k.weight"] = lin(inner, H)
         w[pre + "v.weight"] = lin(inner, H)
-        w[pre + "o.weight"] = lin(H, inner)
+        w[pre + "o.weight"] = lin(H, inner, gain=p.get("out_gain", 1.5))
         if bias:
             w[pre + "relative_attention_bias.weight"] = vec(p["buckets"] * nH, 0, 1.0).reshape(p["buckets"], nH)
 
@@ -118,7 +125,7 @@ def make_weights(p):
             w[pre + "DenseReluDense.wi_1.weight"] = lin(I, H)
         else:
             w[pre + "DenseReluDense.wi.weight"] = lin(I, H)
-        w[pre + "DenseReluDense.wo.weight"] = lin(H, I)
+        w[pre + "DenseReluDense.wo.weight"] = lin(H, I, gain=p.get("out_gain", 1.5))
         w[pre + "layer_norm.weight"] = vec(H, 1.0, 0.15)
 
     for i in range(p["layers"]):
@@ -170,6 +177,9 @@ def generate(name, out, force=False):
           os.path.join(tmp, "generation_config.json"))
     st.save_file({n: (a, p["dtype"]) for n, a in make_weights(p).items()},
                  os.path.join(tmp, "model.safetensors"))
+    if p.get("tokenizer"):
+        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model"):
+            shutil.copy(os.path.join(T5_TOKENIZER_DIR, f), os.path.join(tmp, f))
     with open(os.path.join(tmp, ".gen_stamp"), "w") as f:
         f.write(stamp)
     shutil.rmtree(out, ignore_errors=True)
@@ -188,7 +198,8 @@ VARIANTS = {
 for _i in range(8):
     VARIANTS["t%d" % _i] = dict(r=8, lora_alpha=16, seed_offset=100 + _i,
                                 target_modules=[["q", "v"], ATTN + ["wi", "wi_0", "wi_1", "wo"]][_i % 2])
-ADAPTER_PLAN = {"t5_gated": list(VARIANTS), "t5_relu": ["qv", "all", "t0", "t1"]}
+ADAPTER_PLAN = {"t5_gated": list(VARIANTS), "t5_relu": ["qv", "all", "t0", "t1"],
+                "flan_t5_tok": ["qv"]}
 
 
 def t5_linear_keys(cfg):
@@ -221,7 +232,9 @@ def make_adapter(base, variant, seed=0):
         "target_modules": None, "task_type": "SEQ_2_SEQ_LM", "use_dora": False, "use_rslora": False,
     }
     acfg.update(spec)
-    acfg["target_modules"] = sorted(acfg["target_modules"])
+    # Only names the base has (gated: wi_0/wi_1, relu: wi), as a resolved saved config lists them.
+    present = {k.rsplit(".", 1)[1] for k in t5_linear_keys(cfg)}
+    acfg["target_modules"] = sorted(t for t in acfg["target_modules"] if t in present)
     rng = np.random.default_rng(seed)
     r, s = acfg["r"], acfg["lora_alpha"] / acfg["r"]
     tensors = {}
@@ -260,9 +273,8 @@ def generate_adapter(base, variant, out, force=False):
 
 
 def generate_all(models_root, adapters_root, force=False):
-    for n, p in PRESETS.items():
-        if p.get("test", True):
-            generate(n, os.path.join(models_root, n), force)
+    for n in ADAPTER_PLAN:
+        generate(n, os.path.join(models_root, n), force)
     for b, variants in ADAPTER_PLAN.items():
         for v in variants:
             generate_adapter(os.path.join(models_root, b), v, os.path.join(adapters_root, b, v), force)
