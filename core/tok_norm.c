@@ -255,15 +255,9 @@ int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out, i
         int rc = tokpc_normalize(nm->pc, s, len, &d, &dn);
         if (!rc) rc = tokbuf_put(out, d, dn);
         free(d);
-        /* Does the first code point vanish (e.g. a control char under nmt_nfkc)? Then the text
-         * starts later in the original. Whole grapheme clusters are not considered here. */
-        if (!rc && len) {
-            uint32_t cp;
-            int k = tok_utf8_next(s, len, &cp);
-            d = NULL;
-            if (tokpc_normalize(nm->pc, s, (size_t)k, &d, &dn) == 0 && dn == 0) *shifted = 1;
-            free(d);
-        }
+        /* No *shifted here: HF's Precompiled transform keeps a dropped leading char (e.g. a
+         * control char under nmt_nfkc) inside the next char's alignment, so the start stays at
+         * offset 0 (checked with the HF crate on T5 with prepend_scheme "first"). */
         return rc;
     }
     }

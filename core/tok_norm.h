@@ -20,7 +20,8 @@ void toknorm_destroy(tok_norm *n);
 
 /* Normalize s[0:len] (valid UTF-8) into out (reset first). nm may be NULL (copy).
  * *shifted (may be NULL; never cleared) is set to 1 when the normalized text no longer starts
- * at original offset 0 — its leading chars were stripped or replaced by nothing — which HF's
+ * at original offset 0 — Strip, Replace-by-nothing or StripAccents removed its first chars
+ * (Precompiled does not count: HF keeps such a char in the next one's alignment) — which HF's
  * Metaspace prepend_scheme "first" looks at through NormalizedString alignments.
  * Returns 0, LR_ENOMEM or LR_EINTERNAL (regex engine gave up). */
 int toknorm_apply(const tok_norm *nm, const char *s, size_t len, tok_buf *out, int *shifted);
