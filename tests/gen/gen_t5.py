@@ -8,6 +8,7 @@
 Presets (SPEC-HF section C):
   t5_gated  Flan-T5 style: feed_forward_proj "gated-gelu" (gelu_new), tie_word_embeddings false
             (own lm_head, no output scaling), F32, 3 encoder + 2 decoder blocks.
+  t5_gated_f16  the same kind with other weights, stored as F16.
   t5_relu   T5 v1.0 style: "relu", tied head (decoder output scaled by d_model^-0.5), BF16,
             d_kv·heads (96) != d_model (64), 2 + 3 blocks, relative_attention_max_distance 64.
   flan_t5_tok  t5_gated's kind with vocab 32128 and the real T5 tokenizer files copied in.
@@ -38,6 +39,7 @@ BASE = dict(vocab=256, d_model=64, d_kv=16, d_ff=128, layers=3, dec_layers=2, he
             n_positions=512, seed=2000, test=True)
 PRESETS = {
     "t5_gated": dict(seed=2001),
+    "t5_gated_f16": dict(dtype="F16", seed=2004),
     "t5_relu": dict(vocab=320, d_model=64, d_kv=24, d_ff=160, layers=2, dec_layers=3, heads=4,
                     ff="relu", tie=True, dtype="BF16", max_dist=64, emb_std=2.0, out_gain=4.0, seed=2002),
     # Flan-T5 style with the real T5 tokenizer (../shared/data/t5, 32100 ids; vocab 32128 as the
@@ -199,6 +201,7 @@ for _i in range(8):
     VARIANTS["t%d" % _i] = dict(r=8, lora_alpha=16, seed_offset=100 + _i,
                                 target_modules=[["q", "v"], ATTN + ["wi", "wi_0", "wi_1", "wo"]][_i % 2])
 ADAPTER_PLAN = {"t5_gated": list(VARIANTS), "t5_relu": ["qv", "all", "t0", "t1"],
+                "t5_gated_f16": ["qv", "all"],
                 "flan_t5_tok": ["qv"]}
 
 

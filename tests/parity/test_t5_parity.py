@@ -3,7 +3,8 @@
 
 Checks, each with identical greedy tokens and logprobs / top-5 within 1e-3 (parity_common.compare):
   1. t5_gated (Flan-T5 style: gated-gelu, untied, F32) and t5_relu (T5 v1.0 style: relu, tied head
-     scaled by d_model^-0.5, BF16, d_kv·heads != d_model): the base, a q,v adapter and an
+     scaled by d_model^-0.5, BF16, d_kv·heads != d_model), and t5_gated_f16 (F16 weights): the
+     base, a q,v adapter and an
      all-module adapter (q,k,v,o of self- and cross-attention + wi/wi_0/wi_1/wo), on 3 short
      prompts and one of 150 tokens (far relative-position buckets), one at a time and batched;
   2. a weighted mix (qv:0.5 + all:1.5) on t5_gated;
@@ -223,7 +224,7 @@ def main():
         return 1
     gen_t5.generate_all(pc.MODELS, pc.ADAPTERS)
     rows, ok = [], True
-    for base in ("t5_gated", "t5_relu"):
+    for base in ("t5_gated", "t5_relu", "t5_gated_f16"):
         mdir = os.path.join(pc.MODELS, base)
         p = gen_t5.preset_config(base)
         prompts = gen_t5.parity_prompts(p) + [gen_t5.long_prompt(p)]
