@@ -16,11 +16,11 @@
 int jj_compile(const char *src, size_t len, lr_error *err, jj_template **out)
 {
     *out = NULL;
-    if (!src)
-        return lr_error_set(err, LR_EINVAL, "chat template: no source");
+    if (!src) return lr_error_set(err, LR_EINVAL, "chat template: no source");
     if (len > JJ_MAX_SOURCE)
-        return lr_error_set(err, LR_ETOOLARGE, "chat template: %zu bytes is more than the %zu allowed",
-                            len, JJ_MAX_SOURCE);
+        return lr_error_set(err, LR_ETOOLARGE,
+                            "chat template: %zu bytes is more than the %zu allowed", len,
+                            JJ_MAX_SOURCE);
     jj_template *t = calloc(1, sizeof *t);
     if (!t || !(t->src = malloc(len + 1))) {
         free(t);
@@ -40,8 +40,7 @@ int jj_compile(const char *src, size_t len, lr_error *err, jj_template **out)
 
 void jj_destroy(jj_template *t)
 {
-    if (!t)
-        return;
+    if (!t) return;
     jj_arena_free(&t->arena);
     free(t->src);
     free(t);
@@ -78,12 +77,10 @@ static int from_json(jj_ctx *c, const json_t *j, int depth, jv *out)
     case JSON_ARRAY: {
         size_t n = json_array_size(j);
         jj_list *l = jj_list_new(c, NULL, n);
-        if (!l)
-            return c->err->code;
+        if (!l) return c->err->code;
         for (size_t i = 0; i < n; i++) {
             int rc = from_json(c, json_array_get(j, i), depth + 1, &l->v[i]);
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
         l->n = n;
         out->t = JV_LIST;
@@ -93,20 +90,18 @@ static int from_json(jj_ctx *c, const json_t *j, int depth, jv *out)
     case JSON_OBJECT: {
         jj_dict *d = jj_alloc(c, NULL, sizeof *d);
         size_t n = json_object_size(j);
-        if (!d || (n && !(d->kv = jj_alloc(c, NULL, n * sizeof *d->kv))))
-            return c->err->code;
+        if (!d || (n && !(d->kv = jj_alloc(c, NULL, n * sizeof *d->kv)))) return c->err->code;
         d->cap = n;
         const char *k;
         json_t *v;
         /* jansson keeps insertion order, which is the request's key order */
-        json_object_foreach((json_t *)j, k, v) {
-            if (d->n == d->cap)
-                break;
+        json_object_foreach((json_t *)j, k, v)
+        {
+            if (d->n == d->cap) break;
             d->kv[d->n].k = k;
             d->kv[d->n].kn = strlen(k);
             int rc = from_json(c, v, depth + 1, &d->kv[d->n].v);
-            if (rc)
-                return rc;
+            if (rc) return rc;
             d->n++;
         }
         out->t = JV_DICT;
@@ -122,25 +117,18 @@ int jj_render(const jj_template *t, const json_t *ctx, const jj_options *opts, c
               size_t *out_len, lr_error *err)
 {
     lr_error local;
-    if (!err)
-        err = &local;
+    if (!err) err = &local;
     lr_error_clear(err);
     *out = NULL;
-    if (out_len)
-        *out_len = 0;
+    if (out_len) *out_len = 0;
     if (ctx && !json_is_object(ctx))
         return lr_error_set(err, LR_EINVAL, "chat template: the context must be a JSON object");
     jj_ctx c = {.t = t, .err = err};
-    if (opts)
-        c.opt = *opts;
-    if (!c.opt.max_output)
-        c.opt.max_output = JJ_DEFAULT_MAX_OUTPUT;
-    if (!c.opt.max_memory)
-        c.opt.max_memory = JJ_DEFAULT_MAX_MEMORY;
-    if (!c.opt.max_steps)
-        c.opt.max_steps = JJ_DEFAULT_MAX_STEPS;
-    if (c.opt.max_depth <= 0)
-        c.opt.max_depth = JJ_DEFAULT_MAX_DEPTH;
+    if (opts) c.opt = *opts;
+    if (!c.opt.max_output) c.opt.max_output = JJ_DEFAULT_MAX_OUTPUT;
+    if (!c.opt.max_memory) c.opt.max_memory = JJ_DEFAULT_MAX_MEMORY;
+    if (!c.opt.max_steps) c.opt.max_steps = JJ_DEFAULT_MAX_STEPS;
+    if (c.opt.max_depth <= 0) c.opt.max_depth = JJ_DEFAULT_MAX_DEPTH;
     c.arena.limit = c.opt.max_memory;
     jj_buf b = {.limit = c.opt.max_output};
     c.out = &b;
@@ -154,7 +142,8 @@ int jj_render(const jj_template *t, const json_t *ctx, const jj_options *opts, c
     if (ctx) {
         const char *k;
         json_t *v;
-        json_object_foreach((json_t *)ctx, k, v) {
+        json_object_foreach((json_t *)ctx, k, v)
+        {
             jv x;
             if ((rc = from_json(&c, v, 0, &x)) ||
                 (rc = jj_frame_set(&c, NULL, c.root, k, strlen(k), x)))
@@ -163,20 +152,18 @@ int jj_render(const jj_template *t, const json_t *ctx, const jj_options *opts, c
     }
     rc = jj_exec_body(&c, t->root->kids, t->root->nkids);
     if (!rc && b.n > c.opt.max_output)
-        rc = jj_fail(&c, NULL, LR_EINTERNAL, "rendered text larger than %zu bytes", c.opt.max_output);
-    if (!rc && !b.p)
-        rc = jj_buf_put(&b, "", 0) ? jj_fail(&c, NULL, LR_ENOMEM, "out of memory") : 0;
+        rc = jj_fail(&c, NULL, LR_EINTERNAL, "rendered text larger than %zu bytes",
+                     c.opt.max_output);
+    if (!rc && !b.p) rc = jj_buf_put(&b, "", 0) ? jj_fail(&c, NULL, LR_ENOMEM, "out of memory") : 0;
 out:
     jj_arena_free(&c.arena);
     if (rc) {
-        if (!err->code)
-            lr_error_set(err, rc, "chat template: render failed (%s)", lr_strerror(rc));
+        if (!err->code) lr_error_set(err, rc, "chat template: render failed (%s)", lr_strerror(rc));
         free(b.p);
         return rc;
     }
     *out = b.p;
-    if (out_len)
-        *out_len = b.n;
+    if (out_len) *out_len = b.n;
     return 0;
 }
 
@@ -186,22 +173,17 @@ int jj_render_chat(const jj_template *t, const json_t *messages, int add_generat
                    lr_error *err)
 {
     json_t *ctx = json_object();
-    if (!ctx)
-        return lr_error_set(err, LR_ENOMEM, "chat template: out of memory");
+    if (!ctx) return lr_error_set(err, LR_ENOMEM, "chat template: out of memory");
     int bad = 0;
-    if (extra && json_is_object(extra))
-        bad |= json_object_update(ctx, (json_t *)extra);
-    if (messages)
-        bad |= json_object_set(ctx, "messages", (json_t *)messages);
+    if (extra && json_is_object(extra)) bad |= json_object_update(ctx, (json_t *)extra);
+    if (messages) bad |= json_object_set(ctx, "messages", (json_t *)messages);
     bad |= json_object_set_new(ctx, "add_generation_prompt", json_boolean(add_generation_prompt));
-    if (tools)
-        bad |= json_object_set(ctx, "tools", (json_t *)tools);
-    if (bos_token)
-        bad |= json_object_set_new(ctx, "bos_token", json_string(bos_token));
-    if (eos_token)
-        bad |= json_object_set_new(ctx, "eos_token", json_string(eos_token));
-    int rc = bad ? lr_error_set(err, LR_EINVAL, "chat template: could not build the context "
-                                                "(are the special tokens valid UTF-8?)")
+    if (tools) bad |= json_object_set(ctx, "tools", (json_t *)tools);
+    if (bos_token) bad |= json_object_set_new(ctx, "bos_token", json_string(bos_token));
+    if (eos_token) bad |= json_object_set_new(ctx, "eos_token", json_string(eos_token));
+    int rc = bad ? lr_error_set(err, LR_EINVAL,
+                                "chat template: could not build the context "
+                                "(are the special tokens valid UTF-8?)")
                  : jj_render(t, ctx, opts, out, out_len, err);
     json_decref(ctx);
     return rc;

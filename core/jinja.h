@@ -42,8 +42,8 @@ typedef struct jj_template jj_template;
 
 /* Per-render limits and hooks; zero fields take the defaults below. Plain data. */
 typedef struct jj_options {
-    size_t max_output; /* bytes of rendered text (default 16 MiB) */
-    size_t max_memory; /* bytes of per-render scratch: values, strings (default 256 MiB) */
+    size_t max_output;  /* bytes of rendered text (default 16 MiB) */
+    size_t max_memory;  /* bytes of per-render scratch: values, strings (default 256 MiB) */
     uint64_t max_steps; /* loop iterations + calls + output statements (default 4,000,000) */
     int max_depth;      /* nesting of macro calls / recursion (default 64) */
     time_t now;         /* strftime_now's time (local time); 0 = the current time */

@@ -19,8 +19,7 @@
 
 int jj_fail(jj_ctx *c, const jj_node *n, int code, const char *fmt, ...)
 {
-    if (c->err && c->err->code)
-        return c->err->code; /* the first error wins */
+    if (c->err && c->err->code) return c->err->code; /* the first error wins */
     char msg[440];
     va_list ap;
     va_start(ap, fmt);
@@ -33,8 +32,7 @@ int jj_fail(jj_ctx *c, const jj_node *n, int code, const char *fmt, ...)
     } else {
         lr_error_set(c->err, code, "chat template: %s", msg);
     }
-    if (code == LR_EINTERNAL && c->err)
-        c->err->http = 500;
+    if (code == LR_EINTERNAL && c->err) c->err->http = 500;
     return code;
 }
 
@@ -68,10 +66,8 @@ int jj_step(jj_ctx *c, const jj_node *n)
 int jj_mkstr(jj_ctx *c, const jj_node *n, const char *s, size_t len, jv *out)
 {
     char *p = jj_alloc(c, n, len + 1);
-    if (!p)
-        return c->err->code;
-    if (len)
-        memcpy(p, s, len);
+    if (!p) return c->err->code;
+    if (len) memcpy(p, s, len);
     out->t = JV_STR;
     out->tuple = 0;
     out->u.s.p = p;
@@ -82,10 +78,8 @@ int jj_mkstr(jj_ctx *c, const jj_node *n, const char *s, size_t len, jv *out)
 jj_list *jj_list_new(jj_ctx *c, const jj_node *n, size_t cap)
 {
     jj_list *l = jj_alloc(c, n, sizeof *l);
-    if (!l)
-        return NULL;
-    if (cap && !(l->v = jj_alloc(c, n, cap * sizeof *l->v)))
-        return NULL;
+    if (!l) return NULL;
+    if (cap && !(l->v = jj_alloc(c, n, cap * sizeof *l->v))) return NULL;
     l->cap = cap;
     return l;
 }
@@ -95,10 +89,8 @@ int jj_list_push(jj_ctx *c, const jj_node *n, jj_list *l, jv v)
     if (l->n == l->cap) {
         size_t nc = l->cap ? l->cap * 2 : 8;
         jv *nv = jj_alloc(c, n, nc * sizeof *nv);
-        if (!nv)
-            return c->err->code;
-        if (l->n)
-            memcpy(nv, l->v, l->n * sizeof *nv);
+        if (!nv) return c->err->code;
+        if (l->n) memcpy(nv, l->v, l->n * sizeof *nv);
         l->v = nv;
         l->cap = nc;
     }
@@ -116,10 +108,8 @@ int jj_dict_set(jj_ctx *c, const jj_node *n, jj_dict *d, const char *k, size_t k
     if (d->n == d->cap) {
         size_t nc = d->cap ? d->cap * 2 : 8;
         jj_kv *nkv = jj_alloc(c, n, nc * sizeof *nkv);
-        if (!nkv)
-            return c->err->code;
-        if (d->n)
-            memcpy(nkv, d->kv, d->n * sizeof *nkv);
+        if (!nkv) return c->err->code;
+        if (d->n) memcpy(nkv, d->kv, d->n * sizeof *nkv);
         d->kv = nkv;
         d->cap = nc;
     }
@@ -143,8 +133,7 @@ jv jj_undef(const char *name)
 static jj_frame *frame_new(jj_ctx *c, const jj_node *n, jj_frame *parent)
 {
     jj_frame *f = jj_alloc(c, n, sizeof *f);
-    if (f)
-        f->parent = parent;
+    if (f) f->parent = parent;
     return f;
 }
 
@@ -166,8 +155,7 @@ static jv lookup(jj_ctx *c, const char *k, size_t kn)
 {
     for (jj_frame *f = c->frame; f; f = f->parent) {
         jv *v = jj_dict_get(&f->vars, k, kn);
-        if (v)
-            return *v;
+        if (v) return *v;
     }
     for (size_t g = 0; g < sizeof GLOBALS / sizeof GLOBALS[0]; g++)
         if (strlen(GLOBALS[g].name) == kn && memcmp(GLOBALS[g].name, k, kn) == 0) {
@@ -210,8 +198,7 @@ int jj_getattr(jj_ctx *c, const jj_node *n, jv obj, const char *name, size_t nle
     case JV_DICT: {
         /* Jinja2's getattr tries the Python attribute first: d.items is the method even when
          * d has an "items" key (d['items'] is the item) */
-        if (jj_method_exists(obj, name, nlen))
-            break;
+        if (jj_method_exists(obj, name, nlen)) break;
         jv *v = jj_dict_get(obj.u.d, name, nlen);
         if (v) {
             *out = *v;
@@ -237,8 +224,7 @@ int jj_getattr(jj_ctx *c, const jj_node *n, jv obj, const char *name, size_t nle
     }
     if (jj_method_exists(obj, name, nlen)) {
         jj_method *m = jj_alloc(c, n, sizeof *m);
-        if (!m)
-            return c->err->code;
+        if (!m) return c->err->code;
         m->self = obj;
         m->name = name;
         m->nlen = nlen;
@@ -262,7 +248,8 @@ int jj_getitem(jj_ctx *c, const jj_node *n, jv obj, jv key, jv *out)
     case JV_DICT:
     case JV_NS:
         if (key.t == JV_STR) {
-            jv *v = jj_dict_get(obj.u.d, key.u.s.p, key.u.s.n); /* the item first, then attributes */
+            jv *v =
+                jj_dict_get(obj.u.d, key.u.s.p, key.u.s.n); /* the item first, then attributes */
             if (v) {
                 *out = *v;
                 return 0;
@@ -272,8 +259,7 @@ int jj_getitem(jj_ctx *c, const jj_node *n, jv obj, jv key, jv *out)
         break;
     case JV_LIST:
         if (to_int_index(key, &i)) {
-            if (i < 0)
-                i += (int64_t)obj.u.l->n;
+            if (i < 0) i += (int64_t)obj.u.l->n;
             if (i >= 0 && (size_t)i < obj.u.l->n) {
                 *out = obj.u.l->v[i];
                 return 0;
@@ -283,8 +269,7 @@ int jj_getitem(jj_ctx *c, const jj_node *n, jv obj, jv key, jv *out)
     case JV_STR:
         if (to_int_index(key, &i)) {
             size_t len = jj_utf8_len(obj.u.s.p, obj.u.s.n);
-            if (i < 0)
-                i += (int64_t)len;
+            if (i < 0) i += (int64_t)len;
             if (i >= 0 && (size_t)i < len) {
                 size_t a = jj_utf8_offset(obj.u.s.p, obj.u.s.n, (size_t)i);
                 size_t b = jj_utf8_offset(obj.u.s.p, obj.u.s.n, (size_t)i + 1);
@@ -297,8 +282,7 @@ int jj_getitem(jj_ctx *c, const jj_node *n, jv obj, jv key, jv *out)
         }
         break;
     case JV_LOOP:
-        if (key.t == JV_STR)
-            return jj_getattr(c, n, obj, key.u.s.p, key.u.s.n, out);
+        if (key.t == JV_STR) return jj_getattr(c, n, obj, key.u.s.p, key.u.s.n, out);
         break;
     default:
         break;
@@ -310,14 +294,11 @@ int jj_getitem(jj_ctx *c, const jj_node *n, jv obj, jv key, jv *out)
 static int slice_bound(jj_ctx *c, const jj_node *n, const jj_node *e, int64_t *out, int *given)
 {
     *given = 0;
-    if (!e)
-        return 0;
+    if (!e) return 0;
     jv v;
     int rc = jj_eval(c, e, &v);
-    if (rc)
-        return rc;
-    if (v.t == JV_NONE || v.t == JV_UNDEF)
-        return 0;
+    if (rc) return rc;
+    if (v.t == JV_NONE || v.t == JV_UNDEF) return 0;
     if (!to_int_index(v, out))
         return jj_fail(c, n, LR_EINVAL, "slice indices must be integers, not %s", jv_type_name(v));
     *given = 1;
@@ -333,35 +314,44 @@ static int eval_slice(jj_ctx *c, const jj_node *n, jv obj, jv *out)
         (rc = slice_bound(c, n, n->kids[1], &stop, &ge)) ||
         (rc = slice_bound(c, n, n->kids[2], &step, &gt)))
         return rc;
-    if (step == 0)
-        return jj_fail(c, n, LR_EINVAL, "slice step cannot be zero");
-    if (obj.t == JV_UNDEF)
-        return jj_undef_error(c, n, obj);
+    if (step == 0) return jj_fail(c, n, LR_EINVAL, "slice step cannot be zero");
+    if (obj.t == JV_UNDEF) return jj_undef_error(c, n, obj);
     if (obj.t != JV_LIST && obj.t != JV_STR)
         return jj_fail(c, n, LR_EINVAL, "cannot slice a %s", jv_type_name(obj));
-    int64_t len = obj.t == JV_LIST ? (int64_t)obj.u.l->n : (int64_t)jj_utf8_len(obj.u.s.p, obj.u.s.n);
+    int64_t len =
+        obj.t == JV_LIST ? (int64_t)obj.u.l->n : (int64_t)jj_utf8_len(obj.u.s.p, obj.u.s.n);
     if (step > 0) {
-        if (!gs) start = 0;
-        else if (start < 0) start = start + len < 0 ? 0 : start + len;
-        else if (start > len) start = len;
-        if (!ge) stop = len;
-        else if (stop < 0) stop = stop + len < 0 ? 0 : stop + len;
-        else if (stop > len) stop = len;
+        if (!gs)
+            start = 0;
+        else if (start < 0)
+            start = start + len < 0 ? 0 : start + len;
+        else if (start > len)
+            start = len;
+        if (!ge)
+            stop = len;
+        else if (stop < 0)
+            stop = stop + len < 0 ? 0 : stop + len;
+        else if (stop > len)
+            stop = len;
     } else {
-        if (!gs) start = len - 1;
-        else if (start < 0) start = start + len < -1 ? -1 : start + len;
-        else if (start > len - 1) start = len - 1;
-        if (!ge) stop = -1;
-        else if (stop < 0) stop = stop + len < -1 ? -1 : stop + len;
-        else if (stop > len - 1) stop = len - 1;
+        if (!gs)
+            start = len - 1;
+        else if (start < 0)
+            start = start + len < -1 ? -1 : start + len;
+        else if (start > len - 1)
+            start = len - 1;
+        if (!ge)
+            stop = -1;
+        else if (stop < 0)
+            stop = stop + len < -1 ? -1 : stop + len;
+        else if (stop > len - 1)
+            stop = len - 1;
     }
     if (obj.t == JV_LIST) {
         jj_list *l = jj_list_new(c, n, 0);
-        if (!l)
-            return c->err->code;
+        if (!l) return c->err->code;
         for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step)
-            if ((rc = jj_list_push(c, n, l, obj.u.l->v[i])))
-                return rc;
+            if ((rc = jj_list_push(c, n, l, obj.u.l->v[i]))) return rc;
         out->t = JV_LIST;
         out->tuple = obj.tuple;
         out->u.l = l;
@@ -370,12 +360,10 @@ static int eval_slice(jj_ctx *c, const jj_node *n, jv obj, jv *out)
     /* strings: byte offset of every code point, then copy the chosen ones */
     size_t *off = jj_alloc(c, n, ((size_t)len + 1) * sizeof *off);
     char *buf = jj_alloc(c, n, obj.u.s.n + 1);
-    if (!off || !buf)
-        return c->err->code;
+    if (!off || !buf) return c->err->code;
     size_t k = 0;
     for (size_t i = 0; i < obj.u.s.n; i++)
-        if (((unsigned char)obj.u.s.p[i] & 0xC0) != 0x80)
-            off[k++] = i;
+        if (((unsigned char)obj.u.s.p[i] & 0xC0) != 0x80) off[k++] = i;
     off[k] = obj.u.s.n;
     size_t o = 0;
     for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
@@ -393,13 +381,11 @@ static int eval_slice(jj_ctx *c, const jj_node *n, jv obj, jv *out)
 int jj_eval_args(jj_ctx *c, const jj_node *call, jj_args *a)
 {
     memset(a, 0, sizeof *a);
-    if (!call->nkids)
-        return 0;
+    if (!call->nkids) return 0;
     a->pos = jj_alloc(c, call, call->nkids * sizeof *a->pos);
     a->kw = jj_alloc(c, call, call->nkids * sizeof *a->kw);
     a->kwv = jj_alloc(c, call, call->nkids * sizeof *a->kwv);
-    if (!a->pos || !a->kw || !a->kwv)
-        return c->err->code;
+    if (!a->pos || !a->kw || !a->kwv) return c->err->code;
     for (size_t i = 0; i < call->nkids; i++) {
         const jj_node *k = call->kids[i];
         int rc;
@@ -414,8 +400,7 @@ int jj_eval_args(jj_ctx *c, const jj_node *call, jj_args *a)
         } else {
             rc = jj_eval(c, k, &a->pos[a->npos++]);
         }
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
     return 0;
 }
@@ -461,8 +446,7 @@ static int capture(jj_ctx *c, const jj_node *n, jj_node *const *kids, size_t nk,
     c->out = &b;
     int rc = jj_exec_body(c, kids, nk);
     c->out = saved;
-    if (!rc)
-        rc = jj_mkstr(c, n, b.p ? b.p : "", b.n, out);
+    if (!rc) rc = jj_mkstr(c, n, b.p ? b.p : "", b.n, out);
     free(b.p);
     return rc;
 }
@@ -474,17 +458,17 @@ static int call_macro(jj_ctx *c, const jj_node *n, const jj_node *m, const jj_ar
     if (c->depth >= c->opt.max_depth)
         return jj_fail(c, n, LR_EINTERNAL, "macro calls nested deeper than %d", c->opt.max_depth);
     if (caller && !m->i)
-        return jj_fail(c, n, LR_EINVAL, "macro '%.*s' is called from a {%% call %%} block but "
-                       "never uses caller()", (int)m->slen, m->s);
+        return jj_fail(c, n, LR_EINVAL,
+                       "macro '%.*s' is called from a {%% call %%} block but "
+                       "never uses caller()",
+                       (int)m->slen, m->s);
     if (a->npos > m->nparams)
         return jj_fail(c, n, LR_EINVAL, "macro '%.*s' takes at most %zu argument%s (%zu given)",
                        (int)m->slen, m->s, m->nparams, m->nparams == 1 ? "" : "s", a->npos);
     int rc = jj_step(c, n);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     jj_frame *f = frame_new(c, n, c->root);
-    if (!f)
-        return c->err->code;
+    if (!f) return c->err->code;
     jj_frame *saved = c->frame;
     for (size_t j = 0; j < a->nkw; j++) {
         size_t p;
@@ -509,16 +493,14 @@ static int call_macro(jj_ctx *c, const jj_node *n, const jj_node *m, const jj_ar
             else
                 v = jj_undef(m->params[p]);
         }
-        if (!rc)
-            rc = jj_frame_set(c, n, f, m->params[p], strlen(m->params[p]), v);
+        if (!rc) rc = jj_frame_set(c, n, f, m->params[p], strlen(m->params[p]), v);
     }
     if (!rc && caller) {
         jv cv = {.t = JV_CALLER};
         cv.u.ptr = caller;
         rc = jj_frame_set(c, n, f, "caller", 6, cv);
     }
-    if (!rc)
-        rc = capture(c, n, m->kids, m->nkids, out);
+    if (!rc) rc = capture(c, n, m->kids, m->nkids, out);
     c->depth--;
     c->frame = saved;
     return rc;
@@ -530,8 +512,7 @@ static int call_caller(jj_ctx *c, const jj_node *n, jj_caller *cl, const jj_args
         return jj_fail(c, n, LR_EINTERNAL, "calls nested deeper than %d", c->opt.max_depth);
     const jj_node *blk = cl->blk;
     jj_frame *f = frame_new(c, n, cl->frame);
-    if (!f)
-        return c->err->code;
+    if (!f) return c->err->code;
     jj_frame *saved = c->frame;
     c->frame = f;
     c->depth++;
@@ -544,11 +525,9 @@ static int call_caller(jj_ctx *c, const jj_node *n, jj_caller *cl, const jj_args
             else
                 v = jj_undef(blk->params[p]);
         }
-        if (!rc)
-            rc = jj_frame_set(c, n, f, blk->params[p], strlen(blk->params[p]), v);
+        if (!rc) rc = jj_frame_set(c, n, f, blk->params[p], strlen(blk->params[p]), v);
     }
-    if (!rc)
-        rc = capture(c, n, blk->kids, blk->nkids, out);
+    if (!rc) rc = capture(c, n, blk->kids, blk->nkids, out);
     c->depth--;
     c->frame = saved;
     return rc;
@@ -559,10 +538,8 @@ static int eval_call(jj_ctx *c, const jj_node *n, jj_caller *caller, jv *out)
     jv fn;
     jj_args a;
     int rc = jj_eval(c, n->a, &fn);
-    if (!rc)
-        rc = jj_eval_args(c, n, &a);
-    if (rc)
-        return rc;
+    if (!rc) rc = jj_eval_args(c, n, &a);
+    if (rc) return rc;
     switch (fn.t) {
     case JV_MACRO:
         return call_macro(c, n, fn.u.ptr, &a, caller, out);
@@ -581,10 +558,8 @@ static int eval_call(jj_ctx *c, const jj_node *n, jj_caller *caller, jv *out)
 
 static int arith_error(jj_ctx *c, const jj_node *n, const char *op, jv a, jv b)
 {
-    if (a.t == JV_UNDEF)
-        return jj_undef_error(c, n, a);
-    if (b.t == JV_UNDEF)
-        return jj_undef_error(c, n, b);
+    if (a.t == JV_UNDEF) return jj_undef_error(c, n, a);
+    if (b.t == JV_UNDEF) return jj_undef_error(c, n, b);
     return jj_fail(c, n, LR_EINVAL, "unsupported operand types for %s: '%s' and '%s'", op,
                    jv_type_name(a), jv_type_name(b));
 }
@@ -603,12 +578,9 @@ static int concat_str(jj_ctx *c, const jj_node *n, const char *a, size_t an, con
                       size_t bn, jv *out)
 {
     char *p = jj_alloc(c, n, an + bn + 1);
-    if (!p)
-        return c->err->code;
-    if (an)
-        memcpy(p, a, an);
-    if (bn)
-        memcpy(p + an, b, bn);
+    if (!p) return c->err->code;
+    if (an) memcpy(p, a, an);
+    if (bn) memcpy(p + an, b, bn);
     out->t = JV_STR;
     out->tuple = 0;
     out->u.s.p = p;
@@ -646,10 +618,8 @@ static int eval_binop(jj_ctx *c, const jj_node *n, jv *out)
 {
     jv a, b;
     int rc = jj_eval(c, n->a, &a);
-    if (!rc)
-        rc = jj_eval(c, n->b, &b);
-    if (rc)
-        return rc;
+    if (!rc) rc = jj_eval(c, n->b, &b);
+    if (rc) return rc;
     out->tuple = 0;
     switch (n->op) {
     case JO_EQ:
@@ -664,20 +634,21 @@ static int eval_binop(jj_ctx *c, const jj_node *n, jv *out)
         int r = jv_compare(a, b, 0);
         if (r == -2) {
             static const char *const names[] = {"<", ">", "<=", ">="};
-            if (a.t == JV_UNDEF || b.t == JV_UNDEF)
-                return arith_error(c, n, "", a, b);
+            if (a.t == JV_UNDEF || b.t == JV_UNDEF) return arith_error(c, n, "", a, b);
             return jj_fail(c, n, LR_EINVAL, "'%s' not supported between '%s' and '%s'",
                            names[n->op - JO_LT], jv_type_name(a), jv_type_name(b));
         }
         out->t = JV_BOOL;
-        out->u.i = n->op == JO_LT ? r < 0 : n->op == JO_GT ? r > 0 : n->op == JO_LE ? r <= 0 : r >= 0;
+        out->u.i = n->op == JO_LT   ? r < 0
+                   : n->op == JO_GT ? r > 0
+                   : n->op == JO_LE ? r <= 0
+                                    : r >= 0;
         return 0;
     }
     case JO_IN:
     case JO_NOTIN: {
         int r;
-        if ((rc = jj_contains(c, n, b, a, &r)))
-            return rc;
+        if ((rc = jj_contains(c, n, b, a, &r))) return rc;
         out->t = JV_BOOL;
         out->u.i = r == (n->op == JO_IN);
         return 0;
@@ -685,8 +656,7 @@ static int eval_binop(jj_ctx *c, const jj_node *n, jv *out)
     case JO_CONCAT: {
         jj_buf s = {.limit = c->opt.max_output};
         rc = jv_str(&s, a);
-        if (!rc)
-            rc = jv_str(&s, b);
+        if (!rc) rc = jv_str(&s, b);
         if (!rc)
             rc = jj_mkstr(c, n, s.p ? s.p : "", s.n, out);
         else
@@ -705,12 +675,9 @@ static int eval_binop(jj_ctx *c, const jj_node *n, jv *out)
         return arith_error(c, n, on, a, b); /* list + tuple is a TypeError in Python */
     if (a.t == JV_LIST && b.t == JV_LIST && n->op == JO_ADD) {
         jj_list *l = jj_list_new(c, n, a.u.l->n + b.u.l->n);
-        if (!l)
-            return c->err->code;
-        if (a.u.l->n)
-            memcpy(l->v, a.u.l->v, a.u.l->n * sizeof *l->v);
-        if (b.u.l->n)
-            memcpy(l->v + a.u.l->n, b.u.l->v, b.u.l->n * sizeof *l->v);
+        if (!l) return c->err->code;
+        if (a.u.l->n) memcpy(l->v, a.u.l->v, a.u.l->n * sizeof *l->v);
+        if (b.u.l->n) memcpy(l->v + a.u.l->n, b.u.l->v, b.u.l->n * sizeof *l->v);
         l->n = a.u.l->n + b.u.l->n;
         out->t = JV_LIST;
         out->tuple = a.tuple && b.tuple;
@@ -721,13 +688,11 @@ static int eval_binop(jj_ctx *c, const jj_node *n, jv *out)
                             (b.t == JV_STR && (a.t == JV_INT || a.t == JV_BOOL)))) {
         jv s = a.t == JV_STR ? a : b;
         int64_t k = a.t == JV_STR ? b.u.i : a.u.i;
-        if (k < 0)
-            k = 0;
+        if (k < 0) k = 0;
         if (s.u.s.n && (uint64_t)k > c->opt.max_output / s.u.s.n)
             return jj_fail(c, n, LR_EINTERNAL, "string repetition larger than the output limit");
         char *p = jj_alloc(c, n, s.u.s.n * (size_t)k + 1);
-        if (!p)
-            return c->err->code;
+        if (!p) return c->err->code;
         for (int64_t i = 0; i < k; i++)
             memcpy(p + (size_t)i * s.u.s.n, s.u.s.p, s.u.s.n);
         out->t = JV_STR;
@@ -739,13 +704,11 @@ static int eval_binop(jj_ctx *c, const jj_node *n, jv *out)
                             (b.t == JV_LIST && (a.t == JV_INT || a.t == JV_BOOL)))) {
         jv s = a.t == JV_LIST ? a : b;
         int64_t k = a.t == JV_LIST ? b.u.i : a.u.i;
-        if (k < 0)
-            k = 0;
+        if (k < 0) k = 0;
         if (s.u.l->n && (uint64_t)k > 1000000 / s.u.l->n)
             return jj_fail(c, n, LR_EINTERNAL, "list repetition longer than 1000000 items");
         jj_list *l = jj_list_new(c, n, s.u.l->n * (size_t)k);
-        if (!l)
-            return c->err->code;
+        if (!l) return c->err->code;
         for (int64_t i = 0; i < k; i++)
             for (size_t j = 0; j < s.u.l->n; j++)
                 l->v[l->n++] = s.u.l->v[j];
@@ -754,31 +717,32 @@ static int eval_binop(jj_ctx *c, const jj_node *n, jv *out)
         out->u.l = l;
         return 0;
     }
-    if (n->op == JO_MOD && a.t == JV_STR)
-        return jj_percent_format(c, n, a, b, out);
-    if (!is_numv(a) || !is_numv(b))
-        return arith_error(c, n, on, a, b);
+    if (n->op == JO_MOD && a.t == JV_STR) return jj_percent_format(c, n, a, b, out);
+    if (!is_numv(a) || !is_numv(b)) return arith_error(c, n, on, a, b);
     int fl = a.t == JV_FLOAT || b.t == JV_FLOAT;
     if (!fl && n->op != JO_DIV) {
         int64_t x = a.u.i, y = b.u.i, r = 0;
         int ovf = 0;
         switch (n->op) {
-        case JO_ADD: ovf = __builtin_add_overflow(x, y, &r); break;
-        case JO_SUB: ovf = __builtin_sub_overflow(x, y, &r); break;
-        case JO_MUL: ovf = __builtin_mul_overflow(x, y, &r); break;
+        case JO_ADD:
+            ovf = __builtin_add_overflow(x, y, &r);
+            break;
+        case JO_SUB:
+            ovf = __builtin_sub_overflow(x, y, &r);
+            break;
+        case JO_MUL:
+            ovf = __builtin_mul_overflow(x, y, &r);
+            break;
         case JO_FLOORDIV:
         case JO_MOD:
-            if (y == 0)
-                return jj_fail(c, n, LR_EINVAL, "integer division or modulo by zero");
+            if (y == 0) return jj_fail(c, n, LR_EINVAL, "integer division or modulo by zero");
             if (x == INT64_MIN && y == -1) {
                 ovf = 1;
                 break;
             }
             r = n->op == JO_FLOORDIV ? x / y : x % y;
-            if (n->op == JO_FLOORDIV && (x % y != 0) && ((x < 0) != (y < 0)))
-                r--;
-            if (n->op == JO_MOD && r != 0 && ((r < 0) != (y < 0)))
-                r += y;
+            if (n->op == JO_FLOORDIV && (x % y != 0) && ((x < 0) != (y < 0))) r--;
+            if (n->op == JO_MOD && r != 0 && ((r < 0) != (y < 0))) r += y;
             break;
         case JO_POW:
             if (y < 0) {
@@ -788,13 +752,11 @@ static int eval_binop(jj_ctx *c, const jj_node *n, jv *out)
             r = 1;
             for (int64_t i = 0; i < y && !ovf; i++)
                 ovf = __builtin_mul_overflow(r, x, &r);
-            if (x == 0 || x == 1)
-                ovf = 0, r = y == 0 ? 1 : x;
+            if (x == 0 || x == 1) ovf = 0, r = y == 0 ? 1 : x;
             break;
         }
         if (!fl) {
-            if (ovf)
-                return jj_fail(c, n, LR_EINVAL, "integer overflow in '%s'", on);
+            if (ovf) return jj_fail(c, n, LR_EINVAL, "integer overflow in '%s'", on);
             out->t = JV_INT;
             out->u.i = r;
             return 0;
@@ -802,18 +764,22 @@ static int eval_binop(jj_ctx *c, const jj_node *n, jv *out)
     }
     double x = numv(a), y = numv(b), r;
     switch (n->op) {
-    case JO_ADD: r = x + y; break;
-    case JO_SUB: r = x - y; break;
-    case JO_MUL: r = x * y; break;
+    case JO_ADD:
+        r = x + y;
+        break;
+    case JO_SUB:
+        r = x - y;
+        break;
+    case JO_MUL:
+        r = x * y;
+        break;
     case JO_DIV:
-        if (y == 0)
-            return jj_fail(c, n, LR_EINVAL, "division by zero");
+        if (y == 0) return jj_fail(c, n, LR_EINVAL, "division by zero");
         r = x / y;
         break;
     case JO_FLOORDIV:
     case JO_MOD:
-        if (y == 0)
-            return jj_fail(c, n, LR_EINVAL, "float division or modulo by zero");
+        if (y == 0) return jj_fail(c, n, LR_EINVAL, "float division or modulo by zero");
         r = n->op == JO_FLOORDIV ? floor(x / y) : x - floor(x / y) * y;
         break;
     default:
@@ -852,8 +818,7 @@ static void name_missing_item(jj_ctx *c, const jj_node *n, jv key, jv *out)
 int jj_eval(jj_ctx *c, const jj_node *n, jv *out)
 {
     int rc;
-    if (c->edepth >= 400)
-        return jj_fail(c, n, LR_EINTERNAL, "expression nested too deeply");
+    if (c->edepth >= 400) return jj_fail(c, n, LR_EINTERNAL, "expression nested too deeply");
     c->edepth++;
     memset(out, 0, sizeof *out);
     switch (n->kind) {
@@ -908,10 +873,8 @@ int jj_eval(jj_ctx *c, const jj_node *n, jv *out)
             if (!rc && k.t != JV_STR)
                 rc = jj_fail(c, n->kids[i], LR_EINVAL, "dict keys must be strings, not %s",
                              jv_type_name(k));
-            if (!rc)
-                rc = jj_eval(c, n->kids2[i], &v);
-            if (!rc)
-                rc = jj_dict_set(c, n, d, k.u.s.p, k.u.s.n, v);
+            if (!rc) rc = jj_eval(c, n->kids2[i], &v);
+            if (!rc) rc = jj_dict_set(c, n, d, k.u.s.p, k.u.s.n, v);
         }
         if (!rc) {
             out->t = JV_DICT;
@@ -922,26 +885,21 @@ int jj_eval(jj_ctx *c, const jj_node *n, jv *out)
     case JN_ATTR: {
         jv obj;
         rc = jj_eval(c, n->a, &obj);
-        if (!rc)
-            rc = jj_getattr(c, n, obj, n->s, n->slen, out);
+        if (!rc) rc = jj_getattr(c, n, obj, n->s, n->slen, out);
         break;
     }
     case JN_ITEM: {
         jv obj, key;
         rc = jj_eval(c, n->a, &obj);
-        if (!rc)
-            rc = jj_eval(c, n->b, &key);
-        if (!rc)
-            rc = jj_getitem(c, n, obj, key, out);
-        if (!rc && out->t == JV_UNDEF && !out->u.s.p)
-            name_missing_item(c, n, key, out);
+        if (!rc) rc = jj_eval(c, n->b, &key);
+        if (!rc) rc = jj_getitem(c, n, obj, key, out);
+        if (!rc && out->t == JV_UNDEF && !out->u.s.p) name_missing_item(c, n, key, out);
         break;
     }
     case JN_SLICE: {
         jv obj;
         rc = jj_eval(c, n->a, &obj);
-        if (!rc)
-            rc = eval_slice(c, n, obj, out);
+        if (!rc) rc = eval_slice(c, n, obj, out);
         break;
     }
     case JN_CALL:
@@ -950,8 +908,7 @@ int jj_eval(jj_ctx *c, const jj_node *n, jv *out)
     case JN_FILTER: {
         jv in;
         rc = n->a ? jj_eval(c, n->a, &in) : (in = c->filter_input, 0);
-        if (!rc)
-            rc = jj_apply_filter(c, n, in, out);
+        if (!rc) rc = jj_apply_filter(c, n, in, out);
         break;
     }
     case JN_TEST: {
@@ -959,10 +916,8 @@ int jj_eval(jj_ctx *c, const jj_node *n, jv *out)
         jj_args a;
         int r;
         rc = jj_eval(c, n->a, &in);
-        if (!rc)
-            rc = jj_eval_args(c, n, &a);
-        if (!rc)
-            rc = jj_apply_test(c, n, n->s, n->slen, in, a.pos, a.npos, &r);
+        if (!rc) rc = jj_eval_args(c, n, &a);
+        if (!rc) rc = jj_apply_test(c, n, n->s, n->slen, in, a.pos, a.npos, &r);
         if (!rc) {
             out->t = JV_BOOL;
             out->u.i = n->i ? !r : r;
@@ -975,8 +930,7 @@ int jj_eval(jj_ctx *c, const jj_node *n, jv *out)
     case JN_UNARY: {
         jv a;
         rc = jj_eval(c, n->a, &a);
-        if (rc)
-            break;
+        if (rc) break;
         if (n->op == JO_NOT) {
             out->t = JV_BOOL;
             out->u.i = !jv_truthy(a);
@@ -998,8 +952,7 @@ int jj_eval(jj_ctx *c, const jj_node *n, jv *out)
     case JN_AND:
     case JN_OR:
         rc = jj_eval(c, n->a, out);
-        if (!rc && jv_truthy(*out) == (n->kind == JN_AND))
-            rc = jj_eval(c, n->b, out);
+        if (!rc && jv_truthy(*out) == (n->kind == JN_AND)) rc = jj_eval(c, n->b, out);
         break;
     case JN_COND: {
         jv t;
@@ -1032,8 +985,7 @@ static int iter_items(jj_ctx *c, const jj_node *n, jv v, jj_list **out)
         return 0;
     case JV_DICT: {
         jj_list *l = jj_list_new(c, n, v.u.d->n);
-        if (!l)
-            return c->err->code;
+        if (!l) return c->err->code;
         for (size_t i = 0; i < v.u.d->n; i++) {
             l->v[i].t = JV_STR;
             l->v[i].u.s.p = v.u.d->kv[i].k;
@@ -1045,8 +997,7 @@ static int iter_items(jj_ctx *c, const jj_node *n, jv v, jj_list **out)
     }
     case JV_STR: {
         jj_list *l = jj_list_new(c, n, jj_utf8_len(v.u.s.p, v.u.s.n));
-        if (!l)
-            return c->err->code;
+        if (!l) return c->err->code;
         for (size_t i = 0; i < v.u.s.n;) {
             size_t j = i + 1;
             while (j < v.u.s.n && ((unsigned char)v.u.s.p[j] & 0xC0) == 0x80)
@@ -1071,15 +1022,13 @@ static int iter_items(jj_ctx *c, const jj_node *n, jv v, jj_list **out)
 
 static int bind_targets(jj_ctx *c, const jj_node *n, jj_frame *f, jv item)
 {
-    if (!n->i)
-        return jj_frame_set(c, n, f, n->params[0], strlen(n->params[0]), item);
+    if (!n->i) return jj_frame_set(c, n, f, n->params[0], strlen(n->params[0]), item);
     jj_list *parts = NULL;
     if (item.t == JV_LIST)
         parts = item.u.l;
     else if (item.t == JV_STR) {
         int rc = iter_items(c, n, item, &parts);
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
     if (!parts)
         return jj_fail(c, n, LR_EINVAL, "cannot unpack a %s into %zu loop variables",
@@ -1089,8 +1038,7 @@ static int bind_targets(jj_ctx *c, const jj_node *n, jj_frame *f, jv item)
                        parts->n, n->nparams);
     for (size_t i = 0; i < n->nparams; i++) {
         int rc = jj_frame_set(c, n, f, n->params[i], strlen(n->params[i]), parts->v[i]);
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
     return 0;
 }
@@ -1100,13 +1048,10 @@ static int exec_for(jj_ctx *c, const jj_node *n)
     jv it;
     jj_list *items;
     int rc = jj_eval(c, n->a, &it);
-    if (!rc)
-        rc = iter_items(c, n->a, it, &items);
-    if (rc)
-        return rc;
+    if (!rc) rc = iter_items(c, n->a, it, &items);
+    if (rc) return rc;
     jj_frame *f = frame_new(c, n, c->frame);
-    if (!f)
-        return c->err->code;
+    if (!f) return c->err->code;
     jj_frame *saved = c->frame;
     c->frame = f;
     if (n->b) { /* {% for x in xs if cond %}: filter first, so loop.* counts what is kept */
@@ -1115,12 +1060,9 @@ static int exec_for(jj_ctx *c, const jj_node *n)
         for (size_t i = 0; !rc && i < items->n; i++) {
             jv t;
             rc = jj_step(c, n);
-            if (!rc)
-                rc = bind_targets(c, n, f, items->v[i]);
-            if (!rc)
-                rc = jj_eval(c, n->b, &t);
-            if (!rc && jv_truthy(t))
-                rc = jj_list_push(c, n, kept, items->v[i]);
+            if (!rc) rc = bind_targets(c, n, f, items->v[i]);
+            if (!rc) rc = jj_eval(c, n->b, &t);
+            if (!rc && jv_truthy(t)) rc = jj_list_push(c, n, kept, items->v[i]);
         }
         items = kept;
     }
@@ -1142,22 +1084,17 @@ static int exec_for(jj_ctx *c, const jj_node *n)
          * later in the same iteration only (Jinja2) */
         f->vars.n = 0;
         rc = jj_step(c, n);
-        if (!rc)
-            rc = bind_targets(c, n, f, items->v[i]);
-        if (!rc)
-            rc = jj_frame_set(c, n, f, "loop", 4, lv);
-        if (!rc)
-            rc = jj_exec_body(c, n->kids, n->nkids);
-        if (!rc && !c->ctl)
-            completed = 1;
+        if (!rc) rc = bind_targets(c, n, f, items->v[i]);
+        if (!rc) rc = jj_frame_set(c, n, f, "loop", 4, lv);
+        if (!rc) rc = jj_exec_body(c, n->kids, n->nkids);
+        if (!rc && !c->ctl) completed = 1;
         if (c->ctl == JJ_CTL_BREAK) {
             c->ctl = 0;
             break;
         }
         c->ctl = 0;
     }
-    if (!rc && !completed)
-        rc = jj_exec_body(c, n->kids2, n->nkids2);
+    if (!rc && !completed) rc = jj_exec_body(c, n->kids2, n->nkids2);
     c->frame = saved;
     return rc;
 }
@@ -1166,22 +1103,20 @@ static int exec_set(jj_ctx *c, const jj_node *n)
 {
     jv v;
     int rc = n->b ? jj_eval(c, n->b, &v) : capture(c, n, n->kids, n->nkids, &v);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     const jj_node *t = n->a;
-    if (t->kind == JN_NAME)
-        return jj_frame_set(c, n, c->frame, t->s, t->slen, v);
+    if (t->kind == JN_NAME) return jj_frame_set(c, n, c->frame, t->s, t->slen, v);
     if (t->kind == JN_ATTR) {
         jv obj = lookup(c, t->a->s, t->a->slen);
         if (obj.t != JV_NS)
-            return jj_fail(c, n, LR_EINVAL, "cannot assign attribute '%.*s' on a %s (only "
-                           "namespace() objects can be changed)", (int)t->slen, t->s,
-                           jv_type_name(obj));
+            return jj_fail(c, n, LR_EINVAL,
+                           "cannot assign attribute '%.*s' on a %s (only "
+                           "namespace() objects can be changed)",
+                           (int)t->slen, t->s, jv_type_name(obj));
         return jj_dict_set(c, n, obj.u.d, t->s, t->slen, v);
     }
     /* tuple of names */
-    if (v.t != JV_LIST)
-        return jj_fail(c, n, LR_EINVAL, "cannot unpack a %s", jv_type_name(v));
+    if (v.t != JV_LIST) return jj_fail(c, n, LR_EINVAL, "cannot unpack a %s", jv_type_name(v));
     if (v.u.l->n != t->nkids)
         return jj_fail(c, n, LR_EINVAL, "cannot unpack %zu values into %zu names", v.u.l->n,
                        t->nkids);
@@ -1193,8 +1128,7 @@ static int exec_set(jj_ctx *c, const jj_node *n)
 int jj_exec(jj_ctx *c, const jj_node *n)
 {
     int rc = jj_step(c, n);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     switch (n->kind) {
     case JN_TEXT:
         rc = jj_buf_put(c->out, n->s, n->slen);
@@ -1202,15 +1136,13 @@ int jj_exec(jj_ctx *c, const jj_node *n)
     case JN_OUTPUT: {
         jv v;
         rc = jj_eval(c, n->a, &v);
-        if (rc)
-            return rc;
+        if (rc) return rc;
         rc = jv_str(c->out, v);
         break;
     }
     case JN_IF: {
         jv t;
-        if ((rc = jj_eval(c, n->a, &t)))
-            return rc;
+        if ((rc = jj_eval(c, n->a, &t))) return rc;
         return jv_truthy(t) ? jj_exec_body(c, n->kids, n->nkids)
                             : jj_exec_body(c, n->kids2, n->nkids2);
     }
@@ -1225,26 +1157,22 @@ int jj_exec(jj_ctx *c, const jj_node *n)
     }
     case JN_CALLBLK: {
         jj_caller *cl = jj_alloc(c, n, sizeof *cl);
-        if (!cl)
-            return c->err->code;
+        if (!cl) return c->err->code;
         cl->blk = n;
         cl->frame = c->frame;
         jv v;
-        if ((rc = eval_call(c, n->a, cl, &v)))
-            return rc;
+        if ((rc = eval_call(c, n->a, cl, &v))) return rc;
         rc = jv_str(c->out, v);
         break;
     }
     case JN_FILTBLK: {
         jv body, v;
-        if ((rc = capture(c, n, n->kids, n->nkids, &body)))
-            return rc;
+        if ((rc = capture(c, n, n->kids, n->nkids, &body))) return rc;
         jv saved = c->filter_input;
         c->filter_input = body;
         rc = jj_eval(c, n->a, &v);
         c->filter_input = saved;
-        if (rc)
-            return rc;
+        if (rc) return rc;
         rc = jv_str(c->out, v);
         break;
     }
@@ -1260,9 +1188,9 @@ int jj_exec(jj_ctx *c, const jj_node *n)
         return jj_fail(c, n, LR_EINTERNAL, "not a statement");
     }
     if (rc == LR_ETOOLARGE)
-        return jj_fail(c, n, LR_EINTERNAL, "rendered text larger than %zu bytes", c->opt.max_output);
-    if (rc == LR_ENOMEM)
-        return jj_fail(c, n, LR_ENOMEM, "out of memory");
+        return jj_fail(c, n, LR_EINTERNAL, "rendered text larger than %zu bytes",
+                       c->opt.max_output);
+    if (rc == LR_ENOMEM) return jj_fail(c, n, LR_ENOMEM, "out of memory");
     return rc;
 }
 
@@ -1270,10 +1198,8 @@ int jj_exec_body(jj_ctx *c, jj_node *const *kids, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         int rc = jj_exec(c, kids[i]);
-        if (rc)
-            return rc;
-        if (c->ctl)
-            return 0;
+        if (rc) return rc;
+        if (c->ctl) return 0;
     }
     return 0;
 }

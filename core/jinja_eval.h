@@ -40,9 +40,9 @@ typedef struct jj_ctx {
     jj_buf *out;
     jj_frame *root, *frame;
     uint64_t steps;
-    int depth;  /* macro / caller calls */
-    int edepth; /* expression recursion */
-    int ctl;    /* pending break / continue */
+    int depth;       /* macro / caller calls */
+    int edepth;      /* expression recursion */
+    int ctl;         /* pending break / continue */
     jv filter_input; /* operand of a {% filter %} block's first filter */
 } jj_ctx;
 
@@ -78,7 +78,6 @@ int jj_eval_args(jj_ctx *c, const jj_node *call, jj_args *a);
 int jj_arg(const jj_args *a, size_t i, const char *name, jv *out);
 int jj_check_args(jj_ctx *c, const jj_node *n, const jj_args *a, const char *what, size_t npos,
                   const char *const *names);
-
 
 /* Small value constructors. */
 static inline jv jv_mkbool(int b)
@@ -119,11 +118,11 @@ static inline jv jv_mkslice(const char *p, size_t n)
 
 /* jinja_text.c — Python str semantics */
 enum { JJ_CASE_UPPER, JJ_CASE_LOWER, JJ_CASE_CAPITALIZE, JJ_CASE_TITLE_PY, JJ_CASE_TITLE_JINJA };
-int jj_to_str(jj_ctx *c, const jj_node *n, jv v, jv *out);            /* str(v); strings as is */
+int jj_to_str(jj_ctx *c, const jj_node *n, jv v, jv *out);              /* str(v); strings as is */
 int jj_arg_bool(const jj_args *a, size_t i, const char *name, int def); /* truthiness of an arg */
-int32_t jj_next_cp(const char *s, size_t n, size_t *i);                /* decode, advance *i */
-int jj_map_case(jj_ctx *c, const jj_node *n, jv s, int mode, jv *out); /* JJ_CASE_* */
-jv jj_strip(jv s, const char *chars, size_t cn, int left, int right);  /* chars NULL: blanks */
+int32_t jj_next_cp(const char *s, size_t n, size_t *i);                 /* decode, advance *i */
+int jj_map_case(jj_ctx *c, const jj_node *n, jv s, int mode, jv *out);  /* JJ_CASE_* */
+jv jj_strip(jv s, const char *chars, size_t cn, int left, int right);   /* chars NULL: blanks */
 int jj_strip_args(jj_ctx *c, const jj_node *n, const jj_args *a, const char **chars, size_t *cn);
 int jj_replace_args(jj_ctx *c, const jj_node *n, jv s, const jj_args *a, jv *out);
 int jj_split(jj_ctx *c, const jj_node *n, jv s, const jj_args *a, jv *out);
@@ -144,8 +143,8 @@ int jj_call_filter(jj_ctx *c, const jj_node *n, const char *name, size_t nlen, j
 /* jinja_builtins.c (and jinja_filters.c: jj_apply_filter) */
 int jj_apply_filter(jj_ctx *c, const jj_node *f, jv in, jv *out);
 /* Test `name` on v with extra arguments args[0:nargs] (`x is divisibleby 3`). */
-int jj_apply_test(jj_ctx *c, const jj_node *at, const char *name, size_t nlen, jv v,
-                  const jv *args, size_t nargs, int *res);
+int jj_apply_test(jj_ctx *c, const jj_node *at, const char *name, size_t nlen, jv v, const jv *args,
+                  size_t nargs, int *res);
 int jj_call_global(jj_ctx *c, const jj_node *n, int id, const jj_args *a, jv *out);
 int jj_call_method(jj_ctx *c, const jj_node *n, jj_method *m, const jj_args *a, jv *out);
 int jj_method_exists(jv self, const char *name, size_t nlen);

@@ -26,8 +26,7 @@ int jj_items_of(jj_ctx *c, const jj_node *n, jv v, jj_list **out)
         return *out ? 0 : c->err->code;
     case JV_DICT: {
         jj_list *l = jj_list_new(c, n, v.u.d->n);
-        if (!l)
-            return c->err->code;
+        if (!l) return c->err->code;
         for (size_t i = 0; i < v.u.d->n; i++)
             l->v[l->n++] = jv_mkslice(v.u.d->kv[i].k, v.u.d->kv[i].kn);
         *out = l;
@@ -35,14 +34,12 @@ int jj_items_of(jj_ctx *c, const jj_node *n, jv v, jj_list **out)
     }
     case JV_STR: {
         jj_list *l = jj_list_new(c, n, 0);
-        if (!l)
-            return c->err->code;
+        if (!l) return c->err->code;
         for (size_t i = 0; i < v.u.s.n;) {
             size_t st = i;
             jj_next_cp(v.u.s.p, v.u.s.n, &i);
             int rc = jj_list_push(c, n, l, jv_mkslice(v.u.s.p + st, i - st));
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
         *out = l;
         return 0;
@@ -55,8 +52,7 @@ int jj_items_of(jj_ctx *c, const jj_node *n, jv v, jj_list **out)
 /* environment.getattr along a dotted path ("a.b", "0"): Jinja2's make_attrgetter. */
 int jj_attr_path(jj_ctx *c, const jj_node *n, jv item, jv path, jv *out)
 {
-    if (path.t == JV_INT)
-        return jj_getitem(c, n, item, path, out);
+    if (path.t == JV_INT) return jj_getitem(c, n, item, path, out);
     if (path.t != JV_STR)
         return jj_fail(c, n, LR_EINVAL, "attribute must be a string or an integer");
     size_t i = 0;
@@ -70,17 +66,14 @@ int jj_attr_path(jj_ctx *c, const jj_node *n, jv item, jv path, jv *out)
         for (size_t k = 0; k < pl; k++)
             isnum &= part[k] >= '0' && part[k] <= '9';
         int rc;
-        if (out->t == JV_UNDEF)
-            return 0;
+        if (out->t == JV_UNDEF) return 0;
         if (isnum && out->t == JV_LIST) {
             rc = jj_getitem(c, n, *out, jv_mkint(strtoll(part, NULL, 10)), out);
         } else {
             rc = jj_getattr(c, n, *out, part, pl, out);
         }
-        if (rc)
-            return rc;
-        if (!dot)
-            break;
+        if (rc) return rc;
+        if (!dot) break;
         i = end + 1;
     }
     return 0;
@@ -90,8 +83,7 @@ int jj_attr_path(jj_ctx *c, const jj_node *n, jv item, jv path, jv *out)
 static int sort_cmp_err;
 static int msort(jv *v, jv *keys, jv *tv, jv *tk, size_t n, int fold, int rev)
 {
-    if (n < 2)
-        return 0;
+    if (n < 2) return 0;
     size_t h = n / 2;
     if (msort(v, keys, tv, tk, h, fold, rev) || msort(v + h, keys + h, tv, tk, n - h, fold, rev))
         return -1;
@@ -125,23 +117,20 @@ static int msort(jv *v, jv *keys, jv *tv, jv *tk, size_t n, int fold, int rev)
 }
 
 int jj_sorted(jj_ctx *c, const jj_node *n, jj_list *in, jv attribute, int fold, int rev,
-                  jj_list **out)
+              jj_list **out)
 {
     size_t k = in->n;
     jj_list *l = jj_list_new(c, n, k);
     jv *keys = jj_alloc(c, n, (k + 1) * sizeof *keys);
     jv *tv = jj_alloc(c, n, (k + 1) * sizeof *tv);
     jv *tk = jj_alloc(c, n, (k + 1) * sizeof *tk);
-    if (!l || !keys || !tv || !tk)
-        return c->err->code;
-    if (k)
-        memcpy(l->v, in->v, k * sizeof *l->v);
+    if (!l || !keys || !tv || !tk) return c->err->code;
+    if (k) memcpy(l->v, in->v, k * sizeof *l->v);
     l->n = k;
     for (size_t i = 0; i < k; i++) {
         int rc = attribute.t == JV_NONE ? (keys[i] = in->v[i], 0)
                                         : jj_attr_path(c, n, in->v[i], attribute, &keys[i]);
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
     /* rev with a stable sort: Python sorts with reverse=True keeping equal items in order */
     sort_cmp_err = 0;
@@ -151,13 +140,13 @@ int jj_sorted(jj_ctx *c, const jj_node *n, jj_list *in, jv attribute, int fold, 
     return 0;
 }
 
-/* ---- filters ---------------------------------------------------------------------------------- */
+/* ---- filters ----------------------------------------------------------------------------------
+ */
 
 static int f_abs(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
 {
     if (in.t == JV_INT || in.t == JV_BOOL) {
-        if (in.u.i == INT64_MIN)
-            return jj_fail(c, n, LR_EINVAL, "integer overflow in abs");
+        if (in.u.i == INT64_MIN) return jj_fail(c, n, LR_EINVAL, "integer overflow in abs");
         *out = jv_mkint(in.u.i < 0 ? -in.u.i : in.u.i);
     } else if (in.t == JV_FLOAT) {
         *out = jv_mkfloat(fabs(in.u.f));
@@ -188,19 +177,16 @@ static int f_batch(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out
         return jj_fail(c, n, LR_EINVAL, "batch() needs a positive line count");
     int has_fill = jj_arg(a, 1, "fill_with", &fill) && fill.t != JV_NONE;
     int rc = jj_items_of(c, n, in, &items);
-    if (rc || !(res = jj_list_new(c, n, 0)))
-        return rc ? rc : c->err->code;
+    if (rc || !(res = jj_list_new(c, n, 0))) return rc ? rc : c->err->code;
     for (size_t i = 0; i < items->n; i++) {
         if (!cur || (int64_t)cur->n == cnt.u.i) {
             if (!(cur = jj_list_new(c, n, 0)) || (rc = jj_list_push(c, n, res, jv_mklist(cur))))
                 return rc ? rc : c->err->code;
         }
-        if ((rc = jj_list_push(c, n, cur, items->v[i])))
-            return rc;
+        if ((rc = jj_list_push(c, n, cur, items->v[i]))) return rc;
     }
     while (has_fill && cur && (int64_t)cur->n < cnt.u.i)
-        if ((rc = jj_list_push(c, n, cur, fill)))
-            return rc;
+        if ((rc = jj_list_push(c, n, cur, fill))) return rc;
     *out = jv_mklist(res);
     return 0;
 }
@@ -231,12 +217,10 @@ static int f_dictsort(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *
     int rev = jj_arg_bool(a, 2, "reverse", 0);
     int by_value = by.t == JV_STR && by.u.s.n == 5 && memcmp(by.u.s.p, "value", 5) == 0;
     jj_list *pairs = jj_list_new(c, n, in.u.d->n);
-    if (!pairs)
-        return c->err->code;
+    if (!pairs) return c->err->code;
     for (size_t i = 0; i < in.u.d->n; i++) {
         jj_list *p = jj_list_new(c, n, 2);
-        if (!p)
-            return c->err->code;
+        if (!p) return c->err->code;
         p->v[0] = jv_mkslice(in.u.d->kv[i].k, in.u.d->kv[i].kn);
         p->v[1] = in.u.d->kv[i].v;
         p->n = 2;
@@ -245,8 +229,7 @@ static int f_dictsort(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *
     }
     jj_list *res;
     int rc = jj_sorted(c, n, pairs, jv_mkint(by_value ? 1 : 0), !cs, rev, &res);
-    if (!rc)
-        *out = jv_mklist(res);
+    if (!rc) *out = jv_mklist(res);
     return rc;
 }
 
@@ -254,21 +237,31 @@ static int f_escape(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *ou
 {
     jv s;
     int rc = jj_to_str(c, n, in, &s);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     jj_buf b = {.limit = c->opt.max_output};
     for (size_t i = 0; !rc && i < s.u.s.n; i++) {
         const char *e = NULL;
         switch (s.u.s.p[i]) {
-        case '&': e = "&amp;"; break;
-        case '<': e = "&lt;"; break;
-        case '>': e = "&gt;"; break;
-        case '"': e = "&#34;"; break;
-        case '\'': e = "&#39;"; break;
+        case '&':
+            e = "&amp;";
+            break;
+        case '<':
+            e = "&lt;";
+            break;
+        case '>':
+            e = "&gt;";
+            break;
+        case '"':
+            e = "&#34;";
+            break;
+        case '\'':
+            e = "&#39;";
+            break;
         }
         rc = e ? jj_buf_put(&b, e, strlen(e)) : jj_buf_putc(&b, s.u.s.p[i]);
     }
-    rc = rc ? jj_fail(c, n, LR_EINTERNAL, "escaped text too long") : jj_mkstr(c, n, b.p ? b.p : "", b.n, out);
+    rc = rc ? jj_fail(c, n, LR_EINTERNAL, "escaped text too long")
+            : jj_mkstr(c, n, b.p ? b.p : "", b.n, out);
     free(b.p);
     return rc;
 }
@@ -277,8 +270,7 @@ static int f_first_last(jj_ctx *c, const jj_node *n, jv in, int last, jv *out)
 {
     jj_list *items;
     int rc = jj_items_of(c, n, in, &items);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     *out = items->n ? items->v[last ? items->n - 1 : 0] : jj_undef(NULL);
     return 0;
 }
@@ -297,8 +289,7 @@ static int parse_number(jv s, int want_int, jv *out)
 {
     char tmp[64];
     jv t = jj_strip(s, NULL, 0, 1, 1);
-    if (t.u.s.n == 0 || t.u.s.n >= sizeof tmp)
-        return 0;
+    if (t.u.s.n == 0 || t.u.s.n >= sizeof tmp) return 0;
     memcpy(tmp, t.u.s.p, t.u.s.n);
     tmp[t.u.s.n] = '\0';
     char *end;
@@ -310,11 +301,9 @@ static int parse_number(jv s, int want_int, jv *out)
         }
     }
     double d = strtod(tmp, &end);
-    if (*end != '\0' || end == tmp)
-        return 0;
+    if (*end != '\0' || end == tmp) return 0;
     if (want_int) {
-        if (!(d > -9.2e18 && d < 9.2e18))
-            return 0;
+        if (!(d > -9.2e18 && d < 9.2e18)) return 0;
         *out = jv_mkint((int64_t)d);
     } else {
         *out = jv_mkfloat(d);
@@ -341,8 +330,7 @@ static int f_int(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
 {
     jv def = jv_mkint(0);
     jj_arg(a, 0, "default", &def);
-    if (in.t == JV_UNDEF)
-        return jj_undef_error(c, n, in);
+    if (in.t == JV_UNDEF) return jj_undef_error(c, n, in);
     if (in.t == JV_INT)
         *out = in;
     else if (in.t == JV_BOOL)
@@ -364,20 +352,17 @@ static int f_format(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *ou
     jv args;
     if (a->nkw) {
         jj_dict *d = jj_alloc(c, n, sizeof *d);
-        if (!d)
-            return c->err->code;
+        if (!d) return c->err->code;
         for (size_t j = 0; j < a->nkw; j++) {
             int rc = jj_dict_set(c, n, d, a->kw[j]->s, a->kw[j]->slen, a->kwv[j]);
-            if (rc)
-                return rc;
+            if (rc) return rc;
         }
         args.t = JV_DICT;
         args.tuple = 0;
         args.u.d = d;
     } else {
         jj_list *l = jj_list_new(c, n, a->npos);
-        if (!l)
-            return c->err->code;
+        if (!l) return c->err->code;
         for (size_t i = 0; i < a->npos; i++)
             l->v[l->n++] = a->pos[i];
         args = jv_mklist(l);
@@ -400,8 +385,7 @@ static int f_indent(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *ou
         ind = w;
     } else if (w.t == JV_INT && w.u.i >= 0 && w.u.i <= 1000) {
         char *sp = jj_alloc(c, n, (size_t)w.u.i + 1);
-        if (!sp)
-            return c->err->code;
+        if (!sp) return c->err->code;
         memset(sp, ' ', (size_t)w.u.i);
         ind = jv_mkslice(sp, (size_t)w.u.i);
     } else {
@@ -411,8 +395,7 @@ static int f_indent(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *ou
      * after a final break included (splitting at \n, \r\n and \r here) */
     jj_buf b = {.limit = c->opt.max_output};
     size_t i = 0, line = 0;
-    if (first)
-        rc = jj_buf_put(&b, ind.u.s.p, ind.u.s.n);
+    if (first) rc = jj_buf_put(&b, ind.u.s.p, ind.u.s.n);
     while (!rc && i < s.u.s.n + 1) {
         size_t st = i;
         while (i < s.u.s.n && s.u.s.p[i] != '\n' && s.u.s.p[i] != '\r')
@@ -424,14 +407,13 @@ static int f_indent(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *ou
             i = s.u.s.n + 1;
         if (line > 0) {
             rc = jj_buf_putc(&b, '\n');
-            if (!rc && (blank || len > 0))
-                rc = jj_buf_put(&b, ind.u.s.p, ind.u.s.n);
+            if (!rc && (blank || len > 0)) rc = jj_buf_put(&b, ind.u.s.p, ind.u.s.n);
         }
-        if (!rc)
-            rc = jj_buf_put(&b, s.u.s.p + st, len);
+        if (!rc) rc = jj_buf_put(&b, s.u.s.p + st, len);
         line++;
     }
-    rc = rc ? jj_fail(c, n, LR_EINTERNAL, "indented text too long") : jj_mkstr(c, n, b.p ? b.p : "", b.n, out);
+    rc = rc ? jj_fail(c, n, LR_EINTERNAL, "indented text too long")
+            : jj_mkstr(c, n, b.p ? b.p : "", b.n, out);
     free(b.p);
     return rc;
 }
@@ -446,12 +428,10 @@ static int f_items(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out
     if (in.t != JV_DICT)
         return jj_fail(c, n, LR_EINVAL, "items expects a mapping, got %s", jv_type_name(in));
     jj_list *l = jj_list_new(c, n, in.u.d->n);
-    if (!l)
-        return c->err->code;
+    if (!l) return c->err->code;
     for (size_t i = 0; i < in.u.d->n; i++) {
         jj_list *p = jj_list_new(c, n, 2);
-        if (!p)
-            return c->err->code;
+        if (!p) return c->err->code;
         p->v[0] = jv_mkslice(in.u.d->kv[i].k, in.u.d->kv[i].kn);
         p->v[1] = in.u.d->kv[i].v;
         p->n = 2;
@@ -467,26 +447,19 @@ static int f_join(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
     jv sep = jv_mkslice("", 0), attr = {.t = JV_NONE};
     jj_arg(a, 0, "d", &sep);
     jj_arg(a, 1, "attribute", &attr);
-    if (sep.t != JV_STR)
-        return jj_fail(c, n, LR_EINVAL, "join separator must be a string");
+    if (sep.t != JV_STR) return jj_fail(c, n, LR_EINVAL, "join separator must be a string");
     jj_list *items;
     int rc = jj_items_of(c, n, in, &items);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     jj_buf b = {.limit = c->opt.max_output};
     for (size_t i = 0; !rc && i < items->n; i++) {
         jv v = items->v[i];
-        if (attr.t != JV_NONE && (rc = jj_attr_path(c, n, v, attr, &v)))
-            break;
-        if (i)
-            rc = jj_buf_put(&b, sep.u.s.p, sep.u.s.n);
-        if (!rc)
-            rc = jv_str(&b, v);
-        if (rc)
-            rc = jj_fail(c, n, LR_EINTERNAL, "joined text too long");
+        if (attr.t != JV_NONE && (rc = jj_attr_path(c, n, v, attr, &v))) break;
+        if (i) rc = jj_buf_put(&b, sep.u.s.p, sep.u.s.n);
+        if (!rc) rc = jv_str(&b, v);
+        if (rc) rc = jj_fail(c, n, LR_EINTERNAL, "joined text too long");
     }
-    if (!rc)
-        rc = jj_mkstr(c, n, b.p ? b.p : "", b.n, out);
+    if (!rc) rc = jj_mkstr(c, n, b.p ? b.p : "", b.n, out);
     free(b.p);
     return rc;
 }
@@ -494,10 +467,18 @@ static int f_join(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
 static int f_length(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
 {
     switch (in.t) {
-    case JV_STR: *out = jv_mkint((int64_t)jj_utf8_len(in.u.s.p, in.u.s.n)); return 0;
-    case JV_LIST: *out = jv_mkint((int64_t)in.u.l->n); return 0;
-    case JV_DICT: *out = jv_mkint((int64_t)in.u.d->n); return 0;
-    case JV_UNDEF: *out = jv_mkint(0); return 0;
+    case JV_STR:
+        *out = jv_mkint((int64_t)jj_utf8_len(in.u.s.p, in.u.s.n));
+        return 0;
+    case JV_LIST:
+        *out = jv_mkint((int64_t)in.u.l->n);
+        return 0;
+    case JV_DICT:
+        *out = jv_mkint((int64_t)in.u.d->n);
+        return 0;
+    case JV_UNDEF:
+        *out = jv_mkint(0);
+        return 0;
     default:
         return jj_fail(c, n, LR_EINVAL, "object of type '%s' has no len()", jv_type_name(in));
     }
@@ -507,12 +488,9 @@ static int f_list(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
 {
     jj_list *items, *l;
     int rc = jj_items_of(c, n, in, &items);
-    if (rc)
-        return rc;
-    if (!(l = jj_list_new(c, n, items->n)))
-        return c->err->code;
-    if (items->n)
-        memcpy(l->v, items->v, items->n * sizeof *l->v);
+    if (rc) return rc;
+    if (!(l = jj_list_new(c, n, items->n))) return c->err->code;
+    if (items->n) memcpy(l->v, items->v, items->n * sizeof *l->v);
     l->n = items->n;
     *out = jv_mklist(l);
     return 0;
@@ -531,8 +509,7 @@ static int f_map(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
     jj_list *items, *l;
     /* Jinja2's do_map starts with `if value:` — a false value maps to nothing */
     int rc = jj_items_of(c, n, jv_truthy(in) ? in : jj_undef(NULL), &items);
-    if (rc || !(l = jj_list_new(c, n, items->n)))
-        return rc ? rc : c->err->code;
+    if (rc || !(l = jj_list_new(c, n, items->n))) return rc ? rc : c->err->code;
     int by_attr = jj_arg(a, SIZE_MAX, "attribute", &attr);
     jj_arg(a, SIZE_MAX, "default", &def);
     jj_args rest = *a;
@@ -540,7 +517,8 @@ static int f_map(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
         if (!jj_arg(a, 0, NULL, &fname) || fname.t != JV_STR)
             return jj_fail(c, n, LR_EINVAL, "map() needs a filter name or attribute=");
         if (!jj_filter_known(fname.u.s.p, fname.u.s.n))
-            return jj_fail(c, n, LR_EINVAL, "map(): unknown filter '%.*s'", (int)fname.u.s.n, fname.u.s.p);
+            return jj_fail(c, n, LR_EINVAL, "map(): unknown filter '%.*s'", (int)fname.u.s.n,
+                           fname.u.s.p);
         rest.pos++;
         rest.npos--;
     }
@@ -548,13 +526,11 @@ static int f_map(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
         jv v;
         if (by_attr) {
             rc = jj_attr_path(c, n, items->v[i], attr, &v);
-            if (!rc && v.t == JV_UNDEF)
-                v = def;
+            if (!rc && v.t == JV_UNDEF) v = def;
         } else {
             rc = jj_call_filter(c, n, fname.u.s.p, fname.u.s.n, items->v[i], &rest, &v);
         }
-        if (!rc)
-            l->v[l->n++] = v;
+        if (!rc) l->v[l->n++] = v;
     }
     *out = jv_mklist(l);
     return rc;
@@ -566,10 +542,8 @@ static int f_minmax(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *ou
     jv attr = {.t = JV_NONE};
     jj_arg(a, 1, "attribute", &attr);
     int rc = jj_items_of(c, n, in, &items);
-    if (!rc)
-        rc = jj_sorted(c, n, items, attr, !jj_arg_bool(a, 0, "case_sensitive", 0), 0, &s);
-    if (rc)
-        return rc;
+    if (!rc) rc = jj_sorted(c, n, items, attr, !jj_arg_bool(a, 0, "case_sensitive", 0), 0, &s);
+    if (rc) return rc;
     *out = s->n ? s->v[want_max ? s->n - 1 : 0] : jj_undef(NULL);
     /* max() returns the first of equal maxima in Python; a stable sort puts it first of its run */
     if (want_max && s->n > 1) {
@@ -583,8 +557,7 @@ static int f_minmax(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *ou
                        jj_attr_path(c, n, s->v[k - 1], attr, &key_prev)) {
                 return c->err->code;
             }
-            if (jv_compare(key_prev, key_last, !jj_arg_bool(a, 0, "case_sensitive", 0)) != 0)
-                break;
+            if (jv_compare(key_prev, key_last, !jj_arg_bool(a, 0, "case_sensitive", 0)) != 0) break;
             k--;
         }
         *out = s->v[k];
@@ -613,8 +586,7 @@ static int f_reverse(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *o
 {
     jj_list *items, *l;
     int rc = jj_items_of(c, n, in, &items);
-    if (rc || !(l = jj_list_new(c, n, items->n)))
-        return rc ? rc : c->err->code;
+    if (rc || !(l = jj_list_new(c, n, items->n))) return rc ? rc : c->err->code;
     for (size_t i = 0; i < items->n; i++)
         l->v[i] = items->v[items->n - 1 - i];
     l->n = items->n;
@@ -623,8 +595,7 @@ static int f_reverse(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *o
         return 0;
     }
     char *p = jj_alloc(c, n, in.u.s.n + 1);
-    if (!p)
-        return c->err->code;
+    if (!p) return c->err->code;
     size_t o = 0;
     for (size_t i = 0; i < l->n; i++) {
         memcpy(p + o, l->v[i].u.s.p, l->v[i].u.s.n);
@@ -673,9 +644,9 @@ static int select_impl(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, int
 {
     jj_list *items, *l;
     /* Jinja2's _select_or_reject starts with `if seq:` — a false value selects nothing */
-    int rc = jv_truthy(in) ? jj_items_of(c, n, in, &items) : jj_items_of(c, n, jj_undef(NULL), &items);
-    if (rc || !(l = jj_list_new(c, n, 0)))
-        return rc ? rc : c->err->code;
+    int rc =
+        jv_truthy(in) ? jj_items_of(c, n, in, &items) : jj_items_of(c, n, jj_undef(NULL), &items);
+    if (rc || !(l = jj_list_new(c, n, 0))) return rc ? rc : c->err->code;
     size_t first = by_attr ? 1 : 0;
     jv attr, test = {.t = JV_NONE};
     if (by_attr && (!jj_arg(a, 0, NULL, &attr)))
@@ -689,14 +660,12 @@ static int select_impl(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, int
     for (size_t i = 0; i < items->n && !rc; i++) {
         jv v = items->v[i];
         int r;
-        if (by_attr && (rc = jj_attr_path(c, n, v, attr, &v)))
-            break;
+        if (by_attr && (rc = jj_attr_path(c, n, v, attr, &v))) break;
         if (has_test)
             rc = jj_apply_test(c, n, test.u.s.p, test.u.s.n, v, a->pos + first + 1, targs, &r);
         else
             r = jv_truthy(v);
-        if (!rc && (r != 0) == keep)
-            rc = jj_list_push(c, n, l, items->v[i]);
+        if (!rc && (r != 0) == keep) rc = jj_list_push(c, n, l, items->v[i]);
     }
     *out = jv_mklist(l);
     return rc;
@@ -727,9 +696,8 @@ static int f_sort(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
     int rc = jj_items_of(c, n, in, &items);
     if (!rc)
         rc = jj_sorted(c, n, items, attr, !jj_arg_bool(a, 1, "case_sensitive", 0),
-                    jj_arg_bool(a, 0, "reverse", 0), &s);
-    if (!rc)
-        *out = jv_mklist(s);
+                       jj_arg_bool(a, 0, "reverse", 0), &s);
+    if (!rc) *out = jv_mklist(s);
     return rc;
 }
 
@@ -747,14 +715,13 @@ static int f_sum(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
     int rc = jj_items_of(c, n, in, &items);
     for (size_t i = 0; !rc && i < items->n; i++) {
         jv v = items->v[i];
-        if (attr.t != JV_NONE && (rc = jj_attr_path(c, n, v, attr, &v)))
-            break;
+        if (attr.t != JV_NONE && (rc = jj_attr_path(c, n, v, attr, &v))) break;
         if ((acc.t != JV_INT && acc.t != JV_FLOAT && acc.t != JV_BOOL) ||
             (v.t != JV_INT && v.t != JV_FLOAT && v.t != JV_BOOL))
             return jj_fail(c, n, LR_EINVAL, "sum() can only add numbers, got %s", jv_type_name(v));
         if (acc.t == JV_FLOAT || v.t == JV_FLOAT)
             acc = jv_mkfloat((acc.t == JV_FLOAT ? acc.u.f : (double)acc.u.i) +
-                          (v.t == JV_FLOAT ? v.u.f : (double)v.u.i));
+                             (v.t == JV_FLOAT ? v.u.f : (double)v.u.i));
         else if (__builtin_add_overflow(acc.u.i, v.u.i, &acc.u.i))
             return jj_fail(c, n, LR_EINVAL, "integer overflow in sum()");
         else
@@ -778,22 +745,20 @@ static int f_tojson(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *ou
     jj_json_opts o = {.indent = -1};
     static const char *const names[] = {"ensure_ascii", "indent", "separators", "sort_keys", NULL};
     int rc = jj_check_args(c, n, a, "tojson", 4, names);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     o.ensure_ascii = jj_arg_bool(a, 0, "ensure_ascii", 0);
     if (jj_arg(a, 1, "indent", &v) && v.t != JV_NONE) {
         jv ind;
         if (v.t == JV_STR) { /* json.dumps takes a string indent as is */
-            if ((rc = jj_mkstr(c, n, v.u.s.p, v.u.s.n, &ind)))
-                return rc;
+            if ((rc = jj_mkstr(c, n, v.u.s.p, v.u.s.n, &ind))) return rc;
         } else if ((v.t == JV_INT || v.t == JV_BOOL) && v.u.i <= 64) {
             char *sp = jj_alloc(c, n, 65);
-            if (!sp)
-                return c->err->code;
+            if (!sp) return c->err->code;
             memset(sp, ' ', v.u.i > 0 ? (size_t)v.u.i : 0);
             ind = jv_mkslice(sp, v.u.i > 0 ? (size_t)v.u.i : 0);
         } else {
-            return jj_fail(c, n, LR_EINVAL, "tojson indent must be an integer up to 64 or a string");
+            return jj_fail(c, n, LR_EINVAL,
+                           "tojson indent must be an integer up to 64 or a string");
         }
         o.indent = 0;
         o.indent_str = ind.u.s.p;
@@ -816,8 +781,9 @@ static int f_tojson(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *ou
     char *why = NULL;
     rc = jv_tojson(&b, in, &o, 0, &why);
     if (rc == LR_EINVAL)
-        rc = in.t == JV_UNDEF ? jj_undef_error(c, n, in)
-                              : jj_fail(c, n, LR_EINVAL, "tojson: %s is not JSON serializable", why);
+        rc = in.t == JV_UNDEF
+                 ? jj_undef_error(c, n, in)
+                 : jj_fail(c, n, LR_EINVAL, "tojson: %s is not JSON serializable", why);
     else if (rc)
         rc = jj_fail(c, n, LR_EINTERNAL, "tojson output larger than the output limit");
     else
@@ -832,10 +798,8 @@ static int f_trim(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *out)
     const char *chars;
     size_t cn;
     int rc = jj_to_str(c, n, in, &s);
-    if (!rc)
-        rc = jj_strip_args(c, n, a, &chars, &cn);
-    if (!rc)
-        *out = jj_strip(s, chars, cn, 1, 1);
+    if (!rc) rc = jj_strip_args(c, n, a, &chars, &cn);
+    if (!rc) *out = jj_strip(s, chars, cn, 1, 1);
     return rc;
 }
 
@@ -850,17 +814,13 @@ static int f_unique(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv *ou
         return rc ? rc : c->err->code;
     for (size_t i = 0; i < items->n && !rc; i++) {
         jv k = items->v[i];
-        if (attr.t != JV_NONE && (rc = jj_attr_path(c, n, k, attr, &k)))
-            break;
-        if (fold && k.t == JV_STR && (rc = jj_map_case(c, n, k, JJ_CASE_LOWER, &k)))
-            break;
+        if (attr.t != JV_NONE && (rc = jj_attr_path(c, n, k, attr, &k))) break;
+        if (fold && k.t == JV_STR && (rc = jj_map_case(c, n, k, JJ_CASE_LOWER, &k))) break;
         int seen = 0;
         for (size_t j = 0; j < keys->n && !seen; j++)
             seen = jv_equal(keys->v[j], k);
-        if (!seen && !(rc = jj_list_push(c, n, keys, k)))
-            rc = jj_list_push(c, n, l, items->v[i]);
-        if (!rc)
-            rc = jj_step(c, n);
+        if (!seen && !(rc = jj_list_push(c, n, keys, k))) rc = jj_list_push(c, n, l, items->v[i]);
+        if (!rc) rc = jj_step(c, n);
     }
     *out = jv_mklist(l);
     return rc;
@@ -877,8 +837,7 @@ static int f_wordcount(jj_ctx *c, const jj_node *n, jv in, const jj_args *a, jv 
 {
     jv s;
     int rc = jj_to_str(c, n, in, &s);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     int64_t k = 0;
     int inw = 0;
     for (size_t i = 0; i < s.u.s.n;) {
@@ -897,19 +856,46 @@ static const struct {
     const char *name;
     filter_fn fn;
 } FILTERS[] = {
-    {"abs", f_abs},         {"attr", f_attr},           {"batch", f_batch},
-    {"capitalize", f_capitalize}, {"count", f_length},  {"d", f_default},
-    {"default", f_default}, {"dictsort", f_dictsort},   {"e", f_escape},
-    {"escape", f_escape},   {"first", f_first},         {"float", f_float},       {"format", f_format},
-    {"indent", f_indent},   {"int", f_int},             {"items", f_items},
-    {"join", f_join},       {"last", f_last},           {"length", f_length},
-    {"list", f_list},       {"lower", f_lower},         {"map", f_map},
-    {"max", f_max},         {"min", f_min},             {"reject", f_reject},
-    {"rejectattr", f_rejectattr}, {"replace", f_replace}, {"reverse", f_reverse},
-    {"round", f_round},     {"safe", f_safe},           {"select", f_select},
-    {"selectattr", f_selectattr}, {"sort", f_sort},     {"string", f_string},
-    {"sum", f_sum},         {"title", f_title},         {"tojson", f_tojson},
-    {"trim", f_trim},       {"unique", f_unique},       {"upper", f_upper},
+    {"abs", f_abs},
+    {"attr", f_attr},
+    {"batch", f_batch},
+    {"capitalize", f_capitalize},
+    {"count", f_length},
+    {"d", f_default},
+    {"default", f_default},
+    {"dictsort", f_dictsort},
+    {"e", f_escape},
+    {"escape", f_escape},
+    {"first", f_first},
+    {"float", f_float},
+    {"format", f_format},
+    {"indent", f_indent},
+    {"int", f_int},
+    {"items", f_items},
+    {"join", f_join},
+    {"last", f_last},
+    {"length", f_length},
+    {"list", f_list},
+    {"lower", f_lower},
+    {"map", f_map},
+    {"max", f_max},
+    {"min", f_min},
+    {"reject", f_reject},
+    {"rejectattr", f_rejectattr},
+    {"replace", f_replace},
+    {"reverse", f_reverse},
+    {"round", f_round},
+    {"safe", f_safe},
+    {"select", f_select},
+    {"selectattr", f_selectattr},
+    {"sort", f_sort},
+    {"string", f_string},
+    {"sum", f_sum},
+    {"title", f_title},
+    {"tojson", f_tojson},
+    {"trim", f_trim},
+    {"unique", f_unique},
+    {"upper", f_upper},
     {"wordcount", f_wordcount},
 };
 
@@ -927,11 +913,10 @@ int jj_filter_known(const char *name, size_t n)
 }
 
 int jj_call_filter(jj_ctx *c, const jj_node *n, const char *name, size_t nlen, jv in,
-                             const jj_args *a, jv *out)
+                   const jj_args *a, jv *out)
 {
     filter_fn fn = find_filter(name, nlen);
-    if (!fn)
-        return jj_fail(c, n, LR_EINVAL, "unknown filter '%.*s'", (int)nlen, name);
+    if (!fn) return jj_fail(c, n, LR_EINVAL, "unknown filter '%.*s'", (int)nlen, name);
     int rc = jj_step(c, n);
     return rc ? rc : fn(c, n, in, a, out);
 }

@@ -23,32 +23,32 @@ void jj_arena_free(jj_arena *a);
 /* ---- syntax tree ---------------------------------------------------------------------------- */
 typedef enum {
     /* statements */
-    JN_TEXT,     /* s: literal text */
-    JN_OUTPUT,   /* a: expression to print */
-    JN_IF,       /* a: test, kids: body, kids2: else body (elif = a nested JN_IF there) */
-    JN_FOR,      /* targets (names), a: iterable, b: filter test or NULL, kids, kids2: else */
-    JN_SET,      /* a: target (JN_NAME / JN_TUPLE of names / JN_ATTR), b: value or NULL, kids */
-    JN_MACRO,    /* s: name, kids: body, params: names, defs: default exprs (NULL = none) */
-    JN_CALLBLK,  /* a: call expression, kids: caller body, params/defs: caller's parameters */
-    JN_FILTBLK,  /* a: JN_FILTER whose operand is NULL (the body), kids: body */
+    JN_TEXT,    /* s: literal text */
+    JN_OUTPUT,  /* a: expression to print */
+    JN_IF,      /* a: test, kids: body, kids2: else body (elif = a nested JN_IF there) */
+    JN_FOR,     /* targets (names), a: iterable, b: filter test or NULL, kids, kids2: else */
+    JN_SET,     /* a: target (JN_NAME / JN_TUPLE of names / JN_ATTR), b: value or NULL, kids */
+    JN_MACRO,   /* s: name, kids: body, params: names, defs: default exprs (NULL = none) */
+    JN_CALLBLK, /* a: call expression, kids: caller body, params/defs: caller's parameters */
+    JN_FILTBLK, /* a: JN_FILTER whose operand is NULL (the body), kids: body */
     JN_BREAK,
     JN_CONTINUE,
     JN_BLOCK, /* kids: a plain sequence (the whole template, {% generation %}) */
     /* expressions */
     JN_NONE,
-    JN_BOOL,  /* i */
-    JN_INT,   /* i */
-    JN_FLOAT, /* f */
-    JN_STR,   /* s */
-    JN_NAME,  /* s */
-    JN_LIST,  /* kids */
-    JN_TUPLE, /* kids */
-    JN_DICT,  /* kids: keys, kids2: values */
-    JN_ATTR,  /* a.s */
-    JN_ITEM,  /* a[b] */
-    JN_SLICE, /* a[kids[0]:kids[1]:kids[2]] (NULL parts omitted) */
-    JN_CALL,  /* a(kids...) ; a kid may be JN_KWARG */
-    JN_KWARG, /* s = a */
+    JN_BOOL,   /* i */
+    JN_INT,    /* i */
+    JN_FLOAT,  /* f */
+    JN_STR,    /* s */
+    JN_NAME,   /* s */
+    JN_LIST,   /* kids */
+    JN_TUPLE,  /* kids */
+    JN_DICT,   /* kids: keys, kids2: values */
+    JN_ATTR,   /* a.s */
+    JN_ITEM,   /* a[b] */
+    JN_SLICE,  /* a[kids[0]:kids[1]:kids[2]] (NULL parts omitted) */
+    JN_CALL,   /* a(kids...) ; a kid may be JN_KWARG */
+    JN_KWARG,  /* s = a */
     JN_FILTER, /* a | s(kids...) */
     JN_TEST,   /* a is [not] s(kids...) ; i = negate */
     JN_BINOP,  /* a op b */
@@ -59,9 +59,25 @@ typedef enum {
 } jj_kind;
 
 typedef enum {
-    JO_ADD, JO_SUB, JO_MUL, JO_DIV, JO_FLOORDIV, JO_MOD, JO_POW, JO_CONCAT,
-    JO_EQ, JO_NE, JO_LT, JO_GT, JO_LE, JO_GE, JO_IN, JO_NOTIN,
-    JO_NEG, JO_POS, JO_NOT,
+    JO_ADD,
+    JO_SUB,
+    JO_MUL,
+    JO_DIV,
+    JO_FLOORDIV,
+    JO_MOD,
+    JO_POW,
+    JO_CONCAT,
+    JO_EQ,
+    JO_NE,
+    JO_LT,
+    JO_GT,
+    JO_LE,
+    JO_GE,
+    JO_IN,
+    JO_NOTIN,
+    JO_NEG,
+    JO_POS,
+    JO_NOT,
 } jj_op;
 
 typedef struct jj_node jj_node;
@@ -82,8 +98,20 @@ struct jj_node {
 
 /* ---- runtime values ---------------------------------------------------------------------- */
 typedef enum {
-    JV_UNDEF, JV_NONE, JV_BOOL, JV_INT, JV_FLOAT, JV_STR, JV_LIST, JV_DICT, JV_NS, JV_LOOP,
-    JV_MACRO, JV_FUNC, JV_METHOD, JV_CALLER,
+    JV_UNDEF,
+    JV_NONE,
+    JV_BOOL,
+    JV_INT,
+    JV_FLOAT,
+    JV_STR,
+    JV_LIST,
+    JV_DICT,
+    JV_NS,
+    JV_LOOP,
+    JV_MACRO,
+    JV_FUNC,
+    JV_METHOD,
+    JV_CALLER,
 } jv_type;
 
 typedef struct jj_list jj_list;
@@ -136,11 +164,23 @@ struct jj_template {
 void jj_line_col(const char *src, size_t len, size_t pos, int *line, int *col);
 
 /* ---- tokens (jinja_lex.c) ---------------------------------------------------------------- */
-typedef enum { TK_TEXT, TK_BB, TK_BE, TK_VB, TK_VE, TK_NAME, TK_STR, TK_INT, TK_FLOAT, TK_OP, TK_EOF } tk_type;
+typedef enum {
+    TK_TEXT,
+    TK_BB,
+    TK_BE,
+    TK_VB,
+    TK_VE,
+    TK_NAME,
+    TK_STR,
+    TK_INT,
+    TK_FLOAT,
+    TK_OP,
+    TK_EOF
+} tk_type;
 
 typedef struct jj_tok {
     uint8_t type;
-    uint32_t pos; /* original offset */
+    uint32_t pos;  /* original offset */
     const char *s; /* TEXT/STR/NAME: arena copy; OP: static */
     size_t n;
     int64_t i;
@@ -168,8 +208,8 @@ int jj_buf_put(jj_buf *b, const char *s, size_t n); /* 0, LR_ENOMEM, or LR_ETOOL
 int jj_buf_putc(jj_buf *b, char c);
 
 int jj_is_space_at(const char *s, size_t n, size_t i, size_t *clen); /* Unicode whitespace */
-size_t jj_utf8_len(const char *s, size_t n);                          /* code points */
-size_t jj_utf8_offset(const char *s, size_t n, size_t cp);            /* byte offset of cp */
+size_t jj_utf8_len(const char *s, size_t n);                         /* code points */
+size_t jj_utf8_offset(const char *s, size_t n, size_t cp);           /* byte offset of cp */
 
 int jv_truthy(jv v);
 const char *jv_type_name(jv v);

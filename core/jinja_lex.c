@@ -63,26 +63,24 @@ static void pre_free(pre *o)
  * goes (keep_trailing_newline=False). */
 static int preprocess(const char *src, size_t len, pre *out)
 {
-    if (pre_alloc(out, len))
-        return LR_ENOMEM;
+    if (pre_alloc(out, len)) return LR_ENOMEM;
     for (size_t i = 0; i < len; i++) {
         out->map[out->n] = (uint32_t)i;
         if (src[i] == '\r') {
             out->p[out->n++] = '\n';
-            if (i + 1 < len && src[i + 1] == '\n')
-                i++;
+            if (i + 1 < len && src[i + 1] == '\n') i++;
         } else {
             out->p[out->n++] = src[i];
         }
     }
-    if (out->n > 0 && out->p[out->n - 1] == '\n')
-        out->n--;
+    if (out->n > 0 && out->p[out->n - 1] == '\n') out->n--;
     out->map[out->n] = (uint32_t)len;
     out->p[out->n] = '\0';
     return 0;
 }
 
-/* ---- lexer ------------------------------------------------------------------------------------ */
+/* ---- lexer ------------------------------------------------------------------------------------
+ */
 
 typedef struct lexer {
     jj_template *t;
@@ -93,7 +91,8 @@ typedef struct lexer {
     size_t n, cap;
 } lexer;
 
-static int lex_fail(lexer *L, size_t at, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int lex_fail(lexer *L, size_t at, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int lex_fail(lexer *L, size_t at, const char *fmt, ...)
 {
     char msg[400];
@@ -111,8 +110,7 @@ static jj_tok *lex_push(lexer *L, int type, size_t at)
     if (L->n == L->cap) {
         size_t nc = L->cap ? L->cap * 2 : 256;
         jj_tok *nv = realloc(L->v, nc * sizeof *nv);
-        if (!nv)
-            return NULL;
+        if (!nv) return NULL;
         L->v = nv;
         L->cap = nc;
     }
@@ -133,12 +131,9 @@ static size_t skip_space(const char *p, size_t n, size_t i)
 
 static int hexval(char c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
 
@@ -175,15 +170,12 @@ static int lex_string(lexer *L, size_t *ip)
     char q = p[i++];
     size_t start = i;
     while (i < n && p[i] != q) {
-        if (p[i] == '\\' && i + 1 < n)
-            i++;
+        if (p[i] == '\\' && i + 1 < n) i++;
         i++;
     }
-    if (i >= n)
-        return lex_fail(L, *ip, "unterminated string literal");
+    if (i >= n) return lex_fail(L, *ip, "unterminated string literal");
     char *o = jj_arena_alloc(&L->t->arena, (i - start) + 1);
-    if (!o)
-        return LR_ENOMEM;
+    if (!o) return LR_ENOMEM;
     size_t on = 0;
     for (size_t j = start; j < i; j++) {
         if (p[j] != '\\') {
@@ -211,36 +203,60 @@ static int lex_string(lexer *L, size_t *ip)
             continue;
         }
         switch (e) {
-        case 'n': o[on++] = '\n'; break;
-        case 't': o[on++] = '\t'; break;
-        case 'r': o[on++] = '\r'; break;
-        case 'b': o[on++] = '\b'; break;
-        case 'f': o[on++] = '\f'; break;
-        case 'v': o[on++] = '\v'; break;
-        case 'a': o[on++] = '\a'; break;
-        case '0': o[on++] = '\0'; break;
-        case '\\': o[on++] = '\\'; break;
-        case '\'': o[on++] = '\''; break;
-        case '"': o[on++] = '"'; break;
-        case '\n': break; /* line continuation */
+        case 'n':
+            o[on++] = '\n';
+            break;
+        case 't':
+            o[on++] = '\t';
+            break;
+        case 'r':
+            o[on++] = '\r';
+            break;
+        case 'b':
+            o[on++] = '\b';
+            break;
+        case 'f':
+            o[on++] = '\f';
+            break;
+        case 'v':
+            o[on++] = '\v';
+            break;
+        case 'a':
+            o[on++] = '\a';
+            break;
+        case '0':
+            o[on++] = '\0';
+            break;
+        case '\\':
+            o[on++] = '\\';
+            break;
+        case '\'':
+            o[on++] = '\'';
+            break;
+        case '"':
+            o[on++] = '"';
+            break;
+        case '\n':
+            break; /* line continuation */
         default:
             o[on++] = '\\';
             o[on++] = e;
         }
     }
     jj_tok *k = lex_push(L, TK_STR, *ip);
-    if (!k)
-        return LR_ENOMEM;
+    if (!k) return LR_ENOMEM;
     k->s = o;
     k->n = on;
     *ip = i + 1;
     return 0;
 }
 
-static const char *const OPS[] = {"**", "//", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~",
-                                  "<", ">", "=", "(", ")", "[", "]", "{", "}", ",", ".", ":", "|"};
+static const char *const OPS[] = {"**", "//", "==", "!=", "<=", ">=", "+", "-", "*",
+                                  "/",  "%",  "~",  "<",  ">",  "=",  "(", ")", "[",
+                                  "]",  "{",  "}",  ",",  ".",  ":",  "|"};
 
-/* The tokens inside one {% %} or {{ }} tag, starting after the opener; *ip ends after the closer. */
+/* The tokens inside one {% %} or {{ }} tag, starting after the opener; *ip ends after the closer.
+ */
 static int lex_tag(lexer *L, size_t *ip, int block)
 {
     const char *p = L->pp.p;
@@ -249,26 +265,23 @@ static int lex_tag(lexer *L, size_t *ip, int block)
     int depth = 0;
     for (;;) {
         i = skip_space(p, n, i);
-        if (i >= n)
-            return lex_fail(L, *ip, "unclosed %s tag", block ? "{%" : "{{");
+        if (i >= n) return lex_fail(L, *ip, "unclosed %s tag", block ? "{%" : "{{");
         const char *close = block ? "%}" : "}}";
-        if (depth == 0 && p[i] == '-' && i + 2 < n && p[i + 1] == close[0] && p[i + 2] == close[1]) {
-            if (!lex_push(L, block ? TK_BE : TK_VE, i))
-                return LR_ENOMEM;
+        if (depth == 0 && p[i] == '-' && i + 2 < n && p[i + 1] == close[0] &&
+            p[i + 2] == close[1]) {
+            if (!lex_push(L, block ? TK_BE : TK_VE, i)) return LR_ENOMEM;
             *ip = skip_space(p, n, i + 3); /* "-%}\s*" */
             L->line_starting = *ip > i + 3 && p[*ip - 1] == '\n';
             return 0;
         }
         if (depth == 0 && block && p[i] == '+' && i + 2 < n && p[i + 1] == '%' && p[i + 2] == '}') {
-            if (!lex_push(L, TK_BE, i))
-                return LR_ENOMEM;
+            if (!lex_push(L, TK_BE, i)) return LR_ENOMEM;
             *ip = i + 3; /* "+%}": no trim_blocks */
             L->line_starting = 0;
             return 0;
         }
         if (depth == 0 && i + 1 < n && p[i] == close[0] && p[i + 1] == close[1]) {
-            if (!lex_push(L, block ? TK_BE : TK_VE, i))
-                return LR_ENOMEM;
+            if (!lex_push(L, block ? TK_BE : TK_VE, i)) return LR_ENOMEM;
             *ip = i + 2;
             L->line_starting = 0;
             if (block && *ip < n && p[*ip] == '\n') { /* trim_blocks: "%}\n?" */
@@ -280,8 +293,7 @@ static int lex_tag(lexer *L, size_t *ip, int block)
         char c = p[i];
         if (c == '\'' || c == '"') {
             int rc = lex_string(L, &i);
-            if (rc)
-                return rc;
+            if (rc) return rc;
             continue;
         }
         if (c >= '0' && c <= '9') {
@@ -298,8 +310,7 @@ static int lex_tag(lexer *L, size_t *ip, int block)
             }
             if (!after_dot && i < n && (p[i] == 'e' || p[i] == 'E')) {
                 size_t j = i + 1;
-                if (j < n && (p[j] == '+' || p[j] == '-'))
-                    j++;
+                if (j < n && (p[j] == '+' || p[j] == '-')) j++;
                 if (j < n && p[j] >= '0' && p[j] <= '9') {
                     isf = 1;
                     while (j < n && p[j] >= '0' && p[j] <= '9')
@@ -308,8 +319,7 @@ static int lex_tag(lexer *L, size_t *ip, int block)
                 }
             }
             jj_tok *k = lex_push(L, isf ? TK_FLOAT : TK_INT, s);
-            if (!k)
-                return LR_ENOMEM;
+            if (!k) return LR_ENOMEM;
             char tmp[64];
             size_t len = i - s < sizeof tmp - 1 ? i - s : sizeof tmp - 1;
             memcpy(tmp, p + s, len);
@@ -331,8 +341,7 @@ static int lex_tag(lexer *L, size_t *ip, int block)
                 i++;
             jj_tok *k = lex_push(L, TK_NAME, s);
             char *nm = jj_arena_alloc(&L->t->arena, i - s + 1);
-            if (!k || !nm)
-                return LR_ENOMEM;
+            if (!k || !nm) return LR_ENOMEM;
             memcpy(nm, p + s, i - s); /* the preprocessed text is freed after parsing */
             k->s = nm;
             k->n = i - s;
@@ -341,14 +350,11 @@ static int lex_tag(lexer *L, size_t *ip, int block)
         size_t o;
         for (o = 0; o < sizeof OPS / sizeof OPS[0]; o++) {
             size_t ol = strlen(OPS[o]);
-            if (i + ol <= n && memcmp(p + i, OPS[o], ol) == 0)
-                break;
+            if (i + ol <= n && memcmp(p + i, OPS[o], ol) == 0) break;
         }
-        if (o == sizeof OPS / sizeof OPS[0])
-            return lex_fail(L, i, "unexpected character '%c'", c);
+        if (o == sizeof OPS / sizeof OPS[0]) return lex_fail(L, i, "unexpected character '%c'", c);
         jj_tok *k = lex_push(L, TK_OP, i);
-        if (!k)
-            return LR_ENOMEM;
+        if (!k) return LR_ENOMEM;
         k->s = OPS[o];
         k->n = strlen(OPS[o]);
         if (c == '{' || c == '(' || c == '[')
@@ -364,11 +370,9 @@ static int lex_tag(lexer *L, size_t *ip, int block)
 static int raw_tag(const char *p, size_t n, size_t i, const char *name, size_t *after, int *strip)
 {
     size_t j = i + 2, nl = strlen(name);
-    if (j < n && (p[j] == '-' || p[j] == '+'))
-        j++;
+    if (j < n && (p[j] == '-' || p[j] == '+')) j++;
     j = skip_space(p, n, j);
-    if (j + nl > n || memcmp(p + j, name, nl) != 0)
-        return 0;
+    if (j + nl > n || memcmp(p + j, name, nl) != 0) return 0;
     j = skip_space(p, n, j + nl);
     int minus = 0, plus_before_close = 0;
     if (j < n && (p[j] == '-' || p[j] == '+')) {
@@ -376,11 +380,9 @@ static int raw_tag(const char *p, size_t n, size_t i, const char *name, size_t *
         plus_before_close = p[j] == '+';
         j++;
     }
-    if (j + 1 >= n || p[j] != '%' || p[j + 1] != '}')
-        return 0;
+    if (j + 1 >= n || p[j] != '%' || p[j + 1] != '}') return 0;
     j += 2;
-    if (strip)
-        *strip = minus;
+    if (strip) *strip = minus;
     *after = minus ? skip_space(p, n, j) : j;
     /* "{% endraw %}" takes trim_blocks' newline; "{% raw %}" does not (Jinja2's rules) */
     if (!minus && plus_before_close == 0 && strcmp(name, "endraw") == 0 && j < n && p[j] == '\n')
@@ -395,8 +397,7 @@ static size_t rstrip_end(const char *p, size_t s, size_t e)
         size_t k = e - 1, cl;
         while (k > s && ((unsigned char)p[k] & 0xC0) == 0x80)
             k--;
-        if (!jj_is_space_at(p, e, k, &cl) || k + cl != e)
-            break;
+        if (!jj_is_space_at(p, e, k, &cl) || k + cl != e) break;
         e = k;
     }
     return e;
@@ -407,26 +408,21 @@ static size_t rstrip_end(const char *p, size_t s, size_t e)
  * newline (or the start of a line) and the tag goes. Returns the new end. */
 static size_t tag_strip(const lexer *L, const char *p, size_t s, size_t e, char sign, int is_var)
 {
-    if (sign == '-')
-        return rstrip_end(p, s, e);
-    if (sign == '+' || is_var)
-        return e;
+    if (sign == '-') return rstrip_end(p, s, e);
+    if (sign == '+' || is_var) return e;
     size_t l = e;
     while (l > s && p[l - 1] != '\n')
         l--;
-    if (l == s && !L->line_starting)
-        return e;
+    if (l == s && !L->line_starting) return e;
     return (e > l && rstrip_end(p, l, e) == l) ? l : e;
 }
 
 static int emit_text(lexer *L, const char *p, size_t s, size_t e)
 {
-    if (e <= s)
-        return 0;
+    if (e <= s) return 0;
     jj_tok *k = lex_push(L, TK_TEXT, s);
     char *c = jj_arena_alloc(&L->t->arena, e - s);
-    if (!k || !c)
-        return LR_ENOMEM;
+    if (!k || !c) return LR_ENOMEM;
     memcpy(c, p + s, e - s);
     k->s = c;
     k->n = e - s;
@@ -441,11 +437,11 @@ static int lex(lexer *L)
     L->line_starting = 1;
     while (i < n) {
         size_t s = i;
-        while (i < n && !(p[i] == '{' && i + 1 < n && (p[i + 1] == '%' || p[i + 1] == '{' || p[i + 1] == '#')))
+        while (i < n && !(p[i] == '{' && i + 1 < n &&
+                          (p[i + 1] == '%' || p[i + 1] == '{' || p[i + 1] == '#')))
             i++;
         if (i >= n) {
-            if (emit_text(L, p, s, n))
-                return LR_ENOMEM;
+            if (emit_text(L, p, s, n)) return LR_ENOMEM;
             break;
         }
         char kind = p[i + 1];
@@ -455,20 +451,19 @@ static int lex(lexer *L)
         if (kind == '%' && raw_tag(p, n, i, "raw", &after, &raw_strip_in)) {
             /* {% raw %}…{% endraw %}: the text between, uninterpreted */
             for (size_t j = after; j + 1 < n; j++)
-                if (p[j] == '{' && p[j + 1] == '%' && raw_tag(p, n, j, "endraw", &raw_after, NULL)) {
+                if (p[j] == '{' && p[j + 1] == '%' &&
+                    raw_tag(p, n, j, "endraw", &raw_after, NULL)) {
                     raw_end = j;
                     break;
                 }
             if (!raw_end)
                 return lex_fail(L, i, "'{%% raw %%}' is never closed (expected '{%% endraw %%}')");
         }
-        if (emit_text(L, p, s, tag_strip(L, p, s, i, sign, kind == '{')))
-            return LR_ENOMEM;
+        if (emit_text(L, p, s, tag_strip(L, p, s, i, sign, kind == '{'))) return LR_ENOMEM;
         L->line_starting = 0;
         if (raw_end) {
             char esign = (p[raw_end + 2] == '-' || p[raw_end + 2] == '+') ? p[raw_end + 2] : 0;
-            if (emit_text(L, p, after, tag_strip(L, p, after, raw_end, esign, 0)))
-                return LR_ENOMEM;
+            if (emit_text(L, p, after, tag_strip(L, p, after, raw_end, esign, 0))) return LR_ENOMEM;
             i = raw_after;
             L->line_starting = i > 0 && p[i - 1] == '\n';
             continue;
@@ -476,11 +471,11 @@ static int lex(lexer *L)
         if (kind == '#') {
             /* Jinja2: (.*?)(\+#}|-#}\s*|#}\n?) */
             size_t j = i + 2 + (sign ? 1 : 0);
-            while (j + 1 < n && !(p[j] == '#' && p[j + 1] == '}') &&
-                   !((p[j] == '-' || p[j] == '+') && j + 2 < n && p[j + 1] == '#' && p[j + 2] == '}'))
+            while (
+                j + 1 < n && !(p[j] == '#' && p[j + 1] == '}') &&
+                !((p[j] == '-' || p[j] == '+') && j + 2 < n && p[j + 1] == '#' && p[j + 2] == '}'))
                 j++;
-            if (j + 1 >= n)
-                return lex_fail(L, i, "unclosed comment");
+            if (j + 1 >= n) return lex_fail(L, i, "unclosed comment");
             if (p[j] == '-') {
                 i = skip_space(p, n, j + 3);
                 L->line_starting = i > j + 3 && p[i - 1] == '\n';
@@ -496,12 +491,10 @@ static int lex(lexer *L)
             continue;
         }
         jj_tok *k = lex_push(L, kind == '%' ? TK_BB : TK_VB, i);
-        if (!k)
-            return LR_ENOMEM;
+        if (!k) return LR_ENOMEM;
         i += sign ? 3 : 2;
         int rc = lex_tag(L, &i, kind == '%');
-        if (rc)
-            return rc;
+        if (rc) return rc;
     }
     return lex_push(L, TK_EOF, n) ? 0 : LR_ENOMEM;
 }
@@ -512,11 +505,9 @@ int jj_lex(jj_template *t, lr_error *err, jj_tok **out, size_t *n)
     *out = NULL;
     *n = 0;
     int rc = preprocess(t->src, t->len, &L.pp);
-    if (rc)
-        return lr_error_set(err, rc, "chat template: out of memory");
+    if (rc) return lr_error_set(err, rc, "chat template: out of memory");
     rc = lex(&L);
-    if (rc && !err->code)
-        lr_error_set(err, rc, "chat template: out of memory while lexing");
+    if (rc && !err->code) lr_error_set(err, rc, "chat template: out of memory while lexing");
     pre_free(&L.pp);
     if (rc) {
         free(L.v);

@@ -18,7 +18,8 @@
 
 #define MAX_PARSE_DEPTH 200
 
-/* ---- parser ----------------------------------------------------------------------------------- */
+/* ---- parser -----------------------------------------------------------------------------------
+ */
 
 typedef struct parser {
     jj_template *t;
@@ -29,11 +30,11 @@ typedef struct parser {
     int loops; /* enclosing for-loops (break/continue are legal only inside one) */
 } parser;
 
-static int pfail(parser *P, const jj_tok *k, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int pfail(parser *P, const jj_tok *k, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int pfail(parser *P, const jj_tok *k, const char *fmt, ...)
 {
-    if (P->err && P->err->code)
-        return P->err->code; /* keep the first, innermost message */
+    if (P->err && P->err->code) return P->err->code; /* keep the first, innermost message */
     char msg[400];
     va_list ap;
     va_start(ap, fmt);
@@ -57,16 +58,27 @@ static int is_name(const jj_tok *k, const char *name)
 static const char *tk_desc(const jj_tok *k)
 {
     switch (k->type) {
-    case TK_TEXT: return "text";
-    case TK_BB: return "'{%'";
-    case TK_BE: return "'%}'";
-    case TK_VB: return "'{{'";
-    case TK_VE: return "'}}'";
-    case TK_NAME: return "a name";
-    case TK_STR: return "a string";
-    case TK_INT: case TK_FLOAT: return "a number";
-    case TK_OP: return k->s;
-    default: return "the end of the template";
+    case TK_TEXT:
+        return "text";
+    case TK_BB:
+        return "'{%'";
+    case TK_BE:
+        return "'%}'";
+    case TK_VB:
+        return "'{{'";
+    case TK_VE:
+        return "'}}'";
+    case TK_NAME:
+        return "a name";
+    case TK_STR:
+        return "a string";
+    case TK_INT:
+    case TK_FLOAT:
+        return "a number";
+    case TK_OP:
+        return k->s;
+    default:
+        return "the end of the template";
     }
 }
 
@@ -121,8 +133,7 @@ static jj_node **nv_finish(parser *P, nvec *a, size_t *n)
 static int expect_op(parser *P, const char *op)
 {
     const jj_tok *k = PEEK(P);
-    if (!is_op(k, op))
-        return pfail(P, k, "expected '%s', got %s", op, tk_desc(k));
+    if (!is_op(k, op)) return pfail(P, k, "expected '%s', got %s", op, tk_desc(k));
     P->i++;
     return 0;
 }
@@ -130,8 +141,7 @@ static int expect_op(parser *P, const char *op)
 static int expect_type(parser *P, int type, const char *what)
 {
     const jj_tok *k = PEEK(P);
-    if (k->type != type)
-        return pfail(P, k, "expected %s, got %s", what, tk_desc(k));
+    if (k->type != type) return pfail(P, k, "expected %s, got %s", what, tk_desc(k));
     P->i++;
     return 0;
 }
@@ -160,24 +170,20 @@ static int p_args(parser *P, jj_node *call)
         jj_node *arg;
         if (k->type == TK_NAME && is_op(&P->v[P->i + 1], "=")) {
             arg = node(P, JN_KWARG, k);
-            if (!arg)
-                goto fail;
+            if (!arg) goto fail;
             arg->s = k->s;
             arg->slen = k->n;
             P->i += 2;
-            if (!(arg->a = p_expr(P, 1)))
-                goto fail;
+            if (!(arg->a = p_expr(P, 1))) goto fail;
             kw = 1;
         } else {
             if (kw) {
                 pfail(P, k, "positional argument after a keyword argument");
                 goto fail;
             }
-            if (!(arg = p_expr(P, 1)))
-                goto fail;
+            if (!(arg = p_expr(P, 1))) goto fail;
         }
-        if (nv_push(P, &a, arg))
-            goto fail;
+        if (nv_push(P, &a, arg)) goto fail;
         if (!is_op(PEEK(P), ",")) {
             if (!is_op(PEEK(P), ")")) {
                 pfail(P, PEEK(P), "expected ',' or ')' in argument list, got %s", tk_desc(PEEK(P)));
@@ -199,8 +205,7 @@ static jj_node *p_filter_or_test(parser *P, jj_node *x, int test)
 {
     const jj_tok *at = PEEK(P);
     jj_node *f = node(P, test ? JN_TEST : JN_FILTER, at);
-    if (!f)
-        return NULL;
+    if (!f) return NULL;
     f->a = x;
     P->i++; /* '|' or 'is' */
     if (test && is_name(PEEK(P), "not")) {
@@ -222,23 +227,20 @@ static jj_node *p_filter_or_test(parser *P, jj_node *x, int test)
     }
     if (is_op(PEEK(P), "(")) {
         P->i++;
-        if (p_args(P, f))
-            return NULL;
+        if (p_args(P, f)) return NULL;
     } else if (test) {
         /* `x is divisibleby 3`, `x is sameas none`: one bare argument */
         const jj_tok *k = PEEK(P);
-        int starts = k->type == TK_STR || k->type == TK_INT || k->type == TK_FLOAT ||
-                     is_op(k, "[") || is_op(k, "{") ||
-                     (k->type == TK_NAME && !is_name(k, "else") && !is_name(k, "or") &&
-                      !is_name(k, "and") && !is_name(k, "if") && !is_name(k, "in") &&
-                      !is_name(k, "is") && !is_name(k, "not"));
+        int starts =
+            k->type == TK_STR || k->type == TK_INT || k->type == TK_FLOAT || is_op(k, "[") ||
+            is_op(k, "{") ||
+            (k->type == TK_NAME && !is_name(k, "else") && !is_name(k, "or") && !is_name(k, "and") &&
+             !is_name(k, "if") && !is_name(k, "in") && !is_name(k, "is") && !is_name(k, "not"));
         if (starts) {
             jj_node *arg = p_primary(P);
-            if (!arg || !(arg = p_postfix(P, arg)))
-                return NULL;
+            if (!arg || !(arg = p_postfix(P, arg))) return NULL;
             f->kids = jj_arena_alloc(&P->t->arena, sizeof *f->kids);
-            if (!f->kids)
-                return NULL;
+            if (!f->kids) return NULL;
             f->kids[0] = arg;
             f->nkids = 1;
         }
@@ -255,16 +257,14 @@ static jj_node *p_postfix(parser *P, jj_node *x)
             const jj_tok *nk = PEEK(P);
             if (nk->type == TK_NAME) {
                 jj_node *a = node(P, JN_ATTR, nk);
-                if (!a)
-                    return NULL;
+                if (!a) return NULL;
                 a->a = x;
                 a->s = nk->s;
                 a->slen = nk->n;
                 x = a;
             } else if (nk->type == TK_INT) {
                 jj_node *a = node(P, JN_ITEM, nk), *ix = node(P, JN_INT, nk);
-                if (!a || !ix)
-                    return NULL;
+                if (!a || !ix) return NULL;
                 ix->i = nk->i;
                 a->a = x;
                 a->b = ix;
@@ -278,28 +278,24 @@ static jj_node *p_postfix(parser *P, jj_node *x)
             P->i++;
             jj_node *parts[3] = {NULL, NULL, NULL};
             int slice = 0;
-            if (!is_op(PEEK(P), ":") && !(parts[0] = p_expr(P, 1)))
-                return NULL;
+            if (!is_op(PEEK(P), ":") && !(parts[0] = p_expr(P, 1))) return NULL;
             for (int s = 1; s < 3 && is_op(PEEK(P), ":"); s++) {
                 slice = 1;
                 P->i++;
                 if (!is_op(PEEK(P), ":") && !is_op(PEEK(P), "]") && !(parts[s] = p_expr(P, 1)))
                     return NULL;
             }
-            if (expect_op(P, "]"))
-                return NULL;
+            if (expect_op(P, "]")) return NULL;
             if (!slice && !parts[0]) {
                 pfail(P, k, "empty subscript");
                 return NULL;
             }
             jj_node *a = node(P, slice ? JN_SLICE : JN_ITEM, k);
-            if (!a)
-                return NULL;
+            if (!a) return NULL;
             a->a = x;
             if (slice) {
                 a->kids = jj_arena_alloc(&P->t->arena, 3 * sizeof *a->kids);
-                if (!a->kids)
-                    return NULL;
+                if (!a->kids) return NULL;
                 memcpy(a->kids, parts, sizeof parts);
                 a->nkids = 3;
             } else {
@@ -309,11 +305,9 @@ static jj_node *p_postfix(parser *P, jj_node *x)
         } else if (is_op(k, "(")) {
             P->i++;
             jj_node *c = node(P, JN_CALL, k);
-            if (!c)
-                return NULL;
+            if (!c) return NULL;
             c->a = x;
-            if (p_args(P, c))
-                return NULL;
+            if (p_args(P, c)) return NULL;
             x = c;
         } else {
             return x;
@@ -325,14 +319,13 @@ static jj_node *p_primary(parser *P)
 {
     const jj_tok *k = PEEK(P);
     jj_node *x = NULL;
-    if (enter(P))
-        return NULL;
+    if (enter(P)) return NULL;
     switch (k->type) {
     case TK_NAME:
         P->i++;
-        if (is_name(k, "true") || is_name(k, "True") || is_name(k, "false") || is_name(k, "False")) {
-            if ((x = node(P, JN_BOOL, k)))
-                x->i = k->s[0] == 't' || k->s[0] == 'T';
+        if (is_name(k, "true") || is_name(k, "True") || is_name(k, "false") ||
+            is_name(k, "False")) {
+            if ((x = node(P, JN_BOOL, k))) x->i = k->s[0] == 't' || k->s[0] == 'T';
         } else if (is_name(k, "none") || is_name(k, "None")) {
             x = node(P, JN_NONE, k);
         } else if ((x = node(P, JN_NAME, k))) {
@@ -345,8 +338,7 @@ static jj_node *p_primary(parser *P)
         while (P->v[j].type == TK_STR)
             total += P->v[j++].n;
         char *s = jj_arena_alloc(&P->t->arena, total + 1);
-        if (!s || !(x = node(P, JN_STR, k)))
-            break;
+        if (!s || !(x = node(P, JN_STR, k))) break;
         size_t o = 0;
         while (P->v[P->i].type == TK_STR) {
             memcpy(s + o, P->v[P->i].s, P->v[P->i].n);
@@ -358,13 +350,11 @@ static jj_node *p_primary(parser *P)
     }
     case TK_INT:
         P->i++;
-        if ((x = node(P, JN_INT, k)))
-            x->i = k->i;
+        if ((x = node(P, JN_INT, k))) x->i = k->i;
         break;
     case TK_FLOAT:
         P->i++;
-        if ((x = node(P, JN_FLOAT, k)))
-            x->f = k->f;
+        if ((x = node(P, JN_FLOAT, k))) x->f = k->f;
         break;
     case TK_OP:
         if (is_op(k, "(")) {
@@ -375,16 +365,13 @@ static jj_node *p_primary(parser *P)
                 break;
             }
             jj_node *e = p_expr(P, 1);
-            if (!e)
-                break;
+            if (!e) break;
             if (is_op(PEEK(P), ",")) {
                 nvec a = {0};
-                if (nv_push(P, &a, e))
-                    break;
+                if (nv_push(P, &a, e)) break;
                 while (is_op(PEEK(P), ",")) {
                     P->i++;
-                    if (is_op(PEEK(P), ")"))
-                        break;
+                    if (is_op(PEEK(P), ")")) break;
                     jj_node *e2 = p_expr(P, 1);
                     if (!e2 || nv_push(P, &a, e2)) {
                         free(a.v);
@@ -392,8 +379,7 @@ static jj_node *p_primary(parser *P)
                         break;
                     }
                 }
-                if (!a.v)
-                    break;
+                if (!a.v) break;
                 if (!(x = node(P, JN_TUPLE, k))) {
                     free(a.v);
                     break;
@@ -402,8 +388,7 @@ static jj_node *p_primary(parser *P)
             } else {
                 x = e;
             }
-            if (expect_op(P, ")"))
-                x = NULL;
+            if (expect_op(P, ")")) x = NULL;
             break;
         }
         if (is_op(k, "[") || is_op(k, "{")) {
@@ -455,21 +440,18 @@ static jj_node *p_unary(parser *P, int with_filter)
 {
     const jj_tok *k = PEEK(P);
     jj_node *x;
-    if (enter(P))
-        return NULL;
+    if (enter(P)) return NULL;
     if (is_op(k, "-") || is_op(k, "+")) {
         P->i++;
         x = node(P, JN_UNARY, k);
         if (x) {
             x->op = k->s[0] == '-' ? JO_NEG : JO_POS;
-            if (!(x->a = p_unary(P, 0)))
-                x = NULL;
+            if (!(x->a = p_unary(P, 0))) x = NULL;
         }
     } else {
         x = p_primary(P);
     }
-    if (x)
-        x = p_postfix(P, x);
+    if (x) x = p_postfix(P, x);
     while (x && with_filter) {
         if (is_op(PEEK(P), "|"))
             x = p_filter_or_test(P, x, 0);
@@ -513,10 +495,12 @@ static jj_node *p_math2(parser *P)
     jj_node *l = p_pow(P);
     for (;;) {
         const jj_tok *at = PEEK(P);
-        int op = is_op(at, "*") ? JO_MUL : is_op(at, "/") ? JO_DIV : is_op(at, "//") ? JO_FLOORDIV
-                 : is_op(at, "%") ? JO_MOD : -1;
-        if (!l || op < 0)
-            return l;
+        int op = is_op(at, "*")    ? JO_MUL
+                 : is_op(at, "/")  ? JO_DIV
+                 : is_op(at, "//") ? JO_FLOORDIV
+                 : is_op(at, "%")  ? JO_MOD
+                                   : -1;
+        if (!l || op < 0) return l;
         P->i++;
         jj_node *r = p_pow(P);
         l = r ? binop(P, at, op, l, r) : NULL;
@@ -540,8 +524,7 @@ static jj_node *p_math1(parser *P)
     for (;;) {
         const jj_tok *at = PEEK(P);
         int op = is_op(at, "+") ? JO_ADD : is_op(at, "-") ? JO_SUB : -1;
-        if (!l || op < 0)
-            return l;
+        if (!l || op < 0) return l;
         P->i++;
         jj_node *r = p_concat(P);
         l = r ? binop(P, at, op, l, r) : NULL;
@@ -555,25 +538,30 @@ static jj_node *p_compare(parser *P)
     for (;;) {
         const jj_tok *at = PEEK(P);
         int op = -1;
-        if (is_op(at, "==")) op = JO_EQ;
-        else if (is_op(at, "!=")) op = JO_NE;
-        else if (is_op(at, "<")) op = JO_LT;
-        else if (is_op(at, ">")) op = JO_GT;
-        else if (is_op(at, "<=")) op = JO_LE;
-        else if (is_op(at, ">=")) op = JO_GE;
-        else if (is_name(at, "in")) op = JO_IN;
-        else if (is_name(at, "not") && is_name(&P->v[P->i + 1], "in")) op = JO_NOTIN;
-        if (!l || op < 0)
-            return l ? (result ? result : l) : NULL;
+        if (is_op(at, "=="))
+            op = JO_EQ;
+        else if (is_op(at, "!="))
+            op = JO_NE;
+        else if (is_op(at, "<"))
+            op = JO_LT;
+        else if (is_op(at, ">"))
+            op = JO_GT;
+        else if (is_op(at, "<="))
+            op = JO_LE;
+        else if (is_op(at, ">="))
+            op = JO_GE;
+        else if (is_name(at, "in"))
+            op = JO_IN;
+        else if (is_name(at, "not") && is_name(&P->v[P->i + 1], "in"))
+            op = JO_NOTIN;
+        if (!l || op < 0) return l ? (result ? result : l) : NULL;
         P->i += op == JO_NOTIN ? 2 : 1;
         jj_node *r = p_math1(P);
         jj_node *cmp = r ? binop(P, at, op, l, r) : NULL;
-        if (!cmp)
-            return NULL;
+        if (!cmp) return NULL;
         if (result) {
             jj_node *both = node(P, JN_AND, at);
-            if (!both)
-                return NULL;
+            if (!both) return NULL;
             both->a = result;
             both->b = cmp;
             result = both;
@@ -588,14 +576,12 @@ static jj_node *p_not(parser *P)
 {
     const jj_tok *k = PEEK(P);
     if (is_name(k, "not")) {
-        if (enter(P))
-            return NULL;
+        if (enter(P)) return NULL;
         P->i++;
         jj_node *x = node(P, JN_UNARY, k);
         if (x) {
             x->op = JO_NOT;
-            if (!(x->a = p_not(P)))
-                x = NULL;
+            if (!(x->a = p_not(P))) x = NULL;
         }
         P->depth--;
         return x;
@@ -610,8 +596,7 @@ static jj_node *p_andor(parser *P, int is_or)
         const jj_tok *at = &P->v[P->i++];
         jj_node *r = is_or ? p_andor(P, 0) : p_not(P);
         jj_node *x = r ? node(P, is_or ? JN_OR : JN_AND, at) : NULL;
-        if (!x)
-            return NULL;
+        if (!x) return NULL;
         x->a = l;
         x->b = r;
         l = x;
@@ -621,8 +606,7 @@ static jj_node *p_andor(parser *P, int is_or)
 
 static jj_node *p_expr(parser *P, int condexpr)
 {
-    if (enter(P))
-        return NULL;
+    if (enter(P)) return NULL;
     jj_node *x = p_andor(P, 1);
     while (x && condexpr && is_name(PEEK(P), "if")) {
         const jj_tok *at = &P->v[P->i++];
@@ -647,7 +631,8 @@ static jj_node *p_expr(parser *P, int condexpr)
 
 /* Statements ---------------------------------------------------------------------------------- */
 
-static int p_body(parser *P, jj_node *owner, int second, const char *const *ends, const jj_tok *opener);
+static int p_body(parser *P, jj_node *owner, int second, const char *const *ends,
+                  const jj_tok *opener);
 
 /* After a body stopped at one of its end tags: which one (index in ends), consuming "{% name". */
 static int end_tag(parser *P, const char *const *ends)
@@ -667,18 +652,15 @@ static int p_params(parser *P, jj_node *x)
     const char **names = NULL;
     jj_node **defs = NULL;
     size_t n = 0, cap = 0;
-    if (expect_op(P, "("))
-        return -1;
+    if (expect_op(P, "(")) return -1;
     while (!is_op(PEEK(P), ")")) {
         const jj_tok *k = PEEK(P);
-        if (k->type != TK_NAME)
-            return pfail(P, k, "expected a parameter name, got %s", tk_desc(k));
+        if (k->type != TK_NAME) return pfail(P, k, "expected a parameter name, got %s", tk_desc(k));
         if (n == cap) {
             cap = cap ? cap * 2 : 8;
             const char **nn = jj_arena_alloc(&P->t->arena, cap * sizeof *nn);
             jj_node **nd = jj_arena_alloc(&P->t->arena, cap * sizeof *nd);
-            if (!nn || !nd)
-                return lr_error_set(P->err, LR_ENOMEM, "chat template: out of memory");
+            if (!nn || !nd) return lr_error_set(P->err, LR_ENOMEM, "chat template: out of memory");
             if (n) {
                 memcpy(nn, names, n * sizeof *nn);
                 memcpy(nd, defs, n * sizeof *nd);
@@ -687,16 +669,14 @@ static int p_params(parser *P, jj_node *x)
             defs = nd;
         }
         char *nm = jj_arena_alloc(&P->t->arena, k->n + 1);
-        if (!nm)
-            return LR_ENOMEM;
+        if (!nm) return LR_ENOMEM;
         memcpy(nm, k->s, k->n);
         names[n] = nm;
         defs[n] = NULL;
         P->i++;
         if (is_op(PEEK(P), "=")) {
             P->i++;
-            if (!(defs[n] = p_expr(P, 1)))
-                return -1;
+            if (!(defs[n] = p_expr(P, 1))) return -1;
         } else if (n > 0 && defs[n - 1]) {
             return pfail(P, k, "parameter '%s' without a default follows one with a default", nm);
         }
@@ -704,7 +684,8 @@ static int p_params(parser *P, jj_node *x)
         if (is_op(PEEK(P), ","))
             P->i++;
         else if (!is_op(PEEK(P), ")"))
-            return pfail(P, PEEK(P), "expected ',' or ')' in parameter list, got %s", tk_desc(PEEK(P)));
+            return pfail(P, PEEK(P), "expected ',' or ')' in parameter list, got %s",
+                         tk_desc(PEEK(P)));
     }
     P->i++;
     x->params = names;
@@ -718,13 +699,11 @@ static int uses_caller(jj_node *const *kids, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         const jj_node *x = kids[i];
-        if (!x || x->kind == JN_MACRO)
-            continue;
-        if (x->kind == JN_NAME && x->slen == 6 && memcmp(x->s, "caller", 6) == 0)
-            return 1;
+        if (!x || x->kind == JN_MACRO) continue;
+        if (x->kind == JN_NAME && x->slen == 6 && memcmp(x->s, "caller", 6) == 0) return 1;
         jj_node *const abc[3] = {x->a, x->b, x->c};
-        if (uses_caller(abc, 3) || uses_caller(x->kids, x->nkids) || uses_caller(x->kids2, x->nkids2) ||
-            (x->defs && uses_caller(x->defs, x->nparams)))
+        if (uses_caller(abc, 3) || uses_caller(x->kids, x->nkids) ||
+            uses_caller(x->kids2, x->nkids2) || (x->defs && uses_caller(x->defs, x->nparams)))
             return 1;
     }
     return 0;
@@ -750,21 +729,17 @@ static jj_node *p_statement(parser *P)
         jj_node *cur = x;
         /* Jinja2 parses the test without a conditional expression (parse_tuple(with_condexpr=
          * False)): `{% if a if b else c %}` is a syntax error there too */
-        if (!x || !(x->a = p_expr(P, 0)) || expect_type(P, TK_BE, "'%}'"))
-            return NULL;
+        if (!x || !(x->a = p_expr(P, 0)) || expect_type(P, TK_BE, "'%}'")) return NULL;
         static const char *const ends[] = {"elif", "else", "endif", NULL};
         for (;;) {
-            if (p_body(P, cur, 0, ends, open))
-                return NULL;
+            if (p_body(P, cur, 0, ends, open)) return NULL;
             const jj_tok *which = &P->v[P->i + 1];
             int e = end_tag(P, ends);
             if (e == 0) {
                 jj_node *nx = node(P, JN_IF, which);
-                if (!nx || !(nx->a = p_expr(P, 0)) || expect_type(P, TK_BE, "'%}'"))
-                    return NULL;
+                if (!nx || !(nx->a = p_expr(P, 0)) || expect_type(P, TK_BE, "'%}'")) return NULL;
                 cur->kids2 = jj_arena_alloc(&P->t->arena, sizeof *cur->kids2);
-                if (!cur->kids2)
-                    return NULL;
+                if (!cur->kids2) return NULL;
                 cur->kids2[0] = nx;
                 cur->nkids2 = 1;
                 cur = nx;
@@ -772,22 +747,18 @@ static jj_node *p_statement(parser *P)
             }
             if (e == 1) {
                 static const char *const endif[] = {"endif", NULL};
-                if (expect_type(P, TK_BE, "'%}'") || p_body(P, cur, 1, endif, open))
-                    return NULL;
+                if (expect_type(P, TK_BE, "'%}'") || p_body(P, cur, 1, endif, open)) return NULL;
                 end_tag(P, endif);
             }
             break;
         }
     } else if (is_name(k, "for")) {
         x = node(P, JN_FOR, k);
-        if (!x)
-            return NULL;
+        if (!x) return NULL;
         const char **names = jj_arena_alloc(&P->t->arena, 8 * sizeof *names);
-        if (!names)
-            return NULL;
+        if (!names) return NULL;
         int paren = is_op(PEEK(P), "(");
-        if (paren)
-            P->i++;
+        if (paren) P->i++;
         for (;;) {
             const jj_tok *nk = PEEK(P);
             if (nk->type != TK_NAME || x->nparams == 8) {
@@ -795,17 +766,14 @@ static jj_node *p_statement(parser *P)
                 return NULL;
             }
             char *nm = jj_arena_alloc(&P->t->arena, nk->n + 1);
-            if (!nm)
-                return NULL;
+            if (!nm) return NULL;
             memcpy(nm, nk->s, nk->n);
             names[x->nparams++] = nm;
             P->i++;
-            if (!is_op(PEEK(P), ","))
-                break;
+            if (!is_op(PEEK(P), ",")) break;
             P->i++;
         }
-        if (paren && expect_op(P, ")"))
-            return NULL;
+        if (paren && expect_op(P, ")")) return NULL;
         x->params = (const char **)names;
         x->i = x->nparams > 1 || paren; /* unpack each item */
         if (!is_name(PEEK(P), "in")) {
@@ -813,43 +781,36 @@ static jj_node *p_statement(parser *P)
             return NULL;
         }
         P->i++;
-        if (!(x->a = p_expr(P, 0)))
-            return NULL;
+        if (!(x->a = p_expr(P, 0))) return NULL;
         if (is_name(PEEK(P), "if")) {
             P->i++;
-            if (!(x->b = p_expr(P, 1)))
-                return NULL;
+            if (!(x->b = p_expr(P, 1))) return NULL;
         }
         if (is_name(PEEK(P), "recursive")) {
             pfail(P, PEEK(P), "recursive for loops are not supported");
             return NULL;
         }
-        if (expect_type(P, TK_BE, "'%}'"))
-            return NULL;
+        if (expect_type(P, TK_BE, "'%}'")) return NULL;
         static const char *const ends[] = {"else", "endfor", NULL};
         P->loops++;
         int rc = p_body(P, x, 0, ends, open);
         P->loops--;
-        if (rc)
-            return NULL;
+        if (rc) return NULL;
         if (end_tag(P, ends) == 0) {
             static const char *const endfor[] = {"endfor", NULL};
-            if (expect_type(P, TK_BE, "'%}'") || p_body(P, x, 1, endfor, open))
-                return NULL;
+            if (expect_type(P, TK_BE, "'%}'") || p_body(P, x, 1, endfor, open)) return NULL;
             end_tag(P, endfor);
         }
     } else if (is_name(k, "set")) {
         x = node(P, JN_SET, k);
-        if (!x)
-            return NULL;
+        if (!x) return NULL;
         const jj_tok *nk = PEEK(P);
         if (nk->type != TK_NAME) {
             pfail(P, nk, "expected a variable name after 'set', got %s", tk_desc(nk));
             return NULL;
         }
         jj_node *target = node(P, JN_NAME, nk);
-        if (!target)
-            return NULL;
+        if (!target) return NULL;
         target->s = nk->s;
         target->slen = nk->n;
         P->i++;
@@ -861,8 +822,7 @@ static jj_node *p_statement(parser *P)
                 return NULL;
             }
             jj_node *at = node(P, JN_ATTR, ak);
-            if (!at)
-                return NULL;
+            if (!at) return NULL;
             at->a = target;
             at->s = ak->s;
             at->slen = ak->n;
@@ -870,8 +830,7 @@ static jj_node *p_statement(parser *P)
             P->i++;
         } else if (is_op(PEEK(P), ",")) {
             nvec a = {0};
-            if (nv_push(P, &a, target))
-                return NULL;
+            if (nv_push(P, &a, target)) return NULL;
             while (is_op(PEEK(P), ",")) {
                 P->i++;
                 const jj_tok *tk = PEEK(P);
@@ -884,8 +843,7 @@ static jj_node *p_statement(parser *P)
                 nm->s = tk->s;
                 nm->slen = tk->n;
                 P->i++;
-                if (nv_push(P, &a, nm))
-                    return NULL;
+                if (nv_push(P, &a, nm)) return NULL;
             }
             target = node(P, JN_TUPLE, nk);
             if (!target) {
@@ -898,12 +856,10 @@ static jj_node *p_statement(parser *P)
         if (is_op(PEEK(P), "=")) {
             P->i++;
             jj_node *v = p_expr(P, 1);
-            if (!v)
-                return NULL;
+            if (!v) return NULL;
             if (is_op(PEEK(P), ",")) { /* set x = a, b  → a tuple */
                 nvec a = {0};
-                if (nv_push(P, &a, v))
-                    return NULL;
+                if (nv_push(P, &a, v)) return NULL;
                 while (is_op(PEEK(P), ",")) {
                     P->i++;
                     jj_node *e = p_expr(P, 1);
@@ -927,15 +883,13 @@ static jj_node *p_statement(parser *P)
                 return NULL;
             }
             static const char *const ends[] = {"endset", NULL};
-            if (expect_type(P, TK_BE, "'%}'") || p_body(P, x, 0, ends, open))
-                return NULL;
+            if (expect_type(P, TK_BE, "'%}'") || p_body(P, x, 0, ends, open)) return NULL;
             end_tag(P, ends);
         }
     } else if (is_name(k, "macro")) {
         x = node(P, JN_MACRO, k);
         const jj_tok *nk = PEEK(P);
-        if (!x)
-            return NULL;
+        if (!x) return NULL;
         if (nk->type != TK_NAME) {
             pfail(P, nk, "expected a macro name, got %s", tk_desc(nk));
             return NULL;
@@ -943,28 +897,23 @@ static jj_node *p_statement(parser *P)
         x->s = nk->s;
         x->slen = nk->n;
         P->i++;
-        if (p_params(P, x) || expect_type(P, TK_BE, "'%}'"))
-            return NULL;
+        if (p_params(P, x) || expect_type(P, TK_BE, "'%}'")) return NULL;
         static const char *const ends[] = {"endmacro", NULL};
         int loops = P->loops;
         P->loops = 0;
         int rc = p_body(P, x, 0, ends, open);
         P->loops = loops;
-        if (rc)
-            return NULL;
+        if (rc) return NULL;
         end_tag(P, ends);
         if (PEEK(P)->type == TK_NAME) /* {% endmacro name %} */
             P->i++;
         x->i = uses_caller(x->kids, x->nkids); /* only such macros accept a {% call %} block */
     } else if (is_name(k, "call")) {
         x = node(P, JN_CALLBLK, k);
-        if (!x)
-            return NULL;
-        if (is_op(PEEK(P), "(") && p_params(P, x))
-            return NULL;
+        if (!x) return NULL;
+        if (is_op(PEEK(P), "(") && p_params(P, x)) return NULL;
         jj_node *c = p_expr(P, 1);
-        if (!c)
-            return NULL;
+        if (!c) return NULL;
         if (c->kind != JN_CALL) {
             pfail(P, k, "{%% call %%} needs a macro call");
             return NULL;
@@ -975,30 +924,25 @@ static jj_node *p_statement(parser *P)
         P->loops = 0;
         int rc = expect_type(P, TK_BE, "'%}'") || p_body(P, x, 0, ends, open);
         P->loops = loops;
-        if (rc)
-            return NULL;
+        if (rc) return NULL;
         end_tag(P, ends);
     } else if (is_name(k, "filter")) {
         x = node(P, JN_FILTBLK, k);
-        if (!x)
-            return NULL;
+        if (!x) return NULL;
         /* parse "name(args) | name2" as filters applied to a placeholder operand (NULL) */
         P->i--; /* reuse the filter parser: it expects to skip one token ('|') */
         jj_node *f = p_filter_or_test(P, NULL, 0);
         while (f && is_op(PEEK(P), "|"))
             f = p_filter_or_test(P, f, 0);
-        if (!f)
-            return NULL;
+        if (!f) return NULL;
         x->a = f;
         static const char *const ends[] = {"endfilter", NULL};
-        if (expect_type(P, TK_BE, "'%}'") || p_body(P, x, 0, ends, open))
-            return NULL;
+        if (expect_type(P, TK_BE, "'%}'") || p_body(P, x, 0, ends, open)) return NULL;
         end_tag(P, ends);
     } else if (is_name(k, "generation")) {
         x = node(P, JN_BLOCK, k);
         static const char *const ends[] = {"endgeneration", NULL};
-        if (!x || expect_type(P, TK_BE, "'%}'") || p_body(P, x, 0, ends, open))
-            return NULL;
+        if (!x || expect_type(P, TK_BE, "'%}'") || p_body(P, x, 0, ends, open)) return NULL;
         end_tag(P, ends);
     } else if (is_name(k, "break") || is_name(k, "continue")) {
         if (!P->loops) {
@@ -1010,18 +954,17 @@ static jj_node *p_statement(parser *P)
         pfail(P, k, "unknown or unsupported statement '%.*s'", (int)k->n, k->s);
         return NULL;
     }
-    if (x && expect_type(P, TK_BE, "'%}'"))
-        return NULL;
+    if (x && expect_type(P, TK_BE, "'%}'")) return NULL;
     return x;
 }
 
 /* Parse nodes into owner->kids (or kids2 when second) until "{% <one of ends>" (not consumed) or,
  * when ends is NULL, the end of the template. */
-static int p_body(parser *P, jj_node *owner, int second, const char *const *ends, const jj_tok *opener)
+static int p_body(parser *P, jj_node *owner, int second, const char *const *ends,
+                  const jj_tok *opener)
 {
     nvec a = {0};
-    if (enter(P))
-        return -1;
+    if (enter(P)) return -1;
     for (;;) {
         const jj_tok *k = PEEK(P);
         jj_node *x = NULL;
@@ -1045,21 +988,18 @@ static int p_body(parser *P, jj_node *owner, int second, const char *const *ends
         } else if (k->type == TK_VB) {
             P->i++;
             x = node(P, JN_OUTPUT, k);
-            if (x && (!(x->a = p_expr(P, 1)) || expect_type(P, TK_VE, "'}}'")))
-                x = NULL;
+            if (x && (!(x->a = p_expr(P, 1)) || expect_type(P, TK_VE, "'}}'"))) x = NULL;
         } else if (k->type == TK_BB) {
             const jj_tok *nk = &P->v[P->i + 1];
             int stop = 0;
             for (int e = 0; ends && ends[e]; e++)
                 stop |= is_name(nk, ends[e]);
-            if (stop)
-                break;
+            if (stop) break;
             x = p_statement(P);
         } else {
             pfail(P, k, "unexpected %s", tk_desc(k));
         }
-        if (!x || nv_push(P, &a, x))
-            goto fail;
+        if (!x || nv_push(P, &a, x)) goto fail;
     }
     P->depth--;
     if (second)
@@ -1069,26 +1009,22 @@ static int p_body(parser *P, jj_node *owner, int second, const char *const *ends
     return (P->err && P->err->code) ? -1 : 0;
 fail:
     free(a.v);
-    if (P->err && !P->err->code)
-        lr_error_set(P->err, LR_EFORMAT, "chat template: syntax error");
+    if (P->err && !P->err->code) lr_error_set(P->err, LR_EFORMAT, "chat template: syntax error");
     return -1;
 }
 
 int jj_parse(jj_template *t, lr_error *err)
 {
     lr_error local;
-    if (!err)
-        err = &local;
+    if (!err) err = &local;
     lr_error_clear(err);
     jj_tok *toks = NULL;
     size_t n = 0;
     int rc = jj_lex(t, err, &toks, &n);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     parser P = {.t = t, .err = err, .v = toks, .n = n};
     t->root = node(&P, JN_BLOCK, &toks[0]);
-    if (!t->root || p_body(&P, t->root, 0, NULL, NULL))
-        rc = err->code ? err->code : LR_EFORMAT;
+    if (!t->root || p_body(&P, t->root, 0, NULL, NULL)) rc = err->code ? err->code : LR_EFORMAT;
     free(toks);
     return rc;
 }

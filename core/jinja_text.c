@@ -33,12 +33,14 @@ int jj_arg_bool(const jj_args *a, size_t i, const char *name, int def)
     return jj_arg(a, i, name, &v) ? jv_truthy(v) : def;
 }
 
-/* ---- Unicode helpers -------------------------------------------------------------------------- */
+/* ---- Unicode helpers --------------------------------------------------------------------------
+ */
 
 int32_t jj_next_cp(const char *s, size_t n, size_t *i)
 {
     utf8proc_int32_t cp;
-    utf8proc_ssize_t k = utf8proc_iterate((const utf8proc_uint8_t *)s + *i, (utf8proc_ssize_t)(n - *i), &cp);
+    utf8proc_ssize_t k =
+        utf8proc_iterate((const utf8proc_uint8_t *)s + *i, (utf8proc_ssize_t)(n - *i), &cp);
     if (k <= 0) {
         cp = (unsigned char)s[*i];
         k = 1;
@@ -53,22 +55,29 @@ static int is_cased(int32_t cp)
     return k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT;
 }
 
-
 /* Python's full case mappings (SpecialCasing.txt) where they differ from the simple ones
  * utf8proc gives: NULL when the simple mapping is right. title: titlecase instead of upper. */
 static const char *special_case(int32_t cp, int up, int title)
 {
     if (up) {
         switch (cp) {
-        case 0xDF: return title ? "Ss" : "SS";
-        case 0x149: return "\xca\xbcN";
-        case 0xFB00: return title ? "Ff" : "FF";
-        case 0xFB01: return title ? "Fi" : "FI";
-        case 0xFB02: return title ? "Fl" : "FL";
-        case 0xFB03: return title ? "Ffi" : "FFI";
-        case 0xFB04: return title ? "Ffl" : "FFL";
+        case 0xDF:
+            return title ? "Ss" : "SS";
+        case 0x149:
+            return "\xca\xbcN";
+        case 0xFB00:
+            return title ? "Ff" : "FF";
+        case 0xFB01:
+            return title ? "Fi" : "FI";
+        case 0xFB02:
+            return title ? "Fl" : "FL";
+        case 0xFB03:
+            return title ? "Ffi" : "FFI";
+        case 0xFB04:
+            return title ? "Ffl" : "FFL";
         case 0xFB05:
-        case 0xFB06: return title ? "St" : "ST";
+        case 0xFB06:
+            return title ? "St" : "ST";
         }
         return NULL;
     }
@@ -78,8 +87,7 @@ static const char *special_case(int32_t cp, int up, int title)
 int jj_map_case(jj_ctx *c, const jj_node *n, jv s, int mode, jv *out)
 {
     char *o = jj_alloc(c, n, s.u.s.n * 2 + 8);
-    if (!o)
-        return c->err->code;
+    if (!o) return c->err->code;
     size_t on = 0, cap = s.u.s.n * 2 + 8;
     int32_t prev = -1;
     for (size_t i = 0; i < s.u.s.n;) {
@@ -87,10 +95,18 @@ int jj_map_case(jj_ctx *c, const jj_node *n, jv s, int mode, jv *out)
         int32_t cp = jj_next_cp(s.u.s.p, s.u.s.n, &i);
         int up;
         switch (mode) {
-        case JJ_CASE_UPPER: up = 1; break;
-        case JJ_CASE_LOWER: up = 0; break;
-        case JJ_CASE_CAPITALIZE: up = start == 0; break;
-        case JJ_CASE_TITLE_PY: up = prev < 0 || !is_cased(prev); break;
+        case JJ_CASE_UPPER:
+            up = 1;
+            break;
+        case JJ_CASE_LOWER:
+            up = 0;
+            break;
+        case JJ_CASE_CAPITALIZE:
+            up = start == 0;
+            break;
+        case JJ_CASE_TITLE_PY:
+            up = prev < 0 || !is_cased(prev);
+            break;
         default:
             up = prev < 0 || prev == '-' || prev == '(' || prev == '{' || prev == '[' ||
                  prev == '<' || (prev < 0x80 && (prev == ' ' || (prev >= 9 && prev <= 13))) ||
@@ -99,7 +115,9 @@ int jj_map_case(jj_ctx *c, const jj_node *n, jv s, int mode, jv *out)
         }
         prev = cp;
         int title = up && (mode == JJ_CASE_CAPITALIZE || mode == JJ_CASE_TITLE_PY);
-        int32_t m = !up ? utf8proc_tolower(cp) : title ? utf8proc_totitle(cp) : utf8proc_toupper(cp);
+        int32_t m = !up     ? utf8proc_tolower(cp)
+                    : title ? utf8proc_totitle(cp)
+                            : utf8proc_toupper(cp);
         const char *sp = special_case(cp, up, title);
         if (on + 4 > cap)
             return jj_fail(c, n, LR_EINTERNAL, "case mapping grew the string unexpectedly");
@@ -120,14 +138,12 @@ int jj_map_case(jj_ctx *c, const jj_node *n, jv s, int mode, jv *out)
 /* Is the code point at s[i] one of chars (or whitespace when chars is NULL)? */
 static int strip_match(const char *s, size_t n, size_t i, const char *chars, size_t cn, size_t *cl)
 {
-    if (!chars)
-        return jj_is_space_at(s, n, i, cl);
+    if (!chars) return jj_is_space_at(s, n, i, cl);
     size_t j = i;
     int32_t cp = jj_next_cp(s, n, &j);
     *cl = j - i;
     for (size_t k = 0; k < cn;) {
-        if (jj_next_cp(chars, cn, &k) == cp)
-            return 1;
+        if (jj_next_cp(chars, cn, &k) == cp) return 1;
     }
     return 0;
 }
@@ -143,8 +159,7 @@ jv jj_strip(jv s, const char *chars, size_t cn, int left, int right)
             size_t i = b - 1;
             while (i > a && ((unsigned char)s.u.s.p[i] & 0xC0) == 0x80)
                 i--;
-            if (!strip_match(s.u.s.p, b, i, chars, cn, &cl) || i + cl != b)
-                break;
+            if (!strip_match(s.u.s.p, b, i, chars, cn, &cl) || i + cl != b) break;
             b = i;
         }
     return jv_mkslice(s.u.s.p + a, b - a);
@@ -157,7 +172,8 @@ int jj_strip_args(jj_ctx *c, const jj_node *n, const jj_args *a, const char **ch
     *cn = 0;
     if (jj_arg(a, 0, "chars", &v) && v.t != JV_NONE) {
         if (v.t != JV_STR)
-            return jj_fail(c, n, LR_EINVAL, "strip arg must be None or str, not %s", jv_type_name(v));
+            return jj_fail(c, n, LR_EINVAL, "strip arg must be None or str, not %s",
+                           jv_type_name(v));
         *chars = v.u.s.p;
         *cn = v.u.s.n;
     }
@@ -177,29 +193,24 @@ static int do_replace(jj_ctx *c, const jj_node *n, jv s, jv old, jv new, int64_t
         while (!rc && (count < 0 || done < count)) {
             rc = jj_buf_put(&b, new.u.s.p, new.u.s.n);
             done++;
-            if (i >= s.u.s.n)
-                break;
+            if (i >= s.u.s.n) break;
             size_t j = i;
             jj_next_cp(s.u.s.p, s.u.s.n, &j);
-            if (!rc)
-                rc = jj_buf_put(&b, s.u.s.p + i, j - i);
+            if (!rc) rc = jj_buf_put(&b, s.u.s.p + i, j - i);
             i = j;
         }
     } else {
         while (!rc && (count < 0 || done < count)) {
             const char *hit = memmem(s.u.s.p + i, s.u.s.n - i, old.u.s.p, old.u.s.n);
-            if (!hit)
-                break;
+            if (!hit) break;
             size_t at = (size_t)(hit - s.u.s.p);
             rc = jj_buf_put(&b, s.u.s.p + i, at - i);
-            if (!rc)
-                rc = jj_buf_put(&b, new.u.s.p, new.u.s.n);
+            if (!rc) rc = jj_buf_put(&b, new.u.s.p, new.u.s.n);
             i = at + old.u.s.n;
             done++;
         }
     }
-    if (!rc && i < s.u.s.n)
-        rc = jj_buf_put(&b, s.u.s.p + i, s.u.s.n - i);
+    if (!rc && i < s.u.s.n) rc = jj_buf_put(&b, s.u.s.p + i, s.u.s.n - i);
     if (!rc)
         rc = jj_mkstr(c, n, b.p ? b.p : "", b.n, out);
     else
@@ -215,8 +226,7 @@ int jj_replace_args(jj_ctx *c, const jj_node *n, jv s, const jj_args *a, jv *out
         return jj_fail(c, n, LR_EINVAL, "replace() needs two arguments");
     int64_t count = -1;
     if (jj_arg(a, 2, "count", &cnt) && cnt.t != JV_NONE) {
-        if (cnt.t != JV_INT)
-            return jj_fail(c, n, LR_EINVAL, "replace() count must be an integer");
+        if (cnt.t != JV_INT) return jj_fail(c, n, LR_EINVAL, "replace() count must be an integer");
         count = cnt.u.i;
     }
     return do_replace(c, n, s, old, new, count, out);
@@ -229,13 +239,11 @@ int jj_split(jj_ctx *c, const jj_node *n, jv s, const jj_args *a, jv *out)
     int64_t maxsplit = -1;
     jj_arg(a, 0, "sep", &sep);
     if (jj_arg(a, 1, "maxsplit", &mx)) {
-        if (mx.t != JV_INT)
-            return jj_fail(c, n, LR_EINVAL, "split() maxsplit must be an integer");
+        if (mx.t != JV_INT) return jj_fail(c, n, LR_EINVAL, "split() maxsplit must be an integer");
         maxsplit = mx.u.i;
     }
     jj_list *l = jj_list_new(c, n, 0);
-    if (!l)
-        return c->err->code;
+    if (!l) return c->err->code;
     int rc = 0;
     const char *p = s.u.s.p;
     size_t len = s.u.s.n, i = 0, cl;
@@ -243,8 +251,7 @@ int jj_split(jj_ctx *c, const jj_node *n, jv s, const jj_args *a, jv *out)
         for (;;) {
             while (i < len && jj_is_space_at(p, len, i, &cl))
                 i += cl;
-            if (i >= len)
-                break;
+            if (i >= len) break;
             if (maxsplit >= 0 && (int64_t)l->n >= maxsplit) {
                 rc = jj_list_push(c, n, l, jv_mkslice(p + i, len - i)); /* trailing blanks stay */
                 break;
@@ -252,24 +259,20 @@ int jj_split(jj_ctx *c, const jj_node *n, jv s, const jj_args *a, jv *out)
             size_t st = i;
             while (i < len && !jj_is_space_at(p, len, i, &cl))
                 i += cl;
-            if ((rc = jj_list_push(c, n, l, jv_mkslice(p + st, i - st))))
-                break;
+            if ((rc = jj_list_push(c, n, l, jv_mkslice(p + st, i - st)))) break;
         }
     } else {
         if (sep.t != JV_STR)
             return jj_fail(c, n, LR_EINVAL, "split() separator must be a string or None");
-        if (sep.u.s.n == 0)
-            return jj_fail(c, n, LR_EINVAL, "split(): empty separator");
+        if (sep.u.s.n == 0) return jj_fail(c, n, LR_EINVAL, "split(): empty separator");
         for (;;) {
             const char *hit = (maxsplit >= 0 && (int64_t)l->n >= maxsplit)
                                   ? NULL
                                   : memmem(p + i, len - i, sep.u.s.p, sep.u.s.n);
             size_t end = hit ? (size_t)(hit - p) : len;
-            if ((rc = jj_list_push(c, n, l, jv_mkslice(p + i, end - i))) || !hit)
-                break;
+            if ((rc = jj_list_push(c, n, l, jv_mkslice(p + i, end - i))) || !hit) break;
             i = end + sep.u.s.n;
-            if ((rc = jj_step(c, n)))
-                break;
+            if ((rc = jj_step(c, n))) break;
         }
     }
     *out = jv_mklist(l);
@@ -280,7 +283,8 @@ int jj_starts_ends(jj_ctx *c, const jj_node *n, jv s, const jj_args *a, int ends
 {
     jv pre;
     if (!jj_arg(a, 0, NULL, &pre))
-        return jj_fail(c, n, LR_EINVAL, "%s() takes one argument", ends ? "endswith" : "startswith");
+        return jj_fail(c, n, LR_EINVAL, "%s() takes one argument",
+                       ends ? "endswith" : "startswith");
     size_t k = pre.t == JV_LIST ? pre.u.l->n : 1;
     for (size_t i = 0; i < k; i++) {
         jv p = pre.t == JV_LIST ? pre.u.l->v[i] : pre;
@@ -323,8 +327,7 @@ static int fmt_one(jj_ctx *c, const jj_node *n, jj_buf *b, jv v, const char *fla
         size_t k = 0;
         spec[k++] = '%';
         for (const char *f = flags; *f && k < 8; f++)
-            if (*f == '+' || *f == ' ' || *f == '#')
-                spec[k++] = *f;
+            if (*f == '+' || *f == ' ' || *f == '#') spec[k++] = *f;
         if (type == 'd' || type == 'i' || type == 'x' || type == 'X' || type == 'o') {
             if (v.t == JV_FLOAT && !(d > -9.2e18 && d < 9.2e18)) {
                 free(t.p);
@@ -334,7 +337,8 @@ static int fmt_one(jj_ctx *c, const jj_node *n, jj_buf *b, jv v, const char *fla
             snprintf(spec + k, sizeof spec - k, "ll%c", type == 'i' ? 'd' : type);
             snprintf(tmp, sizeof tmp, spec, iv);
         } else {
-            snprintf(spec + k, sizeof spec - k, ".%d%c", prec >= 0 ? (prec > 50 ? 50 : prec) : 6, type);
+            snprintf(spec + k, sizeof spec - k, ".%d%c", prec >= 0 ? (prec > 50 ? 50 : prec) : 6,
+                     type);
             snprintf(tmp, sizeof tmp, spec, d);
         }
         rc = jj_buf_put(&t, tmp, strlen(tmp));
@@ -344,12 +348,10 @@ static int fmt_one(jj_ctx *c, const jj_node *n, jj_buf *b, jv v, const char *fla
     if (!rc && !left && pad) {
         /* zero padding goes after a sign */
         size_t sign = zero && t.n && (t.p[0] == '-' || t.p[0] == '+' || t.p[0] == ' ') ? 1 : 0;
-        if (sign)
-            rc = jj_buf_putc(b, t.p[0]);
+        if (sign) rc = jj_buf_putc(b, t.p[0]);
         for (size_t i = 0; !rc && i < pad; i++)
             rc = jj_buf_putc(b, zero ? '0' : ' ');
-        if (!rc)
-            rc = jj_buf_put(b, t.p + sign, t.n - sign);
+        if (!rc) rc = jj_buf_put(b, t.p + sign, t.n - sign);
     } else if (!rc) {
         rc = jj_buf_put(b, t.p ? t.p : "", t.n);
         for (size_t i = 0; !rc && i < pad; i++)
@@ -374,8 +376,7 @@ int jj_percent_format(jj_ctx *c, const jj_node *n, jv fmt, jv args, jv *out)
         size_t lit = pc ? (size_t)(pc - (p + i)) : len - i;
         rc = jj_buf_put(&b, p + i, lit);
         i += lit;
-        if (rc || i >= len)
-            break;
+        if (rc || i >= len) break;
         i++; /* '%' */
         jv v;
         int have_key = 0;
@@ -437,8 +438,7 @@ int jj_percent_format(jj_ctx *c, const jj_node *n, jv fmt, jv args, jv *out)
         rc = jj_fail(c, n, LR_EINVAL, "not all arguments converted during string formatting");
     if (rc && !c->err->code)
         rc = jj_fail(c, n, LR_EINTERNAL, "formatted text larger than the output limit");
-    if (!rc)
-        rc = jj_mkstr(c, n, b.p ? b.p : "", b.n, out);
+    if (!rc) rc = jj_mkstr(c, n, b.p ? b.p : "", b.n, out);
     free(b.p);
     return rc;
 }

@@ -52,8 +52,7 @@ static void cache_init(void)
 static chunk_cache *cache_get(void)
 {
     pthread_once(&cache_once, cache_init);
-    if (!cache_ok)
-        return NULL;
+    if (!cache_ok) return NULL;
     chunk_cache *cc = pthread_getspecific(cache_key);
     if (!cc && (cc = calloc(1, sizeof *cc)) && pthread_setspecific(cache_key, cc) != 0) {
         free(cc);
@@ -65,13 +64,11 @@ static chunk_cache *cache_get(void)
 void *jj_arena_alloc(jj_arena *a, size_t n)
 {
     n = (n + 15) & ~(size_t)15;
-    if (n == 0)
-        n = 16;
+    if (n == 0) n = 16;
     jj_chunk *c = a->head;
     if (!c || c->cap - c->used < n) {
         size_t cap = n > CHUNK_SIZE / 4 ? n : CHUNK_SIZE;
-        if (a->limit && a->used + cap + sizeof(jj_chunk) > a->limit)
-            return NULL;
+        if (a->limit && a->used + cap + sizeof(jj_chunk) > a->limit) return NULL;
         chunk_cache *cc = cap == CHUNK_SIZE ? cache_get() : NULL;
         if (cc && cc->head) {
             c = cc->head;
@@ -80,8 +77,7 @@ void *jj_arena_alloc(jj_arena *a, size_t n)
         } else {
             c = malloc(sizeof(jj_chunk) + cap);
         }
-        if (!c)
-            return NULL;
+        if (!c) return NULL;
         c->used = 0;
         c->cap = cap;
         a->used += cap + sizeof(jj_chunk);
@@ -122,20 +118,17 @@ void jj_arena_free(jj_arena *a)
 
 int jj_buf_put(jj_buf *b, const char *s, size_t n)
 {
-    if (b->limit && n > b->limit - b->n)
-        return LR_ETOOLARGE;
+    if (b->limit && n > b->limit - b->n) return LR_ETOOLARGE;
     if (b->n + n + 1 > b->cap) {
         size_t nc = b->cap ? b->cap : 256;
         while (nc < b->n + n + 1)
             nc *= 2;
         char *np = realloc(b->p, nc);
-        if (!np)
-            return LR_ENOMEM;
+        if (!np) return LR_ENOMEM;
         b->p = np;
         b->cap = nc;
     }
-    if (n)
-        memcpy(b->p + b->n, s, n);
+    if (n) memcpy(b->p + b->n, s, n);
     b->n += n;
     b->p[b->n] = '\0';
     return 0;
@@ -177,9 +170,9 @@ static uint32_t decode_at(const char *s, size_t n, size_t i, size_t *clen)
 int jj_is_space_at(const char *s, size_t n, size_t i, size_t *clen)
 {
     uint32_t c = decode_at(s, n, i, clen);
-    return (c >= 9 && c <= 13) || c == 32 || (c >= 0x1c && c <= 0x1f) || c == 0x85 ||
-           c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 ||
-           c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+    return (c >= 9 && c <= 13) || c == 32 || (c >= 0x1c && c <= 0x1f) || c == 0x85 || c == 0xA0 ||
+           c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 ||
+           c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
 size_t jj_utf8_len(const char *s, size_t n)
@@ -195,8 +188,7 @@ size_t jj_utf8_offset(const char *s, size_t n, size_t cp)
     size_t i = 0, k = 0;
     while (i < n) {
         if (((unsigned char)s[i] & 0xC0) != 0x80) {
-            if (k == cp)
-                return i;
+            if (k == cp) return i;
             k++;
         }
         i++;
@@ -230,11 +222,10 @@ int jv_truthy(jv v)
 
 const char *jv_type_name(jv v)
 {
-    static const char *const names[] = {"undefined", "none",      "bool",     "int",   "float",
-                                        "string",    "list",      "dict",     "namespace",
-                                        "loop",      "macro",     "function", "method", "caller"};
-    if (v.t == JV_LIST && v.tuple)
-        return "tuple";
+    static const char *const names[] = {"undefined", "none",     "bool",   "int",       "float",
+                                        "string",    "list",     "dict",   "namespace", "loop",
+                                        "macro",     "function", "method", "caller"};
+    if (v.t == JV_LIST && v.tuple) return "tuple";
     return v.t < sizeof names / sizeof names[0] ? names[v.t] : "value";
 }
 
@@ -243,8 +234,7 @@ const char *jv_type_name(jv v)
 static int put_float(jj_buf *b, double x, int json)
 {
     char tmp[64];
-    if (isnan(x))
-        return jj_buf_put(b, json ? "NaN" : "nan", json ? 3 : 3);
+    if (isnan(x)) return jj_buf_put(b, json ? "NaN" : "nan", json ? 3 : 3);
     if (isinf(x)) {
         const char *s = json ? (x > 0 ? "Infinity" : "-Infinity") : (x > 0 ? "inf" : "-inf");
         return jj_buf_put(b, s, strlen(s));
@@ -252,8 +242,7 @@ static int put_float(jj_buf *b, double x, int json)
     int p;
     for (p = 1; p <= 17; p++) {
         snprintf(tmp, sizeof tmp, "%.*e", p - 1, x);
-        if (strtod(tmp, NULL) == x)
-            break;
+        if (strtod(tmp, NULL) == x) break;
     }
     /* tmp = [-]d[.ddd]e[+-]XX */
     char digits[32];
@@ -265,8 +254,7 @@ static int put_float(jj_buf *b, double x, int json)
         q++;
     }
     while (*q && *q != 'e') {
-        if (*q != '.')
-            digits[nd++] = *q;
+        if (*q != '.') digits[nd++] = *q;
         q++;
     }
     int e = atoi(q + 1);
@@ -274,8 +262,7 @@ static int put_float(jj_buf *b, double x, int json)
         nd--;
     char out[64];
     size_t o = 0;
-    if (neg)
-        out[o++] = '-';
+    if (neg) out[o++] = '-';
     if (e >= -4 && e < 16) {
         if (e >= 0) {
             for (int k = 0; k <= e; k++)
@@ -301,7 +288,8 @@ static int put_float(jj_buf *b, double x, int json)
             for (size_t k = 1; k < nd; k++)
                 out[o++] = digits[k];
         }
-        o += (size_t)snprintf(out + o, sizeof out - o, "e%c%02d", e < 0 ? '-' : '+', e < 0 ? -e : e);
+        o +=
+            (size_t)snprintf(out + o, sizeof out - o, "e%c%02d", e < 0 ? '-' : '+', e < 0 ? -e : e);
     }
     return jj_buf_put(b, out, o);
 }
@@ -349,35 +337,24 @@ int jv_repr(jj_buf *b, jv v)
     case JV_LIST: {
         rc = jj_buf_putc(b, v.tuple ? '(' : '[');
         for (size_t i = 0; !rc && i < v.u.l->n; i++) {
-            if (i)
-                rc = jj_buf_put(b, ", ", 2);
-            if (!rc)
-                rc = jv_repr(b, v.u.l->v[i]);
+            if (i) rc = jj_buf_put(b, ", ", 2);
+            if (!rc) rc = jv_repr(b, v.u.l->v[i]);
         }
-        if (!rc && v.tuple && v.u.l->n == 1)
-            rc = jj_buf_putc(b, ',');
+        if (!rc && v.tuple && v.u.l->n == 1) rc = jj_buf_putc(b, ',');
         return rc ? rc : jj_buf_putc(b, v.tuple ? ')' : ']');
     }
     case JV_DICT:
     case JV_NS: {
-        if (v.t == JV_NS)
-            rc = jj_buf_put(b, "<Namespace ", 11);
-        if (!rc)
-            rc = jj_buf_putc(b, '{');
+        if (v.t == JV_NS) rc = jj_buf_put(b, "<Namespace ", 11);
+        if (!rc) rc = jj_buf_putc(b, '{');
         for (size_t i = 0; !rc && i < v.u.d->n; i++) {
-            if (i)
-                rc = jj_buf_put(b, ", ", 2);
-            if (!rc)
-                rc = repr_str(b, v.u.d->kv[i].k, v.u.d->kv[i].kn);
-            if (!rc)
-                rc = jj_buf_put(b, ": ", 2);
-            if (!rc)
-                rc = jv_repr(b, v.u.d->kv[i].v);
+            if (i) rc = jj_buf_put(b, ", ", 2);
+            if (!rc) rc = repr_str(b, v.u.d->kv[i].k, v.u.d->kv[i].kn);
+            if (!rc) rc = jj_buf_put(b, ": ", 2);
+            if (!rc) rc = jv_repr(b, v.u.d->kv[i].v);
         }
-        if (!rc)
-            rc = jj_buf_putc(b, '}');
-        if (!rc && v.t == JV_NS)
-            rc = jj_buf_putc(b, '>');
+        if (!rc) rc = jj_buf_putc(b, '}');
+        if (!rc && v.t == JV_NS) rc = jj_buf_putc(b, '>');
         return rc;
     }
     case JV_UNDEF:
@@ -411,8 +388,7 @@ int jv_str(jj_buf *b, jv v)
     case JV_MACRO: {
         const jj_node *m = v.u.ptr;
         int rc = jj_buf_put(b, "<Macro '", 8);
-        if (!rc)
-            rc = jj_buf_put(b, m->s, m->slen);
+        if (!rc) rc = jj_buf_put(b, m->s, m->slen);
         return rc ? rc : jj_buf_put(b, "'>", 2);
     }
     default:
@@ -435,7 +411,11 @@ static int json_str_ascii(jj_buf *b, const char *s, size_t n)
             rc = jj_buf_put(b, tmp, 2);
         } else if (cp == '\n' || cp == '\r' || cp == '\t' || cp == '\b' || cp == '\f') {
             tmp[0] = '\\';
-            tmp[1] = cp == '\n' ? 'n' : cp == '\r' ? 'r' : cp == '\t' ? 't' : cp == '\b' ? 'b' : 'f';
+            tmp[1] = cp == '\n'   ? 'n'
+                     : cp == '\r' ? 'r'
+                     : cp == '\t' ? 't'
+                     : cp == '\b' ? 'b'
+                                  : 'f';
             rc = jj_buf_put(b, tmp, 2);
         } else if (cp >= 0x20 && cp <= 0x7e) {
             rc = jj_buf_putc(b, (char)cp);
@@ -460,28 +440,39 @@ static int json_str(jj_buf *b, const char *s, size_t n)
         const char *esc = NULL;
         char tmp[8];
         switch (c) {
-        case '"': esc = "\\\""; break;
-        case '\\': esc = "\\\\"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        case '\t': esc = "\\t"; break;
-        case '\b': esc = "\\b"; break;
-        case '\f': esc = "\\f"; break;
+        case '"':
+            esc = "\\\"";
+            break;
+        case '\\':
+            esc = "\\\\";
+            break;
+        case '\n':
+            esc = "\\n";
+            break;
+        case '\r':
+            esc = "\\r";
+            break;
+        case '\t':
+            esc = "\\t";
+            break;
+        case '\b':
+            esc = "\\b";
+            break;
+        case '\f':
+            esc = "\\f";
+            break;
         default:
             if (c < 0x20) {
                 snprintf(tmp, sizeof tmp, "\\u%04x", c);
                 esc = tmp;
             }
         }
-        if (!esc)
-            continue;
+        if (!esc) continue;
         rc = jj_buf_put(b, s + run, i - run);
-        if (!rc)
-            rc = jj_buf_put(b, esc, strlen(esc));
+        if (!rc) rc = jj_buf_put(b, esc, strlen(esc));
         run = i + 1;
     }
-    if (!rc)
-        rc = jj_buf_put(b, s + run, n - run);
+    if (!rc) rc = jj_buf_put(b, s + run, n - run);
     return rc ? rc : jj_buf_putc(b, '"');
 }
 
@@ -522,51 +513,39 @@ int jv_tojson(jj_buf *b, jv v, const jj_json_opts *o, int depth, char **why)
     case JV_FLOAT:
         return put_float(b, v.u.f, 1);
     case JV_STR:
-        return o->ensure_ascii ? json_str_ascii(b, v.u.s.p, v.u.s.n) : json_str(b, v.u.s.p, v.u.s.n);
+        return o->ensure_ascii ? json_str_ascii(b, v.u.s.p, v.u.s.n)
+                               : json_str(b, v.u.s.p, v.u.s.n);
     case JV_LIST: {
-        if (v.u.l->n == 0)
-            return jj_buf_put(b, "[]", 2);
+        if (v.u.l->n == 0) return jj_buf_put(b, "[]", 2);
         rc = jj_buf_putc(b, '[');
         for (size_t i = 0; !rc && i < v.u.l->n; i++) {
-            if (i)
-                rc = jj_buf_put(b, o->item_sep, strlen(o->item_sep));
-            if (!rc && indent >= 0)
-                rc = newline_indent(b, o->indent_str, depth + 1);
-            if (!rc)
-                rc = jv_tojson(b, v.u.l->v[i], o, depth + 1, why);
+            if (i) rc = jj_buf_put(b, o->item_sep, strlen(o->item_sep));
+            if (!rc && indent >= 0) rc = newline_indent(b, o->indent_str, depth + 1);
+            if (!rc) rc = jv_tojson(b, v.u.l->v[i], o, depth + 1, why);
         }
-        if (!rc && indent >= 0)
-            rc = newline_indent(b, o->indent_str, depth);
+        if (!rc && indent >= 0) rc = newline_indent(b, o->indent_str, depth);
         return rc ? rc : jj_buf_putc(b, ']');
     }
     case JV_DICT: {
         size_t n = v.u.d->n;
-        if (n == 0)
-            return jj_buf_put(b, "{}", 2);
+        if (n == 0) return jj_buf_put(b, "{}", 2);
         const jj_kv **order = malloc(n * sizeof *order);
-        if (!order)
-            return LR_ENOMEM;
+        if (!order) return LR_ENOMEM;
         for (size_t i = 0; i < n; i++)
             order[i] = &v.u.d->kv[i];
-        if (sort_keys)
-            qsort(order, n, sizeof *order, kv_cmp);
+        if (sort_keys) qsort(order, n, sizeof *order, kv_cmp);
         rc = jj_buf_putc(b, '{');
         for (size_t i = 0; !rc && i < n; i++) {
-            if (i)
-                rc = jj_buf_put(b, o->item_sep, strlen(o->item_sep));
-            if (!rc && indent >= 0)
-                rc = newline_indent(b, o->indent_str, depth + 1);
+            if (i) rc = jj_buf_put(b, o->item_sep, strlen(o->item_sep));
+            if (!rc && indent >= 0) rc = newline_indent(b, o->indent_str, depth + 1);
             if (!rc)
                 rc = o->ensure_ascii ? json_str_ascii(b, order[i]->k, order[i]->kn)
                                      : json_str(b, order[i]->k, order[i]->kn);
-            if (!rc)
-                rc = jj_buf_put(b, o->key_sep, strlen(o->key_sep));
-            if (!rc)
-                rc = jv_tojson(b, order[i]->v, o, depth + 1, why);
+            if (!rc) rc = jj_buf_put(b, o->key_sep, strlen(o->key_sep));
+            if (!rc) rc = jv_tojson(b, order[i]->v, o, depth + 1, why);
         }
         free(order);
-        if (!rc && indent >= 0)
-            rc = newline_indent(b, o->indent_str, depth);
+        if (!rc && indent >= 0) rc = newline_indent(b, o->indent_str, depth);
         return rc ? rc : jj_buf_putc(b, '}');
     }
     default:
@@ -588,20 +567,17 @@ static double num(jv v)
 jv *jj_dict_get(const jj_dict *d, const char *k, size_t kn)
 {
     for (size_t i = 0; i < d->n; i++)
-        if (d->kv[i].kn == kn && memcmp(d->kv[i].k, k, kn) == 0)
-            return &d->kv[i].v;
+        if (d->kv[i].kn == kn && memcmp(d->kv[i].k, k, kn) == 0) return &d->kv[i].v;
     return NULL;
 }
 
 int jv_equal(jv a, jv b)
 {
     if (is_num(a) && is_num(b)) {
-        if (a.t != JV_FLOAT && b.t != JV_FLOAT)
-            return a.u.i == b.u.i;
+        if (a.t != JV_FLOAT && b.t != JV_FLOAT) return a.u.i == b.u.i;
         return num(a) == num(b);
     }
-    if (a.t != b.t)
-        return 0;
+    if (a.t != b.t) return 0;
     switch (a.t) {
     case JV_UNDEF:
     case JV_NONE:
@@ -609,19 +585,15 @@ int jv_equal(jv a, jv b)
     case JV_STR:
         return a.u.s.n == b.u.s.n && memcmp(a.u.s.p, b.u.s.p, a.u.s.n) == 0;
     case JV_LIST:
-        if (a.tuple != b.tuple || a.u.l->n != b.u.l->n)
-            return 0;
+        if (a.tuple != b.tuple || a.u.l->n != b.u.l->n) return 0;
         for (size_t i = 0; i < a.u.l->n; i++)
-            if (!jv_equal(a.u.l->v[i], b.u.l->v[i]))
-                return 0;
+            if (!jv_equal(a.u.l->v[i], b.u.l->v[i])) return 0;
         return 1;
     case JV_DICT:
-        if (a.u.d->n != b.u.d->n)
-            return 0;
+        if (a.u.d->n != b.u.d->n) return 0;
         for (size_t i = 0; i < a.u.d->n; i++) {
             jv *o = jj_dict_get(b.u.d, a.u.d->kv[i].k, a.u.d->kv[i].kn);
-            if (!o || !jv_equal(a.u.d->kv[i].v, *o))
-                return 0;
+            if (!o || !jv_equal(a.u.d->kv[i].v, *o)) return 0;
         }
         return 1;
     case JV_FUNC:
@@ -637,13 +609,10 @@ static int fold_cmp(const char *a, size_t an, const char *b, size_t bn, int fold
     for (size_t i = 0; i < n; i++) {
         unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
         if (fold) {
-            if (x >= 'A' && x <= 'Z')
-                x = (unsigned char)(x + 32);
-            if (y >= 'A' && y <= 'Z')
-                y = (unsigned char)(y + 32);
+            if (x >= 'A' && x <= 'Z') x = (unsigned char)(x + 32);
+            if (y >= 'A' && y <= 'Z') y = (unsigned char)(y + 32);
         }
-        if (x != y)
-            return x < y ? -1 : 1;
+        if (x != y) return x < y ? -1 : 1;
     }
     return an < bn ? -1 : an > bn ? 1 : 0;
 }
@@ -651,22 +620,17 @@ static int fold_cmp(const char *a, size_t an, const char *b, size_t bn, int fold
 int jv_compare(jv a, jv b, int fold)
 {
     if (is_num(a) && is_num(b)) {
-        if (a.t != JV_FLOAT && b.t != JV_FLOAT)
-            return a.u.i < b.u.i ? -1 : a.u.i > b.u.i;
+        if (a.t != JV_FLOAT && b.t != JV_FLOAT) return a.u.i < b.u.i ? -1 : a.u.i > b.u.i;
         double x = num(a), y = num(b);
-        if (isnan(x) || isnan(y))
-            return -2;
+        if (isnan(x) || isnan(y)) return -2;
         return x < y ? -1 : x > y;
     }
-    if (a.t == JV_STR && b.t == JV_STR)
-        return fold_cmp(a.u.s.p, a.u.s.n, b.u.s.p, b.u.s.n, fold);
-    if (a.t == JV_UNDEF && b.t == JV_UNDEF)
-        return 0;
+    if (a.t == JV_STR && b.t == JV_STR) return fold_cmp(a.u.s.p, a.u.s.n, b.u.s.p, b.u.s.n, fold);
+    if (a.t == JV_UNDEF && b.t == JV_UNDEF) return 0;
     if (a.t == JV_LIST && b.t == JV_LIST) {
         size_t n = a.u.l->n < b.u.l->n ? a.u.l->n : b.u.l->n;
         for (size_t i = 0; i < n; i++) {
-            if (jv_equal(a.u.l->v[i], b.u.l->v[i]))
-                continue;
+            if (jv_equal(a.u.l->v[i], b.u.l->v[i])) continue;
             return jv_compare(a.u.l->v[i], b.u.l->v[i], 0); /* Jinja2 folds only str keys */
         }
         return a.u.l->n < b.u.l->n ? -1 : a.u.l->n > b.u.l->n;

@@ -35,8 +35,7 @@ static char *render(const char *src, const char *ctx, lr_error *e)
     char *out = NULL;
     jj_options o = {.now = 1700000000}; /* 2023-11-14 22:13:20 UTC */
     if (jj_compile(src, strlen(src), e, &t) == 0) {
-        if (jj_render(t, c, &o, &out, NULL, e) != 0)
-            out = NULL;
+        if (jj_render(t, c, &o, &out, NULL, e) != 0) out = NULL;
     }
     jj_destroy(t);
     json_decref(c);
@@ -49,37 +48,40 @@ static char *render(const char *src, const char *ctx, lr_error *e)
         lr_error e_;                                                                               \
         char *got_ = render((src), (ctx), &e_);                                                    \
         ck_assert_msg(got_ != NULL, "template %s failed: %s", (src), e_.msg);                      \
-        ck_assert_msg(strcmp(got_, (want)) == 0, "template %s\n  got  [%s]\n  want [%s]", (src),  \
+        ck_assert_msg(strcmp(got_, (want)) == 0, "template %s\n  got  [%s]\n  want [%s]", (src),   \
                       got_, (want));                                                               \
         free(got_);                                                                                \
     } while (0)
 
 /* Assert that src fails with code and a message containing frag. */
-#define E(src, ctx, ecode, frag)                                                                    \
+#define E(src, ctx, ecode, frag)                                                                   \
     do {                                                                                           \
         lr_error e_;                                                                               \
         char *got_ = render((src), (ctx), &e_);                                                    \
         ck_assert_msg(got_ == NULL, "template %s should fail, gave [%s]", (src), got_);            \
-        ck_assert_msg(e_.code == (ecode), "template %s: code %d, want %d (%s)", (src), e_.code,   \
+        ck_assert_msg(e_.code == (ecode), "template %s: code %d, want %d (%s)", (src), e_.code,    \
                       (ecode), e_.msg);                                                            \
-        ck_assert_msg(strstr(e_.msg, (frag)) != NULL, "template %s: message [%s] lacks [%s]",    \
+        ck_assert_msg(strstr(e_.msg, (frag)) != NULL, "template %s: message [%s] lacks [%s]",      \
                       (src), e_.msg, (frag));                                                      \
     } while (0)
 
-/* ---- golden ------------------------------------------------------------------------------------ */
+/* ---- golden ------------------------------------------------------------------------------------
+ */
 
 START_TEST(test_golden)
 {
     json_error_t je;
     json_t *doc = json_load_file(GOLDEN_PATH, 0, &je);
     ck_assert_msg(doc != NULL, "%s: %s (line %d)", GOLDEN_PATH, je.text, je.line);
-    json_t *templates = json_object_get(doc, "templates"), *goldens = json_object_get(doc, "goldens");
+    json_t *templates = json_object_get(doc, "templates"),
+           *goldens = json_object_get(doc, "goldens");
     ck_assert(json_is_object(templates) && json_is_array(goldens));
     ck_assert_int_ge(json_object_size(templates), 10);
     ck_assert_int_ge(json_array_size(goldens), 200);
     size_t i, ok = 0, bad = 0;
     json_t *g;
-    json_array_foreach(goldens, i, g) {
+    json_array_foreach(goldens, i, g)
+    {
         const char *name = json_string_value(json_object_get(g, "template"));
         const char *cs = json_string_value(json_object_get(g, "case"));
         int agp = json_is_true(json_object_get(g, "add_generation_prompt"));
@@ -98,9 +100,10 @@ START_TEST(test_golden)
             if (rc != 0) {
                 fprintf(stderr, "golden %s/%s/agp=%d: error %s\n", name, cs, agp, e.msg);
                 bad++;
-            } else if (len != json_string_length(want) || memcmp(out, json_string_value(want), len)) {
-                fprintf(stderr, "golden %s/%s/agp=%d differs:\n  got  [%s]\n  want [%s]\n", name, cs,
-                        agp, out, json_string_value(want));
+            } else if (len != json_string_length(want) ||
+                       memcmp(out, json_string_value(want), len)) {
+                fprintf(stderr, "golden %s/%s/agp=%d differs:\n  got  [%s]\n  want [%s]\n", name,
+                        cs, agp, out, json_string_value(want));
                 bad++;
             } else {
                 ok++;
@@ -111,11 +114,12 @@ START_TEST(test_golden)
             char expect[600];
             snprintf(expect, sizeof expect, "raise_exception: %s", msg);
             if (rc == 0) {
-                fprintf(stderr, "golden %s/%s/agp=%d: rendered, oracle said %s\n", name, cs, agp, msg);
+                fprintf(stderr, "golden %s/%s/agp=%d: rendered, oracle said %s\n", name, cs, agp,
+                        msg);
                 bad++;
             } else if (e.http != 400 || (raised && strcmp(e.msg, expect) != 0)) {
-                fprintf(stderr, "golden %s/%s/agp=%d: error [%s] (%d), oracle [%s]\n", name, cs, agp,
-                        e.msg, e.http, msg);
+                fprintf(stderr, "golden %s/%s/agp=%d: error [%s] (%d), oracle [%s]\n", name, cs,
+                        agp, e.msg, e.http, msg);
                 bad++;
             } else {
                 ok++;
@@ -130,7 +134,6 @@ START_TEST(test_golden)
 }
 END_TEST
 
-
 /* ---- Jinja2 (transformers' setup) on one-construct snippets: tests/jinja/gen_jinja2.py ------- */
 
 START_TEST(test_jinja2_snippets)
@@ -143,7 +146,8 @@ START_TEST(test_jinja2_snippets)
     size_t i, ok = 0, bad = 0;
     json_t *g;
     jj_options o = {.now = 1700000000};
-    json_array_foreach(snips, i, g) {
+    json_array_foreach(snips, i, g)
+    {
         json_t *src = json_object_get(g, "template");
         json_t *want = json_object_get(g, "output");
         lr_error e;
@@ -151,18 +155,18 @@ START_TEST(test_jinja2_snippets)
         char *out = NULL;
         size_t len = 0;
         int rc = jj_compile(json_string_value(src), json_string_length(src), &e, &t);
-        if (rc == 0)
-            rc = jj_render(t, json_object_get(g, "context"), &o, &out, &len, &e);
+        if (rc == 0) rc = jj_render(t, json_object_get(g, "context"), &o, &out, &len, &e);
         if (want && rc != 0) {
             fprintf(stderr, "snippet %zu %s: error %s\n", i, json_string_value(src), e.msg);
             bad++;
-        } else if (want && (len != json_string_length(want) || memcmp(out, json_string_value(want), len))) {
-            fprintf(stderr, "snippet %zu %s:\n  got  [%s]\n  want [%s]\n", i, json_string_value(src), out,
-                    json_string_value(want));
+        } else if (want &&
+                   (len != json_string_length(want) || memcmp(out, json_string_value(want), len))) {
+            fprintf(stderr, "snippet %zu %s:\n  got  [%s]\n  want [%s]\n", i,
+                    json_string_value(src), out, json_string_value(want));
             bad++;
         } else if (!want && rc == 0) {
-            fprintf(stderr, "snippet %zu %s: rendered [%s], Jinja2 said %s\n", i, json_string_value(src),
-                    out, json_string_value(json_object_get(g, "error")));
+            fprintf(stderr, "snippet %zu %s: rendered [%s], Jinja2 said %s\n", i,
+                    json_string_value(src), out, json_string_value(json_object_get(g, "error")));
             bad++;
         } else {
             ok++;
@@ -176,14 +180,17 @@ START_TEST(test_jinja2_snippets)
 }
 END_TEST
 
-/* ---- constructs -------------------------------------------------------------------------------- */
+/* ---- constructs --------------------------------------------------------------------------------
+ */
 
 START_TEST(test_output_and_literals)
 {
     R("plain text", NULL, "plain text");
     R("{{ 'a' }}{{ \"b\" }}{{ 'c' 'd' }}", NULL, "abcd"); /* adjacent literals concatenate */
     R("{{ 'tab\\there' }}|{{ \"q\\\"q\" }}|{{ 'x\\ny' }}", NULL, "tab\there|q\"q|x\ny");
-    R("{{ '\\u00e9\\x41' }}", NULL, "\xc3\xa9" "A");
+    R("{{ '\\u00e9\\x41' }}", NULL,
+      "\xc3\xa9"
+      "A");
     R("{{ 42 }} {{ -7 }} {{ 1.5 }} {{ 2.0 }} {{ 1e3 }}", NULL, "42 -7 1.5 2.0 1000.0");
     R("{{ true }} {{ False }} {{ none }} {{ None }}", NULL, "True False None None");
     R("{{ [1, 'a', none] }} {{ {'k': 'v', 'n': 1} }} {{ (1, 2) }}", NULL,
@@ -237,7 +244,8 @@ START_TEST(test_for)
     R("{% for x in range(10) if x is odd %}{{ x }}{{ ',' if not loop.last }}{% endfor %}", NULL,
       "1,3,5,7,9");
     R("{% for x in range(5) %}{% if x == 1 %}{% continue %}{% endif %}{% if x == 3 %}{% break %}"
-      "{% endif %}{{ x }}{% endfor %}", NULL, "02");
+      "{% endif %}{{ x }}{% endfor %}",
+      NULL, "02");
     R("{% for x in [1,2,3] %}{{ loop.previtem }}-{{ loop.nextitem }}|{% endfor %}", NULL,
       "-2|1-3|2-|");
     R("{% for x in [1,2,3] %}{{ loop.cycle('a', 'b') }}{% endfor %}", NULL, "aba");
@@ -245,7 +253,8 @@ START_TEST(test_for)
     R("{% for x in undefined_thing %}x{% else %}none{% endfor %}", NULL, "none");
     /* loop scope: set inside a loop does not leak, namespace() does */
     R("{% set n = 0 %}{% set ns = namespace(n=0) %}{% for x in [1,2,3] %}{% set n = n + x %}"
-      "{% set ns.n = ns.n + x %}{% endfor %}{{ n }} {{ ns.n }}", NULL, "0 6");
+      "{% set ns.n = ns.n + x %}{% endfor %}{{ n }} {{ ns.n }}",
+      NULL, "0 6");
     R("{% for m in messages[::-1] %}{{ m }}{% endfor %}", "{\"messages\": [1, 2, 3]}", "321");
 }
 END_TEST
@@ -255,12 +264,13 @@ START_TEST(test_set_macro_call)
     R("{% set a, b = 1, 2 %}{{ a }}{{ b }}", NULL, "12");
     R("{% set x %}inner {{ 1 + 1 }}{% endset %}[{{ x }}]", NULL, "[inner 2]");
     R("{% macro greet(name, punct='!') %}Hi {{ name }}{{ punct }}{% endmacro %}"
-      "{{ greet('Ann') }} {{ greet('Bob', punct='?') }} {{ greet(name='Cy', punct='.') }}", NULL,
-      "Hi Ann! Hi Bob? Hi Cy.");
+      "{{ greet('Ann') }} {{ greet('Bob', punct='?') }} {{ greet(name='Cy', punct='.') }}",
+      NULL, "Hi Ann! Hi Bob? Hi Cy.");
     R("{% macro m(x) %}{{ x is defined }}{% endmacro %}{{ m() }}", NULL, "False");
     R("{% macro wrap() %}<{{ caller() }}>{% endmacro %}{% call wrap() %}body{% endcall %}", NULL,
       "<body>");
-    R("{% macro rec(n) %}{{ n }}{% if n > 0 %}{{ rec(n - 1) }}{% endif %}{% endmacro %}{{ rec(3) }}",
+    R("{% macro rec(n) %}{{ n }}{% if n > 0 %}{{ rec(n - 1) }}{% endif %}{% endmacro %}{{ rec(3) "
+      "}}",
       NULL, "3210");
     R("{% filter upper %}abc {{ 'd' }}{% endfilter %}", NULL, "ABC D");
     R("{% set d = dict(a=1, b='x') %}{{ d.a }}{{ d['b'] }}{{ d | length }}", NULL, "1x2");
@@ -271,16 +281,18 @@ END_TEST
 
 START_TEST(test_expressions)
 {
-    R("{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 2 ** 10 }} {{ 2 * 3 + 1 }}",
+    R("{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 2 ** 10 }} {{ 2 * 3 + 1 "
+      "}}",
       NULL, "3 -4 1 2 3.5 1024 7");
-    R("{{ 'a' ~ 1 ~ none ~ true }} {{ 'ab' * 3 }} {{ [1] + [2, 3] }}", NULL, "a1NoneTrue ababab [1, 2, 3]");
+    R("{{ 'a' ~ 1 ~ none ~ true }} {{ 'ab' * 3 }} {{ [1] + [2, 3] }}", NULL,
+      "a1NoneTrue ababab [1, 2, 3]");
     R("{{ 'b' in 'abc' }} {{ 2 in [1, 2] }} {{ 'k' in {'k': 1} }} {{ 3 not in [1] }}", NULL,
       "True True True True");
-    R("{{ 1 == 1.0 }} {{ 'a' != 'a' }} {{ [1, 2] == [1, 2] }} {{ none == none }} {{ 1 == '1' }}", NULL,
-      "True False True True False");
+    R("{{ 1 == 1.0 }} {{ 'a' != 'a' }} {{ [1, 2] == [1, 2] }} {{ none == none }} {{ 1 == '1' }}",
+      NULL, "True False True True False");
     R("{{ 0 or 'x' }} {{ 'y' and 'z' }} {{ [] and 1 }} {{ not 1 }}", NULL, "x z [] False");
-    R("{{ s[0] }}{{ s[-1] }}{{ s[1:3] }}{{ s[::-1] }}{{ s[::2] }}{{ s[-2:] }}", "{\"s\": \"h\xc3\xa9llo\"}",
-      "ho\xc3\xa9loll\xc3\xa9hhlolo");
+    R("{{ s[0] }}{{ s[-1] }}{{ s[1:3] }}{{ s[::-1] }}{{ s[::2] }}{{ s[-2:] }}",
+      "{\"s\": \"h\xc3\xa9llo\"}", "ho\xc3\xa9loll\xc3\xa9hhlolo");
     R("{{ xs[1:] }} {{ xs[:-1] }} {{ xs[10:] }} {{ xs[-10:1] }}", "{\"xs\": [1, 2, 3]}",
       "[2, 3] [1, 2] [] [1]");
     R("{{ m.role }} {{ m['content'] }} {{ m.missing is undefined }} {{ m.get('x', 'dflt') }}",
@@ -296,7 +308,8 @@ END_TEST
 START_TEST(test_tests)
 {
     R("{{ x is defined }}{{ y is undefined }}{{ n is none }}{{ s is string }}{{ 1 is number }}"
-      "{{ 1.5 is integer }}{{ d is mapping }}{{ l is iterable }}{{ s is sequence }}{{ b is boolean }}",
+      "{{ 1.5 is integer }}{{ d is mapping }}{{ l is iterable }}{{ s is sequence }}{{ b is boolean "
+      "}}",
       "{\"x\": 1, \"n\": null, \"s\": \"t\", \"d\": {}, \"l\": [], \"b\": true}",
       "TrueTrueTrueTrueTrueFalseTrueTrueTrueTrue");
     R("{{ 3 is odd }}{{ 4 is even }}{{ 9 is divisibleby 3 }}{{ 9 is divisibleby(4) }}"
@@ -310,31 +323,40 @@ END_TEST
 START_TEST(test_filters)
 {
     R("[{{ '  a b \n' | trim }}] {{ 'xxhixx' | trim('x') }}", NULL, "[a b] hi");
-    R("{{ 'abc' | length }} {{ [1, 2] | count }} {{ {'a': 1} | length }} {{ 'h\xc3\xa9' | length }}",
+    R("{{ 'abc' | length }} {{ [1, 2] | count }} {{ {'a': 1} | length }} {{ 'h\xc3\xa9' | length "
+      "}}",
       NULL, "3 2 1 2");
     R("{{ 'hello world' | upper }} {{ 'HeLLo' | lower }} {{ 'hello wORLD-x' | title }} "
-      "{{ 'hELLO' | capitalize }}", NULL, "HELLO WORLD hello Hello World-X Hello");
+      "{{ 'hELLO' | capitalize }}",
+      NULL, "HELLO WORLD hello Hello World-X Hello");
     R("{{ 'a-b-c' | replace('-', '+') }} {{ 'aaa' | replace('a', 'b', 2) }}", NULL, "a+b+c bba");
-    R("{{ x | default('d') }} {{ '' | default('e') }} {{ '' | default('f', true) }} {{ 0 | d(7, true) }}",
+    R("{{ x | default('d') }} {{ '' | default('e') }} {{ '' | default('f', true) }} {{ 0 | d(7, "
+      "true) }}",
       NULL, "d  f 7");
     R("{{ [1, 2, 3] | join(', ') }} {{ ['a', 'b'] | join }} {{ us | join('/', attribute='n') }}",
       "{\"us\": [{\"n\": \"x\"}, {\"n\": \"y\"}]}", "1, 2, 3 ab x/y");
     R("{{ d | items | list }}", "{\"d\": {\"a\": 1}}", "[('a', 1)]");
-    R("{{ [3, 1, 2] | first }}{{ [3, 1, 2] | last }}{{ [3, 1, 2] | sort }}{{ [3, 1, 2] | sort(reverse=true) }}"
-      "{{ [1, 2] | reverse | list }}{{ 'abc' | reverse }}", NULL, "32[1, 2, 3][3, 2, 1][2, 1]cba");
-    R("{{ 42 | string }}{{ '12' | int + 1 }}{{ 'x' | int }}{{ '2.5' | float }}{{ -3 | abs }}{{ 2.567 | round(2) }}"
-      "{{ 2.5 | round }}{{ 3.5 | round }}", NULL, "421302.532.572.04.0");
-    R("{{ ['B', 'a', 'b', 'A'] | unique | list }} {{ 'x' | safe }} {{ 'a b  c' | wordcount }}", NULL,
-      "['B', 'a'] x 3");
+    R("{{ [3, 1, 2] | first }}{{ [3, 1, 2] | last }}{{ [3, 1, 2] | sort }}{{ [3, 1, 2] | "
+      "sort(reverse=true) }}"
+      "{{ [1, 2] | reverse | list }}{{ 'abc' | reverse }}",
+      NULL, "32[1, 2, 3][3, 2, 1][2, 1]cba");
+    R("{{ 42 | string }}{{ '12' | int + 1 }}{{ 'x' | int }}{{ '2.5' | float }}{{ -3 | abs }}{{ "
+      "2.567 | round(2) }}"
+      "{{ 2.5 | round }}{{ 3.5 | round }}",
+      NULL, "421302.532.572.04.0");
+    R("{{ ['B', 'a', 'b', 'A'] | unique | list }} {{ 'x' | safe }} {{ 'a b  c' | wordcount }}",
+      NULL, "['B', 'a'] x 3");
     R("{{ us | selectattr('on') | map(attribute='n') | join }}"
       "{{ us | rejectattr('on') | map(attribute='n') | join }}"
       "{{ us | selectattr('n', 'equalto', 'y') | map(attribute='n') | list }}"
       "{{ [1, 2, 3, 4] | select('odd') | list }}{{ [1, 2, 3, 4] | reject('odd') | list }}",
       "{\"us\": [{\"n\": \"x\", \"on\": true}, {\"n\": \"y\", \"on\": false}, {\"n\": \"z\"}]}",
       "xyz['y'][1, 3][2, 4]");
-    R("{{ ['a', ' b'] | map('trim') | list }} {{ [1, 2, 3] | sum }} {{ [3, 9, 2] | max }} {{ [3, 9, 2] | min }}",
+    R("{{ ['a', ' b'] | map('trim') | list }} {{ [1, 2, 3] | sum }} {{ [3, 9, 2] | max }} {{ [3, "
+      "9, 2] | min }}",
       NULL, "['a', 'b'] 6 9 2");
-    R("{{ 'a\nb\n\nc' | indent(2) }}|{{ 'a\nb' | indent(2, true) }}", NULL, "a\n  b\n\n  c|  a\n  b");
+    R("{{ 'a\nb\n\nc' | indent(2) }}|{{ 'a\nb' | indent(2, true) }}", NULL,
+      "a\n  b\n\n  c|  a\n  b");
     R("{{ [1, 2, 3, 4, 5] | batch(2) | list }}", NULL, "[[1, 2], [3, 4], [5]]");
     R("{{ '<a href=\"x\">&</a>' | e }}", NULL, "&lt;a href=&#34;x&#34;&gt;&amp;&lt;/a&gt;");
     R("{{ {'b': 1, 'a': 2} | dictsort }}", NULL, "[('a', 2), ('b', 1)]");
@@ -348,8 +370,8 @@ START_TEST(test_tojson)
       "{\"b\": [1, 2.5, true, null], \"a\": \"\xc3\xa9\\\"\\n\"}");
     R("{{ x | tojson(indent=2) }}", "{\"x\": {\"a\": [1, {}], \"b\": []}}",
       "{\n  \"a\": [\n    1,\n    {}\n  ],\n  \"b\": []\n}");
-    R("{{ x | tojson(sort_keys=true, separators=(',', ':')) }}", "{\"x\": {\"b\": 1, \"a\": [1, 2]}}",
-      "{\"a\":[1,2],\"b\":1}");
+    R("{{ x | tojson(sort_keys=true, separators=(',', ':')) }}",
+      "{\"x\": {\"b\": 1, \"a\": [1, 2]}}", "{\"a\":[1,2],\"b\":1}");
     R("{{ x | tojson(ensure_ascii=true) }}", "{\"x\": \"\xc3\xa9\xf0\x9f\x91\x8b\"}",
       "\"\\u00e9\\ud83d\\udc4b\"");
     R("{{ 'a<b>&\\'' | tojson }}{{ 1.0 | tojson }}", NULL, "\"a<b>&'\"1.0");
@@ -359,14 +381,16 @@ END_TEST
 START_TEST(test_methods_and_globals)
 {
     R("{{ s.startswith('ab') }}{{ s.endswith(('x', 'cd')) }}{{ s.upper() }}{{ '  x '.strip() }}|"
-      "{{ '\\n\\nx\\n'.lstrip('\\n') }}|{{ 'x\\n\\n'.rstrip('\\n') }}|{{ ' \\ny\\n '.strip('\\n') }}|",
+      "{{ '\\n\\nx\\n'.lstrip('\\n') }}|{{ 'x\\n\\n'.rstrip('\\n') }}|{{ ' \\ny\\n '.strip('\\n') "
+      "}}|",
       "{\"s\": \"abcd\"}", "TrueTrueABCDx|x\n|x| \ny\n |");
     R("{{ 'a,b,,c'.split(',') }} {{ ' a  b '.split() }} {{ 'a b c'.split(' ', 1) }}", NULL,
       "['a', 'b', '', 'c'] ['a', 'b'] ['a', 'b c']");
-    R("{{ 'x</think>y'.split('</think>')[-1] }} {{ 'Hello World'.title() }} {{ ', '.join(['a', 'b']) }}",
+    R("{{ 'x</think>y'.split('</think>')[-1] }} {{ 'Hello World'.title() }} {{ ', '.join(['a', "
+      "'b']) }}",
       NULL, "y Hello World a, b");
-    R("{{ d.keys() | list }} {{ d.values() | list }} {{ d.items() | list }}",
-      "{\"d\": {\"k\": 1}}", "['k'] [1] [('k', 1)]");
+    R("{{ d.keys() | list }} {{ d.values() | list }} {{ d.items() | list }}", "{\"d\": {\"k\": 1}}",
+      "['k'] [1] [('k', 1)]");
     R("{{ range(3) | list }} {{ range(1, 7, 2) | list }} {{ range(3, 0, -1) | list }}", NULL,
       "[0, 1, 2] [1, 3, 5] [3, 2, 1]");
     R("{{ 'abcabc'.find('c') }} {{ 'abcabc'.count('bc') }} {{ 'abc'.replace('b', 'x') }}", NULL,
@@ -374,18 +398,20 @@ START_TEST(test_methods_and_globals)
     /* strftime_now uses local time; the test pins TZ=UTC in main() */
     R("{{ strftime_now('%Y-%m-%d %H:%M') }} {{ strftime_now('%d %b %Y') }}", NULL,
       "2023-11-14 22:13 14 Nov 2023");
-    R("{% set ns = namespace(a=1) %}{% set ns.b = 2 %}{{ ns.a }}{{ ns.b }}{{ ns.c is defined }}", NULL,
-      "12False");
+    R("{% set ns = namespace(a=1) %}{% set ns.b = 2 %}{{ ns.a }}{{ ns.b }}{{ ns.c is defined }}",
+      NULL, "12False");
 }
 END_TEST
 
-/* ---- errors ------------------------------------------------------------------------------------ */
+/* ---- errors ------------------------------------------------------------------------------------
+ */
 
 START_TEST(test_errors)
 {
     E("line one\n{{ x | foo }}", NULL, LR_EFORMAT, "line 2, column 8: unknown filter 'foo'");
     E("{% if x is frobbed %}{% endif %}", NULL, LR_EFORMAT, "unknown test 'frobbed'");
-    E("{% if true %}never closed", NULL, LR_EFORMAT, "line 1, column 1: '{% if %}' is never closed");
+    E("{% if true %}never closed", NULL, LR_EFORMAT,
+      "line 1, column 1: '{% if %}' is never closed");
     E("{% for x in y %}", NULL, LR_EFORMAT, "never closed (expected '{% endfor %}')");
     E("{{ 1 + }}", NULL, LR_EFORMAT, "unexpected '}}' in expression");
     E("{{ 'abc }}", NULL, LR_EFORMAT, "unterminated string literal");
@@ -413,14 +439,14 @@ START_TEST(test_errors)
 }
 END_TEST
 
-/* ---- limits ------------------------------------------------------------------------------------ */
+/* ---- limits ------------------------------------------------------------------------------------
+ */
 
 static int render_opts(const char *src, const jj_options *o, lr_error *e)
 {
     jj_template *t;
     int rc = jj_compile(src, strlen(src), e, &t);
-    if (rc)
-        return rc;
+    if (rc) return rc;
     char *out = NULL;
     rc = jj_render(t, NULL, o, &out, NULL, e);
     free(out);
@@ -436,8 +462,11 @@ START_TEST(test_limits)
     ck_assert_int_eq(e.http, 500);
     ck_assert_ptr_nonnull(strstr(e.msg, "larger than 1000 bytes"));
     jj_options s = {.max_steps = 10000};
-    ck_assert_int_eq(render_opts("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
-                                 "{% endfor %}", &s, &e), LR_EINTERNAL);
+    ck_assert_int_eq(
+        render_opts("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+                    "{% endfor %}",
+                    &s, &e),
+        LR_EINTERNAL);
     ck_assert_ptr_nonnull(strstr(e.msg, "steps"));
     ck_assert_int_eq(render_opts("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", NULL, &e),
                      LR_EINTERNAL);
@@ -445,9 +474,11 @@ START_TEST(test_limits)
     ck_assert_int_eq(render_opts("{{ range(1000000) }}", NULL, &e), LR_EINTERNAL);
     /* doubling a string: memory and output caps end it */
     jj_options m = {.max_memory = 8 << 20};
-    ck_assert_int_eq(render_opts("{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(40) %}"
-                                 "{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s | length }}", &m, &e),
-                     LR_EINTERNAL);
+    ck_assert_int_eq(
+        render_opts("{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(40) %}"
+                    "{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s | length }}",
+                    &m, &e),
+        LR_EINTERNAL);
     /* deep nesting in the source is a compile error, not a stack overflow */
     size_t n = 20000;
     char *deep = malloc(n * 2 + 16);
@@ -469,7 +500,8 @@ START_TEST(test_limits)
 }
 END_TEST
 
-/* ---- threads ----------------------------------------------------------------------------------- */
+/* ---- threads -----------------------------------------------------------------------------------
+ */
 
 static jj_template *shared_tpl;
 
@@ -485,8 +517,7 @@ static void *worker(void *arg)
     for (int i = 0; i < 300; i++) {
         char *out = NULL;
         lr_error e;
-        if (jj_render(shared_tpl, c, NULL, &out, NULL, &e) || strcmp(out, want) != 0)
-            bad++;
+        if (jj_render(shared_tpl, c, NULL, &out, NULL, &e) || strcmp(out, want) != 0) bad++;
         free(out);
     }
     json_decref(c);
@@ -495,8 +526,9 @@ static void *worker(void *arg)
 
 START_TEST(test_threads)
 {
-    const char *src = "{% set ns = namespace(t='') %}{% for m in messages %}{% set ns.t = '<' + m.role "
-                      "+ '>' + m.content + '</' + m.role + '>' %}{% endfor %}{{ ns.t }}";
+    const char *src =
+        "{% set ns = namespace(t='') %}{% for m in messages %}{% set ns.t = '<' + m.role "
+        "+ '>' + m.content + '</' + m.role + '>' %}{% endfor %}{{ ns.t }}";
     lr_error e;
     ck_assert_int_eq(jj_compile(src, strlen(src), &e, &shared_tpl), 0);
     pthread_t th[8];
@@ -525,12 +557,63 @@ static uint64_t rnd(void)
 }
 
 static const char *const PIECES[] = {
-    "{%", "%}", "{{", "}}", "{#", "#}", "{%-", "-%}", "(", ")", "[", "]", "{", "}", "|", ".", ",",
-    "'", "\"", "\\", "-", "+", "*", "**", "//", "~", " if ", " else ", " for x in ", "endfor",
-    "endif", " in ", " not ", " is ", "loop.", "messages", "[::-1]", "[1:", "| tojson", "| trim",
-    "namespace(", "raise_exception(", "range(99999)", "macro m(a) %}{{ m(a) }}{% endmacro %}",
-    "{% set ns.x = ", "{% set x %}", "{% call m() %}", "caller()", "\xc3", "\xe2\x80\xa8", "\n",
-    "{% raw %}", "{% break %}", "1e999", "9223372036854775807", "-9223372036854775808", "% 0",
+    "{%",
+    "%}",
+    "{{",
+    "}}",
+    "{#",
+    "#}",
+    "{%-",
+    "-%}",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    "|",
+    ".",
+    ",",
+    "'",
+    "\"",
+    "\\",
+    "-",
+    "+",
+    "*",
+    "**",
+    "//",
+    "~",
+    " if ",
+    " else ",
+    " for x in ",
+    "endfor",
+    "endif",
+    " in ",
+    " not ",
+    " is ",
+    "loop.",
+    "messages",
+    "[::-1]",
+    "[1:",
+    "| tojson",
+    "| trim",
+    "namespace(",
+    "raise_exception(",
+    "range(99999)",
+    "macro m(a) %}{{ m(a) }}{% endmacro %}",
+    "{% set ns.x = ",
+    "{% set x %}",
+    "{% call m() %}",
+    "caller()",
+    "\xc3",
+    "\xe2\x80\xa8",
+    "\n",
+    "{% raw %}",
+    "{% break %}",
+    "1e999",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "% 0",
 };
 
 START_TEST(test_fuzz)
@@ -544,7 +627,8 @@ START_TEST(test_fuzz)
     json_t *src;
     size_t rendered = 0, refused = 0;
     jj_options o = {.max_output = 1 << 20, .max_steps = 200000, .max_memory = 32 << 20, .now = 1};
-    json_object_foreach(templates, name, src) {
+    json_object_foreach(templates, name, src)
+    {
         const char *base = json_string_value(src);
         size_t blen = json_string_length(src);
         for (int iter = 0; iter < 1000; iter++) {
@@ -567,20 +651,17 @@ START_TEST(test_fuzz)
                 }
                 case 1: /* delete a run */ {
                     size_t dl = rnd() % 16;
-                    if (at + dl > len)
-                        dl = len - at;
+                    if (at + dl > len) dl = len - at;
                     memmove(buf + at, buf + at + dl, len - at - dl);
                     len -= dl;
                     break;
                 }
                 case 2: /* replace a byte */
-                    if (len)
-                        buf[at] = (char)(rnd() % 256);
+                    if (len) buf[at] = (char)(rnd() % 256);
                     break;
                 default: /* duplicate a run */ {
                     size_t dl = rnd() % 64;
-                    if (at + dl > len)
-                        dl = len - at;
+                    if (at + dl > len) dl = len - at;
                     if (len + dl < blen + 4000) {
                         memmove(buf + at + dl, buf + at, len - at);
                         len += dl;
@@ -592,13 +673,13 @@ START_TEST(test_fuzz)
             jj_template *t = NULL;
             char *out = NULL;
             int rc = jj_compile(buf, len, &e, &t);
-            if (rc == 0)
-                rc = jj_render(t, ctx, &o, &out, NULL, &e);
+            if (rc == 0) rc = jj_render(t, ctx, &o, &out, NULL, &e);
             if (rc == 0) {
                 ck_assert_ptr_nonnull(out);
                 rendered++;
             } else {
-                ck_assert_msg(rc < 0 && e.code == rc && e.msg[0], "%s: rc %d without a message", name, rc);
+                ck_assert_msg(rc < 0 && e.code == rc && e.msg[0], "%s: rc %d without a message",
+                              name, rc);
                 ck_assert_ptr_null(out);
                 refused++;
             }
@@ -616,9 +697,10 @@ END_TEST
 
 START_TEST(test_render_chat)
 {
-    const char *src = "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
-                      "{% if add_generation_prompt %}<assistant>{% endif %}{{ tools | length }}"
-                      "{{ enable_thinking }}{{ eos_token }}";
+    const char *src =
+        "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}{{ tools | length }}"
+        "{{ enable_thinking }}{{ eos_token }}";
     lr_error e;
     jj_template *t;
     ck_assert_int_eq(jj_compile(src, strlen(src), &e, &t), 0);
@@ -627,7 +709,8 @@ START_TEST(test_render_chat)
     json_t *extra = json_loads("{\"enable_thinking\": false, \"messages\": \"ignored\"}", 0, NULL);
     char *out;
     size_t len;
-    ck_assert_int_eq(jj_render_chat(t, msgs, 1, tools, "<s>", "</s>", extra, NULL, &out, &len, &e), 0);
+    ck_assert_int_eq(jj_render_chat(t, msgs, 1, tools, "<s>", "</s>", extra, NULL, &out, &len, &e),
+                     0);
     ck_assert_str_eq(out, "<s><user>hi<assistant>1False</s>");
     ck_assert_uint_eq(len, strlen(out));
     free(out);
