@@ -80,7 +80,6 @@ int jj_attr_path(jj_ctx *c, const jj_node *n, jv item, jv path, jv *out)
 }
 
 /* Stable merge sort of v[0:n] by key (keys[i] belongs to v[i]). */
-static int sort_cmp_err;
 static int msort(jv *v, jv *keys, jv *tv, jv *tk, size_t n, int fold, int rev)
 {
     if (n < 2) return 0;
@@ -91,7 +90,6 @@ static int msort(jv *v, jv *keys, jv *tv, jv *tk, size_t n, int fold, int rev)
     while (i < h && j < n) {
         int r = jv_compare(keys[j], keys[i], fold);
         if (r == -2) {
-            sort_cmp_err = 1;
             return -1;
         }
         int take_right = rev ? r > 0 : r < 0;
@@ -133,8 +131,7 @@ int jj_sorted(jj_ctx *c, const jj_node *n, jj_list *in, jv attribute, int fold, 
         if (rc) return rc;
     }
     /* rev with a stable sort: Python sorts with reverse=True keeping equal items in order */
-    sort_cmp_err = 0;
-    if (msort(l->v, keys, tv, tk, k, fold, rev) || sort_cmp_err)
+    if (msort(l->v, keys, tv, tk, k, fold, rev)) /* -1: two keys could not be compared */
         return jj_fail(c, n, LR_EINVAL, "cannot sort values of different types");
     *out = l;
     return 0;

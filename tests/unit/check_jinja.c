@@ -512,7 +512,7 @@ static void *worker(void *arg)
     snprintf(ctx, sizeof ctx, "{\"messages\": [{\"role\": \"user\", \"content\": \"m%ld\"}]}", id);
     json_t *c = json_loads(ctx, 0, NULL);
     char want[64];
-    snprintf(want, sizeof want, "<user>m%ld</user>", id);
+    snprintf(want, sizeof want, "<user>m%ld</user>[\"a\", \"b\", \"c\"]", id);
     long bad = 0;
     for (int i = 0; i < 300; i++) {
         char *out = NULL;
@@ -528,7 +528,8 @@ START_TEST(test_threads)
 {
     const char *src =
         "{% set ns = namespace(t='') %}{% for m in messages %}{% set ns.t = '<' + m.role "
-        "+ '>' + m.content + '</' + m.role + '>' %}{% endfor %}{{ ns.t }}";
+        "+ '>' + m.content + '</' + m.role + '>' %}{% endfor %}{{ ns.t }}"
+        "{{ ['c', 'A', 'b'] | map('lower') | sort | tojson }}";
     lr_error e;
     ck_assert_int_eq(jj_compile(src, strlen(src), &e, &shared_tpl), 0);
     pthread_t th[8];
