@@ -374,7 +374,18 @@ static void cancel_unfinished(api_job *j)
 int api_job_start(api_ctx *ctx, api_cmpl_req *req, const void *adapter, api_job **out, api_err *err)
 {
     *out = NULL;
-    api_job *j = calloc(1, sizeof *j);
+    /* T5: the prompt is the encoder input, not the start of the output, so OpenAI's echo has
+     * no meaning (TGI's return_full_text, a plain concatenation, stays allowed). */
+    int t5_echo = !req->tgi && req->echo && ctx->model && ctx->model->cfg.arch == LR_ARCH_T5;
+    api_job *j = t5_echo ? NULL : calloc(1, sizeof *j);
+    if (t5_echo) {
+        auth_release(req->tenant);
+        api_cmpl_req_clear(req);
+        if (adapter && ctx->aops && ctx->aops->release) ctx->aops->release(ctx->aops_user, adapter);
+        return api_fail(err, LR_EINVAL, 400, "echo",
+                        "echo is not supported by an encoder-decoder (T5) model: the prompt is the "
+                        "encoder input, not the start of the generated text");
+    }
     if (!j) {
         auth_release(req->tenant);
         api_cmpl_req_clear(req);
