@@ -1,10 +1,12 @@
 /* fuzz_api.c — libFuzzer target: HTTP request bodies, from bytes to a validated request.
  *
- * Input: a POST /v1/completions body. It goes through json_loadb with the flags api.c uses
- * (JSON_REJECT_DUPLICATES) and then api_cmpl_parse(), the function that turns a body into an
- * api_cmpl_req (prompts tokenized). api_handle() itself would go on to start the sequences on
- * the engine and is not linked here: it pulls in the whole server (engine, registry, chat), which
- * is under construction in parallel. The first input byte is reserved for more endpoints.
+ * Input: byte 0 picks the endpoint (even: POST /v1/completions, odd: POST /v1/chat/completions),
+ * the rest is the body. It goes through json_loadb with the flags api.c uses
+ * (JSON_REJECT_DUPLICATES) and then api_cmpl_parse() or api_chat_parse(), the functions that turn
+ * a body into an api_cmpl_req (chat: messages normalised, rendered with the model's chat
+ * template — here Qwen3's, from tests/fuzz/corpus/jinja/qwen3.j2 — and tokenized). api_handle()
+ * itself would go on to start the sequences on the engine and is not linked here: it pulls in the
+ * whole server (engine, registry), which needs a loaded model.
  * The tokenizer is tests/fuzz/corpus/tokenizer/llama3_cfg.json (a cut-down Llama 3 byte-level
  * BPE), loaded once; FUZZ_TOKENIZER overrides the path (run from the repository root).
  *
@@ -21,14 +23,16 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "jinja.h"
 #include "tokenizer.h"
 
 void fuzz_api_init(void);
 int fuzz_api_one(const uint8_t *data, size_t size);
 
-enum { MAX_POS = 64 };
+enum { MAX_POS = 512 };
 
 static tok_tokenizer *tok;
+static jj_template *chat_tmpl;
 static int vocab;
 
 void fuzz_api_init(void)
@@ -64,9 +68,22 @@ void fuzz_api_init(void)
     unlink(tj);
     unlink(tc);
     vocab = tok_vocab_size(tok);
+    const char *tpath = getenv("FUZZ_CHAT_TEMPLATE");
+    if (!tpath)
+        tpath = "tests/fuzz/corpus/jinja/qwen3.j2";
+    if (!(f = fopen(tpath, "rb"))) {
+        fprintf(stderr, "fuzz_api: cannot open %s (run from the repository root)\n", tpath);
+        abort();
+    }
+    n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    if (jj_compile(buf, n, &err, &chat_tmpl) != 0) {
+        fprintf(stderr, "fuzz_api: %s: %s\n", tpath, err.msg);
+        abort();
+    }
 }
 
-static void check_cmpl(const char *body, size_t len)
+static void check_cmpl(const char *body, size_t len, int chat)
 {
     json_error_t je;
     json_t *v = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
@@ -76,7 +93,16 @@ static void check_cmpl(const char *body, size_t len)
     api_cmpl_req r;
     api_err err;
     memset(&err, 0, sizeof err);
-    if (api_cmpl_parse(v, &lim, &r, &err) == 0) {
+    api_ctx ctx;
+    memset(&ctx, 0, sizeof ctx);
+    ctx.tok = tok;
+    ctx.chat_tmpl = chat_tmpl;
+    ctx.served_name = "base";
+    ctx.max_tokens_default = 16;
+    ctx.max_pos = MAX_POS;
+    ctx.vocab = vocab;
+    int rc = chat ? api_chat_parse(&ctx, v, &lim, &r, &err) : api_cmpl_parse(v, &lim, &r, &err);
+    if (rc == 0) {
         if (r.n_prompts < 1 || r.n_prompts > API_MAX_PROMPTS || r.n < 1 || r.n > API_MAX_N ||
             r.n_prompts * r.n > API_MAX_SEQS || r.n_stop < 0 || r.n_stop > API_MAX_STOP ||
             r.max_tokens < 1 || r.max_tokens > MAX_POS || r.logprobs < -1 || r.logprobs > 20)
@@ -98,6 +124,8 @@ static void check_cmpl(const char *body, size_t len)
             abort();
     } else if (err.e.msg[0] == 0 || err.e.http < 400 || err.e.http > 599) {
         abort();
+    } else if (getenv("FUZZ_VERBOSE")) {
+        fprintf(stderr, "refused %d: %s\n", err.e.http, err.e.msg);
     }
     api_cmpl_req_clear(&r);
     json_decref(v);
@@ -113,7 +141,7 @@ int fuzz_api_one(const uint8_t *data, size_t size)
     if (!body)
         return 0;
     memcpy(body, data + 1, len);
-    check_cmpl(body, len);
+    check_cmpl(body, len, data[0] & 1);
     free(body);
     return 0;
 }

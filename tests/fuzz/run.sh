@@ -33,7 +33,7 @@ srcs() {
     precompiled) echo core/err.c core/tok_precompiled.c ;;
     peft) echo core/err.c core/model.c core/safetensors.c core/kernels.c adapters/peft.c ;;
     jinja) echo core/err.c core/jinja*.c ;;
-    api) echo core/err.c core/tok*.c server/api_cmpl.c ;;
+    api) echo core/err.c core/tok*.c core/jinja*.c server/api_cmpl.c server/api_chat.c ;;
     esac
 }
 maxlen() {
