@@ -123,14 +123,20 @@ static int resolve_model(api_ctx *ctx, const char *model, const void **adapter, 
     return LR_ENOTFOUND;
 }
 
-/* The optional `model` field of /tokenize and /detokenize: checked like a completion's. */
-static int check_model_field(api_ctx *ctx, const json_t *body, api_err *err)
+static int tenant_may_use(const api_ctx *ctx, const auth_tenant *t, const char *id,
+                          api_err *err);
+
+/* The optional `model` field of /tokenize and /detokenize: checked like a completion's, the
+ * tenant's rights first (so that a tenant can neither probe for nor load another's adapter). */
+static int check_model_field(api_ctx *ctx, const json_t *body, const auth_tenant *tenant,
+                             api_err *err)
 {
     json_t *m = json_object_get(body, "model");
     if (!m || json_is_null(m)) return 0;
     if (!json_is_string(m)) return api_fail(err, LR_EINVAL, 400, "model", "model must be a string");
     int rc = api_check_model_id(json_string_value(m), json_string_length(m), err);
     const void *adapter = NULL;
+    if (!rc) rc = tenant_may_use(ctx, tenant, json_string_value(m), err);
     if (!rc) rc = resolve_model(ctx, json_string_value(m), &adapter, err);
     /* Tokenization does not depend on the adapter: only the id's validity matters here. */
     if (adapter && ctx->aops && ctx->aops->release) ctx->aops->release(ctx->aops_user, adapter);
@@ -259,7 +265,8 @@ static void do_completions(api_ctx *ctx, const char *body, size_t len, const api
     api_job_release(job);
 }
 
-static void do_tokenize(api_ctx *ctx, const char *body, size_t len, api_reply *out)
+static void do_tokenize(api_ctx *ctx, const char *body, size_t len, const auth_tenant *tenant,
+                        api_reply *out)
 {
     json_t *v = parse_body(body, len, out);
     if (!v) return;
@@ -267,7 +274,7 @@ static void do_tokenize(api_ctx *ctx, const char *body, size_t len, api_reply *o
     json_t *content = json_object_get(v, "content");
     json_t *as = json_object_get(v, "add_special");
     int add_special = 1;
-    if (check_model_field(ctx, v, &err)) {
+    if (check_model_field(ctx, v, tenant, &err)) {
         api_reply_error(out, &err);
     } else if (!json_is_string(content)) {
         fail(out, LR_EINVAL, 400, "content", "content must be a string");
@@ -293,14 +300,15 @@ static void do_tokenize(api_ctx *ctx, const char *body, size_t len, api_reply *o
     json_decref(v);
 }
 
-static void do_detokenize(api_ctx *ctx, const char *body, size_t len, api_reply *out)
+static void do_detokenize(api_ctx *ctx, const char *body, size_t len, const auth_tenant *tenant,
+                          api_reply *out)
 {
     json_t *v = parse_body(body, len, out);
     if (!v) return;
     api_err err;
     json_t *toks = json_object_get(v, "tokens");
     int vocab = tok_vocab_size(ctx->tok);
-    if (check_model_field(ctx, v, &err)) {
+    if (check_model_field(ctx, v, tenant, &err)) {
         api_reply_error(out, &err);
         json_decref(v);
         return;
@@ -521,10 +529,10 @@ void api_handle(api_ctx *ctx, const char *method, const char *path, const char *
                        tenant);
         break;
     case MET_EP_TOKENIZE:
-        do_tokenize(ctx, body, len, out);
+        do_tokenize(ctx, body, len, tenant, out);
         break;
     case MET_EP_DETOKENIZE:
-        do_detokenize(ctx, body, len, out);
+        do_detokenize(ctx, body, len, tenant, out);
         break;
     case MET_EP_MODELS:
         do_models(ctx, out);

@@ -63,6 +63,7 @@ typedef struct http_req {
     struct timespec t0;
     met_endpoint ep;
     int status;
+    int handled; /* api_handle() answered it */
 } http_req;
 
 static double since(const struct timespec *t0)
@@ -265,6 +266,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     r->body = NULL;
     r->ep = rep.ep;
     r->status = rep.status;
+    r->handled = 1;
     if (rep.status == 499) {
         /* The client is gone; there is nobody to answer. */
         free(rep.body);
@@ -281,8 +283,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!r) return;
     *con_cls = NULL;
     int status = r->status;
-    /* A streamed reply cut short by the client counts as 499 (client closed request). */
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 200) status = 499;
+    /* A streamed reply cut short by the client counts as 499 (client closed request), and so
+     * does a request whose client left (or was cut off) before it was handled: neither is a
+     * server error. */
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && (status == 200 || !r->handled))
+        status = 499;
     met_request_done(srv->p.api->met, r->ep, status, since(&r->t0));
     log_msg(LOG_DEBUG, "%s %d %.3fs", met_endpoint_name(r->ep), status, since(&r->t0));
     free(r->body);
