@@ -127,6 +127,11 @@ int tokre_find(const tok_regex *re, pcre2_match_data *md, const char *s, size_t 
     size_t prev = 0, pos = 0;
     while (re->code && pos <= n) {
         int rc = pcre2_match(re->code, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, md, NULL);
+        /* The JIT's default 32 KB stack can run out on long subjects with nested repeats; the
+         * interpreter keeps its backtracking frames on the heap, so retry there. */
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT)
+            rc = pcre2_match(re->code, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md,
+                             NULL);
         if (rc == PCRE2_ERROR_NOMATCH) break;
         if (rc < 0) return LR_EINTERNAL;
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
