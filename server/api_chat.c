@@ -38,25 +38,25 @@ static char *slurp(const char *path, size_t *len)
     return buf;
 }
 
-/* The template text from tokenizer_config.json's chat_template (a string, or a list of
- * {name, template} where "default" wins), else chat_template.jinja, else chat_template.json's
- * chat_template. New malloc'd string or NULL. */
+/* The template text as transformers finds it: chat_template.jinja beside the tokenizer wins
+ * ("clobbers any template in the config"), else tokenizer_config.json's chat_template (a string,
+ * or a list of {name, template} where "default" is used), else chat_template.json's
+ * chat_template (the processor file). New malloc'd string, or NULL with err->code 0 when the
+ * model has no template, or NULL + err when the file is malformed. */
 static char *template_source(const char *dir, lr_error *err)
 {
     char path[4096];
     size_t len = 0;
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    char *text = slurp(path, &len);
-    char *out = NULL;
+    snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
+    char *out = slurp(path, &len);
+    if (out) return out;
     const char *files[] = {"tokenizer_config.json", "chat_template.json"};
-    for (int f = 0; f < 2 && !out; f++) {
-        if (f == 1) {
-            free(text);
-            snprintf(path, sizeof path, "%s/chat_template.json", dir);
-            text = slurp(path, &len);
-        }
+    for (int f = 0; f < 2 && !out && !err->code; f++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[f]);
+        char *text = slurp(path, &len);
         if (!text) continue;
         json_t *cfg = json_loadb(text, len, 0, NULL);
+        free(text);
         json_t *ct = json_object_get(cfg, "chat_template");
         if (json_is_string(ct)) {
             out = strdup(json_string_value(ct));
@@ -66,10 +66,15 @@ static char *template_source(const char *dir, lr_error *err)
             json_array_foreach(ct, i, e)
             {
                 json_t *name = json_object_get(e, "name"), *t = json_object_get(e, "template");
-                if (json_is_string(t) && json_is_string(name) &&
+                if (!out && json_is_string(t) && json_is_string(name) &&
                     strcmp(json_string_value(name), "default") == 0)
                     out = strdup(json_string_value(t));
             }
+            if (!out)
+                lr_error_set(err, LR_EFORMAT,
+                             "%s: chat_template is a list of %zu templates with no entry named "
+                             "\"default\" (transformers refuses it the same way)",
+                             files[f], json_array_size(ct));
         } else if (ct && !json_is_null(ct)) {
             lr_error_set(err, LR_EFORMAT,
                          "%s: chat_template must be a string or a list of "
@@ -77,11 +82,6 @@ static char *template_source(const char *dir, lr_error *err)
                          files[f]);
         }
         json_decref(cfg);
-    }
-    free(text);
-    if (!out) {
-        snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
-        out = slurp(path, &len);
     }
     return out;
 }
@@ -223,6 +223,49 @@ int api_chat_parse(const api_ctx *ctx, const json_t *body, const api_limits *lim
                             "top_logprobs needs logprobs: true");
         k = json_integer_value(top);
     }
+    /* Tools reach the template, but lorad does not parse tool calls out of the reply: a request
+     * that forces a call (tool_choice "required" or a named function) or uses the deprecated
+     * functions API would silently get plain text, so it is refused. */
+    json_t *tc = json_object_get(body, "tool_choice"), *fc = json_object_get(body, "function_call");
+    json_t *choice[] = {tc, fc};
+    const char *cname[] = {"tool_choice", "function_call"};
+    for (int i = 0; i < 2; i++) {
+        json_t *c = choice[i];
+        if (!c || json_is_null(c)) continue;
+        if (json_is_string(c) && (strcmp(json_string_value(c), "none") == 0 ||
+                                  strcmp(json_string_value(c), "auto") == 0))
+            continue;
+        char *s = json_dumps(c, JSON_ENCODE_ANY | JSON_COMPACT);
+        api_fail(err, LR_EUNSUPPORTED, 400, cname[i],
+                 "%s %.60s is not supported by lorad: it does not parse tool calls, the reply is "
+                 "plain text (\"auto\" and \"none\" are accepted)",
+                 cname[i], s ? s : "?");
+        free(s);
+        return err->e.code;
+    }
+    json_t *fns = json_object_get(body, "functions");
+    if (fns && !json_is_null(fns) && !(json_is_array(fns) && json_array_size(fns) == 0))
+        return api_fail(err, LR_EUNSUPPORTED, 400, "functions",
+                        "functions (the deprecated function-calling API) is not supported by "
+                        "lorad; pass tools, which the chat template renders");
+    static const char *refused[] = {"audio", "prediction"};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        json_t *x = json_object_get(body, refused[i]);
+        if (x && !json_is_null(x))
+            return api_fail(err, LR_EUNSUPPORTED, 400, refused[i], "%s is not supported by lorad",
+                            refused[i]);
+    }
+    json_t *mod = json_object_get(body, "modalities");
+    if (mod && !json_is_null(mod)) {
+        size_t i;
+        json_t *e;
+        int ok = json_is_array(mod);
+        json_array_foreach(mod, i, e) ok = ok && json_is_string(e) &&
+                                           strcmp(json_string_value(e), "text") == 0;
+        if (!ok)
+            return api_fail(err, LR_EUNSUPPORTED, 400, "modalities",
+                            "modalities other than [\"text\"] are not supported by lorad");
+    }
     char *text = NULL;
     size_t len = 0;
     int rc = api_chat_render(ctx, body, &text, &len, err);
@@ -250,6 +293,9 @@ int api_chat_parse(const api_ctx *ctx, const json_t *body, const api_limits *lim
                                  "add_generation_prompt",
                                  "echo",
                                  "parallel_tool_calls",
+                                 "function_call",
+                                 "functions",
+                                 "modalities",
                                  "max_completion_tokens"};
     json_t *mct = json_object_get(body, "max_completion_tokens");
     if (mct && !json_is_null(mct) && !json_object_get(body, "max_tokens"))

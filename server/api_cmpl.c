@@ -275,9 +275,22 @@ static int refuse_unsupported(const json_t *body, int n, api_err *err)
     if ((v = field(body, "stop_token_ids")) && !(json_is_array(v) && json_array_size(v) == 0))
         return api_fail(err, LR_EUNSUPPORTED, 400, "stop_token_ids",
                         "stop_token_ids is not supported by lorad; use stop strings");
-    static const char *refused[] = {
-        "guided_json",     "guided_regex",    "guided_choice",     "guided_grammar",
-        "response_format", "prompt_logprobs", "logits_processors", "tools"};
+    /* response_format {"type": "text"} is what every answer is; any other type (json_object,
+     * json_schema, …) would constrain decoding, which lorad does not do. */
+    if ((v = field(body, "response_format"))) {
+        json_t *type = json_object_get(v, "type");
+        if (!json_is_object(v) || !json_is_string(type))
+            return api_fail(err, LR_EINVAL, 400, "response_format",
+                            "response_format must be an object {\"type\": \"text\"}, got %s",
+                            show(v, b, sizeof b));
+        if (strcmp(json_string_value(type), "text") != 0)
+            return api_fail(err, LR_EUNSUPPORTED, 400, "response_format",
+                            "response_format type %s is not supported by lorad (only \"text\")",
+                            show(type, b, sizeof b));
+    }
+    static const char *refused[] = {"guided_json",     "guided_regex",    "guided_choice",
+                                    "guided_grammar",  "prompt_logprobs", "logits_processors",
+                                    "tools"};
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
         if (field(body, refused[i]))
             return api_fail(err, LR_EUNSUPPORTED, 400, refused[i], "%s is not supported by lorad",
