@@ -31,7 +31,8 @@ void tok_destroy(tok_tokenizer *t);
 
 /* Encode UTF-8 text (len bytes; invalid UTF-8 is an LR_EINVAL error) and APPEND the ids to out.
  * add_special: apply the post-processor (BOS/EOS templates). Special-token text in `text` is
- * always matched as the special token, as HF does. */
+ * always matched as the special token, as HF does. Other errors: LR_ENOMEM, LR_EINTERNAL (a
+ * tokenizer.json regex hit PCRE2's match limits). On error out->n is back to its entry value. */
 int tok_encode(const tok_tokenizer *t, const char *text, size_t len, int add_special, tok_ids *out);
 /* Decode ids to UTF-8 (HF decode(ids, skip_special_tokens), no clean-up pass). *out is a new
  * malloc'd NUL-terminated string (free it), *len its length. Unknown ids → LR_ERANGE. */
@@ -60,7 +61,8 @@ typedef struct tok_stream tok_stream;
 int tok_stream_create(const tok_tokenizer *t, int skip_special, tok_stream **out);
 void tok_stream_destroy(tok_stream *s);
 /* Feed one id. Appends newly final text (possibly nothing) to buf: *buf is malloc'd/realloc'd by
- * the callee, *len and *cap track it (start {NULL,0,0}). */
+ * the callee, *len and *cap track it (start {NULL,0,0}). LR_ERANGE for an unknown id (the stream
+ * is unchanged); LR_EINTERNAL where HF raises DecodeStreamError::InvalidPrefix. */
 int tok_stream_step(tok_stream *s, int32_t id, char **buf, size_t *len, size_t *cap);
 /* End of stream: append whatever is still held back (lossy, as whole decode would give). */
 int tok_stream_flush(tok_stream *s, char **buf, size_t *len, size_t *cap);
