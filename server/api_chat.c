@@ -184,13 +184,20 @@ int api_chat_render(const api_ctx *ctx, const json_t *body, char **out, size_t *
     json_t *tools = json_object_get(body, "tools");
     if (tools && !json_is_null(tools) && !json_is_array(tools))
         return api_fail(err, LR_EINVAL, 400, "tools", "tools must be an array");
+    /* chat_template_kwargs (vLLM's extension): more template variables, e.g. enable_thinking,
+     * as transformers' apply_chat_template(**kwargs) passes them. */
+    json_t *kw = json_object_get(body, "chat_template_kwargs");
+    if (kw && !json_is_null(kw) && !json_is_object(kw))
+        return api_fail(err, LR_EINVAL, 400, "chat_template_kwargs",
+                        "chat_template_kwargs must be an object of template variables");
     json_t *msgs = normalise_messages(json_object_get(body, "messages"), err);
     if (!msgs) return err->e.code;
     lr_error le;
     lr_error_clear(&le);
     int rc = jj_render_chat(ctx->chat_tmpl, msgs, agp ? json_is_true(agp) : 1,
                             json_is_array(tools) ? tools : NULL, tok_bos_text(ctx->tok),
-                            tok_eos_text(ctx->tok), NULL, NULL, out, len, &le);
+                            tok_eos_text(ctx->tok), json_is_object(kw) ? kw : NULL, NULL, out, len,
+                            &le);
     json_decref(msgs);
     /* A template that hits a render bound (recursion, loop, output size) on these messages is
      * refused as a bad request: the daemon is fine, this conversation cannot be rendered. Only
@@ -296,6 +303,7 @@ int api_chat_parse(const api_ctx *ctx, const json_t *body, const api_limits *lim
                                  "function_call",
                                  "functions",
                                  "modalities",
+                                 "chat_template_kwargs",
                                  "max_completion_tokens"};
     json_t *mct = json_object_get(body, "max_completion_tokens");
     if (mct && !json_is_null(mct) && !json_object_get(body, "max_tokens"))

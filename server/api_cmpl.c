@@ -279,9 +279,14 @@ static int refuse_unsupported(const json_t *body, int n, api_err *err)
      * json_schema, …) would constrain decoding, which lorad does not do. */
     if ((v = field(body, "response_format"))) {
         json_t *type = json_object_get(v, "type");
-        if (!json_is_object(v) || !json_is_string(type))
+        if (!json_is_object(v))
             return api_fail(err, LR_EINVAL, 400, "response_format",
                             "response_format must be an object {\"type\": \"text\"}, got %s",
+                            show(v, b, sizeof b));
+        if (!json_is_string(type))
+            return api_fail(err, LR_EUNSUPPORTED, 400, "response_format",
+                            "response_format %s is not supported by lorad (only {\"type\": "
+                            "\"text\"})",
                             show(v, b, sizeof b));
         if (strcmp(json_string_value(type), "text") != 0)
             return api_fail(err, LR_EUNSUPPORTED, 400, "response_format",

@@ -17,7 +17,9 @@ on the generated default model with an adapter root holding one adapter ("t1"):
   A2  the official openai npm SDK (tests/e2e/openai_sdk.mjs): models.list, completions and chat,
       streamed and not, with the adapter; streamed == non-streamed at temperature 0, usage equals
       the tokenizer's count, same seed → same text, unknown model → 404 NotFoundError.
-A1 (template rendering vs @huggingface/jinja) is tests/jinja/test_goldens.py + check_jinja.
+  A1  every golden of tests/data/jinja/golden.json (@huggingface/jinja on the real templates of
+      shared/data/chat_templates) through /apply-template on a daemon whose tokenizer_config.json
+      carries that template: byte-identical, or the same raise_exception refusal.
 
 Uses the helpers of test_server.py. Exit 0 when every check passed."""
 
@@ -379,6 +381,57 @@ def t_template_files(binary, model, tmp):
         ts.D = old
 
 
+# ------------------------------------------------------------------ acceptance 1 over HTTP
+def t_goldens(binary, model, tmp):
+    """Every golden of tests/data/jinja/golden.json (@huggingface/jinja on the real templates of
+    shared/data/chat_templates) through the daemon: a model folder whose tokenizer_config.json
+    carries the template and its bos/eos, /apply-template with the golden's messages,
+    add_generation_prompt, tools and extra variables (chat_template_kwargs) → byte-identical
+    prompt, or a 4xx carrying the template's raise_exception text."""
+    g = json.load(open(os.path.join(ROOT, "tests", "data", "jinja", "golden.json")))
+    cfg0 = json.load(open(os.path.join(model, "tokenizer_config.json")))
+    same = errs = 0
+    old = ts.D
+    for name, tmpl in sorted(g["templates"].items()):
+        cases = [x for x in g["goldens"] if x["template"] == name]
+        d = os.path.join(tmp, "golden_" + name)
+        os.makedirs(d)
+        for f in os.listdir(model):
+            if f != "tokenizer_config.json":
+                os.symlink(os.path.join(model, f), os.path.join(d, f))
+        cfg = dict(cfg0, chat_template=tmpl)
+        cfg.pop("bos_token", None)
+        ctx0 = cases[0]["context"]
+        if ctx0.get("bos_token") is not None:
+            cfg["bos_token"] = ctx0["bos_token"]
+        cfg["eos_token"] = ctx0["eos_token"]
+        json.dump(cfg, open(os.path.join(d, "tokenizer_config.json"), "w"))
+        ts.D = ts.Daemon(binary, d)
+        try:
+            for x in cases:
+                c = x["context"]
+                body = {"messages": c["messages"], "add_generation_prompt": c["add_generation_prompt"]}
+                if "tools" in c:
+                    body["tools"] = c["tools"]
+                kw = {k: v for k, v in c.items() if k not in ("messages", "add_generation_prompt", "tools",
+                                                              "bos_token", "eos_token")}
+                if kw:
+                    body["chat_template_kwargs"] = kw
+                st, _, r = post("/apply-template", body)
+                what = "%s/%s agp=%s" % (name, x["case"], x["add_generation_prompt"])
+                if "output" in x:
+                    same += check(st == 200 and r.get("prompt") == x["output"],
+                                  "golden %s: %d %r vs %r" % (what, st, r, x["output"][:200]))
+                else:
+                    ok = 400 <= st < 500 and (not x["raised"] or x["error"] in r["error"]["message"])
+                    errs += check(ok, "golden %s must fail (%r): %d %r" % (what, x["error"], st, r))
+        finally:
+            check(ts.D.stop() == 0, "golden daemon %s exits 0" % name)
+            ts.D = old
+    FIG["A1"] = "%d templates × their cases over /apply-template: %d byte-identical prompts, %d refusals as the oracle (of %d goldens)" % (
+        len(g["templates"]), same, errs, len(g["goldens"]))
+
+
 # ------------------------------------------------------------------ acceptance 2: openai SDK
 def t_sdk():
     node = shutil.which("node")
@@ -447,14 +500,15 @@ def main():
                 print("  %-16s %3d checks" % (fn.__name__, ts.CHECKS[0] - before), flush=True)
         finally:
             check(ts.D.stop() == 0, "daemon exits 0 on SIGTERM (ASan clean)")
-        before = ts.CHECKS[0]
-        try:
-            t_template_files(binary, model, tmp)
-        except Exception as e:  # noqa: BLE001
-            import traceback
-            traceback.print_exc()
-            check(False, "t_template_files raised %r" % e)
-        print("  %-16s %3d checks" % ("t_template_files", ts.CHECKS[0] - before), flush=True)
+        for fn in (t_template_files, t_goldens):
+            before = ts.CHECKS[0]
+            try:
+                fn(binary, model, tmp)
+            except Exception as e:  # noqa: BLE001
+                import traceback
+                traceback.print_exc()
+                check(False, "%s raised %r" % (fn.__name__, e))
+            print("  %-16s %3d checks" % (fn.__name__, ts.CHECKS[0] - before), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for k, v in FIG.items():
