@@ -295,6 +295,15 @@ def t_chat():
     b = chat(model=AD, n=2, temperature=1.3, seed=5, max_completion_tokens=8)
     check(a and b and [x["message"]["content"] for x in a["choices"]] == [x["message"]["content"] for x in b["choices"]]
           and [x["index"] for x in a["choices"]] == [0, 1], "chat n=2 with a seed is reproducible")
+    chunks, done = sse("/v1/chat/completions", dict(messages=MSGS, model=AD, n=2, temperature=1.3, seed=5,
+                                                    max_completion_tokens=8, stream=True))
+    if a:
+        st = ["".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks
+                      if ch["choices"] and ch["choices"][0]["index"] == i) for i in range(2)]
+        roles = [sum(1 for ch in chunks if ch["choices"] and ch["choices"][0]["index"] == i
+                     and "role" in ch["choices"][0]["delta"]) for i in range(2)]
+        check(done and st == [x["message"]["content"] for x in a["choices"]] and roles == [1, 1],
+              "streamed chat n=2 seeded == non-streamed, one role delta per choice: %r %r" % (st, roles))
     # penalties: a strong frequency penalty must change a greedy answer that repeats a token
     lg = chat(model=AD, temperature=0, max_tokens=24, logprobs=True)
     pen = chat(model=AD, temperature=0, max_tokens=24, frequency_penalty=2.0, presence_penalty=2.0, logprobs=True)
