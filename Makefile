@@ -142,7 +142,7 @@ tsan:
 
 valgrind:
 	@$(MAKE) --no-print-directory $(BUILD)/lorad
-	LORAD_BUILD=$(BUILD) $(PY) tests/soak/valgrind.py
+	LORAD_BUILD=$(BUILD) $(PY) tests/soak/test_valgrind.py
 
 soak:
 	@$(MAKE) --no-print-directory $(BUILD)/lorad
