@@ -37,7 +37,9 @@ typedef struct smp_params {
  * blocks Le..Le+Ld-1), rows t0..t1-1 of x (the linear's input, row stride ldx floats) produced
  * rows of y (row stride ldy) = x·W0ᵀ + b; apply() adds the adapter's delta in place
  * (y += s·(x·Aᵀ)·Bᵀ; DoRA may rescale y, and gets `bias` (NULL if none) to keep it out).
- * scratch has room for (t1-t0) * scratch_per_token() floats. Called on the engine thread. */
+ * scratch has room for (t1-t0) * scratch_per_token() floats. Called from the compute threads:
+ * calls for disjoint row ranges of one linear may run concurrently (each with its own scratch),
+ * so apply must only read the adapter and write its own rows of y and its scratch. */
 typedef struct eng_delta_ops {
     int (*has_module)(const void *adapter, int layer, lr_module mod);
     void (*apply)(const void *adapter, int layer, lr_module mod, const float *x, int ldx, float *y,

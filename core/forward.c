@@ -35,6 +35,14 @@ struct fwd_ctx {
     float *gath;     // (max_logit_rows, H) rows gathered for the lm_head
     int layer;       // layer being attended (task context)
     const fwd_batch *batch;
+    /* LoRA hook pieces of the current linear: rows [p_t0[i], p_t1[i]) share adapter p_ad[i]. */
+    int *p_t0, *p_t1;   // (T)
+    const void **p_ad;  // (T)
+    int n_pieces;
+    lr_module h_mod;    // hook task context: module, input and output of the linear
+    const float *h_x, *h_bias;
+    float *h_y;
+    int h_ldx, h_ldy;
 };
 
 static void *fwd_alloc(size_t n_floats, int *fail)
@@ -99,6 +107,10 @@ int fwd_create(const fwd_params *p, lr_error *err, fwd_ctx **out)
     int spt = p->delta ? p->delta->scratch_per_token : 0;
     c->dscratch = fwd_alloc(T * (size_t)(spt > 0 ? spt : 0), &fail);
     c->gath = fwd_alloc((size_t)p->max_logit_rows * c->H, &fail);
+    c->p_t0 = calloc(T, sizeof(int));
+    c->p_t1 = calloc(T, sizeof(int));
+    c->p_ad = calloc(T, sizeof(void *));
+    if (!c->p_t0 || !c->p_t1 || !c->p_ad) fail = 1;
     if (fail) {
         fwd_destroy(c);
         return lr_error_set(err, LR_ENOMEM,
@@ -116,26 +128,58 @@ void fwd_destroy(fwd_ctx *c)
                      c->u, c->cos, c->sin, c->scores, c->panel, c->dscratch, c->gath};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
+    free(c->p_t0);
+    free(c->p_t1);
+    free(c->p_ad);
     free(c);
 }
 
+/* Pieces of the hook run on the pool, each with its own rows of y and of the scratch. */
+static void fwd_hook_task(void *ctx, int i, int n)
+{
+    fwd_ctx *c = ctx;
+    const eng_delta_ops *d = c->par.delta;
+    int t0 = c->p_t0[i], t1 = c->p_t1[i];
+    d->apply(c->p_ad[i], c->layer, c->h_mod, c->h_x, c->h_ldx, c->h_y, c->h_ldy, c->h_bias, t0,
+             t1, c->dscratch + (size_t)t0 * (size_t)d->scratch_per_token);
+}
+
 /* The LoRA hook: for every maximal run of rows sharing a non-NULL adapter that has this
- * module, add the adapter's delta to y in place (rows t0..t1-1). */
+ * module, add the adapter's delta to y in place (rows t0..t1-1). The delta of a row depends
+ * only on that row, so runs of decode size (<= KERN_DIRECT_T rows, where the adapter works row
+ * by row anyway) are split into single rows, and all pieces of the batch — one per row in
+ * decode, whatever mix of adapters — are spread over the pool. Longer runs (prefill) stay whole
+ * for their sgemm. */
 static void fwd_hook(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod, const float *x,
                      int ldx, float *y, int ldy, const float *bias)
 {
     const eng_delta_ops *d = c->par.delta;
     if (!d || !b->adapter) return;
-    int t = 0;
+    int t = 0, np = 0;
     while (t < b->n) {
         const void *a = b->adapter[t];
         int t1 = t + 1;
         while (t1 < b->n && b->adapter[t1] == a)
             t1++;
-        if (a && d->has_module(a, layer, mod))
-            d->apply(a, layer, mod, x, ldx, y, ldy, bias, t, t1, c->dscratch);
+        if (a && d->has_module(a, layer, mod)) {
+            int step = t1 - t <= KERN_DIRECT_T ? 1 : t1 - t;
+            for (int r = t; r < t1; r += step) {
+                c->p_t0[np] = r;
+                c->p_t1[np] = r + step;
+                c->p_ad[np++] = a;
+            }
+        }
         t = t1;
     }
+    if (np == 0) return;
+    c->layer = layer;
+    c->h_mod = mod;
+    c->h_x = x;
+    c->h_ldx = ldx;
+    c->h_y = y;
+    c->h_ldy = ldy;
+    c->h_bias = bias;
+    kern_pool_run_chunks(c->par.pool, fwd_hook_task, c, np);
 }
 
 /* y[n, W.rows] = x·Wᵀ (+ bias) (+ LoRA delta). */

@@ -32,32 +32,80 @@ struct kern_pool {
     struct kern_worker *args; /* [n-1] */
     pthread_mutex_t mu;
     pthread_cond_t go, done;
-    unsigned long gen; /* bumped for every kern_pool_run; workers run once per value */
-    int remaining;     /* workers still busy with the current generation */
+    unsigned long gen; /* bumped for every run; workers run once per value (atomic reads) */
+    int remaining;     /* workers still busy with the current generation (kern_pool_run) */
     int stop;
     kern_task fn;
     void *ctx;
+    /* kern_pool_run_chunks: chunks are claimed through `claim` = (generation << 32) | next
+     * chunk, by compare-and-swap, so a worker that wakes up late (after its generation ended)
+     * can never claim — nor touch the context of — a later run. done_chunks counts finished
+     * chunks; the caller returns when it reaches nchunks, without waiting for idle workers. */
+    int chunked;
+    int nchunks;
+    uint64_t claim;
+    int done_chunks;
 };
+
+/* Spin iterations (about 30 µs) a worker polls for the next run before it sleeps: a decode step
+ * starts hundreds of short runs back to back, and a futex wake-up per run costs more than the
+ * run's share of work. */
+#define KERN_SPIN 4000
+
+/* Claim and run chunks of generation gen until none is left; returns the number run. */
+static int kern_chunks_work(kern_pool *p, uint32_t gen, kern_task fn, void *ctx, int nchunks)
+{
+    int ran = 0;
+    for (;;) {
+        uint64_t v = __atomic_load_n(&p->claim, __ATOMIC_ACQUIRE);
+        if ((uint32_t)(v >> 32) != gen || (int)(uint32_t)v >= nchunks) break;
+        if (!__atomic_compare_exchange_n(&p->claim, &v, v + 1, 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE))
+            continue;
+        fn(ctx, (int)(uint32_t)v, nchunks);
+        ran++;
+        if (__atomic_add_fetch(&p->done_chunks, 1, __ATOMIC_ACQ_REL) == nchunks) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+    return ran;
+}
 
 static void *kern_worker_main(void *arg)
 {
     struct kern_worker *w = arg;
     kern_pool *p = w->pool;
     unsigned long seen = 0;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
+        for (int i = 0; i < KERN_SPIN; i++) {
+            if (__atomic_load_n(&p->gen, __ATOMIC_ACQUIRE) != seen ||
+                __atomic_load_n(&p->stop, __ATOMIC_RELAXED))
+                break;
+            _mm_pause();
+        }
+        pthread_mutex_lock(&p->mu);
         while (!p->stop && p->gen == seen)
             pthread_cond_wait(&p->go, &p->mu);
-        if (p->stop) break;
+        if (p->stop) {
+            pthread_mutex_unlock(&p->mu);
+            break;
+        }
         seen = p->gen;
         kern_task fn = p->fn;
         void *ctx = p->ctx;
+        int chunked = p->chunked, nchunks = p->nchunks;
         pthread_mutex_unlock(&p->mu);
+        if (chunked) {
+            kern_chunks_work(p, (uint32_t)seen, fn, ctx, nchunks);
+            continue;
+        }
         fn(ctx, w->ith, p->n);
         pthread_mutex_lock(&p->mu);
         if (--p->remaining == 0) pthread_cond_signal(&p->done);
+        pthread_mutex_unlock(&p->mu);
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -92,7 +140,9 @@ int kern_pool_create(int n, lr_error *err, kern_pool **out)
             }
         }
     }
-    openblas_set_num_threads(n);
+    /* OpenBLAS runs single-threaded inside our chunks (kern_matmul); its own threads would
+     * spin against ours for the same cores. */
+    openblas_set_num_threads(1);
     kern_get_isa(); /* decide the ISA now, not inside the first forward */
     *out = p;
     return 0;
@@ -102,7 +152,7 @@ void kern_pool_destroy(kern_pool *p)
 {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
-    p->stop = 1;
+    __atomic_store_n(&p->stop, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&p->go);
     pthread_mutex_unlock(&p->mu);
     for (int i = 0; p->th && i < p->n - 1; i++)
@@ -129,13 +179,46 @@ void kern_pool_run(kern_pool *p, kern_task fn, void *ctx)
     pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->ctx = ctx;
+    p->chunked = 0;
     p->remaining = p->n - 1;
-    p->gen++;
+    __atomic_store_n(&p->gen, p->gen + 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&p->go);
     pthread_mutex_unlock(&p->mu);
     fn(ctx, 0, p->n);
     pthread_mutex_lock(&p->mu);
     while (p->remaining > 0)
+        pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void kern_pool_run_chunks(kern_pool *p, kern_task fn, void *ctx, int nchunks)
+{
+    if (nchunks <= 0) return;
+    if (!p || p->n == 1 || nchunks == 1) {
+        for (int c = 0; c < nchunks; c++)
+            fn(ctx, c, nchunks);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->ctx = ctx;
+    p->chunked = 1;
+    p->nchunks = nchunks;
+    unsigned long gen = p->gen + 1;
+    __atomic_store_n(&p->done_chunks, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->claim, (uint64_t)(uint32_t)gen << 32, __ATOMIC_RELEASE);
+    __atomic_store_n(&p->gen, gen, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    /* The caller works too, and takes every chunk itself if the workers are slow to wake (on a
+     * busy machine a worker may not run for a whole time slice). */
+    kern_chunks_work(p, (uint32_t)gen, fn, ctx, nchunks);
+    for (int i = 0; i < KERN_SPIN; i++) {
+        if (__atomic_load_n(&p->done_chunks, __ATOMIC_ACQUIRE) == nchunks) return;
+        _mm_pause();
+    }
+    pthread_mutex_lock(&p->mu);
+    while (__atomic_load_n(&p->done_chunks, __ATOMIC_ACQUIRE) < nchunks)
         pthread_cond_wait(&p->done, &p->mu);
     pthread_mutex_unlock(&p->mu);
 }
@@ -506,6 +589,7 @@ typedef struct mm_job {
     const lr_mat *W;
     float *panel;   /* panel conversion target [nr, cols] */
     int64_t r0, nr; /* panel rows of W */
+    int64_t chunk;  /* rows of W per chunk (sgemm path) */
 } mm_job;
 
 /* Four dot products of one weight row w (dtype dt, n values) with up to four activation rows:
@@ -610,6 +694,34 @@ TGT_AVX512 static float dot1_avx512(const float *x, const void *w, lr_dtype dt, 
     return s;
 }
 
+/* One activation row against four weight rows w0..w3 (row stride ws elements): out[r] is
+ * bitwise what dot1_avx512(x, w_r) returns (each row its own accumulator, same order), but the
+ * four independent FMA chains and load streams keep the core and the memory system busier. */
+TGT_AVX512 static void dot1w4_avx512(const float *x, const void *w, size_t ws, lr_dtype dt,
+                                     int64_t n, float *out)
+{
+    size_t esz = dt == LR_DT_F32 ? 4 : 2;
+    const char *w0 = w, *w1 = w0 + ws * esz, *w2 = w1 + ws * esz, *w3 = w2 + ws * esz;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 xv = _mm512_loadu_ps(x + i);
+        a0 = _mm512_fmadd_ps(xv, w16_avx512(w0, dt, i), a0);
+        a1 = _mm512_fmadd_ps(xv, w16_avx512(w1, dt, i), a1);
+        a2 = _mm512_fmadd_ps(xv, w16_avx512(w2, dt, i), a2);
+        a3 = _mm512_fmadd_ps(xv, w16_avx512(w3, dt, i), a3);
+    }
+    float s0 = _mm512_reduce_add_ps(a0), s1 = _mm512_reduce_add_ps(a1);
+    float s2 = _mm512_reduce_add_ps(a2), s3 = _mm512_reduce_add_ps(a3);
+    for (; i < n; i++) {
+        s0 += x[i] * w_scalar(w0, dt, i);
+        s1 += x[i] * w_scalar(w1, dt, i);
+        s2 += x[i] * w_scalar(w2, dt, i);
+        s3 += x[i] * w_scalar(w3, dt, i);
+    }
+    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+}
+
 TGT_AVX2 static float dot1_avx2(const float *x, const void *w, lr_dtype dt, int64_t n)
 {
     __m256 a = _mm256_setzero_ps();
@@ -641,6 +753,16 @@ static void mm_direct_task(void *ctx, int ith, int nth)
     kern_slice(W->rows, ith, nth, &o0, &o1);
     size_t esz = W->dtype == LR_DT_F32 ? 4 : 2;
     kern_isa isa = kern_get_isa();
+    if (j->T == 1 && isa == KERN_ISA_AVX512) {
+        /* Decode of one row: four weight rows per step (same per-row arithmetic as dot1). */
+        for (; o0 + 4 <= o1; o0 += 4) {
+            const void *row = (const char *)W->data + (size_t)o0 * (size_t)W->cols * esz;
+            float out[4];
+            dot1w4_avx512(j->x, row, (size_t)W->cols, W->dtype, W->cols, out);
+            for (int r = 0; r < 4; r++)
+                j->y[o0 + r] = out[r];
+        }
+    }
     for (int64_t o = o0; o < o1; o++) {
         const void *row = (const char *)W->data + (size_t)o * (size_t)W->cols * esz;
         for (int t = 0; t < j->T; t += 4) {
@@ -673,14 +795,38 @@ static void mm_direct_task(void *ctx, int ith, int nth)
     }
 }
 
-/* Panel conversion: thread ith converts its slice of the panel's rows to f32. */
-static void mm_convert_task(void *ctx, int ith, int nth)
+/* sgemm path, one chunk of W's rows [a, b) of the panel rows [r0, r0 + nr): convert them to f32
+ * in the panel (F16/BF16; F32 is used in place) and multiply with a single-threaded sgemm:
+ *   y[:, r0+a .. r0+b) = x · W[r0+a .. r0+b)ᵀ.
+ * The threads are ours, not OpenBLAS's (set to one thread at pool creation): chunks go to
+ * whichever thread is free, and no second set of spinning threads competes for the cores. */
+static void mm_sgemm_task(void *ctx, int c, int nc)
 {
     const mm_job *j = ctx;
-    int64_t a, b;
-    kern_slice(j->nr, ith, nth, &a, &b);
-    for (int64_t r = a; r < b; r++)
-        kern_mat_row(j->W, j->r0 + r, j->panel + (size_t)r * (size_t)j->W->cols);
+    const lr_mat *W = j->W;
+    int64_t a = (int64_t)c * j->chunk, b = a + j->chunk;
+    if (b > j->nr) b = j->nr;
+    if (a >= b) return;
+    const float *w;
+    if (W->dtype == LR_DT_F32) {
+        w = (const float *)W->data + (size_t)(j->r0 + a) * (size_t)W->cols;
+    } else {
+        float *pn = j->panel + (size_t)a * (size_t)W->cols;
+        for (int64_t r = a; r < b; r++)
+            kern_mat_row(W, j->r0 + r, pn + (size_t)(r - a) * (size_t)W->cols);
+        w = pn;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->T, (int)(b - a), (int)W->cols, 1.0f,
+                j->x, j->ldx, w, (int)W->cols, 0.0f, j->y + j->r0 + a, j->ldy);
+}
+
+/* Chunks for a run over `rows` rows of W: about 8 per thread so a late or slow thread is
+ * absorbed by the others, but at least 16 rows each so a claim stays cheap. */
+static int mm_chunks(const kern_pool *p, int64_t rows)
+{
+    int64_t c = 8 * (int64_t)kern_pool_threads(p);
+    if (c > rows / 16) c = rows / 16;
+    return c < 1 ? 1 : (int)c;
 }
 
 size_t kern_matmul_scratch_floats(int64_t cols)
@@ -692,25 +838,26 @@ void kern_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T
                  float *scratch)
 {
     if (T <= 0 || W->rows == 0) return;
-    mm_job j = {y, ldy, x, ldx, T, W, scratch, 0, 0};
+    mm_job j = {y, ldy, x, ldx, T, W, scratch, 0, 0, 0};
     if (T <= KERN_DIRECT_T) {
         /* Few rows (decode): one pass over W with dot products. sgemm would first pack all of W
          * (measured: 82% of a decode step in sgemm_incopy), costing more than the products. */
-        kern_pool_run(p, mm_direct_task, &j);
+        kern_pool_run_chunks(p, mm_direct_task, &j, mm_chunks(p, W->rows));
         return;
     }
-    if (W->dtype == LR_DT_F32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)W->rows, (int)W->cols, 1.0f, x,
-                    ldx, (const float *)W->data, (int)W->cols, 0.0f, y, ldy);
-        return;
-    }
-    LR_ASSERT(scratch != NULL);
-    for (int64_t r0 = 0; r0 < W->rows; r0 += KERN_PANEL_ROWS) {
+    /* Chunks of at least 64 rows of W: each sgemm call packs x again, which costs about what
+     * 1/(2·rows) of its products cost. F32 runs over all of W at once; F16/BF16 a panel of
+     * KERN_PANEL_ROWS rows at a time (the scratch holds one converted panel). */
+    int64_t span = W->dtype == LR_DT_F32 ? W->rows : KERN_PANEL_ROWS;
+    LR_ASSERT(W->dtype == LR_DT_F32 || scratch != NULL);
+    for (int64_t r0 = 0; r0 < W->rows; r0 += span) {
         j.r0 = r0;
-        j.nr = W->rows - r0 < KERN_PANEL_ROWS ? W->rows - r0 : KERN_PANEL_ROWS;
-        kern_pool_run(p, mm_convert_task, &j);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)j.nr, (int)W->cols, 1.0f, x,
-                    ldx, scratch, (int)W->cols, 0.0f, y + r0, ldy);
+        j.nr = W->rows - r0 < span ? W->rows - r0 : span;
+        int nc = 4 * kern_pool_threads(p);
+        if (nc > j.nr / 64) nc = (int)(j.nr / 64);
+        if (nc < 1) nc = 1;
+        j.chunk = (j.nr + nc - 1) / nc;
+        kern_pool_run_chunks(p, mm_sgemm_task, &j, (int)((j.nr + j.chunk - 1) / j.chunk));
     }
 }
 

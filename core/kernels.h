@@ -25,13 +25,20 @@ typedef enum { KERN_ISA_SCALAR = 0, KERN_ISA_AVX2 = 1, KERN_ISA_AVX512 = 2 } ker
 typedef void (*kern_task)(void *ctx, int ith, int nth);
 
 /* Create a pool of n threads (n <= 0: all online cores; the caller counts as one, so n-1 are
- * started) and set OpenBLAS to the same count. Returns 0 or LR_ENOMEM / LR_EINTERNAL. */
+ * started) and set OpenBLAS to one thread (kern_matmul splits its sgemm calls over the pool).
+ * Returns 0 or LR_ENOMEM / LR_EINTERNAL. */
 int kern_pool_create(int n, lr_error *err, kern_pool **out);
 /* Join the threads and free. kern_pool_destroy(NULL) does nothing. */
 void kern_pool_destroy(kern_pool *p);
 int kern_pool_threads(const kern_pool *p);
 /* Run fn(ctx, ith, nth) for ith = 0..nth-1 (ith 0 on the calling thread) and wait for all. */
 void kern_pool_run(kern_pool *p, kern_task fn, void *ctx);
+
+/* Run fn(ctx, c, nchunks) once for every chunk c = 0..nchunks-1, chunks claimed dynamically by
+ * whichever thread (the caller included) is free, and wait for all. For tasks whose slices do not
+ * depend on which thread runs them (fn must not use c as a thread index, e.g. for per-thread
+ * scratch). Load-balances, and does not stall when a worker is descheduled on a busy machine. */
+void kern_pool_run_chunks(kern_pool *p, kern_task fn, void *ctx, int nchunks);
 
 /* The best ISA this CPU supports; and the ISA kernels use now (process-wide). kern_set_isa
  * clamps to what the CPU supports and returns the ISA actually selected. */
@@ -57,10 +64,10 @@ float kern_dot_bf16(const float *a, const void *b, int64_t n);
  * y[t, o] = Σ_i x[t, i] · W[o, i]   for t < T, o < W->rows, i < W->cols   (y = x·Wᵀ)
  * For T <= KERN_DIRECT_T (decode) a direct kernel reads W once in its own dtype, rows of W split
  * across threads, activation rows four at a time; a row's result is then bitwise independent of
- * the other rows (batch-invariant). Otherwise F32: one cblas_sgemm (RowMajor, NoTrans, Trans),
- * whose per-row results do depend on T in the last bits; F16/BF16: panels of
- * KERN_PANEL_ROWS rows of W are converted to f32 in `scratch` (threads split the panel) and
- * multiplied with sgemm. scratch: kern_matmul_scratch_floats(W->cols) floats (NULL allowed for
+ * the other rows (batch-invariant). Otherwise single-threaded cblas_sgemm calls (RowMajor,
+ * NoTrans, Trans) on chunks of W's rows, spread over the pool; per-row results then depend on T
+ * in the last bits. F16/BF16: panels of KERN_PANEL_ROWS rows of W are converted to f32 in
+ * `scratch` chunk by chunk, each chunk by the thread that multiplies it. scratch: kern_matmul_scratch_floats(W->cols) floats (NULL allowed for
  * F32). x, y must not overlap. */
 #define KERN_DIRECT_T 8
 #define KERN_PANEL_ROWS 256

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kernels.h"
 
@@ -352,6 +353,58 @@ START_TEST(test_pool)
 }
 END_TEST
 
+/* Chunked runs: every chunk exactly once per run whatever thread takes it, runs of different
+ * sizes back to back (a late worker must not claim a chunk of a later run), mixed with plain
+ * runs, and chunks that sleep now and then so workers fall behind. */
+struct chunks {
+    int hits[256];
+    int nth_bad;
+    int n;
+};
+static void chunk_task(void *ctx, int c, int nc)
+{
+    struct chunks *k = ctx;
+    if (nc != k->n || c < 0 || c >= nc) __atomic_store_n(&k->nth_bad, 1, __ATOMIC_RELAXED);
+    else __atomic_add_fetch(&k->hits[c], 1, __ATOMIC_RELAXED);
+    if (c % 7 == 3 && nc % 5 == 0) usleep(50);
+}
+
+START_TEST(test_pool_chunks)
+{
+    int threads[] = {1, 2, 4};
+    for (int ti = 0; ti < 3; ti++) {
+        kern_pool *p;
+        ck_assert_int_eq(kern_pool_create(threads[ti], NULL, &p), 0);
+        for (int r = 0; r < 400; r++) {
+            struct chunks k;
+            memset(&k, 0, sizeof k);
+            k.n = 1 + (r * 37) % 200;
+            kern_pool_run_chunks(p, chunk_task, &k, k.n);
+            ck_assert_int_eq(k.nth_bad, 0);
+            for (int c = 0; c < 256; c++)
+                ck_assert_msg(k.hits[c] == (c < k.n), "threads %d run %d chunk %d of %d: %d hits",
+                              threads[ti], r, c, k.n, k.hits[c]);
+            if (r % 10 == 0) {
+                struct cover cv;
+                memset(&cv, 0, sizeof cv);
+                kern_pool_run(p, cover_task, &cv);
+                for (int i = 0; i < threads[ti]; i++)
+                    ck_assert_int_eq(cv.hits[i], 1);
+            }
+        }
+        kern_pool_run_chunks(p, chunk_task, NULL, 0); /* nothing to do: fn never called */
+        kern_pool_destroy(p);
+    }
+    /* No pool: the caller runs every chunk. */
+    struct chunks k;
+    memset(&k, 0, sizeof k);
+    k.n = 9;
+    kern_pool_run_chunks(NULL, chunk_task, &k, 9);
+    for (int c = 0; c < 9; c++)
+        ck_assert_int_eq(k.hits[c], 1);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("kernels");
@@ -372,7 +425,9 @@ int main(void)
     tcase_add_test(tc, test_softmax_act);
     suite_add_tcase(s, tc);
     tc = tcase_create("pool");
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_pool);
+    tcase_add_test(tc, test_pool_chunks);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
