@@ -86,15 +86,27 @@ static char *template_source(const char *dir, lr_error *err)
     return out;
 }
 
+/* Why the model's chat template could not be loaded (empty if it loaded or there is none):
+ * written by api_chat_load at start-up, before any request is served, so that a chat request
+ * is told what was wrong with the template instead of "no chat template". */
+static char load_failure[sizeof(((lr_error *)0)->msg)];
+
 int api_chat_load(const char *dir, lr_error *err, jj_template **out)
 {
     *out = NULL;
     lr_error_clear(err);
+    load_failure[0] = '\0';
     char *src = template_source(dir, err);
-    if (!src) return err->code; /* 0: the model has no chat template */
+    if (!src) {
+        if (err->code) snprintf(load_failure, sizeof load_failure, "%s", err->msg);
+        return err->code; /* 0: the model has no chat template */
+    }
     int rc = jj_compile(src, strlen(src), err, out);
     free(src);
-    if (rc) lr_error_prefix(err, "%s: chat template: ", dir);
+    if (rc) {
+        lr_error_prefix(err, "%s: chat template: ", dir);
+        snprintf(load_failure, sizeof load_failure, "%s", err->msg);
+    }
     return rc;
 }
 
@@ -173,6 +185,9 @@ static json_t *normalise_messages(const json_t *msgs, api_err *err)
 int api_chat_render(const api_ctx *ctx, const json_t *body, char **out, size_t *len, api_err *err)
 {
     *out = NULL;
+    if (!ctx->chat_tmpl && load_failure[0])
+        return api_fail(err, LR_EUNSUPPORTED, 500, "messages",
+                        "the model's chat template cannot be used: %s", load_failure);
     if (!ctx->chat_tmpl)
         return api_fail(err, LR_EUNSUPPORTED, 400, "messages",
                         "this model has no chat template (tokenizer_config.json chat_template); "
