@@ -485,7 +485,8 @@ def t_sdk():
     n_prompt = len(ts.tokenize("The quick brown fox"))
     c, cs = o["completion"], o["completion_stream"]
     check(ref and c["text"] == ref["choices"][0]["text"], "SDK completion == raw API")
-    check(cs["text"] == c["text"] and cs["chunks"] > 2,
+    # chunks carry token batches (a slow reader may get all text in one): text + usage ≥ 2
+    check(cs["text"] == c["text"] and cs["chunks"] >= 2,
           "SDK streamed completion == non-streamed: %r vs %r (%d chunks)" % (cs["text"], c["text"], cs["chunks"]))
     ntok = c["usage"]["completion_tokens"]
     check(c["usage"]["prompt_tokens"] == n_prompt and c["usage"]["total_tokens"] == n_prompt + ntok
