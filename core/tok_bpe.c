@@ -30,8 +30,7 @@ struct tok_bpe {
 void tokbpe_scratch_free(tok_bpe_scratch *s)
 {
     free(s->sym);
-    for (size_t i = 0; i < s->bk_cap; i++)
-        free(s->bk[i].v);
+    free(s->cand);
     free(s->bk);
     free(s->rheap);
     free(s->table);
@@ -290,6 +289,7 @@ static void q_reset(tok_bpe_scratch *q)
         q->table[q->bk[i].slot] = 0;
     q->bk_used = 0;
     q->rheap_n = 0;
+    q->cand_n = 0;
 }
 
 static int q_grow_table(tok_bpe_scratch *q)
@@ -324,56 +324,76 @@ static int q_push(tok_bpe_scratch *q, int32_t rank, int32_t pos, int32_t id)
             size_t c = q->bk_cap ? q->bk_cap * 2 : 64;
             struct tok_bucket *p = realloc(q->bk, c * sizeof *p);
             if (!p) return LR_ENOMEM;
-            memset(p + q->bk_cap, 0, (c - q->bk_cap) * sizeof *p);
             q->bk = p;
             q->bk_cap = c;
         }
         bi = (int32_t)q->bk_used++;
-        struct tok_bucket *b = &q->bk[bi];
-        b->n = b->cursor = 0;
-        b->rank = rank;
-        b->slot = (uint32_t)h;
+        q->bk[bi] = (struct tok_bucket){-1, -1, rank, (uint32_t)h, 1};
         q->table[h] = bi + 1;
     }
-    struct tok_bucket *b = &q->bk[bi];
-    if (b->cursor == b->n) { /* idle bucket: becomes pending again */
-        b->n = b->cursor = 0;
-        b->sorted = 1;
-        if (rheap_push(q, bi)) return LR_ENOMEM;
-    } else if (b->v[b->n - 1].pos > pos) {
-        b->sorted = 0;
-    }
-    if (b->n == b->cap) {
-        uint32_t c = b->cap ? b->cap * 2 : 16;
-        void *p = realloc(b->v, c * sizeof *b->v);
+    if (q->cand_n == q->cand_cap) {
+        size_t c = q->cand_cap ? q->cand_cap * 2 : 1024;
+        void *p = realloc(q->cand, c * sizeof *q->cand);
         if (!p) return LR_ENOMEM;
-        b->v = p;
-        b->cap = c;
+        q->cand = p;
+        q->cand_cap = c;
     }
-    b->v[b->n++] = (struct tok_cand){pos, id};
+    int32_t ci = (int32_t)q->cand_n++;
+    q->cand[ci] = (struct tok_cand){pos, id, -1};
+    struct tok_bucket *b = &q->bk[bi];
+    if (b->head < 0) { /* idle bucket: becomes pending again */
+        b->head = b->tail = ci;
+        b->sorted = 1;
+        return rheap_push(q, bi);
+    }
+    if (q->cand[b->tail].pos > pos) b->sorted = 0;
+    q->cand[b->tail].next = ci;
+    b->tail = ci;
     return 0;
 }
 
-static int cand_cmp(const void *a, const void *b)
+static int pos_cmp(const void *a, const void *b)
 {
-    int32_t x = ((const struct tok_cand *)a)->pos, y = ((const struct tok_cand *)b)->pos;
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return (x > y) - (x < y);
 }
 
-/* Pop the candidate with the lowest (rank, pos); 0 when the queue is empty. */
+/* Put a bucket's list in increasing pos order (rare: pushes usually arrive in order). The
+ * (pos, id) pairs are sorted in a temporary array and written back along the same nodes. */
+static int q_sort(tok_bpe_scratch *q, struct tok_bucket *b)
+{
+    size_t n = 0;
+    for (int32_t c = b->head; c >= 0; c = q->cand[c].next)
+        n++;
+    int64_t *tmp = malloc(n * sizeof *tmp);
+    if (!tmp) return LR_ENOMEM;
+    n = 0;
+    for (int32_t c = b->head; c >= 0; c = q->cand[c].next)
+        tmp[n++] = (int64_t)q->cand[c].pos << 32 | (uint32_t)q->cand[c].id;
+    qsort(tmp, n, sizeof *tmp, pos_cmp);
+    n = 0;
+    for (int32_t c = b->head; c >= 0; c = q->cand[c].next) {
+        q->cand[c].pos = (int32_t)(tmp[n] >> 32);
+        q->cand[c].id = (int32_t)(uint32_t)tmp[n++];
+    }
+    free(tmp);
+    b->sorted = 1;
+    return 0;
+}
+
+/* Pop the candidate with the lowest (rank, pos); 0 when the queue is empty, -1 out of memory. */
 static int q_pop(tok_bpe_scratch *q, int32_t *rank, int32_t *pos, int32_t *id)
 {
     if (!q->rheap_n) return 0;
     struct tok_bucket *b = &q->bk[q->rheap[0]];
-    if (!b->sorted) {
-        qsort(b->v + b->cursor, b->n - b->cursor, sizeof *b->v, cand_cmp);
-        b->sorted = 1;
-    }
-    struct tok_cand c = b->v[b->cursor++];
+    if (!b->sorted && q_sort(q, b)) return -1;
+    struct tok_cand c = q->cand[b->head];
     *rank = b->rank;
     *pos = c.pos;
     *id = c.id;
-    if (b->cursor == b->n) {
+    b->head = c.next;
+    if (b->head < 0) {
+        b->tail = -1;
         q->rheap[0] = q->rheap[--q->rheap_n];
         rheap_down(q, 0);
     }
@@ -430,7 +450,9 @@ static int h_pop(tok_bpe_scratch *q, int32_t *rank, int32_t *pos, int32_t *id)
 }
 
 /* Words up to this many symbols use the binary heap. */
-#define SHORT_WORD 256
+#ifndef TOK_BPE_SHORT_WORD
+#define TOK_BPE_SHORT_WORD 256 /* -DTOK_BPE_SHORT_WORD=1 tests the bucket queue everywhere */
+#endif
 
 static int cand_push(tok_bpe_scratch *q, int small, int32_t rank, int32_t pos, int32_t id)
 {
@@ -510,7 +532,7 @@ int tokbpe_encode(const tok_bpe *b, const char *w, size_t len, tok_bpe_scratch *
     /* merge_all: pop the lowest (rank, pos); apply it if still valid (HF checks that the
      * pair there still merges to the same id); queue the new neighbour pairs. */
     struct tok_sym *sym = sc->sym;
-    int small = n <= SHORT_WORD;
+    int small = n <= TOK_BPE_SHORT_WORD;
     q_reset(sc);
     sc->heap_n = 0;
     for (size_t i = 0; i + 1 < n; i++) {
@@ -522,8 +544,11 @@ int tokbpe_encode(const tok_bpe *b, const char *w, size_t len, tok_bpe_scratch *
     struct {
         int32_t rank, pos, id;
     } top;
-    while (small ? h_pop(sc, &top.rank, &top.pos, &top.id)
-                 : q_pop(sc, &top.rank, &top.pos, &top.id)) {
+    for (;;) {
+        int got = small ? h_pop(sc, &top.rank, &top.pos, &top.id)
+                        : q_pop(sc, &top.rank, &top.pos, &top.id);
+        if (got < 0) return LR_ENOMEM;
+        if (!got) break;
         struct tok_sym *cur = &sym[top.pos];
         if (cur->len == 0 || cur->next < 0) continue;
         int32_t nx = cur->next, rank, id;

@@ -21,7 +21,8 @@ typedef struct tok_bpe tok_bpe;
 /* Per-call scratch for tokbpe_encode, caller-owned, reused across words; start from {0} and
  * release with tokbpe_scratch_free. Grows to the longest word seen; nothing else allocates.
  * The merge queue groups candidates by rank: one bucket of (pos, id) per distinct rank, a small
- * min-heap over the ranks that have pending candidates, and a rank → bucket hash. Within a
+ * min-heap over the ranks that have pending candidates, and a rank → bucket hash; all buckets
+ * share one candidate pool, so a long word allocates nothing per rank. Within a
  * rank, positions are consumed in increasing order (a bucket is sorted only if pushes arrived
  * out of order, which is rare: a merge never creates a pair of its own rank). Short words use
  * a plain binary heap instead, which needs no per-rank memory. */
@@ -30,14 +31,15 @@ typedef struct tok_bpe_scratch {
         int32_t id, prev, next, len;
     } * sym;
     size_t sym_cap;
+    struct tok_cand {
+        int32_t pos, id, next; /* next candidate of the same rank, -1 = none */
+    } * cand;                  /* one pool for all buckets */
+    size_t cand_n, cand_cap;
     struct tok_bucket {
-        struct tok_cand {
-            int32_t pos, id;
-        } * v;
-        uint32_t n, cap, cursor; /* pending = v[cursor, n) */
+        int32_t head, tail; /* pending candidates of this rank, a list in cand[]; -1 = none */
         int32_t rank;
         uint32_t slot; /* its slot in the rank table */
-        int sorted;
+        int sorted;    /* the list is in increasing pos order */
     } * bk;
     size_t bk_used, bk_cap;
     int32_t *rheap; /* bucket indices with pending candidates, min-heap on rank */

@@ -23,6 +23,16 @@
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
+/* xorshift64: deterministic pseudo-random cases. */
+static uint64_t fuzz_rng = 0x9E3779B97F4A7C15ull;
+static unsigned fuzz_rand(unsigned n)
+{
+    fuzz_rng ^= fuzz_rng << 13;
+    fuzz_rng ^= fuzz_rng >> 7;
+    fuzz_rng ^= fuzz_rng << 17;
+    return (unsigned)(fuzz_rng % n);
+}
+
 /* Where the golden files are: $LORAD_TOK_GOLDEN_DIR (for extra differential corpora made with
  * tests/tokgold/gen.mjs-style scripts), default tests/data/tok. */
 static const char *golden_dir(void)
@@ -326,8 +336,7 @@ START_TEST(test_t5_flux_first)
 {
     char tj[1024];
     snprintf(tj, sizeof tj, "%s/t5_flux/tokenizer.json", cache_dir());
-    if (access(tj, R_OK) != 0)
-        return; /* the golden_t5_flux TCase fails in that case */
+    if (access(tj, R_OK) != 0) return; /* the golden_t5_flux TCase fails in that case */
     lr_error e = {0};
     tok_tokenizer *t = NULL;
     ck_assert_msg(tok_load_files(tj, NULL, &e, &t) == 0, "%s", e.msg);
@@ -1003,16 +1012,97 @@ START_TEST(test_more_decoders)
 }
 END_TEST
 
+/* BPE against a naive reference: random vocabularies over "abcd" whose merge ranks are NOT in
+ * creation order (so merges can enable lower-rank pairs), each merged string made by one pair
+ * only, and random words of 2..600 chars (past 256 symbols the encoder switches to its
+ * rank-bucket queue). The reference is textbook BPE: repeatedly merge the leftmost adjacent
+ * pair of lowest rank, O(n^2) and obviously right. */
+START_TEST(test_bpe_vs_naive)
+{
+    enum { MAXTOK = 64, MAXLEN = 8, WORD = 600 };
+    char tok[MAXTOK][MAXLEN + 1];
+    int ntok, mrg[MAXTOK][2], nm;
+    static char json[65536], word[WORD + 1];
+    static int sym[WORD], nsym;
+    fuzz_rng = 0x5DEECE66Dull;
+    for (int round = 0; round < 40; round++) {
+        ntok = 4;
+        for (int i = 0; i < 4; i++)
+            snprintf(tok[i], sizeof tok[i], "%c", 'a' + i);
+        nm = 0;
+        for (int tries = 0; tries < 400 && ntok < MAXTOK; tries++) {
+            int x = (int)fuzz_rand((unsigned)ntok), y = (int)fuzz_rand((unsigned)ntok);
+            if (strlen(tok[x]) + strlen(tok[y]) > MAXLEN) continue;
+            char cat[2 * MAXLEN + 2];
+            snprintf(cat, sizeof cat, "%s%s", tok[x], tok[y]);
+            int dup = 0;
+            for (int k = 0; k < ntok; k++)
+                dup |= !strcmp(tok[k], cat);
+            if (dup) continue;
+            snprintf(tok[ntok], sizeof tok[ntok], "%s", cat);
+            mrg[nm][0] = x;
+            mrg[nm][1] = y;
+            nm++;
+            ntok++;
+        }
+        /* Shuffle the merge order: ranks unrelated to the order tokens were created in. */
+        for (int i = nm - 1; i > 0; i--) {
+            int j = (int)fuzz_rand((unsigned)i + 1), t0 = mrg[i][0], t1 = mrg[i][1];
+            mrg[i][0] = mrg[j][0];
+            mrg[i][1] = mrg[j][1];
+            mrg[j][0] = t0;
+            mrg[j][1] = t1;
+        }
+        size_t o = (size_t)snprintf(json, sizeof json, "{\"model\":{\"type\":\"BPE\",\"vocab\":{");
+        for (int i = 0; i < ntok; i++)
+            o +=
+                (size_t)snprintf(json + o, sizeof json - o, "%s\"%s\":%d", i ? "," : "", tok[i], i);
+        o += (size_t)snprintf(json + o, sizeof json - o, "},\"merges\":[");
+        for (int i = 0; i < nm; i++)
+            o += (size_t)snprintf(json + o, sizeof json - o, "%s\"%s %s\"", i ? "," : "",
+                                  tok[mrg[i][0]], tok[mrg[i][1]]);
+        snprintf(json + o, sizeof json - o, "]}}");
+        tok_tokenizer *t = must_load(json, NULL);
+        for (int w = 0; w < 10; w++) {
+            int len = 2 + (int)fuzz_rand(w < 5 ? 40 : WORD - 1);
+            for (int i = 0; i < len; i++) /* skewed so repeats and long merges happen */
+                word[i] = (char)('a' + (fuzz_rand(3) ? fuzz_rand(2) : fuzz_rand(4)));
+            word[len] = 0;
+            /* naive reference */
+            nsym = len;
+            for (int i = 0; i < len; i++)
+                sym[i] = word[i] - 'a';
+            for (;;) {
+                int best = -1, at = -1;
+                for (int i = 0; i + 1 < nsym; i++)
+                    for (int r = 0; r < nm; r++)
+                        if (mrg[r][0] == sym[i] && mrg[r][1] == sym[i + 1] &&
+                            (best < 0 || r < best)) {
+                            best = r;
+                            at = i;
+                        }
+                if (best < 0) break;
+                char cat[2 * MAXLEN + 2];
+                snprintf(cat, sizeof cat, "%s%s", tok[sym[at]], tok[sym[at + 1]]);
+                int id = -1;
+                for (int k = 0; k < ntok; k++)
+                    if (!strcmp(tok[k], cat)) id = k;
+                sym[at] = id;
+                memmove(sym + at + 1, sym + at + 2, (size_t)(nsym - at - 2) * sizeof *sym);
+                nsym--;
+            }
+            int32_t want[WORD];
+            for (int i = 0; i < nsym; i++)
+                want[i] = sym[i];
+            expect_ids(t, word, 0, want, (size_t)nsym);
+        }
+        tok_destroy(t);
+    }
+}
+END_TEST
+
 /* Hostile files: byte-level mutations of a small but feature-rich tokenizer.json must load or
  * fail cleanly, and whatever loads must encode/decode without crashing (ASan watches). */
-static uint64_t fuzz_rng = 0x9E3779B97F4A7C15ull;
-static unsigned fuzz_rand(unsigned n)
-{
-    fuzz_rng ^= fuzz_rng << 13;
-    fuzz_rng ^= fuzz_rng >> 7;
-    fuzz_rng ^= fuzz_rng << 17;
-    return (unsigned)(fuzz_rng % n);
-}
 
 START_TEST(test_fuzz_files)
 {
@@ -1182,6 +1272,7 @@ int main(void)
         {"t5_flux_first", test_t5_flux_first, 120},
         {"bpe", test_bpe_merges, 30},
         {"bpe_long_word", test_bpe_long_word, 60},
+        {"bpe_vs_naive", test_bpe_vs_naive, 120},
         {"normalizers", test_normalizers, 30},
         {"pretokenizers", test_pretokenizers, 30},
         {"bytelevel", test_bytelevel, 30},
