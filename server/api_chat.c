@@ -185,8 +185,10 @@ static json_t *normalise_messages(const json_t *msgs, api_err *err)
 int api_chat_render(const api_ctx *ctx, const json_t *body, char **out, size_t *len, api_err *err)
 {
     *out = NULL;
+    /* 400 like a template that fails while rendering: the daemon is fine, chat with this
+     * template is not possible (completions still are). */
     if (!ctx->chat_tmpl && load_failure[0])
-        return api_fail(err, LR_EUNSUPPORTED, 500, "messages",
+        return api_fail(err, LR_EUNSUPPORTED, 400, "messages",
                         "the model's chat template cannot be used: %s", load_failure);
     if (!ctx->chat_tmpl)
         return api_fail(err, LR_EUNSUPPORTED, 400, "messages",

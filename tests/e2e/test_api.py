@@ -389,15 +389,15 @@ def t_template_files(binary, model, tmp):
         ts.D.stop()
         ts.D = old
     # A template lorad cannot compile (an {% extends %}): the daemon serves completions, and a
-    # chat request gets a 500 naming the construct, not "no chat template".
+    # chat request gets a 400 naming the construct (as a render failure does), not "no chat template".
     cfg["chat_template"] = "{% extends 'base.html' %}{{ messages }}"
     json.dump(cfg, open(os.path.join(d, "tokenizer_config.json"), "w"))
     ts.D = ts.Daemon(binary, d)
     try:
         st, _, e = post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
-        check(st == 500 and "extends" in e["error"]["message"], "uncompilable template → 500 naming extends: %d %r" % (st, e))
+        check(st == 400 and "extends" in e["error"]["message"], "uncompilable template → 400 naming extends: %d %r" % (st, e))
         st, _, e = post("/apply-template", {"messages": [{"role": "user", "content": "hi"}]})
-        check(st == 500 and "extends" in e["error"]["message"], "/apply-template too: %d %r" % (st, e))
+        check(st == 400 and "extends" in e["error"]["message"], "/apply-template too: %d %r" % (st, e))
         st, _, r = post("/v1/completions", {"prompt": "hi", "max_tokens": 2})
         check(st == 200, "completions still served: %d" % st)
         # A list without "default" (transformers refuses it): the message says so.
@@ -409,7 +409,7 @@ def t_template_files(binary, model, tmp):
     ts.D = ts.Daemon(binary, d)
     try:
         st, _, e = post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
-        check(st == 500 and "default" in e["error"]["message"], "template list without default → 500 saying so: %d %r" % (st, e))
+        check(st == 400 and "default" in e["error"]["message"], "template list without default → 400 saying so: %d %r" % (st, e))
     finally:
         ts.D.stop()
         ts.D = old
