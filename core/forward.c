@@ -222,10 +222,7 @@ static void fwd_attn_task(void *ctx, int ith, int nth)
         float *o = c->att + (size_t)t * c->qd + (size_t)h * c->hd;
         memset(o, 0, sizeof(float) * (size_t)c->hd);
         for (int j = lo; j <= p; j++) {
-            const float *vv = kv_v(kvp, s, KV_SELF, l, j) + (size_t)kvh * c->hd;
-            float a = sc[j - lo];
-            for (int d = 0; d < c->hd; d++)
-                o[d] += a * vv[d];
+            kern_axpy(o, sc[j - lo], kv_v(kvp, s, KV_SELF, l, j) + (size_t)kvh * c->hd, c->hd);
         }
     }
 }

@@ -896,6 +896,41 @@ void kern_add(float *y, const float *x, int64_t n)
         y[i] += x[i];
 }
 
+TGT_AVX512 static void axpy_avx512(float *y, float a, const float *x, int64_t n)
+{
+    __m512 av = _mm512_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] += a * x[i];
+}
+
+TGT_AVX2 static void axpy_avx2(float *y, float a, const float *x, int64_t n)
+{
+    __m256 av = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] += a * x[i];
+}
+
+void kern_axpy(float *y, float a, const float *x, int64_t n)
+{
+    switch (kern_get_isa()) {
+    case KERN_ISA_AVX512:
+        axpy_avx512(y, a, x, n);
+        return;
+    case KERN_ISA_AVX2:
+        axpy_avx2(y, a, x, n);
+        return;
+    default:
+        for (int64_t i = 0; i < n; i++)
+            y[i] += a * x[i];
+    }
+}
+
 static float act_apply(float z, lr_act act)
 {
     switch (act) {

@@ -84,6 +84,8 @@ void kern_add_bias(float *y, int ldy, const float *b, int T, int n);
 void kern_act_mul(float *g, const float *u, int64_t n, lr_act act);
 /* y[i] += x[i]. */
 void kern_add(float *y, const float *x, int64_t n);
+/* y[i] += a · x[i] (fused multiply-add in the vector variants; the attention's value sum). */
+void kern_axpy(float *y, float a, const float *x, int64_t n);
 /* In-place RoPE, HF rotate_half layout, on n_heads head vectors of size hd at v (stride hd):
  * for k < hd/2: v'[k] = v[k]·cos[k] − v[k+hd/2]·sin[k]; v'[k+hd/2] = v[k+hd/2]·cos[k] +
  * v[k]·sin[k]. */

@@ -239,6 +239,24 @@ START_TEST(test_dot)
     for (int t = 0; t < 3; t++)
         for (int j = 0; j < 5; j++)
             ck_assert(y[t * 5 + j] == 2 * (float)(t * 5 + j) + (j < 4 ? bias[j] : 0));
+    /* y += a·x in every ISA, lengths around the vector widths, against double. */
+    for (int k = 0; k < 3; k++) {
+        if (kern_set_isa(isas[k]) != isas[k]) continue;
+        for (int n = 0; n <= 70; n += 1 + n / 8) {
+            float yy[71], xx[71];
+            double ref[71];
+            for (int i = 0; i < n; i++) {
+                yy[i] = frand(), xx[i] = frand();
+                ref[i] = (double)yy[i] + 0.37 * (double)xx[i];
+            }
+            kern_axpy(yy, 0.37f, xx, n);
+            for (int i = 0; i < n; i++)
+                ck_assert_msg(fabs(yy[i] - ref[i]) <= 1e-6 * (fabs(ref[i]) + 1),
+                              "isa %s n %d: axpy[%d] = %g, expected %g", kern_isa_name(isas[k]),
+                              n, i, yy[i], ref[i]);
+        }
+    }
+    kern_set_isa(kern_cpu_isa());
 }
 END_TEST
 
