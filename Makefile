@@ -4,6 +4,9 @@
 #   make test       install what is missing, build (normal + ASan/UBSan), run every test
 #   make bench      benchmarks (not pass/fail; prints figures and ratios)
 #   make asan       the ASan+UBSan build in build/asan
+#   make tsan       ThreadSanitizer build (build/tsan) + the concurrency e2e tests
+#   make valgrind   start-serve-SIGTERM under valgrind --leak-check=full
+#   make soak       SOAK_SECONDS (600) of SOAK_CLIENTS (64) mixed clients, then the verdict
 # Variables: BUILD (output dir), SAN=1 (sanitizers), PORT, HOST, PY.
 
 CC      ?= cc
