@@ -5,9 +5,9 @@
  * adapter_model.safetensors. Without a NUL the target writes a fixed valid safetensors file
  * (rank-2 LoRA on q_proj and v_proj of both layers, DoRA magnitudes, an embedding LoRA) so the
  * fuzzer spends its time on the config; with one, both files come from the input. The files go
- * into a private temporary folder created once. For an accepted adapter the target checks what
- * adapters/lora relies on: ranks within max_rank, every wrapped module's A/B present with the
- * base's shape, finite scaling.
+ * into a private temporary folder made for each input. For an accepted adapter the target
+ * checks what adapters/lora relies on: ranks within max_rank, every wrapped module's A/B
+ * present with the base's shape, finite scaling.
  */
 #include <math.h>
 #include <stdint.h>
@@ -119,23 +119,10 @@ static void build_fixed_st(void)
         memcpy(fixed_st + 8 + pos + 4 * i, &q, 4);
 }
 
-static void remove_dir(void)
-{
-    unlink(cfg_path);
-    unlink(st_path);
-    rmdir(dir);
-}
-
 void fuzz_peft_init(void)
 {
     build_model();
     build_fixed_st();
-    snprintf(dir, sizeof dir, "/tmp/fuzz_peft_XXXXXX");
-    if (!mkdtemp(dir))
-        abort();
-    snprintf(cfg_path, sizeof cfg_path, "%s/adapter_config.json", dir);
-    snprintf(st_path, sizeof st_path, "%s/adapter_model.safetensors", dir);
-    atexit(remove_dir);
 }
 
 static void put(const char *path, const void *p, size_t n)
@@ -150,6 +137,13 @@ static void put(const char *path, const void *p, size_t n)
 
 int fuzz_peft_one(const uint8_t *data, size_t size)
 {
+    /* A fresh folder per input, removed before returning: nothing is left behind even when the
+     * process ends without running atexit handlers (libFuzzer, Check's fork mode). */
+    snprintf(dir, sizeof dir, "/tmp/fuzz_peft_XXXXXX");
+    if (!mkdtemp(dir))
+        abort();
+    snprintf(cfg_path, sizeof cfg_path, "%s/adapter_config.json", dir);
+    snprintf(st_path, sizeof st_path, "%s/adapter_model.safetensors", dir);
     const uint8_t *nul = memchr(data, 0, size);
     size_t clen = nul ? (size_t)(nul - data) : size;
     put(cfg_path, data, clen);
@@ -192,6 +186,9 @@ int fuzz_peft_one(const uint8_t *data, size_t size)
     } else if (getenv("FUZZ_VERBOSE")) {
         fprintf(stderr, "refused: %s\n", err.msg);
     }
+    unlink(cfg_path);
+    unlink(st_path);
+    rmdir(dir);
     return 0;
 }
 
