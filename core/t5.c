@@ -223,12 +223,8 @@ static void t5_attn_task(void *ctx, int ith, int nth)
                 sc[j] = kern_dot_f32(q, c->k + (size_t)(s0 + j) * c->inner + (size_t)h * dkv, dkv) +
                         m->enc_rel_bias[(size_t)bk[j] * nH + h];
             kern_softmax(sc, len);
-            for (int j = 0; j < len; j++) {
-                const float *vv = c->v + (size_t)(s0 + j) * c->inner + (size_t)h * dkv;
-                float a = sc[j];
-                for (int d = 0; d < dkv; d++)
-                    o[d] += a * vv[d];
-            }
+            for (int j = 0; j < len; j++)
+                kern_axpy(o, sc[j], c->v + (size_t)(s0 + j) * c->inner + (size_t)h * dkv, dkv);
         } else {
             const kv_seq *s = b->dec_kv[t];
             kv_table tb = c->mode == T5_ATT_DEC ? KV_SELF : KV_CROSS;
@@ -240,12 +236,8 @@ static void t5_attn_task(void *ctx, int ith, int nth)
                     sc[j] += m->dec_rel_bias[(size_t)c->dec_bucket[p - j] * nH + h];
             }
             kern_softmax(sc, len);
-            for (int j = 0; j < len; j++) {
-                const float *vv = kv_v(kvp, s, tb, l, j) + (size_t)h * dkv;
-                float a = sc[j];
-                for (int d = 0; d < dkv; d++)
-                    o[d] += a * vv[d];
-            }
+            for (int j = 0; j < len; j++)
+                kern_axpy(o, sc[j], kv_v(kvp, s, tb, l, j) + (size_t)h * dkv, dkv);
         }
     }
 }
