@@ -14,6 +14,7 @@
  * The search itself also bounds-checks each index, so a lookup never reads outside the array.
  */
 #include "tok_precompiled.h"
+#include "tok_util.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -182,19 +183,6 @@ out:
     return rc;
 }
 
-/* Is s[0:n] valid UTF-8 (NUL allowed, no surrogates, nothing past U+10FFFF)? */
-static int utf8_valid(const uint8_t *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        utf8proc_int32_t cp;
-        utf8proc_ssize_t k = utf8proc_iterate(s + i, (utf8proc_ssize_t)(n - i), &cp);
-        if (k <= 0) return 0;
-        i += (size_t)k;
-    }
-    return 1;
-}
-
 int tokpc_create(const char *charsmap_base64, lr_error *err, tokpc **out)
 {
     tokpc *p = calloc(1, sizeof *p);
@@ -242,7 +230,7 @@ int tokpc_create(const char *charsmap_base64, lr_error *err, tokpc **out)
                           p->blob_len);
         goto fail;
     }
-    if (!utf8_valid((const uint8_t *)p->blob, p->blob_len)) {
+    if (!tok_utf8_valid(p->blob, p->blob_len)) {
         rc = lr_error_set(err, LR_EFORMAT,
                           "precompiled_charsmap: the normalized blob is not valid UTF-8");
         goto fail;
@@ -317,7 +305,7 @@ int tokpc_normalize(const tokpc *p, const char *in, size_t n, char **out, size_t
     if (rc) goto fail;
     b.s[0] = '\0';
     if (!p->units) {
-        if (n && !utf8_valid(s, n)) {
+        if (n && !tok_utf8_valid((const char *)s, n)) {
             rc = LR_EINVAL;
             goto fail;
         }

@@ -11,6 +11,7 @@
  * about 2^17 nodes: a 2 MiB table.
  */
 #include "tok_unigram.h"
+#include "tok_util.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -111,18 +112,6 @@ int tokug_piece_id(const tokug *u, const char *s, size_t len)
     return len ? u->node_id[node] : -1;
 }
 
-static int utf8_valid(const uint8_t *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        utf8proc_int32_t cp;
-        utf8proc_ssize_t k = utf8proc_iterate(s + i, (utf8proc_ssize_t)(n - i), &cp);
-        if (k <= 0) return 0;
-        i += (size_t)k;
-    }
-    return 1;
-}
-
 int tokug_create(const char *const *pieces, const double *scores, int n, int unk_id,
                  int byte_fallback, lr_error *err, tokug **out)
 {
@@ -136,7 +125,7 @@ int tokug_create(const char *const *pieces, const double *scores, int n, int unk
     for (int i = 0; i < n; i++) {
         if (!pieces[i]) return lr_error_set(err, LR_EINVAL, "unigram: piece %d is NULL", i);
         size_t len = strlen(pieces[i]);
-        if (!utf8_valid((const uint8_t *)pieces[i], len))
+        if (!tok_utf8_valid(pieces[i], len))
             return lr_error_set(err, LR_EFORMAT, "unigram: piece %d is not valid UTF-8", i);
         if (!isfinite(scores[i]))
             return lr_error_set(err, LR_EFORMAT, "unigram: piece %d has a non-finite score", i);
@@ -237,7 +226,7 @@ int tokug_encode(const tokug *u, const char *word, size_t len, tok_ids *out)
     const uint8_t *w = (const uint8_t *)word;
     size_t n0 = out->n;
     if (len == 0) return 0;
-    if (!utf8_valid(w, len)) return LR_EINVAL;
+    if (!tok_utf8_valid((const char *)w, len)) return LR_EINVAL;
 
     /* Lattice, indexed by byte position e = end of the best path's last node:
      * score (len+1,) best path score; from (len+1,) its last node's start or SIZE_MAX if none yet;
