@@ -77,6 +77,7 @@ $(BUILD)/lr-generate: $(BUILD)/tests/tools/generate.o $(ADAPT) $(CORE_ALL)
 
 # Unit test programs: check_<module>.c links the groups its module needs.
 $(BUILD)/tests/check_err:         $(COMMON)
+$(BUILD)/tests/check_util:        $(COMMON)
 $(BUILD)/tests/check_jinja:       $(COMMON) $(JINJA)
 $(BUILD)/tests/check_tokenizer:   $(COMMON) $(TOK)
 $(BUILD)/tests/check_tok_unigram: $(COMMON) $(TOK)
