@@ -22,6 +22,7 @@
 
 #include "kernels.h"
 #include "safetensors.h"
+#include "util.h"
 
 #define PEFT_MAX_CONFIG (4 << 20) /* adapter_config.json larger than this is refused */
 #define PEFT_MAX_PATTERNS 256
@@ -357,34 +358,6 @@ static int nonempty(json_t *v)
     if (json_is_array(v)) return json_array_size(v) > 0;
     if (json_is_object(v)) return json_object_size(v) > 0;
     return 1;
-}
-
-static char *read_small_file(const char *path, const char *label, long max, lr_error *err)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        if (errno == ENOENT)
-            lr_error_set(err, LR_ENOTFOUND, "%s: no such file in the adapter folder", label);
-        else
-            lr_error_set(err, LR_EIO, "%s: cannot open (%s)", label, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > max) {
-        fclose(f);
-        lr_error_set(err, LR_EFORMAT, "%s: not a regular file of at most %ld bytes", label, max);
-        return NULL;
-    }
-    char *buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        fclose(f);
-        lr_error_set(err, LR_ENOMEM, "%s: out of memory", label);
-        return NULL;
-    }
-    size_t n = fread(buf, 1, (size_t)st.st_size, f);
-    fclose(f);
-    buf[n] = 0;
-    return buf;
 }
 
 static int cfg_parse(const char *text, const lr_model *m, peft_cfg *c, lr_error *err)
@@ -789,10 +762,8 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
     char *text = NULL;
 
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    if (!(text = read_small_file(path, "adapter_config.json", PEFT_MAX_CONFIG, err))) {
-        rc = err ? err->code : LR_EIO;
+    if ((rc = lr_read_file(path, "adapter_config.json", PEFT_MAX_CONFIG, &text, NULL, err)))
         goto out;
-    }
     if ((rc = cfg_parse(text, m, &c, err))) goto out;
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     struct stat sb;

@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 
 #include "safetensors.h"
+#include "util.h"
 
 /* ---------------------------------------------------------------------------------------- */
 /* Half and bfloat16 conversion                                                               */
@@ -865,8 +866,7 @@ static int load_t5(loader *L)
 
 #define MAX_CONFIG_BYTES (16u << 20)
 
-/* Read dir/name into a new NUL-terminated string. Missing file → LR_ENOTFOUND (no message if
- * optional, so the caller can treat it as absent). */
+/* Read dir/name into a new NUL-terminated string; a NUL inside is a format error. */
 static int read_text(const char *dir, const char *name, char **out, lr_error *err)
 {
     *out = NULL;
@@ -874,33 +874,14 @@ static int read_text(const char *dir, const char *name, char **out, lr_error *er
     int k = snprintf(path, sizeof path, "%s/%s", dir, name);
     if (k < 0 || (size_t)k >= sizeof path)
         return lr_error_set(err, LR_EINVAL, "%s: path too long", dir);
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return lr_error_set(err, errno == ENOENT ? LR_ENOTFOUND : LR_EIO, "%s: cannot open: %s",
-                            path, strerror(errno));
-    struct stat st;
-    if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(fp);
-        return lr_error_set(err, LR_EIO, "%s: not a regular file", path);
-    }
-    if ((uint64_t)st.st_size > MAX_CONFIG_BYTES) {
-        fclose(fp);
-        return lr_error_set(err, LR_ETOOLARGE, "%s: %lld bytes is over the %u-byte limit", path,
-                            (long long)st.st_size, MAX_CONFIG_BYTES);
-    }
-    char *buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        fclose(fp);
-        return lr_error_set(err, LR_ENOMEM, "out of memory");
-    }
-    size_t got = fread(buf, 1, (size_t)st.st_size, fp);
-    fclose(fp);
-    buf[got] = '\0';
-    if (strlen(buf) != got) {
-        free(buf);
+    size_t len;
+    int rc = lr_read_file(path, NULL, MAX_CONFIG_BYTES, out, &len, err);
+    if (rc) return rc;
+    if (strlen(*out) != len) {
+        free(*out);
+        *out = NULL;
         return lr_error_set(err, LR_EFORMAT, "%s: contains a NUL byte", path);
     }
-    *out = buf;
     return 0;
 }
 
