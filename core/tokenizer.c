@@ -23,6 +23,7 @@
 #include "tok_pretok.h"
 #include "tok_unigram.h"
 #include "tok_util.h"
+#include "util.h"
 
 /* An added token (tokenizer.json "added_tokens" / tokenizer_config "added_tokens_decoder"). */
 typedef struct added_tok {
@@ -901,9 +902,29 @@ static int finish(tok_tokenizer *t, lr_error *err)
     return 0;
 }
 
+/* Biggest tokenizer.json / tokenizer_config.json we read (real ones are up to a few tens of MB). */
+#define TOK_MAX_JSON_BYTES ((size_t)256 << 20)
+
+/* Read and parse the JSON file at path into *out (new reference). Reading goes through
+ * lr_read_file, so a FIFO, a directory or an oversized file is refused instead of blocking. */
+static int load_json(const char *path, size_t flags, json_t **out, lr_error *err)
+{
+    char *text = NULL;
+    size_t len;
+    *out = NULL;
+    int rc = lr_read_file(path, NULL, TOK_MAX_JSON_BYTES, &text, &len, err);
+    if (rc) return rc;
+    json_error_t je;
+    *out = json_loadb(text, len, flags, &je);
+    free(text);
+    if (!*out)
+        return lr_error_set(err, LR_EFORMAT, "%s: not valid JSON (line %d: %s)", path, je.line,
+                            je.text);
+    return 0;
+}
+
 static int load(const char *path, const char *config, lr_error *err, tok_tokenizer **out)
 {
-    json_error_t je;
     json_t *root = NULL, *cfg = NULL;
     tok_tokenizer *t = calloc(1, sizeof *t);
     int rc = 0;
@@ -912,12 +933,7 @@ static int load(const char *path, const char *config, lr_error *err, tok_tokeniz
         return lr_error_set(err, LR_ENOMEM, "%s: out of memory", path);
     }
     t->bos_id = t->eos_id = -1;
-    root = json_load_file(path, JSON_ALLOW_NUL, &je);
-    if (!root) {
-        rc = lr_error_set(err, LR_EFORMAT, "%s: not valid JSON (line %d: %s)", path, je.line,
-                          je.text);
-        goto out;
-    }
+    if ((rc = load_json(path, JSON_ALLOW_NUL, &root, err))) goto out;
     if (!json_is_object(root)) {
         rc = lr_error_set(err, LR_EFORMAT, "%s: top level is not an object", path);
         goto out;
@@ -962,17 +978,19 @@ static int load(const char *path, const char *config, lr_error *err, tok_tokeniz
         }
     }
     if (config) {
-        FILE *f = fopen(config, "rb");
-        if (f) {
-            fclose(f);
-            /* model_max_length is often 1e30 written as an integer: read numbers as reals. */
-            cfg = json_load_file(config, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &je);
-            if (!cfg || !json_is_object(cfg)) {
-                rc = lr_error_set(err, LR_EFORMAT, "%s: not a valid JSON object (line %d: %s)",
-                                  config, je.line, cfg ? "not an object" : je.text);
-                goto out;
-            }
-            if ((rc = load_config(t, cfg, config, err))) goto out;
+        /* The config is optional: a missing file is no error. model_max_length is often 1e30
+         * written as an integer, so numbers are read as reals. */
+        rc = load_json(config, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &cfg, err);
+        if (rc == LR_ENOTFOUND) {
+            lr_error_clear(err);
+            rc = 0;
+        } else if (rc) {
+            goto out;
+        } else if (!json_is_object(cfg)) {
+            rc = lr_error_set(err, LR_EFORMAT, "%s: not a valid JSON object", config);
+            goto out;
+        } else if ((rc = load_config(t, cfg, config, err))) {
+            goto out;
         }
     }
     rc = finish(t, err);
@@ -992,9 +1010,6 @@ int tok_load_files(const char *tokenizer_json, const char *config_json, lr_error
 {
     if (!tokenizer_json || !out)
         return lr_error_set(err, LR_EINVAL, "tok_load_files: no tokenizer.json path given");
-    FILE *f = fopen(tokenizer_json, "rb");
-    if (!f) return lr_error_set(err, LR_ENOTFOUND, "%s: cannot open", tokenizer_json);
-    fclose(f);
     return load(tokenizer_json, config_json, err, out);
 }
 
