@@ -9,6 +9,7 @@
  * returned as an lr_error whose message begins with the file's name.
  */
 #include "safetensors.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -502,18 +503,16 @@ static int shard_name_ok(const char *s)
 static int set_from_index(st_set *s, const char *dir, const char *ipath, lr_error *err)
 {
     const char *label = INDEX_NAME;
-    struct stat st;
-    if (stat(ipath, &st) != 0 || !S_ISREG(st.st_mode))
-        return fail(err, label, LR_EIO, "cannot read %s", ipath);
-    if ((uint64_t)st.st_size > MAX_INDEX_BYTES)
-        return fail(err, label, LR_ETOOLARGE, "index is %lld bytes; the limit is %u",
-                    (long long)st.st_size, MAX_INDEX_BYTES);
+    char *text;
+    size_t len;
+    int rc = lr_read_file(ipath, label, MAX_INDEX_BYTES, &text, &len, err);
+    if (rc) return rc;
     json_error_t je;
-    json_t *root = json_load_file(ipath, JSON_REJECT_DUPLICATES, &je);
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    free(text);
     if (!root)
         return fail(err, label, LR_EFORMAT, "not valid JSON: %s (line %d, column %d)", je.text,
                     je.line, je.column);
-    int rc = 0;
     json_t *wm = json_object_get(root, "weight_map");
     if (!json_is_object(root) || !json_is_object(wm)) {
         rc = fail(err, label, LR_EFORMAT, "\"weight_map\" is missing or not an object");
