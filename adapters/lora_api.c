@@ -65,6 +65,7 @@ static int la_create(const lora_api_params *p, lr_error *err, void **out)
         .cache_bytes = p->cache_mb * 1024 * 1024,
         .allow_anywhere = p->allow_anywhere,
         .max_rank = p->max_rank,
+        .max_file_bytes = p->max_file_mb * 1024 * 1024,
         .load_timeout_s = 300,
     };
     int rc = reg_create(&rp, err, &l->reg);

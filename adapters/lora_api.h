@@ -38,6 +38,7 @@ typedef struct lora_api_params {
     int64_t cache_mb;   /* --adapter-cache-mb (0 = no limit) */
     int allow_anywhere; /* --allow-adapter-paths-anywhere */
     int max_rank;       /* --max-lora-rank */
+    int64_t max_file_mb; /* --max-adapter-file-mb (0 = 4 GiB) */
 } lora_api_params;
 
 /* The adapter layer as the server sees it: a table of functions, so that server/ compiles and

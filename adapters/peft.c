@@ -759,7 +759,8 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
     peft_adapter *a = NULL;
     const st_tensor **tab = NULL;
     char path[4096], name[160];
-    char *text = NULL;
+    char *text = NULL, *blob = NULL;
+    size_t blob_len = 0;
 
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
     if ((rc = lr_read_file(path, "adapter_config.json", PEFT_MAX_CONFIG, &text, NULL, err)))
@@ -773,7 +774,14 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
                           errno == ENOENT ? "no such file" : strerror(errno));
         goto out;
     }
-    if ((rc = st_open(path, err, &f))) goto out;
+    /* Read the file into memory rather than mmap it: the tensors are converted and copied at
+     * load anyway, and a private copy cannot fault (SIGBUS) if the file is truncated or
+     * rewritten on disk while we read it — that is only a parse error, naming the file. */
+    int64_t max_file = p && p->max_file_bytes > 0 ? p->max_file_bytes : ((int64_t)4 << 30);
+    if ((rc = lr_read_file(path, "adapter_model.safetensors", (size_t)max_file, &blob, &blob_len,
+                           err)))
+        goto out;
+    if ((rc = st_open_mem(blob, blob_len, "adapter_model.safetensors", err, &f))) goto out;
 
     // Pass 2: sort tensors into slots by kind.
     tab = calloc((size_t)nslots * K_COUNT, sizeof *tab);
@@ -1027,6 +1035,7 @@ out:
     free(tab);
     peft_free(a);
     st_close(f);
+    free(blob);
     cfg_free(&c);
     return rc;
 }

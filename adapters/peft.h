@@ -64,7 +64,8 @@ typedef struct peft_adapter {
 } peft_adapter;
 
 typedef struct peft_params {
-    int max_rank; /* refuse ranks above this (0 = no limit) */
+    int max_rank;           /* refuse ranks above this (0 = no limit) */
+    int64_t max_file_bytes; /* refuse a larger adapter_model.safetensors (0 = 4 GiB) */
 } peft_params;
 
 /* Load DIR/adapter_config.json and DIR/adapter_model.safetensors for base model m (borrowed; the

@@ -235,12 +235,27 @@ static void evict(reg_registry *r, reg_entry *e)
     r->st.evictions++;
 }
 
+/* Free a hidden (unregistered) entry once nothing can reach it any more: no reference from a
+ * running request, no load queued or running, and no thread waiting in wait_loaded() (a waiter
+ * reads the entry after it wakes). Caller holds the lock. Returns 1 if e was freed. */
+static int maybe_free(reg_registry *r, reg_entry *e)
+{
+    if (!e->hidden || e->refs > 0 || e->in_flight || e->queued || e->waiters > 0) return 0;
+    unlink_entry(r, e);
+    if (e->state == REG_LOADED) {
+        r->st.loaded--;
+        r->st.bytes -= e->bytes;
+    }
+    free_entry(e);
+    return 1;
+}
+
 static reg_entry *lru_victim(reg_registry *r, const reg_entry *keep)
 {
     reg_entry *v = NULL;
     for (reg_entry *e = r->head; e; e = e->next)
-        if (e != keep && e->state == REG_LOADED && e->refs == 0 && !e->pinned &&
-            (!v || e->lru < v->lru))
+        if (e != keep && e->state == REG_LOADED && e->refs == 0 && e->waiters == 0 &&
+            !e->pinned && (!v || e->lru < v->lru))
             v = e;
     return v;
 }
@@ -271,7 +286,7 @@ static void load_work(uv_work_t *w)
 {
     reg_entry *e = w->data;
     reg_registry *r = e->reg;
-    peft_params pp = {r->p.max_rank};
+    peft_params pp = {.max_rank = r->p.max_rank, .max_file_bytes = r->p.max_file_bytes};
     lr_error_clear(&e->load_err);
     e->new_ad = NULL;
     e->new_set = NULL;
@@ -326,14 +341,7 @@ static void load_done(uv_work_t *w, int status)
     }
     e->new_ad = NULL;
     e->new_set = NULL;
-    if (e->hidden && e->refs == 0) {
-        unlink_entry(r, e);
-        if (e->state == REG_LOADED) {
-            r->st.loaded--;
-            r->st.bytes -= e->bytes;
-        }
-        free_entry(e);
-    }
+    maybe_free(r, e);
     pthread_cond_broadcast(&r->cv);
     schedule(r);
     pthread_mutex_unlock(&r->mu);
@@ -536,15 +544,22 @@ int reg_resolve(reg_registry *r, const char *id, size_t len, lr_error *err, reg_
         if (memcmp(now, e->st, sizeof now) != 0)
             e->state = REG_AVAILABLE; /* the files changed: try again */
     }
-    if (e->state == REG_AVAILABLE) queue_load(r, e);
     e->lru = ++r->tick;
-    if ((rc = wait_loaded(r, e, err)) != 0) goto out;
+    /* A waiter is never chosen as an eviction victim (lru_victim), so the adapter is still
+     * loaded when wait_loaded returns; loop anyway so that no path can hand out a handle to an
+     * adapter that is not loaded (that would silently run the request on the base model). */
+    for (;;) {
+        if (e->state == REG_AVAILABLE) queue_load(r, e);
+        if ((rc = wait_loaded(r, e, err)) != 0) goto out;
+        if (e->state == REG_LOADED) break;
+    }
     e->refs++;
     e->requests++;
     e->last_used = now_s();
     e->lru = ++r->tick;
     *out = e;
 out:
+    if (rc && e) maybe_free(r, e); /* an unregistered entry we were the last to wait on */
     pthread_mutex_unlock(&r->mu);
     return rc;
 }
@@ -569,14 +584,7 @@ void reg_release(reg_registry *r, reg_handle *h)
     LR_ASSERT(h->refs > 0);
     h->refs--;
     h->lru = ++r->tick;
-    if (h->refs == 0 && h->hidden && !h->in_flight && !h->queued) {
-        unlink_entry(r, h);
-        if (h->state == REG_LOADED) {
-            r->st.loaded--;
-            r->st.bytes -= h->bytes;
-        }
-        free_entry(h);
-    }
+    maybe_free(r, h);
     pthread_mutex_unlock(&r->mu);
     uv_async_send(&r->wake); /* a queued load may have room now */
 }
@@ -621,13 +629,10 @@ int reg_register(reg_registry *r, const char *id, size_t len, const char *path, 
     e->pinned = pinned;
     queue_load(r, e);
     rc = wait_loaded(r, e, err);
-    if (rc && !e->hidden) {
+    if (rc) {
         /* a registration that cannot load is dropped, as vLLM does */
         e->hidden = 1;
-        if (e->refs == 0 && !e->in_flight && !e->queued) {
-            unlink_entry(r, e);
-            free_entry(e);
-        }
+        maybe_free(r, e);
     }
     pthread_mutex_unlock(&r->mu);
     return rc;
@@ -644,13 +649,8 @@ int reg_unregister(reg_registry *r, const char *id, size_t len, lr_error *err)
         return lr_error_set(err, LR_ENOTFOUND, "adapter '%s' is not registered", id);
     }
     e->hidden = 1;
-    if (e->refs == 0 && !e->in_flight && !e->queued) {
-        unlink_entry(r, e);
-        if (e->state == REG_LOADED) {
-            r->st.loaded--;
-            r->st.bytes -= e->bytes;
-        }
-        free_entry(e);
+    if (maybe_free(r, e)) {
+        /* nothing held it */
     } else if (e->queued) {
         e->queued = 0;
         e->state = REG_FAILED;

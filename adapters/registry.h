@@ -35,6 +35,7 @@ typedef struct reg_params {
     int allow_anywhere;    /* runtime registrations may point outside the roots */
     int max_rank;          /* refuse adapters with a larger rank (0 = no limit) */
     double load_timeout_s; /* resolve() gives up waiting after this (0 = 300 s) */
+    int64_t max_file_bytes; /* refuse a larger adapter_model.safetensors (0 = 4 GiB) */
 } reg_params;
 
 typedef enum { REG_AVAILABLE = 0, REG_LOADING, REG_LOADED, REG_FAILED } reg_state;

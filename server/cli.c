@@ -28,6 +28,7 @@ void cli_defaults(cli_config *cfg)
     cfg->metrics_mode = 0;
     cfg->log_level = LOG_INFO;
     cfg->adapter_cache_mb = 1024;
+    cfg->max_adapter_file_mb = 2048;
     cfg->max_loaded_adapters = 64;
 }
 
@@ -60,6 +61,7 @@ void cli_usage(FILE *out)
         "                            (default 1024)\n"
         "  --max-loaded-adapters N   adapters resident at most, 0 = no limit (default 64)\n"
         "  --max-lora-rank N         refuse adapters of a larger rank, 0 = no limit (default 0)\n"
+        "  --max-adapter-file-mb N   refuse a larger adapter_model.safetensors (default 2048)\n"
         "  --allow-adapter-paths-anywhere  let /v1/load_lora_adapter register folders outside\n"
         "                            the --adapter-dir roots\n"
         "  --api-key KEY             require 'Authorization: Bearer KEY' (full access)\n"
@@ -199,6 +201,8 @@ int cli_parse(int argc, char **argv, cli_config *cfg, FILE *out, lr_error *err)
                 cfg->max_loaded_adapters = (int)v;
         } else if (strcmp(name, "--max-lora-rank") == 0) {
             if (!(rc = parse_int(name, val, 0, 1 << 16, &v, err))) cfg->max_lora_rank = (int)v;
+        } else if (strcmp(name, "--max-adapter-file-mb") == 0) {
+            if (!(rc = parse_int(name, val, 1, 1 << 22, &v, err))) cfg->max_adapter_file_mb = v;
         } else if (strcmp(name, "--log-level") == 0) {
             log_level l;
             if (log_parse_level(val, &l) != 0)

@@ -39,6 +39,7 @@ typedef struct cli_config {
     int max_loaded_adapters;  /* --max-loaded-adapters (default 64; 0 = no limit) */
     int allow_paths_anywhere; /* --allow-adapter-paths-anywhere */
     int max_lora_rank;        /* --max-lora-rank (default 0 = no limit) */
+    int64_t max_adapter_file_mb; /* --max-adapter-file-mb (default 2048) */
     /* Auth: at most one of the two; neither = open */
     const char *api_key;  /* --api-key KEY: one key, full access */
     const char *api_keys; /* --api-keys FILE: tenants */

@@ -207,6 +207,7 @@ int ctl_run(const cli_config *cfg, const lora_api_ops *aops)
             .cache_mb = cfg->adapter_cache_mb,
             .allow_anywhere = cfg->allow_paths_anywhere,
             .max_rank = cfg->max_lora_rank,
+            .max_file_mb = cfg->max_adapter_file_mb,
         };
         if (aops->create(&ap, &err, &st.aops_user) != 0) {
             log_msg(LOG_ERROR, "lorad: cannot start the adapter registry: %s", err.msg);

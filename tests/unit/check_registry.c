@@ -128,7 +128,7 @@ static void teardown(void)
 static reg_registry *make(int max_loaded, int64_t cache_bytes, int anywhere)
 {
     const char *roots[1] = {root};
-    reg_params p = {&model, roots, 1, max_loaded, cache_bytes, anywhere, 0, 2.0};
+    reg_params p = {&model, roots, 1, max_loaded, cache_bytes, anywhere, 0, 2.0, 0};
     reg_registry *r;
     lr_error e;
     ck_assert_msg(reg_create(&p, &e, &r) == 0, "%s", e.msg);
@@ -423,7 +423,7 @@ START_TEST(test_lora_api)
 {
     const lora_api_ops *ops = &lora_api_table;
     const char *roots[1] = {root};
-    lora_api_params p = {&model, roots, 1, 2, 0, 0, 16};
+    lora_api_params p = {&model, roots, 1, 2, 0, 0, 16, 0};
     void *l;
     lr_error e;
     ck_assert_msg(ops->create(&p, &e, &l) == 0, "%s", e.msg);
