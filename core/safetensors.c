@@ -354,7 +354,9 @@ int st_open(const char *path, lr_error *err, st_file **out)
 {
     *out = NULL;
     const char *label = base_name(path);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO in the file's place would otherwise block open() until a writer comes;
+     * it then fails the regular-file check below. It changes nothing for a regular file. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return fail(err, label, errno == ENOENT ? LR_ENOTFOUND : LR_EIO, "cannot open %s: %s", path,
                     strerror(errno));

@@ -178,6 +178,11 @@ START_TEST(test_good_padded_file)
     ck_assert_ptr_nonnull(strstr(e.msg, "x.safetensors"));
     ck_assert_int_eq(st_open(dir, &e, &f), LR_EIO);
     ck_assert_ptr_nonnull(strstr(e.msg, "not a regular file"));
+    /* A FIFO is refused at once (a blocking open would wait for a writer: the timeout fails). */
+    ck_assert_int_eq(mkfifo(path, 0600), 0);
+    ck_assert_int_eq(st_open(path, &e, &f), LR_EIO);
+    ck_assert_ptr_nonnull(strstr(e.msg, "not a regular file"));
+    unlink(path);
     /* An empty real file (mmap of 0 bytes is impossible: must still be a clean error). */
     write_file(path, "", 0);
     ck_assert_int_eq(st_open(path, &e, &f), LR_EFORMAT);
