@@ -27,13 +27,13 @@ FLAGS="-std=c11 -D_GNU_SOURCE -DLR_LIBFUZZER -g -O1 -fno-omit-frame-pointer -fsa
 
 srcs() {
     case $1 in
-    safetensors) echo core/err.c core/safetensors.c ;;
-    config) echo core/err.c core/model.c core/safetensors.c ;;
-    tokenizer) echo core/err.c core/tok*.c ;;
-    precompiled) echo core/err.c core/tok_precompiled.c ;;
-    peft) echo core/err.c core/model.c core/safetensors.c core/kernels.c adapters/peft.c ;;
-    jinja) echo core/err.c core/jinja*.c ;;
-    api) echo core/err.c core/tok*.c core/jinja*.c server/api_cmpl.c server/api_chat.c ;;
+    safetensors) echo core/err.c $(ls core/util*.c 2>/dev/null) core/safetensors.c ;;
+    config) echo core/err.c $(ls core/util*.c 2>/dev/null) core/model.c core/safetensors.c ;;
+    tokenizer) echo core/err.c $(ls core/util*.c 2>/dev/null) core/tok*.c ;;
+    precompiled) echo core/err.c $(ls core/util*.c 2>/dev/null) core/tok*.c ;;
+    peft) echo core/err.c $(ls core/util*.c 2>/dev/null) core/model.c core/safetensors.c core/kernels.c adapters/peft.c ;;
+    jinja) echo core/err.c $(ls core/util*.c 2>/dev/null) core/jinja*.c ;;
+    api) echo core/err.c $(ls core/util*.c 2>/dev/null) core/tok*.c core/jinja*.c server/api_cmpl.c server/api_chat.c ;;
     esac
 }
 maxlen() {
