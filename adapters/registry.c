@@ -290,6 +290,22 @@ static void load_work(uv_work_t *w)
     lr_error_clear(&e->load_err);
     e->new_ad = NULL;
     e->new_set = NULL;
+    /* The folder was confined to a root when it was resolved; its files must be too, or a
+     * symlinked adapter_config.json / adapter_model.safetensors could read any file the daemon
+     * can (r->roots is immutable after create, so no lock is needed here). */
+    if (!r->p.allow_anywhere) {
+        static const char *const files[] = {"adapter_config.json", "adapter_model.safetensors"};
+        for (int i = 0; i < 2; i++) {
+            char p[PATH_MAX + 64], real[PATH_MAX];
+            snprintf(p, sizeof p, "%s/%s", e->path, files[i]);
+            if (realpath(p, real) && !inside_roots(r, real)) {
+                e->load_rc = lr_error_set(&e->load_err, LR_EFORBIDDEN,
+                                          "adapter %s: %s is a link that leaves the adapter roots",
+                                          e->id, files[i]);
+                return;
+            }
+        }
+    }
     e->load_rc = peft_load(e->path, r->p.model, &pp, &e->load_err, &e->new_ad);
     if (e->load_rc == 0) {
         const peft_adapter *one = e->new_ad;

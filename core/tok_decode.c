@@ -201,7 +201,7 @@ static int flush_bytes(strlist *o, tok_buf *bytes)
 static int step(const tok_decoder *d, const strlist *in, strlist *o)
 {
     int rc = 0;
-    const char *t = in->text.p;
+    const char *t = in->text.p ? in->text.p : ""; /* an empty list has no buffer */
     switch (d->kind) {
     case D_SEQUENCE:
         return LR_EINTERNAL; /* flattened by the caller */
@@ -342,7 +342,7 @@ int tokdec_run(const tok_decoder *d, const char *const *tok, const size_t *len, 
         rc = add_str(&a, tok[i], len[i]);
     if (!rc) rc = run(d, &a, &b);
     for (size_t i = 0; !rc && i < a.s.n; i++)
-        rc = tokbuf_put(out, a.text.p + a.s.v[i].off, a.s.v[i].len);
+        rc = tokbuf_put(out, (a.text.p ? a.text.p : "") + a.s.v[i].off, a.s.v[i].len);
     if (!rc) rc = tokbuf_put(out, "", 0);
     free(a.text.p);
     free(a.s.v);
