@@ -37,8 +37,8 @@ void cli_usage(FILE *out)
     fprintf(
         out,
         "usage: lorad --model DIR [options]\n"
-        "Serve a HuggingFace model folder (and, later, PEFT LoRA adapters) over an\n"
-        "OpenAI-compatible HTTP API.\n\n"
+        "Serve a HuggingFace model folder and PEFT LoRA adapters (applied unmerged, many\n"
+        "adapters per batch) over an OpenAI-compatible HTTP API and TGI/LoRAX /generate.\n\n"
         "  --model DIR               model folder (config.json, *.safetensors, tokenizer.json)\n"
         "  --host H                  address to bind (default 127.0.0.1)\n"
         "  --port P                  TCP port, 0 = pick a free one (default 8080)\n"
@@ -75,8 +75,7 @@ void cli_usage(FILE *out)
         "  --log-level L             debug | info | warn | error (default info)\n"
         "  --help                    this text\n"
         "  --version                 print the version\n"
-        "Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP is logged (reserved for adapter "
-        "rescans).\n"
+        "Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP rescans the adapter roots.\n"
         "Request limits: stop holds at most 16 strings of 1..256 bytes; n <= 16; at most 64\n"
         "prompts per request and 64 sequences (prompts x n); max_tokens <= the model's context.\n");
 }

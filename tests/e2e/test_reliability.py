@@ -288,6 +288,8 @@ def make_hostile_adapters(model, root):
     dup = (json.dumps(header)[:-1] + ', "%s": %s}' % (first, json.dumps(header[first]))).encode()
     add("st_duplicate_name", "duplicate tensor name", weights=struct.pack("<Q", len(dup)) + dup + data)
     add("st_truncated", "truncated to half", weights=st[: len(st) // 2])
+    add("st_over_file_limit", "weights file over --max-adapter-file-mb 1", weights=st + b" " * (1 << 20),
+        fname="filelimit")
     # symlink leaving the root
     outside = os.path.join(os.path.dirname(root), "outside")
     gen_adapter.generate(model, "t1", outside)
@@ -304,6 +306,8 @@ def t_hostile_adapters(hostile, base_answer):
         ok = 400 <= st < 500 and openai_error(r)
         if fname == "rank":
             ok = ok and "4" in msg and "rank" in msg
+        elif fname == "filelimit":
+            ok = ok and st == 413 and "adapter_model.safetensors" in msg and "1048576" in msg
         elif fname:
             ok = ok and fname in msg
         check(ok, "hostile adapter %s (%s) → 4xx naming %s: %d %r" % (aid, what, fname, st, msg[:240]))
@@ -401,7 +405,7 @@ def main():
         ts.D = ts.Daemon(binary, model, [
             "--max-body-bytes", str(MAX_BODY), "--max-seqs", "1", "--max-queue", "1",
             "--header-timeout", "2", "--max-connections", "24", "--max-lora-rank", "4",
-            "--adapter-dir", root])
+            "--max-adapter-file-mb", "1", "--adapter-dir", root])
         # test_server's Daemon passes --max-body-bytes 65536 first; ours comes later and wins.
         try:
             base_answer = greedy()
