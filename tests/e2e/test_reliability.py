@@ -76,8 +76,13 @@ def t_limits(base_answer):
     import threading
     codes, msgs = [], []
 
+    # All six leave together (a barrier) and each asks for hundreds of tokens, so on a fast idle
+    # machine the first is still running when the others arrive: timing cannot hide the limit.
+    go = threading.Barrier(6)
+
     def slow():
-        st, _, r = ts.post("/v1/completions", {"prompt": "slow", "max_tokens": 60, "ignore_eos": True})
+        go.wait(30)
+        st, _, r = ts.post("/v1/completions", {"prompt": "slow", "max_tokens": 600, "ignore_eos": True})
         codes.append(st)
         if st != 200:
             msgs.append(err_msg(r))
@@ -85,7 +90,6 @@ def t_limits(base_answer):
     ths = [threading.Thread(target=slow) for _ in range(6)]
     for t in ths:
         t.start()
-        time.sleep(0.02)
     for t in ths:
         t.join(120)
     check(codes.count(429) >= 1 and set(codes) <= {200, 429}, "queue limit → 429s: %r" % codes)
