@@ -55,8 +55,13 @@ int tok_clean_up_spaces(const tok_tokenizer *t);
 size_t tok_clean_up_apply(char *s, size_t n);
 
 /* Streaming detokenisation (HF DecodeStream semantics, SPEC E.6): feed ids one at a time; text
- * is appended to *out only once final, never half a UTF-8 character; the concatenation of all
- * outputs (plus tok_stream_flush) equals tok_decode of all ids. */
+ * is appended to *out only once final, never half a UTF-8 character. The output is exactly what
+ * HF's DecodeStream yields, which decodes each new id with one id of preceding context. For
+ * every decoder chain real tokenizers ship (ByteLevel; Metaspace; Replace + ByteFallback + Fuse +
+ * Strip(start ≤ 1)) the concatenation of all outputs (plus tok_stream_flush) equals tok_decode of
+ * all ids — the goldens check it for every case. A chain that strips more than one leading
+ * character (Strip with start ≥ 2, seen only in synthetic files) can lose text at the start of a
+ * stream, as it does in HF; we match HF rather than diverge from it. */
 typedef struct tok_stream tok_stream;
 int tok_stream_create(const tok_tokenizer *t, int skip_special, tok_stream **out);
 void tok_stream_destroy(tok_stream *s);
