@@ -121,6 +121,7 @@ asan:
 test: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory asan
+	@$(MAKE) --no-print-directory BUILD=build/tsan SAN=thread OPT=-O1 build/tsan/lorad
 	@BUILD=$(BUILD) PY=$(PY) ./tests/run_all.sh
 
 bench: deps

@@ -44,6 +44,10 @@ for t in tests/*/test_*.py; do
     name=$(echo "${t#tests/}" | tr '/' '_'); name=${name%.py}
     run "$name" "$PY" "$t"
 done
+# The concurrency end-to-end suites once more against the ThreadSanitizer build (make tsan).
+if [ -x build/tsan/lorad ]; then
+    run tsan_concurrency env LORAD_BUILD="$BUILD" LORAD_TSAN_BUILD=build/tsan "$PY" tests/soak/tsan.py
+fi
 echo
 [ -n "$failed_names" ] && echo "failed:$failed_names"
 echo "$passed passed, $failed failed"
