@@ -11,31 +11,15 @@
 
 #include "api.h"
 #include "jinja.h"
+#include "util.h"
 
 /* Read a whole small file; NULL if absent. */
+/* The whole file, or NULL if it is absent or unreadable (the caller then looks elsewhere).
+ * No chat template file is larger than 64 MiB. */
 static char *slurp(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
     char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n + 4096 + 1 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            if (cap > ((size_t)64 << 20)) break; /* no chat template is this large */
-            char *b = realloc(buf, cap);
-            if (!b) break;
-            buf = b;
-        }
-        size_t got = fread(buf + n, 1, cap - n - 1, f);
-        n += got;
-        if (got == 0) break;
-    }
-    fclose(f);
-    if (!buf) return NULL;
-    buf[n] = '\0';
-    *len = n;
-    return buf;
+    return lr_read_file(path, NULL, (size_t)64 << 20, &buf, len, NULL) == 0 ? buf : NULL;
 }
 
 /* The template text as transformers finds it: chat_template.jinja beside the tokenizer wins
