@@ -8,6 +8,8 @@
  */
 #include "forward.h"
 
+#include "kern_attn.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +31,14 @@ struct fwd_ctx {
     float *u;        // (T, I) up
     float *cos;      // (T, hd/2) RoPE tables of this batch's positions
     float *sin;      // (T, hd/2)
-    float *scores;   // (nth, max_pos) attention scores per thread
+    /* Attention (fwd_attn_task): per thread slot, the kernel's scratch and the K/V block bases
+     * of the job's sequence; the jobs of the batch, (first row, query rows, KV head) each. */
+    float *attn_scr;           // (nth, attn_scr_floats)
+    size_t attn_scr_floats;
+    const float **attn_blk;    // (nth, 2, attn_max_blocks) key then value block bases
+    int attn_max_blocks;
+    int *attn_busy;            // (nth) slot taken
+    int *job_t0, *job_nq, *job_kvh; // (T * nKV)
     float *panel;    // matmul panel scratch (KERN_PANEL_ROWS, max in-dim)
     float *dscratch; // (T, delta->scratch_per_token) LoRA scratch
     float *gath;     // (max_logit_rows, H) rows gathered for the lm_head
@@ -44,6 +53,12 @@ struct fwd_ctx {
     float *h_y;
     int h_ldx, h_ldy;
 };
+
+/* Query positions per attention job: 16 positions × 3 query heads per KV head (SmolLM) are 48
+ * rows, three AVX-512 vectors, whose transposed queries and scores of one key chunk stay in L1. */
+#define FWD_ATTN_QB 16
+/* Batches of at least this many rows split RoPE and the K/V copy across the pool. */
+#define FWD_ROPE_PAR_ROWS 32
 
 static void *fwd_alloc(size_t n_floats, int *fail)
 {
@@ -100,7 +115,15 @@ int fwd_create(const fwd_params *p, lr_error *err, fwd_ctx **out)
     c->u = fwd_alloc(T * c->I, &fail);
     c->cos = fwd_alloc(T * (c->hd / 2), &fail);
     c->sin = fwd_alloc(T * (c->hd / 2), &fail);
-    c->scores = fwd_alloc((size_t)c->nth * (size_t)cf->max_pos, &fail);
+    c->attn_scr_floats = kern_attn_scratch_floats(FWD_ATTN_QB, c->nH / c->nKV, c->hd);
+    c->attn_scr = fwd_alloc((size_t)c->nth * c->attn_scr_floats, &fail);
+    c->attn_max_blocks = cf->max_pos / (p->kv ? kv_block_tokens(p->kv) : 1) + 1;
+    c->attn_blk = calloc((size_t)c->nth * 2 * (size_t)c->attn_max_blocks, sizeof(float *));
+    c->attn_busy = calloc((size_t)c->nth, sizeof(int));
+    c->job_t0 = calloc(T * (size_t)c->nKV, sizeof(int));
+    c->job_nq = calloc(T * (size_t)c->nKV, sizeof(int));
+    c->job_kvh = calloc(T * (size_t)c->nKV, sizeof(int));
+    if (!c->attn_blk || !c->attn_busy || !c->job_t0 || !c->job_nq || !c->job_kvh) fail = 1;
     int64_t maxin = c->H > c->I ? c->H : c->I;
     if (c->qd > maxin) maxin = c->qd;
     c->panel = fwd_alloc(kern_matmul_scratch_floats(maxin), &fail);
@@ -124,13 +147,18 @@ int fwd_create(const fwd_params *p, lr_error *err, fwd_ctx **out)
 void fwd_destroy(fwd_ctx *c)
 {
     if (!c) return;
-    float *bufs[] = {c->h, c->x,   c->xn,  c->q,      c->k,     c->v,        c->att, c->g,
-                     c->u, c->cos, c->sin, c->scores, c->panel, c->dscratch, c->gath};
+    float *bufs[] = {c->h, c->x,   c->xn,  c->q,        c->k,     c->v,        c->att, c->g,
+                     c->u, c->cos, c->sin, c->attn_scr, c->panel, c->dscratch, c->gath};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     free(c->p_t0);
     free(c->p_t1);
     free(c->p_ad);
+    free(c->attn_blk);
+    free(c->attn_busy);
+    free(c->job_t0);
+    free(c->job_nq);
+    free(c->job_kvh);
     free(c);
 }
 
@@ -191,40 +219,102 @@ static void fwd_linear(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod,
     fwd_hook(c, b, layer, mod, x, ldx, y, ldy, bias);
 }
 
-/* Attention for (row, head) items split across threads. For row t at position p, query head h
- * reads KV head h / (nH / nKV) of its own sequence at positions lo..p, where lo = 0 or, on a
- * sliding-window layer of width W, max(0, p − W + 1):
- *   s_j = (q · k_j) · hd^-0.5;  a = softmax(s);  out_h = Σ_j a_j · v_j. */
-static void fwd_attn_task(void *ctx, int ith, int nth)
+/* Attention, one job per (run of consecutive rows of one sequence, up to FWD_ATTN_QB of them;
+ * KV head): for row t at position p, query head h reads KV head h / (nH / nKV) of its own
+ * sequence at positions lo..p, where lo = 0 or, on a sliding-window layer of width W,
+ * max(0, p − W + 1):
+ *   s_j = (q · k_j) · hd^-0.5;  a = softmax(s);  out_h = Σ_j a_j · v_j   (kern_attn).
+ * Jobs are claimed dynamically by the pool's threads; a job takes a free scratch slot (at most
+ * nth jobs run at once, so one is always free). */
+static void fwd_attn_task(void *ctx, int job, int n_jobs)
 {
     fwd_ctx *c = ctx;
     const fwd_batch *b = c->batch;
     const lr_config *cf = &c->m->cfg;
-    int l = c->layer;
-    int W = (cf->sliding_window > 0 && cf->window_layer && cf->window_layer[l]) ? cf->sliding_window
-                                                                                : 0;
-    int rep = c->nH / c->nKV;
-    float scale = 1.0f / sqrtf((float)c->hd);
-    float *sc = c->scores + (size_t)ith * (size_t)cf->max_pos;
     const kv_pool *kvp = c->par.kv;
-    int64_t items = (int64_t)b->n * c->nH;
-    for (int64_t it = ith; it < items; it += nth) {
-        int t = (int)(it / c->nH), h = (int)(it % c->nH);
-        int p = b->pos[t];
-        int lo = W > 0 && p - W + 1 > 0 ? p - W + 1 : 0;
-        int kvh = h / rep;
-        const float *q = c->q + (size_t)t * c->qd + (size_t)h * c->hd;
-        const kv_seq *s = b->kv[t];
-        for (int j = lo; j <= p; j++)
-            sc[j - lo] =
-                kern_dot_f32(q, kv_k(kvp, s, KV_SELF, l, j) + (size_t)kvh * c->hd, c->hd) * scale;
-        kern_softmax(sc, p - lo + 1);
-        float *o = c->att + (size_t)t * c->qd + (size_t)h * c->hd;
-        memset(o, 0, sizeof(float) * (size_t)c->hd);
-        for (int j = lo; j <= p; j++) {
-            kern_axpy(o, sc[j - lo], kv_v(kvp, s, KV_SELF, l, j) + (size_t)kvh * c->hd, c->hd);
-        }
+    int l = c->layer, rep = c->nH / c->nKV;
+    int slot = 0;
+    while (__atomic_exchange_n(&c->attn_busy[slot], 1, __ATOMIC_ACQUIRE))
+        slot = (slot + 1) % c->nth;
+    int t0 = c->job_t0[job], nq = c->job_nq[job], kvh = c->job_kvh[job];
+    const kv_seq *s = b->kv[t0];
+    int pos0 = b->pos[t0], B = kv_block_tokens(kvp);
+    const float **kb = c->attn_blk + (size_t)slot * 2 * (size_t)c->attn_max_blocks;
+    const float **vb = kb + c->attn_max_blocks;
+    int nb = (pos0 + nq - 1) / B + 1;
+    for (int i = 0; i < nb; i++) {
+        kb[i] = kv_k(kvp, s, KV_SELF, l, i * B) + (size_t)kvh * c->hd;
+        vb[i] = kv_v(kvp, s, KV_SELF, l, i * B) + (size_t)kvh * c->hd;
     }
+    size_t off = (size_t)t0 * c->qd + (size_t)kvh * rep * c->hd;
+    kern_attn_job j = {
+        .q = c->q + off,
+        .ldq = c->qd,
+        .out = c->att + off,
+        .ldo = c->qd,
+        .nq = nq,
+        .rep = rep,
+        .hd = c->hd,
+        .pos0 = pos0,
+        .window = (cf->sliding_window > 0 && cf->window_layer && cf->window_layer[l])
+                      ? cf->sliding_window
+                      : 0,
+        .scale = 1.0f / sqrtf((float)c->hd),
+        .k_blocks = kb,
+        .v_blocks = vb,
+        .block = B,
+        .ld = c->kvd,
+    };
+    kern_attn(&j, c->attn_scr + (size_t)slot * c->attn_scr_floats);
+    __atomic_store_n(&c->attn_busy[slot], 0, __ATOMIC_RELEASE);
+}
+
+/* Split the batch into attention jobs: maximal runs of rows of one sequence at consecutive
+ * positions, cut into blocks of FWD_ATTN_QB rows, times the KV heads. Blocks are listed last
+ * first, so the longest jobs of a prefill (the last rows see the most keys) are claimed first
+ * and the short ones fill in at the end. Returns the number of jobs. */
+static int fwd_attn_jobs(fwd_ctx *c, const fwd_batch *b)
+{
+    int nj = 0;
+    for (int t = 0; t < b->n;) {
+        int t1 = t + 1;
+        while (t1 < b->n && b->kv[t1] == b->kv[t] && b->pos[t1] == b->pos[t] + (t1 - t))
+            t1++;
+        for (int e = t1; e > t; e -= FWD_ATTN_QB) {
+            int s0 = e - FWD_ATTN_QB > t ? e - FWD_ATTN_QB : t;
+            for (int h = 0; h < c->nKV; h++) {
+                c->job_t0[nj] = s0;
+                c->job_nq[nj] = e - s0;
+                c->job_kvh[nj++] = h;
+            }
+        }
+        t = t1;
+    }
+    return nj;
+}
+
+/* RoPE on q and k of rows [t0, t1), and the post-RoPE keys and the values of those rows into their
+ * sequences' blocks (rows are independent: split across threads when the batch is large). */
+static void fwd_rope_rows(fwd_ctx *c, int t0, int t1)
+{
+    const fwd_batch *b = c->batch;
+    int half = c->hd / 2, l = c->layer;
+    for (int t = t0; t < t1; t++) {
+        const float *cs = c->cos + (size_t)t * half, *sn = c->sin + (size_t)t * half;
+        kern_rope(c->q + (size_t)t * c->qd, c->nH, c->hd, cs, sn);
+        kern_rope(c->k + (size_t)t * c->kvd, c->nKV, c->hd, cs, sn);
+        memcpy(kv_k(c->par.kv, b->kv[t], KV_SELF, l, b->pos[t]), c->k + (size_t)t * c->kvd,
+               sizeof(float) * (size_t)c->kvd);
+        memcpy(kv_v(c->par.kv, b->kv[t], KV_SELF, l, b->pos[t]), c->v + (size_t)t * c->kvd,
+               sizeof(float) * (size_t)c->kvd);
+    }
+}
+
+static void fwd_rope_task(void *ctx, int ith, int nth)
+{
+    fwd_ctx *c = ctx;
+    int n = c->batch->n;
+    fwd_rope_rows(c, (int)((int64_t)n * ith / nth), (int)((int64_t)n * (ith + 1) / nth));
 }
 
 int fwd_forward(fwd_ctx *c, const fwd_batch *b, lr_error *err)
@@ -248,6 +338,7 @@ int fwd_forward(fwd_ctx *c, const fwd_batch *b, lr_error *err)
                                 cf->max_pos);
     }
     c->batch = b;
+    int n_jobs = fwd_attn_jobs(c, b);
 
     // Embedding gather (+ embedding LoRA) into the residual stream h (n, H).
     for (int t = 0; t < n; t++) {
@@ -272,18 +363,13 @@ int fwd_forward(fwd_ctx *c, const fwd_batch *b, lr_error *err)
         fwd_linear(c, b, l, LR_MOD_Q, &L->q, L->bq, c->xn, H, c->q, c->qd);
         fwd_linear(c, b, l, LR_MOD_K, &L->k, L->bk, c->xn, H, c->k, c->kvd);
         fwd_linear(c, b, l, LR_MOD_V, &L->v, L->bv, c->xn, H, c->v, c->kvd);
-        for (int t = 0; t < n; t++) {
-            const float *cs = c->cos + (size_t)t * half, *sn = c->sin + (size_t)t * half;
-            kern_rope(c->q + (size_t)t * c->qd, c->nH, c->hd, cs, sn);
-            kern_rope(c->k + (size_t)t * c->kvd, c->nKV, c->hd, cs, sn);
-            // Post-RoPE keys and the values go to the row's sequence blocks.
-            memcpy(kv_k(c->par.kv, b->kv[t], KV_SELF, l, b->pos[t]), c->k + (size_t)t * c->kvd,
-                   sizeof(float) * (size_t)c->kvd);
-            memcpy(kv_v(c->par.kv, b->kv[t], KV_SELF, l, b->pos[t]), c->v + (size_t)t * c->kvd,
-                   sizeof(float) * (size_t)c->kvd);
-        }
+        // RoPE, then post-RoPE keys and the values to the rows' sequence blocks.
         c->layer = l;
-        kern_pool_run(c->par.pool, fwd_attn_task, c);
+        if (n >= FWD_ROPE_PAR_ROWS)
+            kern_pool_run(c->par.pool, fwd_rope_task, c);
+        else
+            fwd_rope_rows(c, 0, n);
+        kern_pool_run_chunks(c->par.pool, fwd_attn_task, c, n_jobs);
         fwd_linear(c, b, l, LR_MOD_O, &L->o, L->bo, c->att, c->qd, c->x, H);
         kern_add(c->h, c->x, (int64_t)n * H);
         // MLP block.

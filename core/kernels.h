@@ -93,4 +93,9 @@ void kern_rope(float *v, int n_heads, int hd, const float *cos, const float *sin
 /* x[i] = exp(x[i] − max) / Σ exp(…), fp32, in place. Returns nothing; n >= 1. */
 void kern_softmax(float *x, int n);
 
+/* ---- vector maths (core/kern_rows.c) ----
+ * y[i] = e^x[i] in fp32: the vector variants are within 2 ulp of expf over the normal range,
+ * give +0 for x <= −104 (and −inf), +inf above 88.73; y may equal x. */
+void kern_exp(float *y, const float *x, int64_t n);
+
 #endif
