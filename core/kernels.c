@@ -608,37 +608,6 @@ static inline float w_scalar(const void *w, lr_dtype dt, int64_t i)
     return dt == LR_DT_F16 ? f16_scalar(load_u16(w, i)) : bf16_scalar(load_u16(w, i));
 }
 
-TGT_AVX512 static inline __m512 w16_avx512(const void *w, lr_dtype dt, int64_t i)
-{
-    const char *c = w;
-    if (dt == LR_DT_F32) return _mm512_loadu_ps((const float *)(c + 4 * i));
-    __m256i h = _mm256_loadu_si256((const __m256i *)(c + 2 * i));
-    if (dt == LR_DT_F16) return _mm512_cvtph_ps(h);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-TGT_AVX512 static void dot4_avx512(const float *x, int ldx, const void *w, lr_dtype dt, int64_t n,
-                                   float *out)
-{
-    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * (size_t)ldx, *x3 = x + 3 * (size_t)ldx;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 wv = w16_avx512(w, dt, i);
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x0 + i), wv, a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x1 + i), wv, a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(x2 + i), wv, a2);
-        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(x3 + i), wv, a3);
-    }
-    float s0 = _mm512_reduce_add_ps(a0), s1 = _mm512_reduce_add_ps(a1);
-    float s2 = _mm512_reduce_add_ps(a2), s3 = _mm512_reduce_add_ps(a3);
-    for (; i < n; i++) {
-        float wi = w_scalar(w, dt, i);
-        s0 += x0[i] * wi, s1 += x1[i] * wi, s2 += x2[i] * wi, s3 += x3[i] * wi;
-    }
-    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
-}
-
 TGT_AVX2 static inline __m256 w8_avx2(const void *w, lr_dtype dt, int64_t i)
 {
     const char *c = w;
@@ -682,46 +651,6 @@ static void dot4_scalar(const float *x, int ldx, const void *w, lr_dtype dt, int
 
 /* One row alone, with exactly the arithmetic of one lane of dot4 (one accumulator, the same
  * order), so a row's result is the same whether it ran in a group of four or alone. */
-TGT_AVX512 static float dot1_avx512(const float *x, const void *w, lr_dtype dt, int64_t n)
-{
-    __m512 a = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        a = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), w16_avx512(w, dt, i), a);
-    float s = _mm512_reduce_add_ps(a);
-    for (; i < n; i++)
-        s += x[i] * w_scalar(w, dt, i);
-    return s;
-}
-
-/* One activation row against four weight rows w0..w3 (row stride ws elements): out[r] is
- * bitwise what dot1_avx512(x, w_r) returns (each row its own accumulator, same order), but the
- * four independent FMA chains and load streams keep the core and the memory system busier. */
-TGT_AVX512 static void dot1w4_avx512(const float *x, const void *w, size_t ws, lr_dtype dt,
-                                     int64_t n, float *out)
-{
-    size_t esz = dt == LR_DT_F32 ? 4 : 2;
-    const char *w0 = w, *w1 = w0 + ws * esz, *w2 = w1 + ws * esz, *w3 = w2 + ws * esz;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 xv = _mm512_loadu_ps(x + i);
-        a0 = _mm512_fmadd_ps(xv, w16_avx512(w0, dt, i), a0);
-        a1 = _mm512_fmadd_ps(xv, w16_avx512(w1, dt, i), a1);
-        a2 = _mm512_fmadd_ps(xv, w16_avx512(w2, dt, i), a2);
-        a3 = _mm512_fmadd_ps(xv, w16_avx512(w3, dt, i), a3);
-    }
-    float s0 = _mm512_reduce_add_ps(a0), s1 = _mm512_reduce_add_ps(a1);
-    float s2 = _mm512_reduce_add_ps(a2), s3 = _mm512_reduce_add_ps(a3);
-    for (; i < n; i++) {
-        s0 += x[i] * w_scalar(w0, dt, i);
-        s1 += x[i] * w_scalar(w1, dt, i);
-        s2 += x[i] * w_scalar(w2, dt, i);
-        s3 += x[i] * w_scalar(w3, dt, i);
-    }
-    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
-}
-
 TGT_AVX2 static float dot1_avx2(const float *x, const void *w, lr_dtype dt, int64_t n)
 {
     __m256 a = _mm256_setzero_ps();
@@ -753,16 +682,6 @@ static void mm_direct_task(void *ctx, int ith, int nth)
     kern_slice(W->rows, ith, nth, &o0, &o1);
     size_t esz = W->dtype == LR_DT_F32 ? 4 : 2;
     kern_isa isa = kern_get_isa();
-    if (j->T == 1 && isa == KERN_ISA_AVX512) {
-        /* Decode of one row: four weight rows per step (same per-row arithmetic as dot1). */
-        for (; o0 + 4 <= o1; o0 += 4) {
-            const void *row = (const char *)W->data + (size_t)o0 * (size_t)W->cols * esz;
-            float out[4];
-            dot1w4_avx512(j->x, row, (size_t)W->cols, W->dtype, W->cols, out);
-            for (int r = 0; r < 4; r++)
-                j->y[o0 + r] = out[r];
-        }
-    }
     for (int64_t o = o0; o < o1; o++) {
         const void *row = (const char *)W->data + (size_t)o * (size_t)W->cols * esz;
         for (int t = 0; t < j->T; t += 4) {
@@ -773,9 +692,7 @@ static void mm_direct_task(void *ctx, int ith, int nth)
                 for (int r = 0; r < nr; r++) {
                     const float *xr = x + (size_t)r * (size_t)j->ldx;
                     float v;
-                    if (isa == KERN_ISA_AVX512)
-                        v = dot1_avx512(xr, row, W->dtype, W->cols);
-                    else if (isa == KERN_ISA_AVX2)
+                    if (isa == KERN_ISA_AVX2)
                         v = dot1_avx2(xr, row, W->dtype, W->cols);
                     else
                         v = dot1_scalar(xr, row, W->dtype, W->cols);
@@ -783,9 +700,7 @@ static void mm_direct_task(void *ctx, int ith, int nth)
                 }
                 continue;
             }
-            if (isa == KERN_ISA_AVX512)
-                dot4_avx512(x, j->ldx, row, W->dtype, W->cols, out);
-            else if (isa == KERN_ISA_AVX2)
+            if (isa == KERN_ISA_AVX2)
                 dot4_avx2(x, j->ldx, row, W->dtype, W->cols, out);
             else
                 dot4_scalar(x, j->ldx, row, W->dtype, W->cols, out);
@@ -829,6 +744,256 @@ static int mm_chunks(const kern_pool *p, int64_t rows)
     return c < 1 ? 1 : (int)c;
 }
 
+/* ---- AVX-512: one register-tiled kernel for every T ----
+ * A tile is MR activation rows × NR weight rows (MR·NR ≤ 16 accumulators, one zmm each):
+ *   acc[i][j] += x_i[k..k+16) ⊙ w_j[k..k+16)   for k in steps of 16 (F32, F16), and
+ *   acc[i][j] += x_i^even ⊙ w_j^even;  acc[i][j] += x_i^odd ⊙ w_j^odd   per 32 values (BF16),
+ * then the 16 accumulators are summed across lanes together (red16). BF16 weights are widened
+ * in registers without a shuffle: a dword of two bf16 holds value 2l in its low half and 2l+1 in
+ * its high half, so (dword << 16) and (dword & 0xffff0000) are the f32 of the even and the odd
+ * values; the activations are permuted to match once per call (bf16_permute_x). The K tail is
+ * read with masked loads (zeros), so every (row, output) pair gets the same sequence of
+ * operations whatever tile, group or thread computed it: results are bitwise independent of T
+ * and of the batch's other rows. W is read in its own dtype, never packed or converted to
+ * memory. */
+
+#define MT_TB 128 /* activation rows per chunk when T is large (a block stays in L2) */
+#define MT_NB 64  /* weight rows per chunk when T is large */
+
+/* out[i] = Σ_lanes v[i] for i < 16, by one pairing tree shared by all 16 vectors: lanes l and
+ * l+8, then l and l+4, l+2, l+1 (every vector is summed in the same order, whichever slot it
+ * occupies, so a result does not depend on its neighbours). The total of v[i] ends in lane
+ * 4·(i mod 4) + i/4. */
+TGT_AVX512 static inline __attribute__((always_inline)) void red16(const __m512 *v, float *out)
+{
+    __m512 s[8], u[4], w[2];
+#pragma GCC unroll 16
+    for (int p = 0; p < 8; p++)
+        s[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0xEE));
+#pragma GCC unroll 16
+    for (int q = 0; q < 4; q++)
+        u[q] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * q], s[2 * q + 1], 0x88),
+                             _mm512_shuffle_f32x4(s[2 * q], s[2 * q + 1], 0xDD));
+#pragma GCC unroll 16
+    for (int r = 0; r < 2; r++)
+        w[r] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * r], u[2 * r + 1], 0x44),
+                             _mm512_shuffle_ps(u[2 * r], u[2 * r + 1], 0xEE));
+    __m512 z = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88),
+                             _mm512_shuffle_ps(w[0], w[1], 0xDD));
+    float lanes[16];
+    _mm512_storeu_ps(lanes, z);
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++)
+        out[i] = lanes[4 * (i & 3) + (i >> 2)];
+}
+
+/* One tile: out[i·NR + j] = Σ_k x_i[k]·w_j[k] for i < MR, j < NR, k < K. x rows are f32 (BF16:
+ * permuted, padded with zeros to a multiple of 32); w rows in dtype dt. MR, NR and dt are
+ * constants at every call site, so the loops unroll and the accumulators live in registers. */
+TGT_AVX512 static inline __attribute__((always_inline)) void
+mt_tile(const float *const *xr, const char *const *wr, lr_dtype dt, int64_t K, int MR, int NR,
+        float *out)
+{
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int a = 0; a < 16; a++)
+        acc[a] = _mm512_setzero_ps();
+    int64_t k = 0;
+    if (dt == LR_DT_BF16) {
+        const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+        for (; k < K; k += 32) {
+            __mmask32 m = K - k >= 32 ? 0xffffffffu : (__mmask32)((1u << (K - k)) - 1);
+            __m512 xe[4], xo[4];
+        #pragma GCC unroll 16
+            for (int i = 0; i < MR; i++) {
+                xe[i] = _mm512_loadu_ps(xr[i] + k);
+                xo[i] = _mm512_loadu_ps(xr[i] + k + 16);
+            }
+        #pragma GCC unroll 16
+            for (int j = 0; j < NR; j++) {
+                __m512i wv = _mm512_maskz_loadu_epi16(m, wr[j] + 2 * k);
+                __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(wv, 16));
+                __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(wv, hi));
+            #pragma GCC unroll 16
+                for (int i = 0; i < MR; i++) {
+                    acc[i * NR + j] = _mm512_fmadd_ps(xe[i], we, acc[i * NR + j]);
+                    acc[i * NR + j] = _mm512_fmadd_ps(xo[i], wo, acc[i * NR + j]);
+                }
+            }
+        }
+    } else {
+        for (; k < K; k += 16) {
+            __mmask16 m = K - k >= 16 ? 0xffff : (__mmask16)((1u << (K - k)) - 1);
+            __m512 xv[4];
+        #pragma GCC unroll 16
+            for (int i = 0; i < MR; i++)
+                xv[i] = _mm512_maskz_loadu_ps(m, xr[i] + k);
+        #pragma GCC unroll 16
+            for (int j = 0; j < NR; j++) {
+                __m512 wv = dt == LR_DT_F32
+                                ? _mm512_maskz_loadu_ps(m, (const float *)wr[j] + k)
+                                : _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, wr[j] + 2 * k));
+            #pragma GCC unroll 16
+                for (int i = 0; i < MR; i++)
+                    acc[i * NR + j] = _mm512_fmadd_ps(xv[i], wv, acc[i * NR + j]);
+            }
+        }
+    }
+    red16(acc, out);
+}
+
+/* The tile shapes: MR activation rows × NR weight rows. T < 4 uses one group of T rows with
+ * more weight rows per tile (1×16, 2×8, 3×5: more independent loads in flight); otherwise 4×4
+ * tiles and a last group of T mod 4 rows (MR 1..3 × 4). */
+#define MT_TILE_FN(DT, MR, NR)                                                                   \
+    TGT_AVX512 static void mt_##DT##_##MR##x##NR(const float *const *xr, const char *const *wr, \
+                                                 int64_t K, float *out)                        \
+    {                                                                                          \
+        mt_tile(xr, wr, LR_DT_##DT, K, MR, NR, out);                                           \
+    }
+#define MT_TILE_SET(DT)                                                                          \
+    MT_TILE_FN(DT, 1, 16) MT_TILE_FN(DT, 2, 8) MT_TILE_FN(DT, 3, 5) MT_TILE_FN(DT, 1, 4)         \
+    MT_TILE_FN(DT, 2, 4) MT_TILE_FN(DT, 3, 4) MT_TILE_FN(DT, 4, 4)
+MT_TILE_SET(F32)
+MT_TILE_SET(F16)
+MT_TILE_SET(BF16)
+
+typedef void (*mt_fn)(const float *const *xr, const char *const *wr, int64_t K, float *out);
+
+/* The tile function for mr rows (1..4) of a call whose groups are g rows (g = T when T < 4,
+ * else 4), and its NR. */
+static mt_fn mt_pick(lr_dtype dt, int g, int mr, int *nr)
+{
+#define MT_ROW(DT)                                                                               \
+    {mt_##DT##_1x16, mt_##DT##_2x8, mt_##DT##_3x5, mt_##DT##_1x4, mt_##DT##_2x4, mt_##DT##_3x4, \
+     mt_##DT##_4x4}
+    static const mt_fn tab[3][7] = {MT_ROW(F32), MT_ROW(F16), MT_ROW(BF16)};
+#undef MT_ROW
+    int d = dt == LR_DT_F32 ? 0 : dt == LR_DT_F16 ? 1 : 2;
+    if (g < 4) {
+        static const int nrs[3] = {16, 8, 5};
+        *nr = nrs[mr - 1];
+        return tab[d][mr - 1];
+    }
+    *nr = 4;
+    return tab[d][3 + mr - 1];
+}
+
+typedef struct mt_job {
+    float *y;
+    int ldy;
+    const float *x; /* activations (BF16: permuted, row stride ldx = K rounded up to 32) */
+    int ldx;
+    int T;
+    const lr_mat *W;
+    int g;          /* rows per group: T when T < 4, else 4 */
+    int tb, nb;     /* chunk = tb activation rows × nb weight rows */
+    int n_nb;       /* weight-row blocks */
+} mt_job;
+
+static void mt_task(void *ctx, int c, int nc)
+{
+    (void)nc;
+    const mt_job *j = ctx;
+    const lr_mat *W = j->W;
+    size_t rowb = (size_t)W->cols * (W->dtype == LR_DT_F32 ? 4 : 2);
+    int64_t o0 = (int64_t)(c % j->n_nb) * j->nb, o1 = o0 + j->nb;
+    int t0 = (c / j->n_nb) * j->tb, t1 = t0 + j->tb;
+    if (o1 > W->rows) o1 = W->rows;
+    if (t1 > j->T) t1 = j->T;
+    int nr;
+    mt_pick(W->dtype, j->g, j->g, &nr);
+    for (int64_t o = o0; o < o1; o += nr) {
+        /* the last tile of a block repeats its last weight row in the unused slots */
+        const char *wr[16];
+        int nreal = o1 - o < nr ? (int)(o1 - o) : nr;
+        for (int q = 0; q < nr; q++)
+            wr[q] = (const char *)W->data + (size_t)(o + (q < nreal ? q : nreal - 1)) * rowb;
+        for (int t = t0; t < t1; t += j->g) {
+            int mr = t1 - t < j->g ? t1 - t : j->g, tnr;
+            mt_fn fn = mt_pick(W->dtype, j->g, mr, &tnr);
+            const float *xr[4];
+            for (int i = 0; i < mr; i++)
+                xr[i] = j->x + (size_t)(t + i) * (size_t)j->ldx;
+            float out[16];
+            fn(xr, wr, W->cols, out);
+            for (int i = 0; i < mr; i++)
+                for (int q = 0; q < nreal; q++)
+                    j->y[(size_t)(t + i) * (size_t)j->ldy + (size_t)(o + q)] = out[i * tnr + q];
+        }
+    }
+}
+
+/* BF16 activations, permuted per block of 32 values: evens first, then odds, zero padded. */
+typedef struct mt_perm {
+    float *dst;
+    int ldd;
+    const float *x;
+    int ldx;
+    int64_t K;
+    int T;
+} mt_perm;
+
+static void mt_perm_task(void *ctx, int c, int nc)
+{
+    const mt_perm *p = ctx;
+    int t0 = (int)((int64_t)p->T * c / nc), t1 = (int)((int64_t)p->T * (c + 1) / nc);
+    for (int t = t0; t < t1; t++) {
+        const float *s = p->x + (size_t)t * (size_t)p->ldx;
+        float *d = p->dst + (size_t)t * (size_t)p->ldd;
+        for (int64_t b = 0; b < p->ldd; b += 32)
+            for (int l = 0; l < 16; l++) {
+                d[b + l] = b + 2 * l < p->K ? s[b + 2 * l] : 0.0f;
+                d[b + 16 + l] = b + 2 * l + 1 < p->K ? s[b + 2 * l + 1] : 0.0f;
+            }
+    }
+}
+
+/* y[t0..t0+T) = x·Wᵀ with the tiled kernel; x already in the layout W's dtype wants. */
+static void mt_run(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T,
+                   const lr_mat *W)
+{
+    mt_job j = {y, ldy, x, ldx, T, W, T < 4 ? T : 4, 0, 0, 0};
+    int nr;
+    mt_pick(W->dtype, j.g, j.g, &nr);
+    int n_tb;
+    if (T <= 16) {
+        /* decode: all rows in every chunk, W's rows split about 8 ways per thread */
+        j.tb = T;
+        n_tb = 1;
+        int64_t nc = mm_chunks(p, W->rows);
+        j.nb = (int)((W->rows + nc - 1) / nc);
+    } else {
+        j.tb = MT_TB;
+        n_tb = (T + MT_TB - 1) / MT_TB;
+        j.nb = MT_NB;
+    }
+    j.nb = (j.nb + nr - 1) / nr * nr;
+    j.n_nb = (int)((W->rows + j.nb - 1) / j.nb);
+    kern_pool_run_chunks(p, mt_task, &j, n_tb * j.n_nb);
+}
+
+static void mt_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T,
+                      const lr_mat *W, float *scratch)
+{
+    if (W->dtype != LR_DT_BF16) {
+        mt_run(p, y, ldy, x, ldx, T, W);
+        return;
+    }
+    LR_ASSERT(scratch != NULL);
+    int ldd = (int)((W->cols + 31) / 32 * 32);
+    int blk = (int)(kern_matmul_scratch_floats(W->cols) / (size_t)ldd);
+    LR_ASSERT(blk >= 1);
+    for (int t0 = 0; t0 < T; t0 += blk) {
+        int n = T - t0 < blk ? T - t0 : blk;
+        mt_perm pm = {scratch, ldd, x + (size_t)t0 * (size_t)ldx, ldx, W->cols, n};
+        int nc = n < 2 * kern_pool_threads(p) ? n : 2 * kern_pool_threads(p);
+        kern_pool_run_chunks(p, mt_perm_task, &pm, nc);
+        mt_run(p, y + (size_t)t0 * (size_t)ldy, ldy, scratch, ldd, n, W);
+    }
+}
+
 size_t kern_matmul_scratch_floats(int64_t cols)
 {
     return (size_t)KERN_PANEL_ROWS * (size_t)cols;
@@ -838,6 +1003,10 @@ void kern_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T
                  float *scratch)
 {
     if (T <= 0 || W->rows == 0) return;
+    if (kern_get_isa() == KERN_ISA_AVX512) {
+        mt_matmul(p, y, ldy, x, ldx, T, W, scratch);
+        return;
+    }
     mm_job j = {y, ldy, x, ldx, T, W, scratch, 0, 0, 0};
     if (T <= KERN_DIRECT_T) {
         /* Few rows (decode): one pass over W with dot products. sgemm would first pack all of W

@@ -95,7 +95,7 @@ END_TEST
  * of any vector width. */
 START_TEST(test_matmul)
 {
-    enum { ROWS = 300, COLS = 70, TMAX = 17 };
+    enum { ROWS = 300, COLS = 70, TMAX = 200 };
     float *wf = malloc(sizeof(float) * ROWS * COLS);
     uint16_t *wh = malloc(2 * ROWS * COLS + 2);
     uint16_t *wb = malloc(2 * ROWS * COLS + 2);
@@ -109,7 +109,7 @@ START_TEST(test_matmul)
     }
     for (int i = 0; i < TMAX * (COLS + 3); i++)
         x[i] = frand();
-    const int Ts[] = {1, 2, 3, 4, 5, 7, 8, 9, 17};
+    const int Ts[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33, 140, 200};
     const int threads[] = {1, 3};
     for (int th = 0; th < 2; th++) {
         kern_pool *pool;
@@ -158,19 +158,21 @@ START_TEST(test_matmul)
 }
 END_TEST
 
-/* The direct kernel (T <= KERN_DIRECT_T) gives every row exactly the result it gets alone, so
- * decode steps do not depend on which other sequences share the batch. */
+/* Every row gets exactly the result it gets alone, so decode steps do not depend on which other
+ * sequences share the batch: for T <= KERN_DIRECT_T on every ISA, for every T with AVX-512 (its
+ * tiled kernel gives each (row, output) pair the same operations whatever the tile). */
 START_TEST(test_direct_batch_invariant)
 {
-    enum { ROWS = 37, COLS = 53 };
-    float *wf = malloc(sizeof(float) * ROWS * COLS), *x = malloc(sizeof(float) * 8 * COLS);
+    enum { ROWS = 37, COLS = 53, TMAX = 40 };
+    float *wf = malloc(sizeof(float) * ROWS * COLS), *x = malloc(sizeof(float) * TMAX * COLS);
     uint16_t *wh = malloc(2 * ROWS * COLS);
-    float y[8 * ROWS], y1[ROWS];
+    float *scratch = malloc(sizeof(float) * kern_matmul_scratch_floats(COLS));
+    float y[TMAX * ROWS], y1[ROWS];
     for (int i = 0; i < ROWS * COLS; i++) {
         wf[i] = frand();
         wh[i] = to_f16(frand());
     }
-    for (int i = 0; i < 8 * COLS; i++)
+    for (int i = 0; i < TMAX * COLS; i++)
         x[i] = frand();
     kern_pool *pool;
     ck_assert_int_eq(kern_pool_create(2, NULL, &pool), 0);
@@ -178,10 +180,11 @@ START_TEST(test_direct_batch_invariant)
         if (kern_set_isa(isas[k]) != isas[k]) continue;
         for (int dt = 0; dt < 3; dt++) {
             lr_mat W = {(lr_dtype)dt, dt == 0 ? (const void *)wf : (const void *)wh, ROWS, COLS};
-            for (int T = 1; T <= KERN_DIRECT_T; T++) {
-                kern_matmul(pool, y, ROWS, x, COLS, T, &W, NULL);
+            int tmax = isas[k] == KERN_ISA_AVX512 ? TMAX : KERN_DIRECT_T;
+            for (int T = 1; T <= tmax; T++) {
+                kern_matmul(pool, y, ROWS, x, COLS, T, &W, scratch);
                 for (int t = 0; t < T; t++) {
-                    kern_matmul(pool, y1, ROWS, x + t * COLS, COLS, 1, &W, NULL);
+                    kern_matmul(pool, y1, ROWS, x + t * COLS, COLS, 1, &W, scratch);
                     ck_assert_msg(memcmp(y1, y + t * ROWS, sizeof y1) == 0,
                                   "isa %s dtype %d: row %d of a %d-row call differs from alone",
                                   kern_isa_name(isas[k]), dt, t, T);
@@ -194,6 +197,7 @@ START_TEST(test_direct_batch_invariant)
     free(wf);
     free(wh);
     free(x);
+    free(scratch);
 }
 END_TEST
 
