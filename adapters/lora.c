@@ -11,16 +11,17 @@
  */
 #include "lora.h"
 
-#include "kernels.h"
+#include "lora_kern.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Runs of at most this many rows use vector dot products (decode tokens): below this sgemm's
- * setup and packing cost more than the products (rank 16: a run is a few thousand FMAs). */
-#define LORA_LOOP_T 8
+/* Runs of at most this many rows use the register-blocked kernels of lora_kern (decode steps
+ * and small batches): below this sgemm's setup and packing cost more than the products (rank 16:
+ * a row is a few thousand FMAs). Longer runs (prefill) use sgemm. */
+#define LORA_KERN_T 32
 
 typedef struct lora_member {
     const peft_adapter *a;
@@ -150,36 +151,30 @@ int lora_has_module(const void *set, int layer, lr_module mod)
 /* tmp (T, r) = X (T, in) · Aᵀ. */
 static void shrink(const peft_module *md, const float *x, int ldx, int T, float *tmp)
 {
-    if (T <= LORA_LOOP_T) {
-        /* Vector dot products: A (r·in floats, 37 KB at r 16) stays in L1/L2 across rows. */
-        for (int t = 0; t < T; t++) {
-            const float *xr = x + (size_t)t * ldx;
-            for (int j = 0; j < md->r; j++)
-                tmp[(size_t)t * md->r + j] = kern_dot_f32(xr, md->A + (size_t)j * md->in, md->in);
-        }
+    if (T <= LORA_KERN_T) {
+        lk_shrink(x, ldx, T, md->A, md->r, md->in, tmp, md->r);
         return;
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, md->r, md->in, 1.0f, x, ldx, md->A,
                 md->in, 0.0f, tmp, md->r);
 }
 
-/* out (T, out) = beta·out + k · tmp (T, r) · Bᵀ (+ k·b_B). */
+/* out (T, out) = (accumulate ? out : 0) + k · (tmp (T, r) · Bᵀ + b_B). Loaded modules hold Bt
+ * (B transposed, [r, out]); a module built by hand may hold only B. */
 static void expand(const peft_module *md, const float *tmp, int T, float k, float *o, int ldo,
-                   float beta)
+                   int accumulate)
 {
-    if (T <= LORA_LOOP_T) {
-        for (int t = 0; t < T; t++) {
-            const float *tr = tmp + (size_t)t * md->r;
-            float *yr = o + (size_t)t * ldo;
-            for (int q = 0; q < md->out; q++) {
-                float acc = kern_dot_f32(tr, md->B + (size_t)q * md->r, md->r);
-                yr[q] = (beta == 0.0f ? 0.0f : yr[q]) + k * acc;
-            }
-        }
-    } else {
+    if (md->Bt && T <= LORA_KERN_T) {
+        lk_expand(tmp, md->r, T, md->Bt, md->r, md->out, k, md->bias_b, o, ldo, accumulate);
+        return;
+    }
+    float beta = accumulate ? 1.0f : 0.0f;
+    if (md->Bt)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, md->out, md->r, k, tmp, md->r,
+                    md->Bt, md->out, beta, o, ldo);
+    else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, md->out, md->r, k, tmp, md->r,
                     md->B, md->r, beta, o, ldo);
-    }
     if (md->bias_b)
         for (int t = 0; t < T; t++)
             for (int q = 0; q < md->out; q++)
@@ -223,20 +218,20 @@ void lora_apply(const void *set, int layer, lr_module mod, const float *x, int l
         shrink(md, x, ldx, T, tmp);
         const float *f = md->dora ? (me->dora ? me->dora[slot] : md->dora) : NULL;
         if (!f) {
-            expand(md, tmp, T, k, y, ldy, 1.0f);
+            expand(md, tmp, T, k, y, ldy, 1);
         } else if (!snap) {
             // Y = b + f ⊙ ((Y − b) + k·B·A·X)
             for (int t = 0; t < T && bias; t++)
                 for (int q = 0; q < md->out; q++)
                     y[(size_t)t * ldy + q] -= bias[q];
-            expand(md, tmp, T, k, y, ldy, 1.0f);
+            expand(md, tmp, T, k, y, ldy, 1);
             for (int t = 0; t < T; t++)
                 for (int q = 0; q < md->out; q++)
                     y[(size_t)t * ldy + q] =
                         f[q] * y[(size_t)t * ldy + q] + (bias ? bias[q] : 0.0f);
         } else {
             // Y += (f − 1) ⊙ base + f ⊙ (k·B·A·X)
-            expand(md, tmp, T, k, delta, md->out, 0.0f);
+            expand(md, tmp, T, k, delta, md->out, 0);
             for (int t = 0; t < T; t++)
                 for (int q = 0; q < md->out; q++)
                     y[(size_t)t * ldy + q] += (f[q] - 1.0f) * base[(size_t)t * md->out + q] +

@@ -7,9 +7,10 @@
  *
  * lora_ops() fills the eng_delta_ops the engine calls after each base GEMM:
  *   tmp = X·Aᵀ (T×r, "shrink"), Y += s·tmp·Bᵀ (T×out, "expand")   — sgemm for prefill runs,
- * plain loops for a few decode rows; DoRA rescales per SPEC D.5 with the bias kept out; the
- * embedding hook adds s·B·A[:, id]. With a mix scale k, every s of that member becomes k·s,
- * including inside the DoRA weight norm (recomputed at lora_set_create).
+ * the register-blocked kernels of adapters/lora_kern for decode-sized runs; DoRA rescales per
+ * SPEC D.5 with the bias kept out; the embedding hook adds s·B·A[:, id]. With a mix scale k,
+ * every s of that member becomes k·s, including inside the DoRA weight norm (recomputed at
+ * lora_set_create).
  */
 #ifndef LR_LORA_H
 #define LR_LORA_H

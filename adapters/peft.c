@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 
 #include "kernels.h"
+#include "peft_store.h"
 #include "safetensors.h"
 #include "util.h"
 
@@ -613,26 +614,89 @@ static int slot_of(const lr_model *m, const char *path)
     return -1;
 }
 
-/* Convert a float tensor to a new f32 array (data may be unaligned). */
-static float *to_f32(const st_tensor *t, int64_t *bytes)
+/* Where the converted tensors go (SPEC: the loaded adapter holds f32 A, Bt, biases, DoRA
+ * vectors). The file's own bytes (store.file) are used in place when a tensor is F32 and
+ * float-aligned; anything else is written to store.extra, a bump region sized beforehand by
+ * place_bytes() over exactly the same decisions. */
+typedef struct peft_store {
+    ps_region file, extra;
+    size_t used;   /* bytes of extra handed out */
+    int file_used; /* some tensor lives in file (else it is released after the load) */
+} peft_store;
+
+static int in_place(const st_tensor *t)
 {
-    float *d = malloc(sizeof(float) * (size_t)(t->numel > 0 ? t->numel : 1));
-    if (!d) return NULL;
+    return t->dtype == ST_F32 && ((uintptr_t)t->data % sizeof(float)) == 0;
+}
+
+/* Bytes of store.extra a tensor needs (0 when used in place), in 64-byte units. */
+static size_t extra_bytes(size_t n_floats)
+{
+    return (sizeof(float) * (n_floats ? n_floats : 1) + 63) & ~(size_t)63;
+}
+
+static size_t place_bytes(const st_tensor *t)
+{
+    return t && !in_place(t) ? extra_bytes((size_t)t->numel) : 0;
+}
+
+static float *extra_take(peft_store *st, size_t n_floats)
+{
+    size_t need = extra_bytes(n_floats);
+    LR_ASSERT(st->used + need <= st->extra.len);
+    float *p = (float *)(st->extra.p + st->used);
+    st->used += need;
+    return p;
+}
+
+/* src (n elements of a float tensor of any dtype, maybe unaligned) as f32 into dst. */
+static void convert(const st_tensor *t, float *dst)
+{
     const unsigned char *src = t->data;
     if (t->dtype == ST_F32) {
-        memcpy(d, src, sizeof(float) * (size_t)t->numel);
-    } else {
-        uint16_t tmp[1024];
-        for (int64_t i = 0; i < t->numel; i += 1024) {
-            int64_t n = t->numel - i < 1024 ? t->numel - i : 1024;
-            memcpy(tmp, src + 2 * i, 2 * (size_t)n);
-            if (t->dtype == ST_F16)
-                lr_f16_to_f32(tmp, d + i, n);
-            else
-                lr_bf16_to_f32(tmp, d + i, n);
-        }
+        memcpy(dst, src, sizeof(float) * (size_t)t->numel);
+        return;
     }
+    uint16_t tmp[1024];
+    for (int64_t i = 0; i < t->numel; i += 1024) {
+        int64_t n = t->numel - i < 1024 ? t->numel - i : 1024;
+        memcpy(tmp, src + 2 * i, 2 * (size_t)n);
+        if (t->dtype == ST_F16)
+            lr_f16_to_f32(tmp, dst + i, n);
+        else
+            lr_bf16_to_f32(tmp, dst + i, n);
+    }
+}
+
+/* The tensor as an f32 array: its own bytes when F32 and aligned, else a converted copy. */
+static float *place(peft_store *st, const st_tensor *t, int64_t *bytes)
+{
     *bytes += (int64_t)sizeof(float) * t->numel;
+    if (in_place(t)) {
+        st->file_used = 1;
+        return (float *)(uintptr_t)t->data;
+    }
+    float *d = extra_take(st, (size_t)t->numel);
+    convert(t, d);
+    return d;
+}
+
+/* The [rows, cols] tensor transposed to [cols, rows] f32: over its own bytes when F32 and
+ * aligned (through tmp, rows·cols floats of scratch), else into store.extra. */
+static float *place_transposed(peft_store *st, const st_tensor *t, int64_t rows, int64_t cols,
+                               float *tmp, int64_t *bytes)
+{
+    *bytes += (int64_t)sizeof(float) * t->numel;
+    float *d = in_place(t) ? (float *)(uintptr_t)t->data : extra_take(st, (size_t)t->numel);
+    st->file_used |= in_place(t);
+    convert(t, tmp);
+    /* Blocks of 16 source rows: reads stay within a few lines, writes go 16 floats at a time. */
+    for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+        int64_t r1 = r0 + 16 < rows ? r0 + 16 : rows;
+        for (int64_t c = 0; c < cols; c++)
+            for (int64_t r = r0; r < r1; r++)
+                d[c * rows + r] = tmp[r * cols + c];
+    }
     return d;
 }
 
@@ -669,7 +733,7 @@ void peft_dora_factor(const lr_model *m, int layer, lr_module mod, const peft_mo
         for (int i = 0; i < md->in; i++)
             acc[i] = 0;
         for (int j = 0; j < md->r; j++) {
-            double b = md->B[(size_t)o * md->r + j];
+            double b = md->Bt ? md->Bt[(size_t)j * md->out + o] : md->B[(size_t)o * md->r + j];
             const float *a = md->A + (size_t)j * md->in;
             for (int i = 0; i < md->in; i++)
                 acc[i] += b * a[i];
@@ -708,31 +772,49 @@ void peft_dora_embed_factor(const lr_model *m, const peft_embed *e, double s, fl
     free(row);
 }
 
-static void module_free(peft_module *md)
+static void store_free(peft_store *st)
+{
+    if (!st) return;
+    ps_release(&st->file);
+    ps_release(&st->extra);
+    free(st);
+}
+
+/* Free p unless it lives in the loader's store (adapters built by hand malloc each array). */
+static void free_own(const peft_store *st, void *p)
+{
+    if (st && (ps_contains(&st->file, p) || ps_contains(&st->extra, p))) return;
+    free(p);
+}
+
+static void module_free(const peft_store *st, peft_module *md)
 {
     if (!md) return;
-    free(md->A);
-    free(md->B);
-    free(md->bias_b);
-    free(md->dora);
-    free(md->mag);
+    free_own(st, md->A);
+    free_own(st, md->B);
+    free_own(st, md->Bt);
+    free_own(st, md->bias_b);
+    free_own(st, md->dora);
+    free_own(st, md->mag);
     free(md);
 }
 
 void peft_free(peft_adapter *a)
 {
     if (!a) return;
+    const peft_store *st = a->store;
     if (a->mods)
         for (int i = 0; i < a->n_layers * LR_MOD_COUNT; i++)
-            module_free(a->mods[i]);
+            module_free(st, a->mods[i]);
     free(a->mods);
     if (a->embed) {
-        free(a->embed->At);
-        free(a->embed->B);
-        free(a->embed->dora);
-        free(a->embed->mag);
+        free_own(st, a->embed->At);
+        free_own(st, a->embed->B);
+        free_own(st, a->embed->dora);
+        free_own(st, a->embed->mag);
         free(a->embed);
     }
+    store_free(a->store);
     free(a->dir);
     free(a);
 }
@@ -761,6 +843,8 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
     char path[4096], name[160];
     char *text = NULL, *blob = NULL;
     size_t blob_len = 0;
+    peft_store *store = NULL;
+    float *tscratch = NULL;
 
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
     if ((rc = lr_read_file(path, "adapter_config.json", PEFT_MAX_CONFIG, &text, NULL, err)))
@@ -774,12 +858,16 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
                           errno == ENOENT ? "no such file" : strerror(errno));
         goto out;
     }
-    /* Read the file into memory rather than mmap it: the tensors are converted and copied at
-     * load anyway, and a private copy cannot fault (SIGBUS) if the file is truncated or
-     * rewritten on disk while we read it — that is only a parse error, naming the file. */
+    /* Read the file into huge-page memory (adapters/peft_store): F32 tensors are then used
+     * where they lie, and the copy is private, so a file truncated or rewritten on disk later
+     * cannot fault (SIGBUS) under the engine. */
     int64_t max_file = p && p->max_file_bytes > 0 ? p->max_file_bytes : ((int64_t)4 << 30);
-    if ((rc = lr_read_file(path, "adapter_model.safetensors", (size_t)max_file, &blob, &blob_len,
-                           err)))
+    if (!(store = calloc(1, sizeof *store))) {
+        rc = lr_error_set(err, LR_ENOMEM, "adapter: out of memory");
+        goto out;
+    }
+    if ((rc = ps_read_file(path, "adapter_model.safetensors", (size_t)max_file, &store->file,
+                           &blob, &blob_len, err)))
         goto out;
     if ((rc = st_open_mem(blob, blob_len, "adapter_model.safetensors", err, &f))) goto out;
 
@@ -950,7 +1038,8 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
         goto out;
     }
 
-    // Pass 3b: convert (everything has been checked).
+    // Pass 3b: place (everything has been checked). Modules first, then the sizes of what
+    // cannot stay in the file's bytes, then the tensors themselves.
     a->r = c.r;
     a->alpha = c.alpha;
     a->use_rslora = c.rslora;
@@ -973,59 +1062,73 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
             md->in = (int)W->cols;
             md->out = (int)W->rows;
             md->alpha = pats_lookup(c.alph, c.n_alph, key, c.alpha);
-            double s = scaling(&c, md->r, md->alpha);
-            md->s = (float)s;
-            if (!(md->A = to_f32(ts[K_A], &a->bytes)) || !(md->B = to_f32(ts[K_B], &a->bytes)) ||
-                (c.lora_bias && ts[K_BBIAS] && !(md->bias_b = to_f32(ts[K_BBIAS], &a->bytes)))) {
-                rc = lr_error_set(err, LR_ENOMEM, "adapter: out of memory");
-                goto out;
-            }
-            if (c.dora) {
-                if (!(md->mag = to_f32(ts[K_MAG], &a->bytes)) ||
-                    !(md->dora = malloc(sizeof(float) * (size_t)md->out))) {
-                    rc = lr_error_set(err, LR_ENOMEM, "adapter: out of memory");
-                    goto out;
-                }
-                a->bytes += (int64_t)sizeof(float) * md->out;
-                peft_dora_factor(m, l, (lr_module)mod, md, s, md->dora);
-            }
+            md->s = (float)scaling(&c, md->r, md->alpha);
             if (md->r > a->max_rank) a->max_rank = md->r;
             a->n_modules++;
         }
-    if (emb_t && tab[ebase + K_EA] && tab[ebase + K_EB]) {
+    int has_emb = emb_t && tab[ebase + K_EA] && tab[ebase + K_EB];
+    size_t extra = 0;
+    int64_t tmax = 1;
+    for (int i = 0; i < L * LR_MOD_COUNT; i++) {
+        const st_tensor **ts = &tab[i * K_COUNT];
+        if (!a->mods[i]) continue;
+        extra += place_bytes(ts[K_A]) + place_bytes(ts[K_B]) +
+                 (c.lora_bias ? place_bytes(ts[K_BBIAS]) : 0);
+        if (c.dora) extra += place_bytes(ts[K_MAG]) + extra_bytes((size_t)a->mods[i]->out);
+        if (ts[K_B]->numel > tmax) tmax = ts[K_B]->numel;
+    }
+    if (has_emb) {
+        extra += place_bytes(tab[ebase + K_EA]) + place_bytes(tab[ebase + K_EB]);
+        if (c.dora) extra += place_bytes(tab[ebase + K_MAG]) + extra_bytes((size_t)m->cfg.hidden);
+        if (tab[ebase + K_EA]->numel > tmax) tmax = tab[ebase + K_EA]->numel;
+    }
+    if ((extra && ps_alloc(extra, &store->extra) != 0) ||
+        !(tscratch = malloc(sizeof(float) * (size_t)tmax))) {
+        rc = lr_error_set(err, LR_ENOMEM, "adapter: out of memory");
+        goto out;
+    }
+    for (int i = 0; i < L * LR_MOD_COUNT; i++) {
+        const st_tensor **ts = &tab[i * K_COUNT];
+        peft_module *md = a->mods[i];
+        if (!md) continue;
+        md->A = place(store, ts[K_A], &a->bytes);
+        md->Bt = place_transposed(store, ts[K_B], md->out, md->r, tscratch, &a->bytes);
+        if (c.lora_bias && ts[K_BBIAS]) md->bias_b = place(store, ts[K_BBIAS], &a->bytes);
+        if (c.dora) {
+            md->mag = place(store, ts[K_MAG], &a->bytes);
+            md->dora = extra_take(store, (size_t)md->out);
+            a->bytes += (int64_t)sizeof(float) * md->out;
+            peft_dora_factor(m, i / LR_MOD_COUNT, (lr_module)(i % LR_MOD_COUNT), md,
+                             scaling(&c, md->r, md->alpha), md->dora);
+        }
+    }
+    if (has_emb) {
         const char *k = "model.embed_tokens";
         peft_embed *e = calloc(1, sizeof *e);
-        float *A = NULL;
-        if (!e || !(A = to_f32(tab[ebase + K_EA], &a->bytes)) ||
-            !(e->B = to_f32(tab[ebase + K_EB], &a->bytes)) ||
-            !(e->At = malloc(sizeof(float) * (size_t)tab[ebase + K_EA]->numel))) {
-            free(A);
-            if (e) free(e->B);
-            free(e);
+        if (!e) {
             rc = lr_error_set(err, LR_ENOMEM, "adapter: out of memory");
             goto out;
         }
+        a->embed = e;
         e->r = (int)tab[ebase + K_EA]->shape[0];
         e->vocab = m->cfg.vocab;
         e->hidden = m->cfg.hidden;
-        for (int j = 0; j < e->r; j++)
-            for (int v = 0; v < e->vocab; v++)
-                e->At[(size_t)v * e->r + j] = A[(size_t)j * e->vocab + v];
-        free(A);
+        e->At = place_transposed(store, tab[ebase + K_EA], e->r, e->vocab, tscratch, &a->bytes);
+        e->B = place(store, tab[ebase + K_EB], &a->bytes);
         e->alpha = pats_lookup(c.alph, c.n_alph, k, c.alpha);
         e->s = (float)scaling(&c, e->r, e->alpha);
         if (e->r > a->max_rank) a->max_rank = e->r;
-        a->embed = e;
         if (c.dora) {
-            if (!(e->mag = to_f32(tab[ebase + K_MAG], &a->bytes)) ||
-                !(e->dora = malloc(sizeof(float) * (size_t)e->hidden))) {
-                rc = lr_error_set(err, LR_ENOMEM, "adapter: out of memory");
-                goto out;
-            }
+            e->mag = place(store, tab[ebase + K_MAG], &a->bytes);
+            e->dora = extra_take(store, (size_t)e->hidden);
             a->bytes += (int64_t)sizeof(float) * e->hidden;
             peft_dora_embed_factor(m, e, scaling(&c, e->r, e->alpha), e->dora);
         }
     }
+    /* Nothing kept in the file's bytes (F16/BF16 adapters): give them back now. */
+    if (!store->file_used) ps_release(&store->file);
+    a->store = store;
+    store = NULL;
     (void)name;
     *out = a;
     a = NULL;
@@ -1035,7 +1138,8 @@ out:
     free(tab);
     peft_free(a);
     st_close(f);
-    free(blob);
+    store_free(store);
+    free(tscratch);
     cfg_free(&c);
     return rc;
 }

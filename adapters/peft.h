@@ -16,7 +16,8 @@
  * safetensors files are rejected by core/safetensors (LR_EFORMAT naming the file).
  *
  * The result is plain data owned by the peft_adapter: per (layer, module) an f32 A [r, in] and
- * B [out, r], the scaling s, optional B bias and DoRA factor. adapters/lora applies it.
+ * Bt [r, out] (lora_B transposed), the scaling s, optional B bias and DoRA factor.
+ * adapters/lora applies it.
  */
 #ifndef LR_PEFT_H
 #define LR_PEFT_H
@@ -33,7 +34,10 @@ typedef struct peft_module {
     double alpha;  /* lora_alpha after alpha_pattern */
     float s;       /* scaling: alpha / r, or alpha / sqrt(r) with rsLoRA */
     float *A;      /* (r, in)  lora_A.weight */
-    float *B;      /* (out, r) lora_B.weight */
+    float *B;      /* (out, r) lora_B.weight, or NULL when only Bt is held (peft_load) */
+    float *Bt;     /* (r, out) lora_B transposed, or NULL: the expand step reads r contiguous
+                    * rows of it. peft_load fills Bt and leaves B NULL (one copy of B, in the
+                    * layout the kernels want); a module built by hand may hold either. */
     float *bias_b; /* (out) lora_B.bias, or NULL */
     float *dora;   /* (out) DoRA factor m / ‖W0 + s·B·A‖ per output row, or NULL */
     float *mag;    /* (out) DoRA magnitude m (kept to recompute the factor for another scale) */
@@ -61,6 +65,8 @@ typedef struct peft_adapter {
     char targets[256]; /* target_modules as written ("q_proj,v_proj" or the regex) */
     int n_modules;     /* wrapped linear modules */
     int64_t bytes;     /* bytes of converted tensors held */
+    void *store; /* peft_load's bulk storage the arrays above live in (private; NULL when the
+                  * adapter was built by hand, whose arrays are then each malloc'd) */
 } peft_adapter;
 
 typedef struct peft_params {

@@ -173,33 +173,54 @@ static void fwd_hook_task(void *ctx, int i, int n)
 }
 
 /* The LoRA hook: for every maximal run of rows sharing a non-NULL adapter that has this
- * module, add the adapter's delta to y in place (rows t0..t1-1). The delta of a row depends
- * only on that row, so runs of decode size (<= KERN_DIRECT_T rows, where the adapter works row
- * by row anyway) are split into single rows, and all pieces of the batch — one per row in
- * decode, whatever mix of adapters — are spread over the pool. Longer runs (prefill) stay whole
- * for their sgemm. */
+ * module, add the adapter's delta to y in place (rows t0..t1-1). The engine sorts a batch by
+ * adapter, so a run is every row of one adapter. A run is kept together as far as the threads
+ * allow, because the adapter's A and B are then read once for all its rows (the delta kernels
+ * work on several rows at once); it is cut only so that every thread gets about its share of
+ * rows: with R rows under adapters and nth threads, a run of n rows becomes ceil(n / ceil(R /
+ * nth)) pieces of near-equal size. So 8 decode rows on one adapter are two pieces of 4 on two
+ * threads, 8 rows on 8 adapters eight pieces of 1, and a 512-row prefill run two sgemm halves.
+ * The delta of a row depends only on that row, so the cut changes no result. All pieces of the
+ * linear, whatever mix of adapters, are claimed dynamically by the pool's threads. */
 static void fwd_hook(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod, const float *x,
                      int ldx, float *y, int ldy, const float *bias)
 {
     const eng_delta_ops *d = c->par.delta;
     if (!d || !b->adapter) return;
-    int t = 0, np = 0;
+    // First the runs (into the piece arrays), then cut them in place from the last one.
+    int t = 0, nr = 0, rows = 0;
     while (t < b->n) {
         const void *a = b->adapter[t];
         int t1 = t + 1;
         while (t1 < b->n && b->adapter[t1] == a)
             t1++;
         if (a && d->has_module(a, layer, mod)) {
-            int step = t1 - t <= KERN_DIRECT_T ? 1 : t1 - t;
-            for (int r = t; r < t1; r += step) {
-                c->p_t0[np] = r;
-                c->p_t1[np] = r + step;
-                c->p_ad[np++] = a;
-            }
+            c->p_t0[nr] = t;
+            c->p_t1[nr] = t1;
+            c->p_ad[nr++] = a;
+            rows += t1 - t;
         }
         t = t1;
     }
-    if (np == 0) return;
+    if (nr == 0) return;
+    int share = (rows + c->nth - 1) / c->nth;
+    int np = 0;
+    for (int i = 0; i < nr; i++)
+        np += (c->p_t1[i] - c->p_t0[i] + share - 1) / share;
+    // Pieces never outnumber rows, so the arrays (max_tokens) hold them; writing from the end
+    // backwards never overwrites a run not yet cut.
+    int w = np;
+    for (int i = nr - 1; i >= 0; i--) {
+        int t0 = c->p_t0[i], n = c->p_t1[i] - t0;
+        const void *a = c->p_ad[i];
+        int k = (n + share - 1) / share;
+        for (int j = k - 1; j >= 0; j--) {
+            w--;
+            c->p_t0[w] = t0 + (int)((int64_t)n * j / k);
+            c->p_t1[w] = t0 + (int)((int64_t)n * (j + 1) / k);
+            c->p_ad[w] = a;
+        }
+    }
     c->layer = layer;
     c->h_mod = mod;
     c->h_x = x;

@@ -81,6 +81,11 @@ static peft_module *add_mod(peft_adapter *a, int layer, lr_module mod, int in, i
     md->s = s;
     md->A = rnd(r * in);
     md->B = rnd(out * r);
+    /* lora.c reads B transposed (as peft_load holds it); the reference reads B. */
+    md->Bt = malloc(sizeof(float) * (size_t)(out * r));
+    for (int o = 0; o < out; o++)
+        for (int j = 0; j < r; j++)
+            md->Bt[j * out + o] = md->B[o * r + j];
     a->mods[layer * LR_MOD_COUNT + mod] = md;
     if (r > a->max_rank) a->max_rank = r;
     a->n_modules++;
@@ -108,7 +113,7 @@ static double wx(const float *W, int in, const float *x, int o)
     return acc;
 }
 
-#define NROWS 14
+#define NROWS 40 /* > LORA_KERN_T: the longest runs take the sgemm path */
 #define LDX (I + 3)
 #define LDY (I + 5)
 
@@ -191,12 +196,21 @@ START_TEST(test_plain)
     float bias[I];
     for (int i = 0; i < I; i++)
         bias[i] = frand();
-    /* decode-sized runs take the loop path, longer runs sgemm */
-    int runs[][2] = {{0, 1}, {3, 5}, {2, 5}, {1, 10}, {0, NROWS}};
+    /* decode-sized runs take the lora_kern path, longer runs sgemm */
+    int runs[][2] = {{0, 1}, {3, 5}, {2, 5}, {1, 10}, {5, 37}, {0, NROWS}};
     for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
         run_case(set, 1, LR_MOD_GATE, W1[1], H, I, NULL, runs[i][0], runs[i][1], expect_mix, &c);
         run_case(set, 1, LR_MOD_GATE, W1[1], H, I, bias, runs[i][0], runs[i][1], expect_mix, &c);
     }
+    /* a module holding only B (built by hand without Bt) takes sgemm at every length */
+    free(md->Bt);
+    md->Bt = NULL;
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++)
+        run_case(set, 1, LR_MOD_GATE, W1[1], H, I, bias, runs[i][0], runs[i][1], expect_mix, &c);
+    md->Bt = malloc(sizeof(float) * I * 3);
+    for (int o = 0; o < I; o++)
+        for (int j = 0; j < 3; j++)
+            md->Bt[j * I + o] = md->B[o * 3 + j];
     /* lora_bias */
     md->bias_b = rnd(I);
     for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++)

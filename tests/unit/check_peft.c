@@ -289,8 +289,11 @@ START_TEST(test_basic_prefix_and_values)
     ck_assert_float_eq(q0->s, 2.0f);
     for (int i = 0; i < 4 * H; i++)
         ck_assert_float_eq(q0->A[i], A0[i]);
-    for (int i = 0; i < H * 4; i++)
-        ck_assert_float_eq(q0->B[i], B0[i]);
+    /* B is held transposed: Bt[j, o] = B[o, j] */
+    ck_assert_ptr_nonnull(q0->Bt);
+    for (int o = 0; o < H; o++)
+        for (int j = 0; j < 4; j++)
+            ck_assert_float_eq(q0->Bt[j * H + o], B0[o * 4 + j]);
     ck_assert_float_eq(peft_module_at(a, 1, LR_MOD_Q)->A[5], A1[5]);
     ck_assert_float_eq(peft_module_at(a, 1, LR_MOD_V)->A[7], A2[7]);
     ck_assert_ptr_null(peft_module_at(a, 0, LR_MOD_K));
@@ -315,12 +318,14 @@ START_TEST(test_dtypes)
                       *d = peft_module_at(a, 0, LR_MOD_DOWN);
     for (int i = 0; i < 2 * H; i++)
         ck_assert_float_eq(g->A[i], A[i]);
-    for (int i = 0; i < I * 2; i++)
-        ck_assert_float_eq(g->B[i], B[i]);
+    for (int o = 0; o < I; o++)
+        for (int j = 0; j < 2; j++)
+            ck_assert_float_eq(g->Bt[j * I + o], B[o * 2 + j]);
     for (int i = 0; i < 2 * I; i++)
         ck_assert_float_eq(d->A[i], A2[i]);
-    for (int i = 0; i < H * 2; i++)
-        ck_assert_float_eq(d->B[i], B2[i]);
+    for (int o = 0; o < H; o++)
+        for (int j = 0; j < 2; j++)
+            ck_assert_float_eq(d->Bt[j * H + o], B2[o * 2 + j]);
     peft_free(a);
     cleanup_dir();
 }

@@ -1,0 +1,352 @@
+/* lora_kern.c — register-blocked shrink / expand kernels of a LoRA delta (see lora_kern.h).
+ *
+ * Each ISA variant is a block function over a tile of NT rows × NJ ranks (shrink) or NT rows ×
+ * four output chunks (expand) whose sizes are compile-time constants at every call site: the
+ * block is always_inline and called from a switch with literal sizes, so the compiler keeps the
+ * whole tile in registers. Tails (a row count, rank or width that is not a multiple of the
+ * tile) use the same block with smaller constants or masked loads/stores, never a second code
+ * path, so every output is computed by the same sequence of operations whatever T is.
+ *
+ * Not here: which rows share an adapter, DoRA, mixes (adapters/lora).
+ */
+#include "lora_kern.h"
+
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels.h"
+
+#define TGT_AVX2 __attribute__((target("avx2,fma")))
+#define TGT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+#define INLINE static inline __attribute__((always_inline))
+
+/* Rows per tile (shrink and expand) and ranks per shrink tile. AVX2 has 16 registers, so its
+ * tiles are smaller than AVX-512's 32. */
+#define T512 4
+#define J512 4
+#define T256 2
+#define J256 4
+
+/* A switch over (nt, nj) in 1..NT × 1..NJ calling BLOCK(…, nt, nj) with literal sizes. */
+#define LK_CASE(BLOCK, NT, NJ, ...)                                                                \
+    case (NT) * 8 + (NJ):                                                                          \
+        BLOCK(__VA_ARGS__, NT, NJ);                                                                \
+        break;
+#define LK_ROW4(BLOCK, NT, ...)                                                                    \
+    LK_CASE(BLOCK, NT, 1, __VA_ARGS__)                                                             \
+    LK_CASE(BLOCK, NT, 2, __VA_ARGS__)                                                             \
+    LK_CASE(BLOCK, NT, 3, __VA_ARGS__) LK_CASE(BLOCK, NT, 4, __VA_ARGS__)
+
+/* ------------------------------------------------------------------------------------ AVX-512 */
+
+/* tmp[a, b] = Σ_i x[a, i] · A[b, i] for a < NT, b < NJ: NT·NJ accumulators of 16 lanes, the
+ * in-tail through masked loads, one horizontal sum per output at the end. */
+TGT_AVX512 INLINE void shrink_blk512(const float *x, int ldx, const float *A, int in, float *tmp,
+                                     int ldt, const int NT, const int NJ)
+{
+    __m512 acc[T512][J512];
+    for (int a = 0; a < NT; a++)
+        for (int b = 0; b < NJ; b++)
+            acc[a][b] = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= in; i += 16) {
+        __m512 xv[T512];
+        for (int a = 0; a < NT; a++)
+            xv[a] = _mm512_loadu_ps(x + (size_t)a * ldx + i);
+        for (int b = 0; b < NJ; b++) {
+            __m512 av = _mm512_loadu_ps(A + (size_t)b * in + i);
+            for (int a = 0; a < NT; a++)
+                acc[a][b] = _mm512_fmadd_ps(xv[a], av, acc[a][b]);
+        }
+    }
+    if (i < in) {
+        __mmask16 m = (__mmask16)((1u << (in - i)) - 1u);
+        __m512 xv[T512];
+        for (int a = 0; a < NT; a++)
+            xv[a] = _mm512_maskz_loadu_ps(m, x + (size_t)a * ldx + i);
+        for (int b = 0; b < NJ; b++) {
+            __m512 av = _mm512_maskz_loadu_ps(m, A + (size_t)b * in + i);
+            for (int a = 0; a < NT; a++)
+                acc[a][b] = _mm512_fmadd_ps(xv[a], av, acc[a][b]);
+        }
+    }
+    for (int a = 0; a < NT; a++)
+        for (int b = 0; b < NJ; b++)
+            tmp[(size_t)a * ldt + b] = _mm512_reduce_add_ps(acc[a][b]);
+}
+
+TGT_AVX512 static void shrink_avx512(const float *x, int ldx, int T, const float *A, int r, int in,
+                                     float *tmp, int ldt)
+{
+    for (int t = 0; t < T; t += T512) {
+        int nt = T - t < T512 ? T - t : T512;
+        const float *xp = x + (size_t)t * ldx;
+        float *tp = tmp + (size_t)t * ldt;
+        for (int j = 0; j < r; j += J512) {
+            int nj = r - j < J512 ? r - j : J512;
+            const float *ap = A + (size_t)j * in;
+            switch (nt * 8 + nj) {
+                LK_ROW4(shrink_blk512, 1, xp, ldx, ap, in, tp + j, ldt)
+                LK_ROW4(shrink_blk512, 2, xp, ldx, ap, in, tp + j, ldt)
+                LK_ROW4(shrink_blk512, 3, xp, ldx, ap, in, tp + j, ldt)
+                LK_ROW4(shrink_blk512, 4, xp, ldx, ap, in, tp + j, ldt)
+            }
+        }
+    }
+}
+
+/* Outputs q0 .. q0+63 of NT rows: four 16-lane chunks (masked past `out`), r broadcast FMAs
+ * each; then y = (accumulate ? y : 0) + k·(acc + bias). */
+TGT_AVX512 INLINE void expand_blk512(const float *tmp, int ldt, const float *Bt, int r, int out,
+                                     int q0, float k, const float *bias, float *y, int ldy,
+                                     int accumulate, const int NT)
+{
+    __mmask16 m[4];
+    for (int c = 0; c < 4; c++) {
+        int n = out - q0 - 16 * c;
+        m[c] = n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+    }
+    __m512 acc[T512][4];
+    for (int a = 0; a < NT; a++)
+        for (int c = 0; c < 4; c++)
+            acc[a][c] = _mm512_setzero_ps();
+    for (int j = 0; j < r; j++) {
+        const float *bp = Bt + (size_t)j * out + q0;
+        __m512 bv[4];
+        for (int c = 0; c < 4; c++)
+            bv[c] = _mm512_maskz_loadu_ps(m[c], bp + 16 * c);
+        for (int a = 0; a < NT; a++) {
+            __m512 tv = _mm512_set1_ps(tmp[(size_t)a * ldt + j]);
+            for (int c = 0; c < 4; c++)
+                acc[a][c] = _mm512_fmadd_ps(tv, bv[c], acc[a][c]);
+        }
+    }
+    __m512 kv = _mm512_set1_ps(k);
+    for (int c = 0; c < 4; c++) {
+        if (!m[c]) break;
+        __m512 bb = bias ? _mm512_maskz_loadu_ps(m[c], bias + q0 + 16 * c) : _mm512_setzero_ps();
+        for (int a = 0; a < NT; a++) {
+            float *yp = y + (size_t)a * ldy + q0 + 16 * c;
+            __m512 v = _mm512_mul_ps(kv, _mm512_add_ps(acc[a][c], bb));
+            if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m[c], yp), v);
+            _mm512_mask_storeu_ps(yp, m[c], v);
+        }
+    }
+}
+
+TGT_AVX512 static void expand_avx512(const float *tmp, int ldt, int T, const float *Bt, int r,
+                                     int out, float k, const float *bias, float *y, int ldy,
+                                     int accumulate)
+{
+    for (int t = 0; t < T; t += T512) {
+        int nt = T - t < T512 ? T - t : T512;
+        const float *tp = tmp + (size_t)t * ldt;
+        float *yp = y + (size_t)t * ldy;
+        for (int q0 = 0; q0 < out; q0 += 64) {
+            switch (nt) {
+            case 1:
+                expand_blk512(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 1);
+                break;
+            case 2:
+                expand_blk512(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 2);
+                break;
+            case 3:
+                expand_blk512(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 3);
+                break;
+            default:
+                expand_blk512(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 4);
+            }
+        }
+    }
+}
+
+/* --------------------------------------------------------------------------------------- AVX2 */
+
+/* Lane mask for the first n (0..8) of 8 lanes, for maskload / maskstore. */
+TGT_AVX2 INLINE __m256i mask256(int n)
+{
+    static const int32_t ones[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    n = n < 0 ? 0 : n > 8 ? 8 : n;
+    return _mm256_loadu_si256((const __m256i *)(ones + 8 - n));
+}
+
+TGT_AVX2 INLINE float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+TGT_AVX2 INLINE void shrink_blk256(const float *x, int ldx, const float *A, int in, float *tmp,
+                                   int ldt, const int NT, const int NJ)
+{
+    __m256 acc[T256][J256];
+    for (int a = 0; a < NT; a++)
+        for (int b = 0; b < NJ; b++)
+            acc[a][b] = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= in; i += 8) {
+        __m256 xv[T256];
+        for (int a = 0; a < NT; a++)
+            xv[a] = _mm256_loadu_ps(x + (size_t)a * ldx + i);
+        for (int b = 0; b < NJ; b++) {
+            __m256 av = _mm256_loadu_ps(A + (size_t)b * in + i);
+            for (int a = 0; a < NT; a++)
+                acc[a][b] = _mm256_fmadd_ps(xv[a], av, acc[a][b]);
+        }
+    }
+    if (i < in) {
+        __m256i m = mask256(in - i);
+        __m256 xv[T256];
+        for (int a = 0; a < NT; a++)
+            xv[a] = _mm256_maskload_ps(x + (size_t)a * ldx + i, m);
+        for (int b = 0; b < NJ; b++) {
+            __m256 av = _mm256_maskload_ps(A + (size_t)b * in + i, m);
+            for (int a = 0; a < NT; a++)
+                acc[a][b] = _mm256_fmadd_ps(xv[a], av, acc[a][b]);
+        }
+    }
+    for (int a = 0; a < NT; a++)
+        for (int b = 0; b < NJ; b++)
+            tmp[(size_t)a * ldt + b] = hsum256(acc[a][b]);
+}
+
+TGT_AVX2 static void shrink_avx2(const float *x, int ldx, int T, const float *A, int r, int in,
+                                 float *tmp, int ldt)
+{
+    for (int t = 0; t < T; t += T256) {
+        int nt = T - t < T256 ? T - t : T256;
+        const float *xp = x + (size_t)t * ldx;
+        float *tp = tmp + (size_t)t * ldt;
+        for (int j = 0; j < r; j += J256) {
+            int nj = r - j < J256 ? r - j : J256;
+            const float *ap = A + (size_t)j * in;
+            switch (nt * 8 + nj) {
+                LK_ROW4(shrink_blk256, 1, xp, ldx, ap, in, tp + j, ldt)
+                LK_ROW4(shrink_blk256, 2, xp, ldx, ap, in, tp + j, ldt)
+            }
+        }
+    }
+}
+
+/* Outputs q0 .. q0+31 of NT rows: four 8-lane chunks (masked past `out`). */
+TGT_AVX2 INLINE void expand_blk256(const float *tmp, int ldt, const float *Bt, int r, int out,
+                                   int q0, float k, const float *bias, float *y, int ldy,
+                                   int accumulate, const int NT)
+{
+    __m256i m[4];
+    int live[4];
+    for (int c = 0; c < 4; c++) {
+        live[c] = out - q0 - 8 * c;
+        m[c] = mask256(live[c]);
+    }
+    __m256 acc[T256][4];
+    for (int a = 0; a < NT; a++)
+        for (int c = 0; c < 4; c++)
+            acc[a][c] = _mm256_setzero_ps();
+    for (int j = 0; j < r; j++) {
+        const float *bp = Bt + (size_t)j * out + q0;
+        __m256 bv[4];
+        for (int c = 0; c < 4; c++)
+            bv[c] = _mm256_maskload_ps(bp + 8 * c, m[c]);
+        for (int a = 0; a < NT; a++) {
+            __m256 tv = _mm256_set1_ps(tmp[(size_t)a * ldt + j]);
+            for (int c = 0; c < 4; c++)
+                acc[a][c] = _mm256_fmadd_ps(tv, bv[c], acc[a][c]);
+        }
+    }
+    __m256 kv = _mm256_set1_ps(k);
+    for (int c = 0; c < 4; c++) {
+        if (live[c] <= 0) break;
+        __m256 bb = bias ? _mm256_maskload_ps(bias + q0 + 8 * c, m[c]) : _mm256_setzero_ps();
+        for (int a = 0; a < NT; a++) {
+            float *yp = y + (size_t)a * ldy + q0 + 8 * c;
+            __m256 v = _mm256_mul_ps(kv, _mm256_add_ps(acc[a][c], bb));
+            if (accumulate) v = _mm256_add_ps(_mm256_maskload_ps(yp, m[c]), v);
+            _mm256_maskstore_ps(yp, m[c], v);
+        }
+    }
+}
+
+TGT_AVX2 static void expand_avx2(const float *tmp, int ldt, int T, const float *Bt, int r,
+                                 int out, float k, const float *bias, float *y, int ldy,
+                                 int accumulate)
+{
+    for (int t = 0; t < T; t += T256) {
+        int nt = T - t < T256 ? T - t : T256;
+        const float *tp = tmp + (size_t)t * ldt;
+        float *yp = y + (size_t)t * ldy;
+        for (int q0 = 0; q0 < out; q0 += 32) {
+            if (nt == 1)
+                expand_blk256(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 1);
+            else
+                expand_blk256(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 2);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------- scalar */
+
+static void shrink_scalar(const float *x, int ldx, int T, const float *A, int r, int in,
+                          float *tmp, int ldt)
+{
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < r; j++) {
+            const float *xr = x + (size_t)t * ldx, *ar = A + (size_t)j * in;
+            float s = 0;
+            for (int i = 0; i < in; i++)
+                s += xr[i] * ar[i];
+            tmp[(size_t)t * ldt + j] = s;
+        }
+}
+
+static void expand_scalar(const float *tmp, int ldt, int T, const float *Bt, int r, int out,
+                          float k, const float *bias, float *y, int ldy, int accumulate)
+{
+    for (int t = 0; t < T; t++) {
+        float *yr = y + (size_t)t * ldy;
+        const float *tr = tmp + (size_t)t * ldt;
+        for (int q = 0; q < out; q++) {
+            float s = 0;
+            for (int j = 0; j < r; j++)
+                s += tr[j] * Bt[(size_t)j * out + q];
+            float v = k * (s + (bias ? bias[q] : 0.0f));
+            yr[q] = accumulate ? yr[q] + v : v;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------ dispatch */
+
+void lk_shrink(const float *x, int ldx, int T, const float *A, int r, int in, float *tmp, int ldt)
+{
+    if (T <= 0 || r <= 0) return;
+    switch (kern_get_isa()) {
+    case KERN_ISA_AVX512:
+        shrink_avx512(x, ldx, T, A, r, in, tmp, ldt);
+        break;
+    case KERN_ISA_AVX2:
+        shrink_avx2(x, ldx, T, A, r, in, tmp, ldt);
+        break;
+    default:
+        shrink_scalar(x, ldx, T, A, r, in, tmp, ldt);
+    }
+}
+
+void lk_expand(const float *tmp, int ldt, int T, const float *Bt, int r, int out, float k,
+               const float *bias, float *y, int ldy, int accumulate)
+{
+    if (T <= 0 || out <= 0) return;
+    switch (kern_get_isa()) {
+    case KERN_ISA_AVX512:
+        expand_avx512(tmp, ldt, T, Bt, r, out, k, bias, y, ldy, accumulate);
+        break;
+    case KERN_ISA_AVX2:
+        expand_avx2(tmp, ldt, T, Bt, r, out, k, bias, y, ldy, accumulate);
+        break;
+    default:
+        expand_scalar(tmp, ldt, T, Bt, r, out, k, bias, y, ldy, accumulate);
+    }
+}

@@ -1,0 +1,137 @@
+/* peft_store.c — huge-page regions for adapter tensors, and the file read into one (see
+ * peft_store.h). This module knows nothing of safetensors beyond where its data section starts;
+ * parsing is core/safetensors, placing tensors is adapters/peft.
+ */
+#include "peft_store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define PS_HUGE ((size_t)2 << 20)
+#define PS_PAGE ((size_t)4096)
+
+int ps_alloc(size_t n, ps_region *reg)
+{
+    reg->p = NULL;
+    reg->len = 0;
+    if (n == 0) n = 1;
+    size_t len = (n + PS_PAGE - 1) & ~(PS_PAGE - 1);
+    /* Over-allocate by one huge page and trim, so the region starts on a 2 MiB boundary and
+     * the kernel can back all of it with huge pages. */
+    size_t span = len + PS_HUGE;
+    char *base = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return LR_ENOMEM;
+    char *p = (char *)(((uintptr_t)base + PS_HUGE - 1) & ~(uintptr_t)(PS_HUGE - 1));
+    if (p > base) munmap(base, (size_t)(p - base));
+    size_t tail = (size_t)(base + span - (p + len));
+    if (tail) munmap(p + len, tail);
+#ifdef MADV_HUGEPAGE
+    /* Advice only: without transparent huge pages this is plain 4 KiB pages. */
+    if (len >= PS_HUGE) madvise(p, len, MADV_HUGEPAGE);
+#endif
+    reg->p = p;
+    reg->len = len;
+    return 0;
+}
+
+void ps_release(ps_region *reg)
+{
+    if (reg->p) munmap(reg->p, reg->len);
+    reg->p = NULL;
+    reg->len = 0;
+}
+
+int ps_contains(const ps_region *reg, const void *p)
+{
+    const char *c = p;
+    return reg->p && c >= reg->p && c < reg->p + reg->len;
+}
+
+/* Same test as core/util's lr_read_file: size, inode and both times unchanged. */
+static int same_file_state(const struct stat *a, const struct stat *b)
+{
+    return a->st_size == b->st_size && a->st_ino == b->st_ino &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+           a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* Bytes to put before the file so that its safetensors data section (at 8 + header length)
+ * starts 64-byte aligned: tensors of whole cache lines are then aligned for the kernels. A file
+ * too short to say is not padded (the parser will refuse it). */
+static size_t data_pad(int fd, size_t size)
+{
+    unsigned char h[8];
+    if (size < 8 || pread(fd, h, 8, 0) != 8) return 0;
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--)
+        n = (n << 8) | h[i];
+    return (size_t)((64 - (8 + n) % 64) % 64);
+}
+
+static int read_once(int fd, const char *label, size_t max, ps_region *reg, char **data,
+                     size_t *len, int *changed, lr_error *err)
+{
+    struct stat st, after;
+    *changed = 0;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        return lr_error_set(err, LR_EFORMAT, "%s: not a regular file", label);
+    if ((uint64_t)st.st_size > max)
+        return lr_error_set(err, LR_ETOOLARGE, "%s: %lld bytes is over the %zu-byte limit", label,
+                            (long long)st.st_size, max);
+    size_t size = (size_t)st.st_size, got = 0;
+    size_t pad = data_pad(fd, size);
+    if (ps_alloc(pad + size + 1, reg) != 0)
+        return lr_error_set(err, LR_ENOMEM, "%s: out of memory", label);
+    char *buf = reg->p + pad;
+    /* A regular file does not block; read until EOF or the size fstat saw (it may shrink). */
+    while (got < size) {
+        ssize_t k = pread(fd, buf + got, size - got, (off_t)got);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) {
+            int e = errno;
+            ps_release(reg);
+            return lr_error_set(err, LR_EIO, "%s: read failed: %s", label, strerror(e));
+        }
+        if (k == 0) break;
+        got += (size_t)k;
+    }
+    if (fstat(fd, &after) != 0 || !same_file_state(&st, &after)) {
+        ps_release(reg);
+        *changed = 1;
+        return lr_error_set(err, LR_EFORMAT,
+                            "%s: the file changed while it was being read (is it being rewritten?)",
+                            label);
+    }
+    buf[got] = '\0';
+    *data = buf;
+    *len = got;
+    return 0;
+}
+
+int ps_read_file(const char *path, const char *label, size_t max, ps_region *reg, char **data,
+                 size_t *len, lr_error *err)
+{
+    reg->p = NULL;
+    reg->len = 0;
+    *data = NULL;
+    *len = 0;
+    if (!label) label = path;
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return lr_error_set(err, errno == ENOENT ? LR_ENOTFOUND : LR_EIO, "%s: cannot open: %s",
+                            label, strerror(errno));
+    int rc = 0, changed = 0;
+    for (int attempt = 0; attempt < 5; attempt++) {
+        if ((rc = read_once(fd, label, max, reg, data, len, &changed, err)) == 0 || !changed)
+            break;
+        usleep(2000u << attempt);
+    }
+    close(fd);
+    return rc;
+}
