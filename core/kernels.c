@@ -793,7 +793,7 @@ TGT_AVX512 static inline __attribute__((always_inline)) void red16(const __m512 
  * constants at every call site, so the loops unroll and the accumulators live in registers. */
 TGT_AVX512 static inline __attribute__((always_inline)) void
 mt_tile(const float *const *xr, const char *const *wr, lr_dtype dt, int64_t K, int MR, int NR,
-        float *out)
+        ptrdiff_t pf, float *out)
 {
     __m512 acc[16];
 #pragma GCC unroll 16
@@ -812,6 +812,7 @@ mt_tile(const float *const *xr, const char *const *wr, lr_dtype dt, int64_t K, i
             }
         #pragma GCC unroll 16
             for (int j = 0; j < NR; j++) {
+                if (pf) _mm_prefetch(wr[j] + 2 * k + pf, _MM_HINT_T0);
                 __m512i wv = _mm512_maskz_loadu_epi16(m, wr[j] + 2 * k);
                 __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(wv, 16));
                 __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(wv, hi));
@@ -831,6 +832,7 @@ mt_tile(const float *const *xr, const char *const *wr, lr_dtype dt, int64_t K, i
                 xv[i] = _mm512_maskz_loadu_ps(m, xr[i] + k);
         #pragma GCC unroll 16
             for (int j = 0; j < NR; j++) {
+                if (pf) _mm_prefetch(wr[j] + (dt == LR_DT_F32 ? 4 : 2) * k + pf, _MM_HINT_T0);
                 __m512 wv = dt == LR_DT_F32
                                 ? _mm512_maskz_loadu_ps(m, (const float *)wr[j] + k)
                                 : _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, wr[j] + 2 * k));
@@ -848,9 +850,9 @@ mt_tile(const float *const *xr, const char *const *wr, lr_dtype dt, int64_t K, i
  * tiles and a last group of T mod 4 rows (MR 1..3 × 4). */
 #define MT_TILE_FN(DT, MR, NR)                                                                   \
     TGT_AVX512 static void mt_##DT##_##MR##x##NR(const float *const *xr, const char *const *wr, \
-                                                 int64_t K, float *out)                        \
+                                                 int64_t K, ptrdiff_t pf, float *out)          \
     {                                                                                          \
-        mt_tile(xr, wr, LR_DT_##DT, K, MR, NR, out);                                           \
+        mt_tile(xr, wr, LR_DT_##DT, K, MR, NR, pf, out);                                       \
     }
 #define MT_TILE_SET(DT)                                                                          \
     MT_TILE_FN(DT, 1, 16) MT_TILE_FN(DT, 2, 8) MT_TILE_FN(DT, 3, 5) MT_TILE_FN(DT, 1, 4)         \
@@ -859,7 +861,8 @@ MT_TILE_SET(F32)
 MT_TILE_SET(F16)
 MT_TILE_SET(BF16)
 
-typedef void (*mt_fn)(const float *const *xr, const char *const *wr, int64_t K, float *out);
+typedef void (*mt_fn)(const float *const *xr, const char *const *wr, int64_t K, ptrdiff_t pf,
+                      float *out);
 
 /* The tile function for mr rows (1..4) of a call whose groups are g rows (g = T when T < 4,
  * else 4), and its NR. */
@@ -892,6 +895,31 @@ typedef struct mt_job {
     int n_nb;       /* weight-row blocks */
 } mt_job;
 
+/* One tile of a chunk: activation rows [t, t + mr) × weight rows [o, o + nr) (fewer at the
+ * block's end: the unused slots repeat the last real row and their sums are dropped). pf: prefetch
+ * the next tile's rows while streaming this one (0: W is in cache already). */
+static void mt_one(const mt_job *j, int64_t o, int64_t o1, int t, int t1, int nr, size_t rowb,
+                   int pf)
+{
+    const lr_mat *W = j->W;
+    const char *wr[16];
+    int nreal = o1 - o < nr ? (int)(o1 - o) : nr;
+    for (int q = 0; q < nr; q++)
+        wr[q] = (const char *)W->data + (size_t)(o + (q < nreal ? q : nreal - 1)) * rowb;
+    int mr = t1 - t < j->g ? t1 - t : j->g, tnr;
+    mt_fn fn = mt_pick(W->dtype, j->g, mr, &tnr);
+    const float *xr[4] = {NULL, NULL, NULL, NULL};
+    for (int i = 0; i < mr; i++)
+        xr[i] = j->x + (size_t)(t + i) * (size_t)j->ldx;
+    float out[16];
+    fn(xr, wr, W->cols, pf ? (ptrdiff_t)((size_t)nr * rowb) : 0, out);
+    for (int i = 0; i < mr; i++)
+        for (int q = 0; q < nreal; q++)
+            j->y[(size_t)(t + i) * (size_t)j->ldy + (size_t)(o + q)] = out[i * tnr + q];
+}
+
+/* Chunk c: activation rows [t0, t1) × weight rows [o0, o1). The first pass over the weight rows
+ * streams them from memory and prefetches ahead; later passes find them in cache. */
 static void mt_task(void *ctx, int c, int nc)
 {
     (void)nc;
@@ -904,25 +932,10 @@ static void mt_task(void *ctx, int c, int nc)
     if (t1 > j->T) t1 = j->T;
     int nr;
     mt_pick(W->dtype, j->g, j->g, &nr);
-    for (int64_t o = o0; o < o1; o += nr) {
-        /* the last tile of a block repeats its last weight row in the unused slots */
-        const char *wr[16];
-        int nreal = o1 - o < nr ? (int)(o1 - o) : nr;
-        for (int q = 0; q < nr; q++)
-            wr[q] = (const char *)W->data + (size_t)(o + (q < nreal ? q : nreal - 1)) * rowb;
-        for (int t = t0; t < t1; t += j->g) {
-            int mr = t1 - t < j->g ? t1 - t : j->g, tnr;
-            mt_fn fn = mt_pick(W->dtype, j->g, mr, &tnr);
-            const float *xr[4];
-            for (int i = 0; i < mr; i++)
-                xr[i] = j->x + (size_t)(t + i) * (size_t)j->ldx;
-            float out[16];
-            fn(xr, wr, W->cols, out);
-            for (int i = 0; i < mr; i++)
-                for (int q = 0; q < nreal; q++)
-                    j->y[(size_t)(t + i) * (size_t)j->ldy + (size_t)(o + q)] = out[i * tnr + q];
-        }
-    }
+    /* a tile's weight rows stay in L1 while every group of activation rows passes */
+    for (int64_t o = o0; o < o1; o += nr)
+        for (int t = t0; t < t1; t += j->g)
+            mt_one(j, o, o1, t, t1, nr, rowb, t == t0);
 }
 
 /* BF16 activations, permuted per block of 32 values: evens first, then odds, zero padded. */
