@@ -62,13 +62,18 @@ float kern_dot_bf16(const float *a, const void *b, int64_t n);
 
 /* ---- matmul ----
  * y[t, o] = Σ_i x[t, i] · W[o, i]   for t < T, o < W->rows, i < W->cols   (y = x·Wᵀ)
- * For T <= KERN_DIRECT_T (decode) a direct kernel reads W once in its own dtype, rows of W split
- * across threads, activation rows four at a time; a row's result is then bitwise independent of
- * the other rows (batch-invariant). Otherwise single-threaded cblas_sgemm calls (RowMajor,
- * NoTrans, Trans) on chunks of W's rows, spread over the pool; per-row results then depend on T
- * in the last bits. F16/BF16: panels of KERN_PANEL_ROWS rows of W are converted to f32 in
- * `scratch` chunk by chunk, each chunk by the thread that multiplies it. scratch: kern_matmul_scratch_floats(W->cols) floats (NULL allowed for
- * F32). x, y must not overlap. */
+ * AVX-512: one register-tiled kernel for every T (kernels.c, "tiled kernel"): W is read in its
+ * own dtype (BF16/F16 widened in registers, never converted to memory), rows of W — and, for
+ * T > 16, blocks of activation rows — split into chunks claimed by the pool's threads. Every
+ * (row, output) pair gets the same operations whatever T, so a row's result is bitwise
+ * independent of the other rows of the batch for every T (batch-invariant).
+ * AVX2 / scalar: for T <= KERN_DIRECT_T a direct kernel reads W once in its own dtype,
+ * activation rows four at a time (batch-invariant for those T); otherwise single-threaded
+ * cblas_sgemm calls on chunks of W's rows spread over the pool (F16/BF16: panels of
+ * KERN_PANEL_ROWS rows converted to f32 in `scratch`), whose per-row results depend on T in the
+ * last bits.
+ * scratch: kern_matmul_scratch_floats(W->cols) floats, required for F16/BF16 (the AVX-512 BF16
+ * path permutes the activations into it), NULL allowed for F32. x, y must not overlap. */
 #define KERN_DIRECT_T 8
 #define KERN_PANEL_ROWS 256
 size_t kern_matmul_scratch_floats(int64_t cols);
