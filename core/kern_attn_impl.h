@@ -50,11 +50,11 @@ KS_INLINE KA_TGT void KA_FN(ka_score_)(const float *qt, int RP, int hd, const fl
             if (k < nk && v < nv) V_STORE(s + (size_t)k * RP + v * VW, acc[k][v]);
 }
 
-/* o[rr][d0 + v·VW ..] = o[rr][..]·al[rr] + Σ_j p[j][r0 + rr] · vp[j][d0 + v·VW ..] for rr < nr
- * rows, v < nv head-dimension vectors. */
-KS_INLINE KA_TGT void KA_FN(ka_vsum_)(float *const *o, const float *al, const float *p, int RP,
-                                      int r0, const float *const *vp, int nk, int d0, const int nr,
-                                      const int nv)
+/* o[rr][d0 + v·VW ..] = o[rr][..]·al[rr] + Σ_j p[j·pj + (r0 + rr)·pr] · vp[j][d0 + v·VW ..] for
+ * rr < nr rows, v < nv head-dimension vectors (p is s[j][r]: pj = RP, pr = 1; or s[r][j]). */
+KS_INLINE KA_TGT void KA_FN(ka_vsum_)(float *const *o, const float *al, const float *p, int pj,
+                                      int pr, int r0, const float *const *vp, int nk, int d0,
+                                      const int nr, const int nv)
 {
     vf acc[KA_RG][KA_DV];
 #pragma GCC unroll 8
@@ -71,10 +71,10 @@ KS_INLINE KA_TGT void KA_FN(ka_vsum_)(float *const *o, const float *al, const fl
 #pragma GCC unroll 8
         for (int rr = 0; rr < KA_RG; rr++) {
             if (rr >= nr) continue;
-            vf pj = V_SET1(p[(size_t)j * RP + r0 + rr]);
+            vf pv = V_SET1(p[(size_t)j * pj + (size_t)(r0 + rr) * pr]);
 #pragma GCC unroll 8
             for (int v = 0; v < KA_DV; v++)
-                if (v < nv) acc[rr][v] = V_FMA(pj, vv[v], acc[rr][v]);
+                if (v < nv) acc[rr][v] = V_FMA(pv, vv[v], acc[rr][v]);
         }
     }
 #pragma GCC unroll 8
@@ -88,22 +88,37 @@ KS_INLINE KA_TGT void KA_FN(ka_vsum_)(float *const *o, const float *al, const fl
  * full tiles of KA_DV vectors, then single vectors, then the scalar tail of the head dimension
  * (same operation order as the tiles: o·al, then the products in key order). */
 KS_INLINE KA_TGT void KA_FN(ka_vsum_rows_)(float *const *o, const float *al, const float *p,
-                                           int RP, int r0, const float *const *vp, int nk, int hd,
-                                           const int nr)
+                                           int pj, int pr, int r0, const float *const *vp, int nk,
+                                           int hd, const int nr)
 {
     int d0 = 0;
     for (; d0 + KA_DV * VW <= hd; d0 += KA_DV * VW)
-        KA_FN(ka_vsum_)(o, al, p, RP, r0, vp, nk, d0, nr, KA_DV);
+        KA_FN(ka_vsum_)(o, al, p, pj, pr, r0, vp, nk, d0, nr, KA_DV);
     for (; d0 + VW <= hd; d0 += VW)
-        KA_FN(ka_vsum_)(o, al, p, RP, r0, vp, nk, d0, nr, 1);
+        KA_FN(ka_vsum_)(o, al, p, pj, pr, r0, vp, nk, d0, nr, 1);
     for (; d0 < hd; d0++) {
         for (int rr = 0; rr < nr; rr++) {
             float acc = o[rr][d0] * al[rr];
             for (int j = 0; j < nk; j++)
-                acc = acc + p[(size_t)j * RP + r0 + rr] * vp[j][d0];
+                acc = acc + p[(size_t)j * pj + (size_t)(r0 + rr) * pr] * vp[j][d0];
             o[rr][d0] = acc;
         }
     }
+}
+
+/* The value sum for 1 <= n <= KA_RG rows from r0, each count with its own unrolled tile. */
+KS_INLINE KA_TGT void KA_FN(ka_vsum_n_)(float *const *o, const float *al, const float *p, int pj,
+                                        int pr, int r0, const float *const *vp, int nk, int hd,
+                                        int n)
+{
+    if (n == KA_RG)
+        KA_FN(ka_vsum_rows_)(o, al, p, pj, pr, r0, vp, nk, hd, KA_RG);
+    else if (n == 3)
+        KA_FN(ka_vsum_rows_)(o, al, p, pj, pr, r0, vp, nk, hd, 3);
+    else if (n == 2)
+        KA_FN(ka_vsum_rows_)(o, al, p, pj, pr, r0, vp, nk, hd, 2);
+    else
+        KA_FN(ka_vsum_rows_)(o, al, p, pj, pr, r0, vp, nk, hd, 1);
 }
 
 static KA_TGT void KA_FN(ka_run_)(const kern_attn_job *a, float *scratch)
@@ -139,12 +154,7 @@ static KA_TGT void KA_FN(ka_run_)(const kern_attn_job *a, float *scratch)
     for (int c0 = lo / KERN_ATTN_CHUNK * KERN_ATTN_CHUNK; c0 < hi; c0 += KERN_ATTN_CHUNK) {
         const int nk = hi - c0 < KERN_ATTN_CHUNK ? hi - c0 : KERN_ATTN_CHUNK;
         const float *kp[KERN_ATTN_CHUNK + KA_NKEY], *vp[KERN_ATTN_CHUNK];
-        for (int j = 0; j < nk; j++) {
-            int pos = c0 + j;
-            size_t off = (size_t)(pos % a->block) * (size_t)a->ld;
-            kp[j] = a->k_blocks[pos / a->block] + off;
-            vp[j] = a->v_blocks[pos / a->block] + off;
-        }
+        ka_rows(a, c0, nk, kp, vp);
         for (int j = nk; j < nk + KA_NKEY; j++)
             kp[j] = kp[0];
 
@@ -200,18 +210,13 @@ static KA_TGT void KA_FN(ka_run_)(const kern_attn_job *a, float *scratch)
         }
 
         // Value sum into the output rows, KA_RG rows at a time.
-        int r0 = 0;
-        for (; r0 + KA_RG <= R; r0 += KA_RG) {
+        for (int r0 = 0; r0 < R; r0 += KA_RG) {
+            int n = R - r0 < KA_RG ? R - r0 : KA_RG;
             float *o[KA_RG];
-            for (int rr = 0; rr < KA_RG; rr++)
+            for (int rr = 0; rr < n; rr++)
                 o[rr] = a->out + (size_t)((r0 + rr) / rep) * (size_t)a->ldo +
                         (size_t)((r0 + rr) % rep) * (size_t)hd;
-            KA_FN(ka_vsum_rows_)(o, al + r0, s, RP, r0, vp, nk, hd, KA_RG);
-        }
-        for (; r0 < R; r0++) {
-            float *o[KA_RG];
-            o[0] = a->out + (size_t)(r0 / rep) * (size_t)a->ldo + (size_t)(r0 % rep) * (size_t)hd;
-            KA_FN(ka_vsum_rows_)(o, al + r0, s, RP, r0, vp, nk, hd, 1);
+            KA_FN(ka_vsum_n_)(o, al + r0, s, RP, 1, r0, vp, nk, hd, n);
         }
     }
 
