@@ -12,10 +12,13 @@
  *
  * The kernel works in chunks of KERN_ATTN_CHUNK key positions aligned to absolute positions,
  * with an online softmax (running max and sum per row), so its scratch does not grow with the
- * context. The result of a row does not depend on which other rows share its job: the chunks it
- * sees are the same, and chunks that are wholly masked for it leave its state bit-for-bit
- * unchanged — decode and prefill of the same row agree exactly, and so do batched and single
- * runs. It allocates nothing and is thread-safe (each job needs its own scratch).
+ * context. The result of a row does not depend on which other rows share its job, as long as
+ * the job takes the same path: the chunks it sees are the same, and chunks that are wholly
+ * masked for it leave its state bit-for-bit unchanged. The one other path is AVX-512's decode
+ * path for jobs of at most 8 rows (nq·rep <= 8, hd a multiple of 16 up to 128), which sums the
+ * scores in another order: a row computed there and inside a larger block agree to rounding
+ * (relative 1e-6), not bit for bit. It allocates nothing and is thread-safe (each job needs its
+ * own scratch).
  */
 #ifndef LR_KERN_ATTN_H
 #define LR_KERN_ATTN_H
