@@ -79,6 +79,21 @@ KS_INLINE KS_TGT_AVX512 __m512 ka_hsum16x16(const __m512 *v)
     return _mm512_add_ps(_mm512_shuffle_f32x4(c0, c1, 0x88), _mm512_shuffle_f32x4(c0, c1, 0xDD));
 }
 
+/* Scores of 16 keys for one query row held in nv vectors: 16 dot products, then folded. */
+KS_INLINE KS_TGT_AVX512 __m512 ka_dot16(const __m512 *qv, const float *const *kp, const int nv)
+{
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; k++) {
+        __m512 t = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kp[k]));
+#pragma GCC unroll 8
+        for (int v = 1; v < nv; v++)
+            t = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(kp[k] + 16 * v), t);
+        acc[k] = t;
+    }
+    return ka_hsum16x16(acc);
+}
+
 /* Decode (at most KA_DEC_ROWS rows, hd a multiple of 16 up to 128): the transposed tile would
  * fill one vector of 16 row lanes with only 3 rows (SmolLM's one position × 3 heads). Here the
  * keys are the lanes instead: per row, 16 dot products along the head dimension (the query row
@@ -123,15 +138,21 @@ static KS_TGT_AVX512 void ka_decode_avx512(const kern_attn_job *a, float *scratc
             __m512 sv[KERN_ATTN_CHUNK / 16];
             __m512 mx = ninf;
             for (int b = 0; b < nb; b++) {
-                __m512 acc[16];
-                for (int k = 0; k < 16; k++) {
-                    const float *kr = kp[16 * b + k];
-                    __m512 t = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
-                    for (int v = 1; v < nv; v++)
-                        t = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(kr + 16 * v), t);
-                    acc[k] = t;
+                /* One unrolled tile per head size: the 16 dot products stay in registers. */
+                __m512 x;
+                switch (nv) {
+                case 2:
+                    x = ka_dot16(qv, kp + 16 * b, 2);
+                    break;
+                case 4:
+                    x = ka_dot16(qv, kp + 16 * b, 4);
+                    break;
+                case 8:
+                    x = ka_dot16(qv, kp + 16 * b, 8);
+                    break;
+                default:
+                    x = ka_dot16(qv, kp + 16 * b, nv);
                 }
-                __m512 x = ka_hsum16x16(acc);
                 __m512 jv = _mm512_add_ps(_mm512_set1_ps((float)(c0 + 16 * b)), iota);
                 /* Masked: after the row's position (this also covers padding keys, which lie
                  * past hi − 1 >= p), or before its window. */
