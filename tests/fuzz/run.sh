@@ -31,7 +31,7 @@ srcs() {
     config) echo core/err.c $(ls core/util*.c 2>/dev/null) core/model.c core/safetensors.c ;;
     tokenizer) echo core/err.c $(ls core/util*.c 2>/dev/null) core/tok*.c ;;
     precompiled) echo core/err.c $(ls core/util*.c 2>/dev/null) core/tok*.c ;;
-    peft) echo core/err.c $(ls core/util*.c 2>/dev/null) core/model.c core/safetensors.c core/kernels.c adapters/peft.c ;;
+    peft) echo core/err.c $(ls core/util*.c 2>/dev/null) core/model.c core/safetensors.c core/kernels.c adapters/peft.c adapters/peft_store.c ;;
     jinja) echo core/err.c $(ls core/util*.c 2>/dev/null) core/jinja*.c ;;
     api) echo core/err.c $(ls core/util*.c 2>/dev/null) core/tok*.c core/jinja*.c server/api_cmpl.c server/api_chat.c ;;
     esac
