@@ -412,10 +412,51 @@ TGT_AVX512 static void softmax_avx512(float *x, int n)
     }
 }
 
+TGT_AVX2 static void softmax_avx2(float *x, int n)
+{
+    int i = 0;
+    float mx = x[0];
+    if (n >= 8) {
+        __m256 mv = _mm256_loadu_ps(x);
+        for (i = 8; i + 8 <= n; i += 8)
+            mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + i));
+        float lanes[8];
+        _mm256_storeu_ps(lanes, mv);
+        for (int k = 0; k < 8; k++)
+            if (lanes[k] > mx) mx = lanes[k];
+    }
+    for (; i < n; i++)
+        if (x[i] > mx) mx = x[i];
+    __m256 m = _mm256_set1_ps(mx), sv = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 e = ks_exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
+        _mm256_storeu_ps(x + i, e);
+        sv = _mm256_add_ps(sv, e);
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, sv);
+    double sum = 0;
+    for (int k = 0; k < 8; k++)
+        sum += lanes[k];
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        sum += x[i];
+    }
+    __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+    for (; i < n; i++)
+        x[i] *= (float)(1.0 / sum);
+}
+
 void kern_softmax(float *x, int n)
 {
     if (kern_get_isa() == KERN_ISA_AVX512) {
         softmax_avx512(x, n);
+        return;
+    }
+    if (kern_get_isa() == KERN_ISA_AVX2) {
+        softmax_avx2(x, n);
         return;
     }
     float mx = x[0];
