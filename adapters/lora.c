@@ -151,12 +151,14 @@ int lora_has_module(const void *set, int layer, lr_module mod)
 /* tmp (T, r) = X (T, in) · Aᵀ. */
 static void shrink(const peft_module *md, const float *x, int ldx, int T, float *tmp)
 {
-    if (T <= LORA_KERN_T) {
+    if (md->A16) { /* bf16 weights: our kernels at every T (sgemm wants f32) */
+        lk_shrink_bf16(x, ldx, T, md->A16, md->r, md->in, tmp, md->r);
+    } else if (T <= LORA_KERN_T) {
         lk_shrink(x, ldx, T, md->A, md->r, md->in, tmp, md->r);
-        return;
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, md->r, md->in, 1.0f, x, ldx,
+                    md->A, md->in, 0.0f, tmp, md->r);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, md->r, md->in, 1.0f, x, ldx, md->A,
-                md->in, 0.0f, tmp, md->r);
 }
 
 /* out (T, out) = (accumulate ? out : 0) + k · (tmp (T, r) · Bᵀ + b_B). Loaded modules hold Bt
@@ -164,6 +166,10 @@ static void shrink(const peft_module *md, const float *x, int ldx, int T, float 
 static void expand(const peft_module *md, const float *tmp, int T, float k, float *o, int ldo,
                    int accumulate)
 {
+    if (md->Bt16) {
+        lk_expand_bf16(tmp, md->r, T, md->Bt16, md->r, md->out, k, md->bias_b, o, ldo, accumulate);
+        return;
+    }
     if (md->Bt && T <= LORA_KERN_T) {
         lk_expand(tmp, md->r, T, md->Bt, md->r, md->out, k, md->bias_b, o, ldo, accumulate);
         return;

@@ -14,6 +14,7 @@
 #include <immintrin.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kernels.h"
 
@@ -40,10 +41,21 @@
 
 /* ------------------------------------------------------------------------------------ AVX-512 */
 
+/* 16 lanes from element i of p (f32, or bf16 bits widened: bf16 is the top half of an f32),
+ * lanes outside m zero and not read. */
+TGT_AVX512 INLINE __m512 ld512(const void *p, size_t i, __mmask16 m, const int BF)
+{
+    if (BF) {
+        __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)p + i);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    return _mm512_maskz_loadu_ps(m, (const float *)p + i);
+}
+
 /* tmp[a, b] = Σ_i x[a, i] · A[b, i] for a < NT, b < NJ: NT·NJ accumulators of 16 lanes, the
  * in-tail through masked loads, one horizontal sum per output at the end. */
-TGT_AVX512 INLINE void shrink_blk512(const float *x, int ldx, const float *A, int in, float *tmp,
-                                     int ldt, const int NT, const int NJ)
+TGT_AVX512 INLINE void shrink_blk512(const float *x, int ldx, const void *A, int in, float *tmp,
+                                     int ldt, const int BF, const int NT, const int NJ)
 {
     __m512 acc[T512][J512];
     #pragma GCC unroll 4
@@ -59,7 +71,7 @@ TGT_AVX512 INLINE void shrink_blk512(const float *x, int ldx, const float *A, in
             xv[a] = _mm512_loadu_ps(x + (size_t)a * ldx + i);
         #pragma GCC unroll 4
         for (int b = 0; b < NJ; b++) {
-            __m512 av = _mm512_loadu_ps(A + (size_t)b * in + i);
+            __m512 av = ld512(A, (size_t)b * in + i, (__mmask16)0xffff, BF);
             #pragma GCC unroll 4
             for (int a = 0; a < NT; a++)
                 acc[a][b] = _mm512_fmadd_ps(xv[a], av, acc[a][b]);
@@ -73,7 +85,7 @@ TGT_AVX512 INLINE void shrink_blk512(const float *x, int ldx, const float *A, in
             xv[a] = _mm512_maskz_loadu_ps(m, x + (size_t)a * ldx + i);
         #pragma GCC unroll 4
         for (int b = 0; b < NJ; b++) {
-            __m512 av = _mm512_maskz_loadu_ps(m, A + (size_t)b * in + i);
+            __m512 av = ld512(A, (size_t)b * in + i, m, BF);
             #pragma GCC unroll 4
             for (int a = 0; a < NT; a++)
                 acc[a][b] = _mm512_fmadd_ps(xv[a], av, acc[a][b]);
@@ -86,21 +98,31 @@ TGT_AVX512 INLINE void shrink_blk512(const float *x, int ldx, const float *A, in
             tmp[(size_t)a * ldt + b] = _mm512_reduce_add_ps(acc[a][b]);
 }
 
-TGT_AVX512 static void shrink_avx512(const float *x, int ldx, int T, const float *A, int r, int in,
-                                     float *tmp, int ldt)
+TGT_AVX512 static void shrink_avx512(const float *x, int ldx, int T, const void *A, int BF, int r,
+                                     int in, float *tmp, int ldt)
 {
+    size_t es = BF ? 2 : 4;
     for (int t = 0; t < T; t += T512) {
         int nt = T - t < T512 ? T - t : T512;
         const float *xp = x + (size_t)t * ldx;
         float *tp = tmp + (size_t)t * ldt;
         for (int j = 0; j < r; j += J512) {
             int nj = r - j < J512 ? r - j : J512;
-            const float *ap = A + (size_t)j * in;
-            switch (nt * 8 + nj) {
-                LK_ROW4(shrink_blk512, 1, xp, ldx, ap, in, tp + j, ldt)
-                LK_ROW4(shrink_blk512, 2, xp, ldx, ap, in, tp + j, ldt)
-                LK_ROW4(shrink_blk512, 3, xp, ldx, ap, in, tp + j, ldt)
-                LK_ROW4(shrink_blk512, 4, xp, ldx, ap, in, tp + j, ldt)
+            const void *ap = (const char *)A + (size_t)j * in * es;
+            if (BF) {
+                switch (nt * 8 + nj) {
+                    LK_ROW4(shrink_blk512, 1, xp, ldx, ap, in, tp + j, ldt, 1)
+                    LK_ROW4(shrink_blk512, 2, xp, ldx, ap, in, tp + j, ldt, 1)
+                    LK_ROW4(shrink_blk512, 3, xp, ldx, ap, in, tp + j, ldt, 1)
+                    LK_ROW4(shrink_blk512, 4, xp, ldx, ap, in, tp + j, ldt, 1)
+                }
+            } else {
+                switch (nt * 8 + nj) {
+                    LK_ROW4(shrink_blk512, 1, xp, ldx, ap, in, tp + j, ldt, 0)
+                    LK_ROW4(shrink_blk512, 2, xp, ldx, ap, in, tp + j, ldt, 0)
+                    LK_ROW4(shrink_blk512, 3, xp, ldx, ap, in, tp + j, ldt, 0)
+                    LK_ROW4(shrink_blk512, 4, xp, ldx, ap, in, tp + j, ldt, 0)
+                }
             }
         }
     }
@@ -108,9 +130,9 @@ TGT_AVX512 static void shrink_avx512(const float *x, int ldx, int T, const float
 
 /* Outputs q0 .. q0+63 of NT rows: four 16-lane chunks (masked past `out`), r broadcast FMAs
  * each; then y = (accumulate ? y : 0) + k·(acc + bias). */
-TGT_AVX512 INLINE void expand_blk512(const float *tmp, int ldt, const float *Bt, int r, int out,
+TGT_AVX512 INLINE void expand_blk512(const float *tmp, int ldt, const void *Bt, int r, int out,
                                      int q0, float k, const float *bias, float *y, int ldy,
-                                     int accumulate, const int NT)
+                                     int accumulate, const int BF, const int NT)
 {
     __mmask16 m[4];
     #pragma GCC unroll 4
@@ -125,11 +147,11 @@ TGT_AVX512 INLINE void expand_blk512(const float *tmp, int ldt, const float *Bt,
         for (int c = 0; c < 4; c++)
             acc[a][c] = _mm512_setzero_ps();
     for (int j = 0; j < r; j++) {
-        const float *bp = Bt + (size_t)j * out + q0;
+        size_t bo = (size_t)j * out + (size_t)q0;
         __m512 bv[4];
         #pragma GCC unroll 4
         for (int c = 0; c < 4; c++)
-            bv[c] = _mm512_maskz_loadu_ps(m[c], bp + 16 * c);
+            bv[c] = ld512(Bt, bo + 16 * (size_t)c, m[c], BF);
         #pragma GCC unroll 4
         for (int a = 0; a < NT; a++) {
             __m512 tv = _mm512_set1_ps(tmp[(size_t)a * ldt + j]);
@@ -153,8 +175,8 @@ TGT_AVX512 INLINE void expand_blk512(const float *tmp, int ldt, const float *Bt,
     }
 }
 
-TGT_AVX512 static void expand_avx512(const float *tmp, int ldt, int T, const float *Bt, int r,
-                                     int out, float k, const float *bias, float *y, int ldy,
+TGT_AVX512 static void expand_avx512(const float *tmp, int ldt, int T, const void *Bt, int BF,
+                                     int r, int out, float k, const float *bias, float *y, int ldy,
                                      int accumulate)
 {
     for (int t = 0; t < T; t += T512) {
@@ -162,19 +184,23 @@ TGT_AVX512 static void expand_avx512(const float *tmp, int ldt, int T, const flo
         const float *tp = tmp + (size_t)t * ldt;
         float *yp = y + (size_t)t * ldy;
         for (int q0 = 0; q0 < out; q0 += 64) {
+#define LK_E512(NT)                                                                                \
+    (BF ? expand_blk512(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 1, NT)              \
+        : expand_blk512(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 0, NT))
             switch (nt) {
             case 1:
-                expand_blk512(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 1);
+                LK_E512(1);
                 break;
             case 2:
-                expand_blk512(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 2);
+                LK_E512(2);
                 break;
             case 3:
-                expand_blk512(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 3);
+                LK_E512(3);
                 break;
             default:
-                expand_blk512(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 4);
+                LK_E512(4);
             }
+#undef LK_E512
         }
     }
 }
@@ -189,6 +215,26 @@ TGT_AVX2 INLINE __m256i mask256(int n)
     return _mm256_loadu_si256((const __m256i *)(ones + 8 - n));
 }
 
+/* 8 lanes from element i of p (f32 or bf16 bits), only the first n (<= 8) read, others zero. */
+TGT_AVX2 INLINE __m256 ld256(const void *p, size_t i, int n, const int BF)
+{
+    if (BF) {
+        const uint16_t *h = (const uint16_t *)p + i;
+        __m128i v;
+        if (n >= 8) {
+            v = _mm_loadu_si128((const __m128i *)h);
+        } else {
+            uint16_t t[8] = {0};
+            for (int q = 0; q < n; q++)
+                t[q] = h[q];
+            v = _mm_loadu_si128((const __m128i *)t);
+        }
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+    }
+    return n >= 8 ? _mm256_loadu_ps((const float *)p + i)
+                  : _mm256_maskload_ps((const float *)p + i, mask256(n));
+}
+
 TGT_AVX2 INLINE float hsum256(__m256 v)
 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -197,8 +243,8 @@ TGT_AVX2 INLINE float hsum256(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-TGT_AVX2 INLINE void shrink_blk256(const float *x, int ldx, const float *A, int in, float *tmp,
-                                   int ldt, const int NT, const int NJ)
+TGT_AVX2 INLINE void shrink_blk256(const float *x, int ldx, const void *A, int in, float *tmp,
+                                   int ldt, const int BF, const int NT, const int NJ)
 {
     __m256 acc[T256][J256];
     #pragma GCC unroll 4
@@ -214,7 +260,7 @@ TGT_AVX2 INLINE void shrink_blk256(const float *x, int ldx, const float *A, int 
             xv[a] = _mm256_loadu_ps(x + (size_t)a * ldx + i);
         #pragma GCC unroll 4
         for (int b = 0; b < NJ; b++) {
-            __m256 av = _mm256_loadu_ps(A + (size_t)b * in + i);
+            __m256 av = ld256(A, (size_t)b * in + i, 8, BF);
             #pragma GCC unroll 4
             for (int a = 0; a < NT; a++)
                 acc[a][b] = _mm256_fmadd_ps(xv[a], av, acc[a][b]);
@@ -228,7 +274,7 @@ TGT_AVX2 INLINE void shrink_blk256(const float *x, int ldx, const float *A, int 
             xv[a] = _mm256_maskload_ps(x + (size_t)a * ldx + i, m);
         #pragma GCC unroll 4
         for (int b = 0; b < NJ; b++) {
-            __m256 av = _mm256_maskload_ps(A + (size_t)b * in + i, m);
+            __m256 av = ld256(A, (size_t)b * in + i, in - i, BF);
             #pragma GCC unroll 4
             for (int a = 0; a < NT; a++)
                 acc[a][b] = _mm256_fmadd_ps(xv[a], av, acc[a][b]);
@@ -241,28 +287,36 @@ TGT_AVX2 INLINE void shrink_blk256(const float *x, int ldx, const float *A, int 
             tmp[(size_t)a * ldt + b] = hsum256(acc[a][b]);
 }
 
-TGT_AVX2 static void shrink_avx2(const float *x, int ldx, int T, const float *A, int r, int in,
-                                 float *tmp, int ldt)
+TGT_AVX2 static void shrink_avx2(const float *x, int ldx, int T, const void *A, int BF, int r,
+                                 int in, float *tmp, int ldt)
 {
+    size_t es = BF ? 2 : 4;
     for (int t = 0; t < T; t += T256) {
         int nt = T - t < T256 ? T - t : T256;
         const float *xp = x + (size_t)t * ldx;
         float *tp = tmp + (size_t)t * ldt;
         for (int j = 0; j < r; j += J256) {
             int nj = r - j < J256 ? r - j : J256;
-            const float *ap = A + (size_t)j * in;
-            switch (nt * 8 + nj) {
-                LK_ROW4(shrink_blk256, 1, xp, ldx, ap, in, tp + j, ldt)
-                LK_ROW4(shrink_blk256, 2, xp, ldx, ap, in, tp + j, ldt)
+            const void *ap = (const char *)A + (size_t)j * in * es;
+            if (BF) {
+                switch (nt * 8 + nj) {
+                    LK_ROW4(shrink_blk256, 1, xp, ldx, ap, in, tp + j, ldt, 1)
+                    LK_ROW4(shrink_blk256, 2, xp, ldx, ap, in, tp + j, ldt, 1)
+                }
+            } else {
+                switch (nt * 8 + nj) {
+                    LK_ROW4(shrink_blk256, 1, xp, ldx, ap, in, tp + j, ldt, 0)
+                    LK_ROW4(shrink_blk256, 2, xp, ldx, ap, in, tp + j, ldt, 0)
+                }
             }
         }
     }
 }
 
 /* Outputs q0 .. q0+31 of NT rows: four 8-lane chunks (masked past `out`). */
-TGT_AVX2 INLINE void expand_blk256(const float *tmp, int ldt, const float *Bt, int r, int out,
+TGT_AVX2 INLINE void expand_blk256(const float *tmp, int ldt, const void *Bt, int r, int out,
                                    int q0, float k, const float *bias, float *y, int ldy,
-                                   int accumulate, const int NT)
+                                   int accumulate, const int BF, const int NT)
 {
     __m256i m[4];
     int live[4];
@@ -278,11 +332,11 @@ TGT_AVX2 INLINE void expand_blk256(const float *tmp, int ldt, const float *Bt, i
         for (int c = 0; c < 4; c++)
             acc[a][c] = _mm256_setzero_ps();
     for (int j = 0; j < r; j++) {
-        const float *bp = Bt + (size_t)j * out + q0;
+        size_t bo = (size_t)j * out + (size_t)q0;
         __m256 bv[4];
         #pragma GCC unroll 4
         for (int c = 0; c < 4; c++)
-            bv[c] = _mm256_maskload_ps(bp + 8 * c, m[c]);
+            bv[c] = ld256(Bt, bo + 8 * (size_t)c, live[c], BF);
         #pragma GCC unroll 4
         for (int a = 0; a < NT; a++) {
             __m256 tv = _mm256_set1_ps(tmp[(size_t)a * ldt + j]);
@@ -306,7 +360,7 @@ TGT_AVX2 INLINE void expand_blk256(const float *tmp, int ldt, const float *Bt, i
     }
 }
 
-TGT_AVX2 static void expand_avx2(const float *tmp, int ldt, int T, const float *Bt, int r,
+TGT_AVX2 static void expand_avx2(const float *tmp, int ldt, int T, const void *Bt, int BF, int r,
                                  int out, float k, const float *bias, float *y, int ldy,
                                  int accumulate)
 {
@@ -315,30 +369,43 @@ TGT_AVX2 static void expand_avx2(const float *tmp, int ldt, int T, const float *
         const float *tp = tmp + (size_t)t * ldt;
         float *yp = y + (size_t)t * ldy;
         for (int q0 = 0; q0 < out; q0 += 32) {
-            if (nt == 1)
-                expand_blk256(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 1);
+            if (BF && nt == 1)
+                expand_blk256(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 1, 1);
+            else if (BF)
+                expand_blk256(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 1, 2);
+            else if (nt == 1)
+                expand_blk256(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 0, 1);
             else
-                expand_blk256(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 2);
+                expand_blk256(tp, ldt, Bt, r, out, q0, k, bias, yp, ldy, accumulate, 0, 2);
         }
     }
 }
 
 /* ------------------------------------------------------------------------------------- scalar */
 
-static void shrink_scalar(const float *x, int ldx, int T, const float *A, int r, int in,
+static inline float elem(const void *p, size_t i, int BF)
+{
+    if (!BF) return ((const float *)p)[i];
+    uint32_t bits = (uint32_t)((const uint16_t *)p)[i] << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static void shrink_scalar(const float *x, int ldx, int T, const void *A, int BF, int r, int in,
                           float *tmp, int ldt)
 {
     for (int t = 0; t < T; t++)
         for (int j = 0; j < r; j++) {
-            const float *xr = x + (size_t)t * ldx, *ar = A + (size_t)j * in;
+            const float *xr = x + (size_t)t * ldx;
             float s = 0;
             for (int i = 0; i < in; i++)
-                s += xr[i] * ar[i];
+                s += xr[i] * elem(A, (size_t)j * in + i, BF);
             tmp[(size_t)t * ldt + j] = s;
         }
 }
 
-static void expand_scalar(const float *tmp, int ldt, int T, const float *Bt, int r, int out,
+static void expand_scalar(const float *tmp, int ldt, int T, const void *Bt, int BF, int r, int out,
                           float k, const float *bias, float *y, int ldy, int accumulate)
 {
     for (int t = 0; t < T; t++) {
@@ -347,7 +414,7 @@ static void expand_scalar(const float *tmp, int ldt, int T, const float *Bt, int
         for (int q = 0; q < out; q++) {
             float s = 0;
             for (int j = 0; j < r; j++)
-                s += tr[j] * Bt[(size_t)j * out + q];
+                s += tr[j] * elem(Bt, (size_t)j * out + q, BF);
             float v = k * (s + (bias ? bias[q] : 0.0f));
             yr[q] = accumulate ? yr[q] + v : v;
         }
@@ -356,33 +423,57 @@ static void expand_scalar(const float *tmp, int ldt, int T, const float *Bt, int
 
 /* ------------------------------------------------------------------------------------ dispatch */
 
-void lk_shrink(const float *x, int ldx, int T, const float *A, int r, int in, float *tmp, int ldt)
+static void shrink_any(const float *x, int ldx, int T, const void *A, int BF, int r, int in,
+                       float *tmp, int ldt)
 {
     if (T <= 0 || r <= 0) return;
     switch (kern_get_isa()) {
     case KERN_ISA_AVX512:
-        shrink_avx512(x, ldx, T, A, r, in, tmp, ldt);
+        shrink_avx512(x, ldx, T, A, BF, r, in, tmp, ldt);
         break;
     case KERN_ISA_AVX2:
-        shrink_avx2(x, ldx, T, A, r, in, tmp, ldt);
+        shrink_avx2(x, ldx, T, A, BF, r, in, tmp, ldt);
         break;
     default:
-        shrink_scalar(x, ldx, T, A, r, in, tmp, ldt);
+        shrink_scalar(x, ldx, T, A, BF, r, in, tmp, ldt);
     }
+}
+
+static void expand_any(const float *tmp, int ldt, int T, const void *Bt, int BF, int r, int out,
+                       float k, const float *bias, float *y, int ldy, int accumulate)
+{
+    if (T <= 0 || out <= 0) return;
+    switch (kern_get_isa()) {
+    case KERN_ISA_AVX512:
+        expand_avx512(tmp, ldt, T, Bt, BF, r, out, k, bias, y, ldy, accumulate);
+        break;
+    case KERN_ISA_AVX2:
+        expand_avx2(tmp, ldt, T, Bt, BF, r, out, k, bias, y, ldy, accumulate);
+        break;
+    default:
+        expand_scalar(tmp, ldt, T, Bt, BF, r, out, k, bias, y, ldy, accumulate);
+    }
+}
+
+void lk_shrink(const float *x, int ldx, int T, const float *A, int r, int in, float *tmp, int ldt)
+{
+    shrink_any(x, ldx, T, A, 0, r, in, tmp, ldt);
+}
+
+void lk_shrink_bf16(const float *x, int ldx, int T, const uint16_t *A, int r, int in, float *tmp,
+                    int ldt)
+{
+    shrink_any(x, ldx, T, A, 1, r, in, tmp, ldt);
 }
 
 void lk_expand(const float *tmp, int ldt, int T, const float *Bt, int r, int out, float k,
                const float *bias, float *y, int ldy, int accumulate)
 {
-    if (T <= 0 || out <= 0) return;
-    switch (kern_get_isa()) {
-    case KERN_ISA_AVX512:
-        expand_avx512(tmp, ldt, T, Bt, r, out, k, bias, y, ldy, accumulate);
-        break;
-    case KERN_ISA_AVX2:
-        expand_avx2(tmp, ldt, T, Bt, r, out, k, bias, y, ldy, accumulate);
-        break;
-    default:
-        expand_scalar(tmp, ldt, T, Bt, r, out, k, bias, y, ldy, accumulate);
-    }
+    expand_any(tmp, ldt, T, Bt, 0, r, out, k, bias, y, ldy, accumulate);
+}
+
+void lk_expand_bf16(const float *tmp, int ldt, int T, const uint16_t *Bt, int r, int out, float k,
+                    const float *bias, float *y, int ldy, int accumulate)
+{
+    expand_any(tmp, ldt, T, Bt, 1, r, out, k, bias, y, ldy, accumulate);
 }

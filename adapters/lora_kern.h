@@ -16,6 +16,8 @@
 #ifndef LR_LORA_KERN_H
 #define LR_LORA_KERN_H
 
+#include <stdint.h>
+
 /* shrink: tmp[t·ldt + j] = Σ_i x[t·ldx + i] · A[j·in + i]   for t < T, j < r   (tmp = X·Aᵀ).
  * A is [r, in] row-major. */
 void lk_shrink(const float *x, int ldx, int T, const float *A, int r, int in, float *tmp, int ldt);
@@ -25,5 +27,13 @@ void lk_shrink(const float *x, int ldx, int T, const float *A, int r, int in, fl
  * for t < T, q < out. Bt is [r, out] row-major (lora_B transposed). */
 void lk_expand(const float *tmp, int ldt, int T, const float *Bt, int r, int out, float k,
                const float *bias, float *y, int ldy, int accumulate);
+
+/* The same with A / Bt held as bfloat16 bits (an f32's top 16 bits), widened exactly in
+ * registers: a BF16 adapter file is used as stored, at half the memory and bandwidth. The
+ * result equals lk_shrink / lk_expand on the widened values. */
+void lk_shrink_bf16(const float *x, int ldx, int T, const uint16_t *A, int r, int in, float *tmp,
+                    int ldt);
+void lk_expand_bf16(const float *tmp, int ldt, int T, const uint16_t *Bt, int r, int out, float k,
+                    const float *bias, float *y, int ldy, int accumulate);
 
 #endif

@@ -681,6 +681,32 @@ static float *place(peft_store *st, const st_tensor *t, int64_t *bytes)
     return d;
 }
 
+/* Modules whose A and B are both BF16 (and float-pair aligned) keep them as BF16 in place, B
+ * transposed: half the memory and bandwidth of widening them, with identical values. DoRA
+ * modules are widened (their factor and the reference maths read f32). */
+static int keep_bf16(int dora, const st_tensor *A, const st_tensor *B)
+{
+    return !dora && A->dtype == ST_BF16 && B->dtype == ST_BF16 && (uintptr_t)A->data % 2 == 0 &&
+           (uintptr_t)B->data % 2 == 0;
+}
+
+/* The BF16 [rows, cols] tensor transposed over its own bytes, through tmp (rows·cols halves). */
+static uint16_t *transpose_bf16(peft_store *st, const st_tensor *t, int64_t rows, int64_t cols,
+                                uint16_t *tmp, int64_t *bytes)
+{
+    uint16_t *d = (uint16_t *)(uintptr_t)t->data;
+    memcpy(tmp, d, 2 * (size_t)t->numel);
+    for (int64_t r0 = 0; r0 < rows; r0 += 32) {
+        int64_t r1 = r0 + 32 < rows ? r0 + 32 : rows;
+        for (int64_t c = 0; c < cols; c++)
+            for (int64_t r = r0; r < r1; r++)
+                d[c * rows + r] = tmp[r * cols + c];
+    }
+    st->file_used = 1;
+    *bytes += 2 * t->numel;
+    return d;
+}
+
 /* The [rows, cols] tensor transposed to [cols, rows] f32: over its own bytes when F32 and
  * aligned (through tmp, rows·cols floats of scratch), else into store.extra. */
 static float *place_transposed(peft_store *st, const st_tensor *t, int64_t rows, int64_t cols,
@@ -793,6 +819,8 @@ static void module_free(const peft_store *st, peft_module *md)
     free_own(st, md->A);
     free_own(st, md->B);
     free_own(st, md->Bt);
+    free_own(st, md->A16);
+    free_own(st, md->Bt16);
     free_own(st, md->bias_b);
     free_own(st, md->dora);
     free_own(st, md->mag);
@@ -1072,8 +1100,9 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
     for (int i = 0; i < L * LR_MOD_COUNT; i++) {
         const st_tensor **ts = &tab[i * K_COUNT];
         if (!a->mods[i]) continue;
-        extra += place_bytes(ts[K_A]) + place_bytes(ts[K_B]) +
-                 (c.lora_bias ? place_bytes(ts[K_BBIAS]) : 0);
+        if (!keep_bf16(c.dora, ts[K_A], ts[K_B]))
+            extra += place_bytes(ts[K_A]) + place_bytes(ts[K_B]);
+        extra += c.lora_bias ? place_bytes(ts[K_BBIAS]) : 0;
         if (c.dora) extra += place_bytes(ts[K_MAG]) + extra_bytes((size_t)a->mods[i]->out);
         if (ts[K_B]->numel > tmax) tmax = ts[K_B]->numel;
     }
@@ -1091,8 +1120,15 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
         const st_tensor **ts = &tab[i * K_COUNT];
         peft_module *md = a->mods[i];
         if (!md) continue;
-        md->A = place(store, ts[K_A], &a->bytes);
-        md->Bt = place_transposed(store, ts[K_B], md->out, md->r, tscratch, &a->bytes);
+        if (keep_bf16(c.dora, ts[K_A], ts[K_B])) {
+            md->A16 = (uint16_t *)(uintptr_t)ts[K_A]->data;
+            a->bytes += 2 * ts[K_A]->numel;
+            md->Bt16 = transpose_bf16(store, ts[K_B], md->out, md->r, (uint16_t *)tscratch,
+                                      &a->bytes);
+        } else {
+            md->A = place(store, ts[K_A], &a->bytes);
+            md->Bt = place_transposed(store, ts[K_B], md->out, md->r, tscratch, &a->bytes);
+        }
         if (c.lora_bias && ts[K_BBIAS]) md->bias_b = place(store, ts[K_BBIAS], &a->bytes);
         if (c.dora) {
             md->mag = place(store, ts[K_MAG], &a->bytes);

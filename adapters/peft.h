@@ -38,6 +38,9 @@ typedef struct peft_module {
     float *Bt;     /* (r, out) lora_B transposed, or NULL: the expand step reads r contiguous
                     * rows of it. peft_load fills Bt and leaves B NULL (one copy of B, in the
                     * layout the kernels want); a module built by hand may hold either. */
+    uint16_t *A16;  /* (r, in) A as bfloat16 bits, or NULL; and Bt16 (r, out) likewise. peft_load */
+    uint16_t *Bt16; /* keeps a BF16 file's A and B so (then A and Bt are NULL): half the memory
+                     * and bandwidth, widened exactly in registers (not for DoRA modules) */
     float *bias_b; /* (out) lora_B.bias, or NULL */
     float *dora;   /* (out) DoRA factor m / ‖W0 + s·B·A‖ per output row, or NULL */
     float *mag;    /* (out) DoRA magnitude m (kept to recompute the factor for another scale) */

@@ -164,9 +164,12 @@ int fuzz_peft_one(const uint8_t *data, size_t size)
                 if (!md)
                     continue;
                 if (j >= 7 || md->r <= 0 || md->r > MAX_RANK || md->in != cols[j] ||
-                    md->out != rows[j] || !md->A || !md->Bt || !isfinite(md->s))
+                    md->out != rows[j] || (!md->A && !md->A16) || (!md->Bt && !md->Bt16) ||
+                    !isfinite(md->s))
                     abort();
-                volatile float s = md->A[md->r * md->in - 1] + md->Bt[md->r * md->out - 1];
+                size_t na = (size_t)md->r * md->in;
+                volatile float s = md->A ? md->A[na - 1] : md->A16[na - 1];
+                s += md->Bt ? md->Bt[md->r * md->out - 1] : md->Bt16[md->r * md->out - 1];
                 if (md->bias_b)
                     s += md->bias_b[md->out - 1];
                 if (md->dora)

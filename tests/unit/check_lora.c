@@ -220,6 +220,48 @@ START_TEST(test_plain)
 }
 END_TEST
 
+/* Round to bfloat16 (truncation: any bf16 value will do) and return its bits. */
+static uint16_t to_bf16(float *f)
+{
+    uint32_t b;
+    memcpy(&b, f, 4);
+    uint16_t h = (uint16_t)(b >> 16);
+    b = (uint32_t)h << 16;
+    memcpy(f, &b, 4);
+    return h;
+}
+
+/* A module held as BF16 (as peft_load keeps a BF16 file's A and B): lora.c must use A16 / Bt16
+ * at every run length; the reference reads the same values widened in A / B. */
+START_TEST(test_bf16)
+{
+    peft_adapter *a = new_adapter();
+    int r = 5;
+    peft_module *md = add_mod(a, 1, LR_MOD_GATE, H, I, r, 0.5f);
+    md->A16 = malloc(sizeof(uint16_t) * r * H);
+    md->Bt16 = malloc(sizeof(uint16_t) * r * I);
+    for (int i = 0; i < r * H; i++)
+        md->A16[i] = to_bf16(&md->A[i]);
+    for (int o = 0; o < I; o++)
+        for (int j = 0; j < r; j++)
+            md->Bt16[j * I + o] = to_bf16(&md->B[o * r + j]);
+    /* poison the f32 copies lora.c must not read */
+    for (int i = 0; i < r * I; i++)
+        md->Bt[i] = 1e30f;
+    md->bias_b = rnd(I);
+    const peft_adapter *list[1] = {a};
+    lora_set *set;
+    lr_error e;
+    ck_assert_int_eq(lora_set_create(&model, list, NULL, 1, &e, &set), 0);
+    mix_ctx c = {1, {md}, {0.5}, {NULL}};
+    int runs[][2] = {{0, 1}, {3, 7}, {1, 10}, {2, 39}, {0, NROWS}};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++)
+        run_case(set, 1, LR_MOD_GATE, W1[1], H, I, NULL, runs[i][0], runs[i][1], expect_mix, &c);
+    lora_set_destroy(set);
+    peft_free(a);
+}
+END_TEST
+
 START_TEST(test_dora)
 {
     peft_adapter *a = new_adapter();
@@ -430,6 +472,7 @@ int main(void)
         const char *name;
         const TTest *t;
     } cases[] = {{"plain", test_plain},
+                 {"bf16", test_bf16},
                  {"dora", test_dora},
                  {"mix", test_mix},
                  {"embed", test_embed},

@@ -305,6 +305,14 @@ START_TEST(test_basic_prefix_and_values)
 }
 END_TEST
 
+static float bf16_value(uint16_t h)
+{
+    uint32_t b = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
 START_TEST(test_dtypes)
 {
     write_cfg("{\"r\":2,\"lora_alpha\":2,\"target_modules\":[\"gate_proj\",\"down_proj\"]}");
@@ -321,11 +329,19 @@ START_TEST(test_dtypes)
     for (int o = 0; o < I; o++)
         for (int j = 0; j < 2; j++)
             ck_assert_float_eq(g->Bt[j * I + o], B[o * 2 + j]);
+    /* F16 is widened to f32; BF16 is kept as stored (A16, and B transposed in Bt16) */
+    ck_assert_ptr_null(g->A16);
+    ck_assert_ptr_null(d->A);
+    ck_assert_ptr_null(d->Bt);
+    ck_assert_ptr_nonnull(d->A16);
+    ck_assert_ptr_nonnull(d->Bt16);
     for (int i = 0; i < 2 * I; i++)
-        ck_assert_float_eq(d->A[i], A2[i]);
+        ck_assert_float_eq(bf16_value(d->A16[i]), A2[i]);
     for (int o = 0; o < H; o++)
         for (int j = 0; j < 2; j++)
-            ck_assert_float_eq(d->Bt[j * H + o], B2[o * 2 + j]);
+            ck_assert_float_eq(bf16_value(d->Bt16[j * H + o]), B2[o * 2 + j]);
+    /* gate: f32 A 2×I... counted at 4 bytes, down: bf16 at 2 */
+    ck_assert_int_eq(a->bytes, (int64_t)4 * (2 * H + I * 2) + 2 * (2 * I + H * 2));
     peft_free(a);
     cleanup_dir();
 }
