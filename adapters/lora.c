@@ -6,6 +6,8 @@
  *   Y = b + f ⊙ (X·W0ᵀ + k·s·B·A·X)
  * with f the precomputed per-row factor; X·W0ᵀ is Y minus the bias when the adapter is alone,
  * or a snapshot taken before any member touched Y when a mix holds a DoRA member.
+ * The two products run in adapters/lora_kern (decode-sized runs, and BF16 weights at any length)
+ * or sgemm (long runs of f32 weights); both read B transposed (Bt), as peft_load holds it.
  *
  * Not here: loading (adapters/peft), which adapter a request uses (adapters/registry).
  */

@@ -4,7 +4,10 @@
  * adapter_config.json, (2) sort every tensor of adapter_model.safetensors into a slot per base
  * module (layer × lr_module, plus the embedding) by kind (lora_A, lora_B, B bias, magnitude,
  * embedding A/B), refusing keys we cannot honour, (3) walk the base's modules in order, decide
- * from the config which are targets, check shapes, then convert to f32 and compute DoRA factors.
+ * from the config which are targets, check shapes, then place the tensors and compute DoRA
+ * factors. Placing uses the file's own bytes (read into huge-page memory by adapters/peft_store)
+ * wherever the tensor is already in the held form — F32 A and biases as they lie, B transposed
+ * over its own bytes, BF16 A/B kept as BF16 — and converts the rest into one extra region.
  *
  * This module is not the math (adapters/lora) nor the id → folder mapping (adapters/registry).
  */

@@ -16,8 +16,9 @@
  * safetensors files are rejected by core/safetensors (LR_EFORMAT naming the file).
  *
  * The result is plain data owned by the peft_adapter: per (layer, module) an f32 A [r, in] and
- * Bt [r, out] (lora_B transposed), the scaling s, optional B bias and DoRA factor.
- * adapters/lora applies it.
+ * Bt [r, out] (lora_B transposed) — or, from a BF16 file, the same two as BF16 (A16, Bt16) —,
+ * the scaling s, optional B bias and DoRA factor. adapters/lora applies it. The tensors live in
+ * the file's bytes read into huge-page memory wherever they can (adapters/peft_store).
  */
 #ifndef LR_PEFT_H
 #define LR_PEFT_H
