@@ -158,8 +158,8 @@ static void shrink(const peft_module *md, const float *x, int ldx, int T, float 
     } else if (T <= LORA_KERN_T) {
         lk_shrink(x, ldx, T, md->A, md->r, md->in, tmp, md->r);
     } else {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, md->r, md->in, 1.0f, x, ldx,
-                    md->A, md->in, 0.0f, tmp, md->r);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, md->r, md->in, 1.0f, x, ldx, md->A,
+                    md->in, 0.0f, tmp, md->r);
     }
 }
 

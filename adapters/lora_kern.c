@@ -31,7 +31,7 @@
 
 /* A switch over (nt, nj) in 1..NT × 1..NJ calling BLOCK(…, nt, nj) with literal sizes. */
 #define LK_CASE(BLOCK, NT, NJ, ...)                                                                \
-    case (NT) * 8 + (NJ):                                                                          \
+    case (NT)*8 + (NJ):                                                                            \
         BLOCK(__VA_ARGS__, NT, NJ);                                                                \
         break;
 #define LK_ROW4(BLOCK, NT, ...)                                                                    \
@@ -58,21 +58,21 @@ TGT_AVX512 INLINE void shrink_blk512(const float *x, int ldx, const void *A, int
                                      int ldt, const int BF, const int NT, const int NJ)
 {
     __m512 acc[T512][J512];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int a = 0; a < NT; a++)
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int b = 0; b < NJ; b++)
             acc[a][b] = _mm512_setzero_ps();
     int i = 0;
     for (; i + 16 <= in; i += 16) {
         __m512 xv[T512];
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int a = 0; a < NT; a++)
             xv[a] = _mm512_loadu_ps(x + (size_t)a * ldx + i);
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int b = 0; b < NJ; b++) {
             __m512 av = ld512(A, (size_t)b * in + i, (__mmask16)0xffff, BF);
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int a = 0; a < NT; a++)
                 acc[a][b] = _mm512_fmadd_ps(xv[a], av, acc[a][b]);
         }
@@ -80,20 +80,20 @@ TGT_AVX512 INLINE void shrink_blk512(const float *x, int ldx, const void *A, int
     if (i < in) {
         __mmask16 m = (__mmask16)((1u << (in - i)) - 1u);
         __m512 xv[T512];
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int a = 0; a < NT; a++)
             xv[a] = _mm512_maskz_loadu_ps(m, x + (size_t)a * ldx + i);
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int b = 0; b < NJ; b++) {
             __m512 av = ld512(A, (size_t)b * in + i, m, BF);
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int a = 0; a < NT; a++)
                 acc[a][b] = _mm512_fmadd_ps(xv[a], av, acc[a][b]);
         }
     }
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int a = 0; a < NT; a++)
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int b = 0; b < NJ; b++)
             tmp[(size_t)a * ldt + b] = _mm512_reduce_add_ps(acc[a][b]);
 }
@@ -135,37 +135,37 @@ TGT_AVX512 INLINE void expand_blk512(const float *tmp, int ldt, const void *Bt, 
                                      int accumulate, const int BF, const int NT)
 {
     __mmask16 m[4];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int c = 0; c < 4; c++) {
         int n = out - q0 - 16 * c;
         m[c] = n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
     }
     __m512 acc[T512][4];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int a = 0; a < NT; a++)
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int c = 0; c < 4; c++)
             acc[a][c] = _mm512_setzero_ps();
     for (int j = 0; j < r; j++) {
         size_t bo = (size_t)j * out + (size_t)q0;
         __m512 bv[4];
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int c = 0; c < 4; c++)
             bv[c] = ld512(Bt, bo + 16 * (size_t)c, m[c], BF);
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int a = 0; a < NT; a++) {
             __m512 tv = _mm512_set1_ps(tmp[(size_t)a * ldt + j]);
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int c = 0; c < 4; c++)
                 acc[a][c] = _mm512_fmadd_ps(tv, bv[c], acc[a][c]);
         }
     }
     __m512 kv = _mm512_set1_ps(k);
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int c = 0; c < 4; c++) {
         if (!m[c]) continue;
         __m512 bb = bias ? _mm512_maskz_loadu_ps(m[c], bias + q0 + 16 * c) : _mm512_setzero_ps();
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int a = 0; a < NT; a++) {
             float *yp = y + (size_t)a * ldy + q0 + 16 * c;
             __m512 v = _mm512_mul_ps(kv, _mm512_add_ps(acc[a][c], bb));
@@ -247,21 +247,21 @@ TGT_AVX2 INLINE void shrink_blk256(const float *x, int ldx, const void *A, int i
                                    int ldt, const int BF, const int NT, const int NJ)
 {
     __m256 acc[T256][J256];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int a = 0; a < NT; a++)
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int b = 0; b < NJ; b++)
             acc[a][b] = _mm256_setzero_ps();
     int i = 0;
     for (; i + 8 <= in; i += 8) {
         __m256 xv[T256];
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int a = 0; a < NT; a++)
             xv[a] = _mm256_loadu_ps(x + (size_t)a * ldx + i);
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int b = 0; b < NJ; b++) {
             __m256 av = ld256(A, (size_t)b * in + i, 8, BF);
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int a = 0; a < NT; a++)
                 acc[a][b] = _mm256_fmadd_ps(xv[a], av, acc[a][b]);
         }
@@ -269,20 +269,20 @@ TGT_AVX2 INLINE void shrink_blk256(const float *x, int ldx, const void *A, int i
     if (i < in) {
         __m256i m = mask256(in - i);
         __m256 xv[T256];
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int a = 0; a < NT; a++)
             xv[a] = _mm256_maskload_ps(x + (size_t)a * ldx + i, m);
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int b = 0; b < NJ; b++) {
             __m256 av = ld256(A, (size_t)b * in + i, in - i, BF);
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int a = 0; a < NT; a++)
                 acc[a][b] = _mm256_fmadd_ps(xv[a], av, acc[a][b]);
         }
     }
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int a = 0; a < NT; a++)
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int b = 0; b < NJ; b++)
             tmp[(size_t)a * ldt + b] = hsum256(acc[a][b]);
 }
@@ -320,37 +320,37 @@ TGT_AVX2 INLINE void expand_blk256(const float *tmp, int ldt, const void *Bt, in
 {
     __m256i m[4];
     int live[4];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int c = 0; c < 4; c++) {
         live[c] = out - q0 - 8 * c;
         m[c] = mask256(live[c]);
     }
     __m256 acc[T256][4];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int a = 0; a < NT; a++)
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int c = 0; c < 4; c++)
             acc[a][c] = _mm256_setzero_ps();
     for (int j = 0; j < r; j++) {
         size_t bo = (size_t)j * out + (size_t)q0;
         __m256 bv[4];
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int c = 0; c < 4; c++)
             bv[c] = ld256(Bt, bo + 8 * (size_t)c, live[c], BF);
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int a = 0; a < NT; a++) {
             __m256 tv = _mm256_set1_ps(tmp[(size_t)a * ldt + j]);
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int c = 0; c < 4; c++)
                 acc[a][c] = _mm256_fmadd_ps(tv, bv[c], acc[a][c]);
         }
     }
     __m256 kv = _mm256_set1_ps(k);
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int c = 0; c < 4; c++) {
         if (live[c] <= 0) continue;
         __m256 bb = bias ? _mm256_maskload_ps(bias + q0 + 8 * c, m[c]) : _mm256_setzero_ps();
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int a = 0; a < NT; a++) {
             float *yp = y + (size_t)a * ldy + q0 + 8 * c;
             __m256 v = _mm256_mul_ps(kv, _mm256_add_ps(acc[a][c], bb));

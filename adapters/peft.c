@@ -897,8 +897,8 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
         rc = lr_error_set(err, LR_ENOMEM, "adapter: out of memory");
         goto out;
     }
-    if ((rc = ps_read_file(path, "adapter_model.safetensors", (size_t)max_file, &store->file,
-                           &blob, &blob_len, err)))
+    if ((rc = ps_read_file(path, "adapter_model.safetensors", (size_t)max_file, &store->file, &blob,
+                           &blob_len, err)))
         goto out;
     if ((rc = st_open_mem(blob, blob_len, "adapter_model.safetensors", err, &f))) goto out;
 
@@ -1126,8 +1126,8 @@ int peft_load(const char *dir, const lr_model *m, const peft_params *p, lr_error
         if (keep_bf16(c.dora, ts[K_A], ts[K_B])) {
             md->A16 = (uint16_t *)(uintptr_t)ts[K_A]->data;
             a->bytes += 2 * ts[K_A]->numel;
-            md->Bt16 = transpose_bf16(store, ts[K_B], md->out, md->r, (uint16_t *)tscratch,
-                                      &a->bytes);
+            md->Bt16 =
+                transpose_bf16(store, ts[K_B], md->out, md->r, (uint16_t *)tscratch, &a->bytes);
         } else {
             md->A = place(store, ts[K_A], &a->bytes);
             md->Bt = place_transposed(store, ts[K_B], md->out, md->r, tscratch, &a->bytes);

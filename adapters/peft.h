@@ -30,21 +30,21 @@
 
 /* One LoRA-wrapped linear module. */
 typedef struct peft_module {
-    int r;         /* rank */
-    int in, out;   /* in_features, out_features of the base linear */
-    double alpha;  /* lora_alpha after alpha_pattern */
-    float s;       /* scaling: alpha / r, or alpha / sqrt(r) with rsLoRA */
-    float *A;      /* (r, in)  lora_A.weight */
-    float *B;      /* (out, r) lora_B.weight, or NULL when only Bt is held (peft_load) */
-    float *Bt;     /* (r, out) lora_B transposed, or NULL: the expand step reads r contiguous
-                    * rows of it. peft_load fills Bt and leaves B NULL (one copy of B, in the
-                    * layout the kernels want); a module built by hand may hold either. */
+    int r;          /* rank */
+    int in, out;    /* in_features, out_features of the base linear */
+    double alpha;   /* lora_alpha after alpha_pattern */
+    float s;        /* scaling: alpha / r, or alpha / sqrt(r) with rsLoRA */
+    float *A;       /* (r, in)  lora_A.weight */
+    float *B;       /* (out, r) lora_B.weight, or NULL when only Bt is held (peft_load) */
+    float *Bt;      /* (r, out) lora_B transposed, or NULL: the expand step reads r contiguous
+                     * rows of it. peft_load fills Bt and leaves B NULL (one copy of B, in the
+                     * layout the kernels want); a module built by hand may hold either. */
     uint16_t *A16;  /* (r, in) A as bfloat16 bits, or NULL; and Bt16 (r, out) likewise. peft_load */
     uint16_t *Bt16; /* keeps a BF16 file's A and B so (then A and Bt are NULL): half the memory
                      * and bandwidth, widened exactly in registers (not for DoRA modules) */
-    float *bias_b; /* (out) lora_B.bias, or NULL */
-    float *dora;   /* (out) DoRA factor m / ‖W0 + s·B·A‖ per output row, or NULL */
-    float *mag;    /* (out) DoRA magnitude m (kept to recompute the factor for another scale) */
+    float *bias_b;  /* (out) lora_B.bias, or NULL */
+    float *dora;    /* (out) DoRA factor m / ‖W0 + s·B·A‖ per output row, or NULL */
+    float *mag;     /* (out) DoRA magnitude m (kept to recompute the factor for another scale) */
 } peft_module;
 
 /* Embedding LoRA on model.embed_tokens: out[id] += s · B · A[:, id]. */
@@ -69,8 +69,8 @@ typedef struct peft_adapter {
     char targets[256]; /* target_modules as written ("q_proj,v_proj" or the regex) */
     int n_modules;     /* wrapped linear modules */
     int64_t bytes;     /* bytes of converted tensors held */
-    void *store; /* peft_load's bulk storage the arrays above live in (private; NULL when the
-                  * adapter was built by hand, whose arrays are then each malloc'd) */
+    void *store;       /* peft_load's bulk storage the arrays above live in (private; NULL when the
+                        * adapter was built by hand, whose arrays are then each malloc'd) */
 } peft_adapter;
 
 typedef struct peft_params {

@@ -128,8 +128,7 @@ int ps_read_file(const char *path, const char *label, size_t max, ps_region *reg
                             label, strerror(errno));
     int rc = 0, changed = 0;
     for (int attempt = 0; attempt < 5; attempt++) {
-        if ((rc = read_once(fd, label, max, reg, data, len, &changed, err)) == 0 || !changed)
-            break;
+        if ((rc = read_once(fd, label, max, reg, data, len, &changed, err)) == 0 || !changed) break;
         usleep(2000u << attempt);
     }
     close(fd);

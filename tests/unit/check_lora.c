@@ -471,12 +471,8 @@ int main(void)
     struct {
         const char *name;
         const TTest *t;
-    } cases[] = {{"plain", test_plain},
-                 {"bf16", test_bf16},
-                 {"dora", test_dora},
-                 {"mix", test_mix},
-                 {"embed", test_embed},
-                 {"embed_dora", test_embed_dora},
+    } cases[] = {{"plain", test_plain}, {"bf16", test_bf16},   {"dora", test_dora},
+                 {"mix", test_mix},     {"embed", test_embed}, {"embed_dora", test_embed_dora},
                  {"ops", test_ops}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TCase *tc = tcase_create(cases[i].name);

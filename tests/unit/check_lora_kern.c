@@ -50,7 +50,7 @@ static uint16_t *rnd_bf16(size_t n, float **wide)
 
 static const kern_isa isas[] = {KERN_ISA_SCALAR, KERN_ISA_AVX2, KERN_ISA_AVX512};
 
-/* |got − want| within 2e-6·in·Σ|terms| relative slack (float sums of `in` terms), plus a floor. */
+/* |got − want| within (n + 4) float roundings (1.2e-7 each) of Σ|terms| (n terms summed), or a floor. */
 static int close_enough(double got, double want, double mag, int n)
 {
     return fabs(got - want) <= 1.2e-7 * (n + 4) * mag + 1e-30;
@@ -174,10 +174,10 @@ START_TEST(test_expand_all)
             for (int r = 1; r <= 64; r++) {
                 int out = outs[(T * 7 + r) % 6];
                 int v = (T + r) % 4;
-                check_expand(T, r, out, r + (T % 2) * 2, out + (r % 3) * 7,
-                             v == 3 ? -0.75f : 1.5f, v & 1, v >> 1 ? 1 : v == 0, 0);
-                check_expand(T, r, outs[(T * 5 + r) % 6], r, outs[(T * 5 + r) % 6] + T % 3,
-                             0.5f, v & 1, v != 1, 1);
+                check_expand(T, r, out, r + (T % 2) * 2, out + (r % 3) * 7, v == 3 ? -0.75f : 1.5f,
+                             v & 1, v >> 1 ? 1 : v == 0, 0);
+                check_expand(T, r, outs[(T * 5 + r) % 6], r, outs[(T * 5 + r) % 6] + T % 3, 0.5f,
+                             v & 1, v != 1, 1);
             }
         for (int out = 1; out <= 80; out++) {
             check_expand(1 + out % 5, 16, out, 16, out + 3, 2.0f, out % 2, 1, 0);
