@@ -139,8 +139,21 @@ void lora_ops(const lr_model *m, int max_rank, eng_delta_ops *ops)
     ops->has_module = lora_has_module;
     ops->apply = lora_apply;
     ops->embed = lora_embed;
+    ops->needs_base = lora_needs_base;
     // Scratch per row: tmp (r), the member's delta (out) and the base snapshot (out).
     ops->scratch_per_token = max_rank + 2 * model_outmax(m);
+}
+
+int lora_needs_base(const void *set, int layer, lr_module mod)
+{
+    const lora_set *s = set;
+    if (!s->any_dora || layer < 0 || layer >= s->n_layers || mod < 0 || mod >= LR_MOD_COUNT)
+        return 0;
+    for (int i = 0; i < s->n; i++) {
+        const peft_module *md = s->mem[i].a->mods[layer * LR_MOD_COUNT + mod];
+        if (md && md->dora) return 1;
+    }
+    return 0;
 }
 
 int lora_has_module(const void *set, int layer, lr_module mod)

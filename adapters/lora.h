@@ -38,5 +38,7 @@ void lora_apply(const void *set, int layer, lr_module mod, const float *x, int l
                 int ldy, const float *bias, int t0, int t1, float *scratch);
 void lora_embed(const void *set, int32_t id, float *out_row);
 int lora_has_module(const void *set, int layer, lr_module mod);
+/* 1 when a member's module at (layer, mod) is DoRA: its apply needs the base output in y. */
+int lora_needs_base(const void *set, int layer, lr_module mod);
 
 #endif

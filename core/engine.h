@@ -48,6 +48,11 @@ typedef struct eng_delta_ops {
     void (*embed)(const void *adapter, int32_t id, float *out_row);
     /* Max scratch floats per token over all modules of every adapter (fixed at engine start). */
     int scratch_per_token;
+    /* 1 when apply must see the base output in y (DoRA rescales it): apply then runs after the
+     * base GEMM, in place, as it always does when needs_base is NULL. When it returns 0 the
+     * engine may run apply concurrently with the GEMM on rows of a zeroed buffer (bias NULL)
+     * and add that buffer to y afterwards — the delta does not depend on the base output. */
+    int (*needs_base)(const void *adapter, int layer, lr_module mod);
 } eng_delta_ops;
 
 typedef enum {

@@ -41,6 +41,7 @@ struct fwd_ctx {
     int *job_t0, *job_nq, *job_kvh; // (T * nKV)
     float *panel;    // matmul panel scratch (KERN_PANEL_ROWS, max in-dim)
     float *dscratch; // (T, delta->scratch_per_token) LoRA scratch
+    float *dy;       // (T, widest linear output) LoRA deltas computed alongside the GEMM
     float *gath;     // (max_logit_rows, H) rows gathered for the lm_head
     int layer;       // layer being attended (task context)
     const fwd_batch *batch;
@@ -129,6 +130,10 @@ int fwd_create(const fwd_params *p, lr_error *err, fwd_ctx **out)
     c->panel = fwd_alloc(kern_matmul_scratch_floats(maxin), &fail);
     int spt = p->delta ? p->delta->scratch_per_token : 0;
     c->dscratch = fwd_alloc(T * (size_t)(spt > 0 ? spt : 0), &fail);
+    if (p->delta) {
+        int64_t outmax = maxin > c->kvd ? maxin : c->kvd; /* H, I, qd, kvd */
+        c->dy = fwd_alloc(T * (size_t)outmax, &fail);
+    }
     c->gath = fwd_alloc((size_t)p->max_logit_rows * c->H, &fail);
     c->p_t0 = calloc(T, sizeof(int));
     c->p_t1 = calloc(T, sizeof(int));
@@ -148,7 +153,7 @@ void fwd_destroy(fwd_ctx *c)
 {
     if (!c) return;
     float *bufs[] = {c->h, c->x,   c->xn,  c->q,        c->k,     c->v,        c->att, c->g,
-                     c->u, c->cos, c->sin, c->attn_scr, c->panel, c->dscratch, c->gath};
+                     c->u, c->cos, c->sin, c->attn_scr, c->panel, c->dscratch, c->gath, c->dy};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     free(c->p_t0);
@@ -172,8 +177,9 @@ static void fwd_hook_task(void *ctx, int i, int n)
              t1, c->dscratch + (size_t)t0 * (size_t)d->scratch_per_token);
 }
 
-/* The LoRA hook: for every maximal run of rows sharing a non-NULL adapter that has this
- * module, add the adapter's delta to y in place (rows t0..t1-1). The engine sorts a batch by
+/* The LoRA hook's pieces (p_t0/p_t1/p_ad; returns how many): for every maximal run of rows
+ * sharing a non-NULL adapter that has this module, the adapter's delta is added to y (rows
+ * t0..t1-1, see fwd_linear). The engine sorts a batch by
  * adapter, so a run is every row of one adapter. A run is kept together as far as the threads
  * allow, because the adapter's A and B are then read once for all its rows (the delta kernels
  * work on several rows at once); it is cut only so that every thread gets about its share of
@@ -182,11 +188,10 @@ static void fwd_hook_task(void *ctx, int i, int n)
  * threads, 8 rows on 8 adapters eight pieces of 1, and a 512-row prefill run two sgemm halves.
  * The delta of a row depends only on that row, so the cut changes no result. All pieces of the
  * linear, whatever mix of adapters, are claimed dynamically by the pool's threads. */
-static void fwd_hook(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod, const float *x,
-                     int ldx, float *y, int ldy, const float *bias)
+static int fwd_hook_plan(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod)
 {
     const eng_delta_ops *d = c->par.delta;
-    if (!d || !b->adapter) return;
+    if (!d || !b->adapter) return 0;
     // First the runs (into the piece arrays), then cut them in place from the last one.
     int t = 0, nr = 0, rows = 0;
     while (t < b->n) {
@@ -202,7 +207,7 @@ static void fwd_hook(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod, c
         }
         t = t1;
     }
-    if (nr == 0) return;
+    if (nr == 0) return 0;
     int share = (rows + c->nth - 1) / c->nth;
     int np = 0;
     for (int i = 0; i < nr; i++)
@@ -221,23 +226,55 @@ static void fwd_hook(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod, c
             c->p_ad[w] = a;
         }
     }
+    return np;
+}
+
+/* A piece computed alongside the GEMM: its rows of dy are zeroed, then get the delta alone. */
+static void fwd_hook_dy_task(void *ctx, int i, int n)
+{
+    fwd_ctx *c = ctx;
+    int t0 = c->p_t0[i], t1 = c->p_t1[i];
+    memset(c->h_y + (size_t)t0 * (size_t)c->h_ldy, 0,
+           sizeof(float) * (size_t)(t1 - t0) * (size_t)c->h_ldy);
+    fwd_hook_task(ctx, i, n);
+}
+
+/* y[n, W.rows] = x·Wᵀ (+ bias) (+ LoRA delta). When no piece's delta needs the base output
+ * (no DoRA), the pieces run in the GEMM's own dispatch into dy — a thread that finishes its
+ * piece takes GEMM chunks, so a single decode row's delta no longer runs on one thread while the
+ * other waits — and dy is added to y afterwards. Otherwise the pieces run after the GEMM, in
+ * place (DoRA rescales the base output). */
+static void fwd_linear(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod, const lr_mat *W,
+                       const float *bias, const float *x, int ldx, float *y, int ldy)
+{
+    const eng_delta_ops *d = c->par.delta;
+    int np = fwd_hook_plan(c, b, layer, mod);
+    int after = 0;
+    for (int i = 0; i < np && !after; i++)
+        after = !d->needs_base || d->needs_base(c->p_ad[i], layer, mod);
     c->layer = layer;
     c->h_mod = mod;
     c->h_x = x;
     c->h_ldx = ldx;
+    if (np > 0 && !after) {
+        c->h_y = c->dy;
+        c->h_ldy = (int)W->rows;
+        c->h_bias = NULL;
+        kern_matmul_ex(c->par.pool, y, ldy, x, ldx, b->n, W, c->panel, fwd_hook_dy_task, c, np);
+        if (bias) kern_add_bias(y, ldy, bias, b->n, (int)W->rows);
+        for (int i = 0; i < np; i++)
+            for (int t = c->p_t0[i]; t < c->p_t1[i]; t++)
+                kern_add(y + (size_t)t * (size_t)ldy, c->dy + (size_t)t * (size_t)W->rows,
+                         W->rows);
+        return;
+    }
+    kern_matmul(c->par.pool, y, ldy, x, ldx, b->n, W, c->panel);
+    if (bias) kern_add_bias(y, ldy, bias, b->n, (int)W->rows);
+    if (np == 0) return;
     c->h_y = y;
     c->h_ldy = ldy;
     c->h_bias = bias;
     kern_pool_run_chunks(c->par.pool, fwd_hook_task, c, np);
-}
-
-/* y[n, W.rows] = x·Wᵀ (+ bias) (+ LoRA delta). */
-static void fwd_linear(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod, const lr_mat *W,
-                       const float *bias, const float *x, int ldx, float *y, int ldy)
-{
-    kern_matmul(c->par.pool, y, ldy, x, ldx, b->n, W, c->panel);
-    if (bias) kern_add_bias(y, ldy, bias, b->n, (int)W->rows);
-    fwd_hook(c, b, layer, mod, x, ldx, y, ldy, bias);
 }
 
 /* Attention, one job per (run of consecutive rows of one sequence, up to FWD_ATTN_QB of them;

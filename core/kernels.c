@@ -893,6 +893,9 @@ typedef struct mt_job {
     int g;          /* rows per group: T when T < 4, else 4 */
     int tb, nb;     /* chunk = tb activation rows × nb weight rows */
     int n_nb;       /* weight-row blocks */
+    kern_task extra; /* kern_matmul_ex: chunks 0..n_extra-1 run extra, the rest are tiles */
+    void *extra_ctx;
+    int n_extra;
 } mt_job;
 
 /* One tile of a chunk: activation rows [t, t + mr) × weight rows [o, o + nr) (fewer at the
@@ -924,6 +927,11 @@ static void mt_task(void *ctx, int c, int nc)
 {
     (void)nc;
     const mt_job *j = ctx;
+    if (c < j->n_extra) {
+        j->extra(j->extra_ctx, c, j->n_extra);
+        return;
+    }
+    c -= j->n_extra;
     const lr_mat *W = j->W;
     size_t rowb = (size_t)W->cols * (W->dtype == LR_DT_F32 ? 4 : 2);
     int64_t o0 = (int64_t)(c % j->n_nb) * j->nb, o1 = o0 + j->nb;
@@ -965,9 +973,9 @@ static void mt_perm_task(void *ctx, int c, int nc)
 
 /* y[t0..t0+T) = x·Wᵀ with the tiled kernel; x already in the layout W's dtype wants. */
 static void mt_run(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T,
-                   const lr_mat *W)
+                   const lr_mat *W, kern_task extra, void *extra_ctx, int n_extra)
 {
-    mt_job j = {y, ldy, x, ldx, T, W, T < 4 ? T : 4, 0, 0, 0};
+    mt_job j = {y, ldy, x, ldx, T, W, T < 4 ? T : 4, 0, 0, 0, extra, extra_ctx, n_extra};
     int nr;
     mt_pick(W->dtype, j.g, j.g, &nr);
     int n_tb;
@@ -984,14 +992,15 @@ static void mt_run(kern_pool *p, float *y, int ldy, const float *x, int ldx, int
     }
     j.nb = (j.nb + nr - 1) / nr * nr;
     j.n_nb = (int)((W->rows + j.nb - 1) / j.nb);
-    kern_pool_run_chunks(p, mt_task, &j, n_tb * j.n_nb);
+    kern_pool_run_chunks(p, mt_task, &j, n_extra + n_tb * j.n_nb);
 }
 
 static void mt_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T,
-                      const lr_mat *W, float *scratch)
+                      const lr_mat *W, float *scratch, kern_task extra, void *extra_ctx,
+                      int n_extra)
 {
     if (W->dtype != LR_DT_BF16) {
-        mt_run(p, y, ldy, x, ldx, T, W);
+        mt_run(p, y, ldy, x, ldx, T, W, extra, extra_ctx, n_extra);
         return;
     }
     LR_ASSERT(scratch != NULL);
@@ -1003,7 +1012,8 @@ static void mt_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, 
         mt_perm pm = {scratch, ldd, x + (size_t)t0 * (size_t)ldx, ldx, W->cols, n};
         int nc = n < 2 * kern_pool_threads(p) ? n : 2 * kern_pool_threads(p);
         kern_pool_run_chunks(p, mt_perm_task, &pm, nc);
-        mt_run(p, y + (size_t)t0 * (size_t)ldy, ldy, scratch, ldd, n, W);
+        mt_run(p, y + (size_t)t0 * (size_t)ldy, ldy, scratch, ldd, n, W, extra, extra_ctx,
+               t0 == 0 ? n_extra : 0);
     }
 }
 
@@ -1017,7 +1027,7 @@ void kern_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T
 {
     if (T <= 0 || W->rows == 0) return;
     if (kern_get_isa() == KERN_ISA_AVX512) {
-        mt_matmul(p, y, ldy, x, ldx, T, W, scratch);
+        mt_matmul(p, y, ldy, x, ldx, T, W, scratch, NULL, NULL, 0);
         return;
     }
     mm_job j = {y, ldy, x, ldx, T, W, scratch, 0, 0, 0};
@@ -1041,4 +1051,15 @@ void kern_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T
         j.chunk = (j.nr + nc - 1) / nc;
         kern_pool_run_chunks(p, mm_sgemm_task, &j, (int)((j.nr + j.chunk - 1) / j.chunk));
     }
+}
+
+void kern_matmul_ex(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T,
+                    const lr_mat *W, float *scratch, kern_task extra, void *extra_ctx, int n_extra)
+{
+    if (n_extra > 0 && T > 0 && W->rows > 0 && kern_get_isa() == KERN_ISA_AVX512) {
+        mt_matmul(p, y, ldy, x, ldx, T, W, scratch, extra, extra_ctx, n_extra);
+        return;
+    }
+    kern_matmul(p, y, ldy, x, ldx, T, W, scratch);
+    kern_pool_run_chunks(p, extra, extra_ctx, n_extra);
 }

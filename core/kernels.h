@@ -79,6 +79,13 @@ float kern_dot_bf16(const float *a, const void *b, int64_t n);
 size_t kern_matmul_scratch_floats(int64_t cols);
 void kern_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T, const lr_mat *W,
                  float *scratch);
+/* kern_matmul that also runs extra(extra_ctx, i, n_extra) for i < n_extra in the same dispatch
+ * of the pool (claimed first, then the matmul's chunks), so small independent work — a LoRA
+ * delta into its own buffer — fills the threads while the GEMM streams W instead of running
+ * alone after it. extra must not touch y or x's rows the matmul writes. */
+void kern_matmul_ex(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T,
+                    const lr_mat *W, float *scratch, kern_task extra, void *extra_ctx,
+                    int n_extra);
 
 /* ---- row-wise operations ---- */
 /* out[t, j] = w[j] · x[t, j] / sqrt(mean_j(x[t, j]²) + eps)   (RMSNorm, fp32 statistics). */
