@@ -4,6 +4,8 @@
  */
 #include "peft_store.h"
 
+#include "util.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -95,14 +97,6 @@ int ps_contains(const ps_region *reg, const void *p)
     return reg->p && c >= reg->p && c < reg->p + reg->len;
 }
 
-/* Same test as core/util's lr_read_file: size, inode and both times unchanged. */
-static int same_file_state(const struct stat *a, const struct stat *b)
-{
-    return a->st_size == b->st_size && a->st_ino == b->st_ino &&
-           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
-           a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
-}
-
 /* Bytes to put before the file so that its safetensors data section (at 8 + header length)
  * starts 64-byte aligned: tensors of whole cache lines are then aligned for the kernels. A file
  * too short to say is not padded (the parser will refuse it). */
@@ -116,44 +110,19 @@ static size_t data_pad(int fd, size_t size)
     return (size_t)((64 - (8 + n) % 64) % 64);
 }
 
-static int read_once(int fd, const char *label, size_t max, ps_region *reg, char **data,
-                     size_t *len, int *changed, lr_error *err)
+/* lr_read_file_with's allocator: a region whose file bytes start at data_pad. */
+static char *region_alloc(void *ctx, int fd, size_t size, size_t need, size_t *off)
 {
-    struct stat st, after;
-    *changed = 0;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
-        return lr_error_set(err, LR_EFORMAT, "%s: not a regular file", label);
-    if ((uint64_t)st.st_size > max)
-        return lr_error_set(err, LR_ETOOLARGE, "%s: %lld bytes is over the %zu-byte limit", label,
-                            (long long)st.st_size, max);
-    size_t size = (size_t)st.st_size, got = 0;
-    size_t pad = data_pad(fd, size);
-    if (ps_alloc(pad + size + 1, reg) != 0)
-        return lr_error_set(err, LR_ENOMEM, "%s: out of memory", label);
-    char *buf = reg->p + pad;
-    /* A regular file does not block; read until EOF or the size fstat saw (it may shrink). */
-    while (got < size) {
-        ssize_t k = pread(fd, buf + got, size - got, (off_t)got);
-        if (k < 0 && errno == EINTR) continue;
-        if (k < 0) {
-            int e = errno;
-            ps_release(reg);
-            return lr_error_set(err, LR_EIO, "%s: read failed: %s", label, strerror(e));
-        }
-        if (k == 0) break;
-        got += (size_t)k;
-    }
-    if (fstat(fd, &after) != 0 || !same_file_state(&st, &after)) {
-        ps_release(reg);
-        *changed = 1;
-        return lr_error_set(err, LR_EFORMAT,
-                            "%s: the file changed while it was being read (is it being rewritten?)",
-                            label);
-    }
-    buf[got] = '\0';
-    *data = buf;
-    *len = got;
-    return 0;
+    ps_region *reg = ctx;
+    *off = data_pad(fd, size);
+    if (ps_alloc(*off + need, reg) != 0) return NULL;
+    return reg->p;
+}
+
+static void region_release(void *ctx, char *buf)
+{
+    (void)buf;
+    ps_release(ctx);
 }
 
 int ps_read_file(const char *path, const char *label, size_t max, ps_region *reg, char **data,
@@ -161,19 +130,7 @@ int ps_read_file(const char *path, const char *label, size_t max, ps_region *reg
 {
     reg->p = NULL;
     reg->len = 0;
-    *data = NULL;
     *len = 0;
-    if (!label) label = path;
-    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever. */
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0)
-        return lr_error_set(err, errno == ENOENT ? LR_ENOTFOUND : LR_EIO, "%s: cannot open: %s",
-                            label, strerror(errno));
-    int rc = 0, changed = 0;
-    for (int attempt = 0; attempt < 5; attempt++) {
-        if ((rc = read_once(fd, label, max, reg, data, len, &changed, err)) == 0 || !changed) break;
-        usleep(2000u << attempt);
-    }
-    close(fd);
-    return rc;
+    const lr_read_alloc ra = {region_alloc, region_release, reg};
+    return lr_read_file_with(path, label, max, &ra, data, len, err);
 }

@@ -18,12 +18,12 @@ static int same_file_state(const struct stat *a, const struct stat *b)
            a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
 }
 
-/* One attempt: read the whole file open on fd. *changed is set when the file's size or times
- * moved while we read it: a file rewritten in place can then read back at its full length
- * with wrong contents (measured: a quarter of full-length reads during in-place rewrites),
- * which a format without checksums (safetensors) cannot detect by itself. */
-static int read_once(int fd, const char *label, size_t max, char **out, size_t *len, int *changed,
-                     lr_error *err)
+/* One attempt: read the whole file open on fd into memory from a. *changed is set when the
+ * file's size or times moved while we read it: a file rewritten in place can then read back at
+ * its full length with wrong contents (measured: a quarter of full-length reads during in-place
+ * rewrites), which a format without checksums (safetensors) cannot detect by itself. */
+static int read_once(int fd, const char *label, size_t max, const lr_read_alloc *a, char **data,
+                     size_t *len, int *changed, lr_error *err)
 {
     struct stat st, after;
     *changed = 0;
@@ -32,23 +32,24 @@ static int read_once(int fd, const char *label, size_t max, char **out, size_t *
     if ((uint64_t)st.st_size > max)
         return lr_error_set(err, LR_ETOOLARGE, "%s: %lld bytes is over the %zu-byte limit", label,
                             (long long)st.st_size, max);
-    size_t size = (size_t)st.st_size, got = 0;
-    char *buf = malloc(size + 1);
-    if (!buf) return lr_error_set(err, LR_ENOMEM, "%s: out of memory", label);
+    size_t size = (size_t)st.st_size, got = 0, off = 0;
+    char *mem = a->alloc(a->ctx, fd, size, size + 1, &off);
+    if (!mem) return lr_error_set(err, LR_ENOMEM, "%s: out of memory", label);
+    char *buf = mem + off;
     /* A regular file does not block; read until EOF or the size fstat saw (it may shrink). */
     while (got < size) {
         ssize_t k = pread(fd, buf + got, size - got, (off_t)got);
         if (k < 0 && errno == EINTR) continue;
         if (k < 0) {
             int e = errno;
-            free(buf);
+            a->release(a->ctx, mem);
             return lr_error_set(err, LR_EIO, "%s: read failed: %s", label, strerror(e));
         }
         if (k == 0) break;
         got += (size_t)k;
     }
     if (fstat(fd, &after) != 0 || !same_file_state(&st, &after)) {
-        free(buf);
+        a->release(a->ctx, mem);
         *changed = 1;
         /* Not a server fault: the folder is not in a consistent state (a 4xx, like a file
          * caught half-written). */
@@ -57,15 +58,15 @@ static int read_once(int fd, const char *label, size_t max, char **out, size_t *
                             label);
     }
     buf[got] = '\0';
-    *out = buf;
+    *data = buf;
     if (len) *len = got;
     return 0;
 }
 
-int lr_read_file(const char *path, const char *label, size_t max, char **out, size_t *len,
-                 lr_error *err)
+int lr_read_file_with(const char *path, const char *label, size_t max, const lr_read_alloc *a,
+                      char **data, size_t *len, lr_error *err)
 {
-    *out = NULL;
+    *data = NULL;
     if (len) *len = 0;
     if (!label) label = path;
     /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever. */
@@ -76,9 +77,29 @@ int lr_read_file(const char *path, const char *label, size_t max, char **out, si
     /* A file being rewritten is read again a few times before we give up on it. */
     int rc = 0, changed = 0;
     for (int attempt = 0; attempt < 5; attempt++) {
-        if ((rc = read_once(fd, label, max, out, len, &changed, err)) == 0 || !changed) break;
+        if ((rc = read_once(fd, label, max, a, data, len, &changed, err)) == 0 || !changed) break;
         usleep(2000u << attempt);
     }
     close(fd);
     return rc;
+}
+
+static char *heap_alloc(void *ctx, int fd, size_t size, size_t need, size_t *off)
+{
+    (void)ctx, (void)fd, (void)size;
+    *off = 0;
+    return malloc(need);
+}
+
+static void heap_release(void *ctx, char *buf)
+{
+    (void)ctx;
+    free(buf);
+}
+
+int lr_read_file(const char *path, const char *label, size_t max, char **out, size_t *len,
+                 lr_error *err)
+{
+    const lr_read_alloc heap = {heap_alloc, heap_release, NULL};
+    return lr_read_file_with(path, label, max, &heap, out, len, err);
 }

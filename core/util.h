@@ -19,4 +19,19 @@
 int lr_read_file(const char *path, const char *label, size_t max, char **out, size_t *len,
                  lr_error *err);
 
+/* Where lr_read_file_with puts a file: alloc returns memory for `need` bytes (the file and its
+ * NUL) of a file of `size` bytes open on fd, and in *off how many bytes into it the file starts
+ * (e.g. to align what the file holds); NULL when out of memory. release gives back a buffer
+ * alloc returned (the read failed or the file changed). */
+typedef struct lr_read_alloc {
+    char *(*alloc)(void *ctx, int fd, size_t size, size_t need, size_t *off);
+    void (*release)(void *ctx, char *buf);
+    void *ctx;
+} lr_read_alloc;
+
+/* lr_read_file into memory from a: *data points at the file's first byte (NUL after its last),
+ * *len is its length. Same checks, errors and retries as lr_read_file. */
+int lr_read_file_with(const char *path, const char *label, size_t max, const lr_read_alloc *a,
+                      char **data, size_t *len, lr_error *err);
+
 #endif
