@@ -187,26 +187,7 @@ static KS_TGT_AVX512 void ka_decode_avx512(const kern_attn_job *a, float *scratc
     }
 }
 
-#undef KA_SFX
-#undef KA_TGT
-#undef VW
-#undef vf
-#undef V_LOAD
-#undef V_STORE
-#undef V_SET1
-#undef V_ZERO
-#undef V_ADD
-#undef V_SUB
-#undef V_MUL
-#undef V_FMA
-#undef V_MAX
-#undef V_EXP
-#undef V_NINF_IF_GT
-#undef V_ZERO_IF_NINF
-#undef KA_NKEY
-#undef KA_NV
-#undef KA_RG
-#undef KA_DV
+#include "kern_attn_undef.h"
 
 /* ---- AVX2 + FMA: 8 lanes, 16 registers; score tile 4 keys × 2 vectors, value tile 2 rows × 4
  * vectors ---- */
@@ -234,26 +215,7 @@ static KS_TGT_AVX512 void ka_decode_avx512(const kern_attn_job *a, float *scratc
 #define KA_RG 2
 #define KA_DV 4
 #include "kern_attn_impl.h"
-#undef KA_SFX
-#undef KA_TGT
-#undef VW
-#undef vf
-#undef V_LOAD
-#undef V_STORE
-#undef V_SET1
-#undef V_ZERO
-#undef V_ADD
-#undef V_SUB
-#undef V_MUL
-#undef V_FMA
-#undef V_MAX
-#undef V_EXP
-#undef V_NINF_IF_GT
-#undef V_ZERO_IF_NINF
-#undef KA_NKEY
-#undef KA_NV
-#undef KA_RG
-#undef KA_DV
+#include "kern_attn_undef.h"
 
 /* ---- portable C: 1 lane (no fused multiply-add, which is a slow library call without FMA
  * hardware) ---- */
