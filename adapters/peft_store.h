@@ -16,6 +16,11 @@
  * or rewritten while in use. Like lr_read_file (core/util), the read refuses anything but a
  * regular file, opens non-blocking (a FIFO never blocks the loader), enforces a size limit, and
  * re-reads a few times a file whose size or times moved while it was read.
+ * Even in huge pages, the first touch of memory dominated the first loads of a fresh process
+ * (~47-52 ms against ~6.5 ms for a load into memory the process had touched before). So regions
+ * come from a pool of already-touched memory: an arena that ps_reserve maps and faults in at
+ * startup (lorad does it in a background thread, --adapter-reserve-mb), plus regions released by
+ * unloaded adapters. The pool splits and merges spans; only what it cannot serve is mapped fresh.
  */
 #ifndef LR_PEFT_STORE_H
 #define LR_PEFT_STORE_H
@@ -38,11 +43,46 @@ typedef struct ps_region {
 int ps_read_file(const char *path, const char *label, size_t max, ps_region *reg, char **data,
                  size_t *len, lr_error *err);
 
-/* A new zero-filled region of at least n bytes (n > 0). Returns 0 or LR_ENOMEM. */
+/* A region of at least n bytes (n > 0), 2 MiB aligned. Its contents are UNSPECIFIED: memory
+ * from the pool holds whatever its previous user (or the reserve) wrote, so a caller must write
+ * every byte it later reads (peft.c does: the file bytes are read in, each converted tensor is
+ * written whole; padding is never read). Taken from the pool (best fit; a larger free span is
+ * split, the part handed out rounded up to 2 MiB so the rest stays huge-page aligned) when a
+ * free span is large enough, else freshly mapped. Returns 0 or LR_ENOMEM. Thread-safe. */
 int ps_alloc(size_t n, ps_region *reg);
 
-/* Unmap the region and empty it. ps_release on an empty region does nothing. */
+/* Give the region back and empty it: it joins the pool, merged with free spans it touches, while
+ * the pool stays within its capacity (max(64 MiB, bytes reserved)) and span slots; otherwise it
+ * is unmapped. Releasing a region twice, or one overlapping a free span, is a programmer error
+ * (LR_ASSERT). ps_release on an empty region does nothing. Thread-safe. */
 void ps_release(ps_region *reg);
+
+/* Map `bytes` (rounded up to 2 MiB) of huge-page memory, fault every page in now, and add it to
+ * the pool, so that later ps_alloc calls find memory that is already resident: on the VMs we
+ * measured, first-touch page faults and zeroing were ~85 % of a cold adapter load. Meant to run
+ * once at startup, off the request path (lorad runs it in a background thread; ps_alloc calls
+ * racing it just map fresh memory). Calling it again adds another arena. bytes == 0 does
+ * nothing. Returns 0 or LR_ENOMEM (nothing is kept then; the caller may carry on without it). */
+int ps_reserve(size_t bytes);
+
+/* The pool's state, for logs, the bench and tests. */
+typedef struct ps_stats {
+    size_t reserved;     /* bytes ps_reserve added, in all */
+    size_t pool_bytes;   /* bytes in free spans (resident, ready for ps_alloc) */
+    size_t pool_largest; /* the largest free span */
+    size_t pool_cap;     /* most bytes the pool keeps: max(64 MiB, reserved) */
+    size_t in_use;       /* bytes of regions handed out by ps_alloc and not yet released */
+    int pool_spans;      /* free spans */
+} ps_stats;
+
+void ps_get_stats(ps_stats *st);
+
+/* Copy up to max free spans, in address order, into out; returns how many there are in all. */
+int ps_pool_spans(ps_region *out, int max);
+
+/* Test and bench hook: while on != 0, ps_alloc ignores the pool and maps fresh memory (what a
+ * load costs without the reserve). ps_release is unchanged. */
+void ps_pool_bypass(int on);
 
 /* 1 if p lies inside the region. */
 int ps_contains(const ps_region *reg, const void *p);
