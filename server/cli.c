@@ -28,6 +28,7 @@ void cli_defaults(cli_config *cfg)
     cfg->metrics_mode = 0;
     cfg->log_level = LOG_INFO;
     cfg->adapter_cache_mb = 1024;
+    cfg->adapter_reserve_mb = 256;
     cfg->max_adapter_file_mb = 2048;
     cfg->max_loaded_adapters = 64;
 }
@@ -59,6 +60,9 @@ void cli_usage(FILE *out)
         "                            repeatable, up to 16\n"
         "  --adapter-cache-mb N      converted adapter weights kept in memory, 0 = no limit\n"
         "                            (default 1024)\n"
+        "  --adapter-reserve-mb N    adapter memory mapped and pre-faulted at startup, in the\n"
+        "                            background, so that adapter loads skip page faults; at most\n"
+        "                            --adapter-cache-mb when that is set; 0 = none (default 256)\n"
         "  --max-loaded-adapters N   adapters resident at most, 0 = no limit (default 64)\n"
         "  --max-lora-rank N         refuse adapters of a larger rank, 0 = no limit (default 0)\n"
         "  --max-adapter-file-mb N   refuse a larger adapter_model.safetensors (default 2048)\n"
@@ -195,6 +199,8 @@ int cli_parse(int argc, char **argv, cli_config *cfg, FILE *out, lr_error *err)
                 cfg->adapter_dirs[cfg->n_adapter_dirs++] = val;
         } else if (strcmp(name, "--adapter-cache-mb") == 0) {
             if (!(rc = parse_int(name, val, 0, 1 << 24, &v, err))) cfg->adapter_cache_mb = v;
+        } else if (strcmp(name, "--adapter-reserve-mb") == 0) {
+            if (!(rc = parse_int(name, val, 0, 1 << 24, &v, err))) cfg->adapter_reserve_mb = v;
         } else if (strcmp(name, "--max-loaded-adapters") == 0) {
             if (!(rc = parse_int(name, val, 0, 1 << 20, &v, err)))
                 cfg->max_loaded_adapters = (int)v;

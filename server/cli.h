@@ -36,6 +36,8 @@ typedef struct cli_config {
     const char *adapter_dirs[CLI_MAX_ADAPTER_DIRS]; /* --adapter-dir DIR, repeatable */
     int n_adapter_dirs;
     int64_t adapter_cache_mb; /* --adapter-cache-mb (default 1024; 0 = no limit) */
+    int64_t adapter_reserve_mb; /* --adapter-reserve-mb (default 256; 0 = none): adapter memory
+                                 * pre-faulted at startup, at most adapter_cache_mb when set */
     int max_loaded_adapters;  /* --max-loaded-adapters (default 64; 0 = no limit) */
     int allow_paths_anywhere; /* --allow-adapter-paths-anywhere */
     int max_lora_rank;        /* --max-lora-rank (default 0 = no limit) */
