@@ -59,8 +59,9 @@ static size_t ps_cap(void)
     return ps_reserved > PS_KEEP_BYTES ? ps_reserved : PS_KEEP_BYTES;
 }
 
-/* The arena p lies in, or -1 for fresh memory. Spans and regions never straddle an arena's
- * edge, so their first byte says which they are. */
+/* The arena p lies in, or -1 for fresh memory. Spans and regions cut from an arena stay inside
+ * it, so their first byte says which they are. (A fresh mapping can overlap an arena's range
+ * only where a piece of it was unmapped; it then counts as arena memory, which is harmless.) */
 static int arena_of(const char *p)
 {
     for (int i = 0; i < ps_na; i++)

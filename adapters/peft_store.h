@@ -51,8 +51,9 @@ int ps_read_file(const char *path, const char *label, size_t max, ps_region *reg
  * free span is large enough, else freshly mapped. Returns 0 or LR_ENOMEM. Thread-safe. */
 int ps_alloc(size_t n, ps_region *reg);
 
-/* Give the region back and empty it: it joins the pool, merged with free spans it touches, while
- * the pool stays within its capacity (max(64 MiB, bytes reserved)) and span slots; otherwise it
+/* Give the region back and empty it: it joins the pool, merged with the free spans it touches.
+ * The pool keeps at most max(64 MiB, bytes reserved) in 64 spans: reserved memory always comes
+ * back (freshly mapped spans are unmapped to make room for it); a fresh region that does not fit
  * is unmapped. Releasing a region twice, or one overlapping a free span, is a programmer error
  * (LR_ASSERT). ps_release on an empty region does nothing. Thread-safe. */
 void ps_release(ps_region *reg);
