@@ -44,6 +44,8 @@ typedef struct ctl_state {
     uint64_t drain_deadline; /* uv_now() ms */
     const lora_api_ops *aops;
     void *aops_user;
+    pthread_t reserve_th; /* the adapter memory reserve, joined at exit */
+    int reserve_started;
 } ctl_state;
 
 static double ms_since(const struct timespec *t0)
@@ -148,9 +150,10 @@ static void request_done(void *user)
 
 static void close_cb(uv_handle_t *h) {}
 
-/* The adapter arena (--adapter-reserve-mb): mapped and faulted in by a detached thread, so that
- * neither startup nor the first requests wait for it. A load that races it maps fresh memory, as
- * it would without a reserve. */
+/* The adapter arena (--adapter-reserve-mb): mapped and faulted in by a thread of its own, so
+ * that neither startup nor the first requests wait for it. A load that races it maps fresh
+ * memory, as it would without a reserve. The thread is joined at exit (a detached one left its
+ * TLS block as "possibly lost" under valgrind); that waits at most for the rest of the reserve. */
 static void *reserve_main(void *arg)
 {
     size_t mb = (size_t)(uintptr_t)arg;
@@ -168,18 +171,16 @@ static void *reserve_main(void *arg)
     return NULL;
 }
 
-static void start_reserve(const cli_config *cfg)
+static void start_reserve(ctl_state *st)
 {
-    int64_t mb = cfg->adapter_reserve_mb;
-    if (cfg->adapter_cache_mb > 0 && mb > cfg->adapter_cache_mb) mb = cfg->adapter_cache_mb;
+    int64_t mb = st->cfg->adapter_reserve_mb;
+    if (st->cfg->adapter_cache_mb > 0 && mb > st->cfg->adapter_cache_mb)
+        mb = st->cfg->adapter_cache_mb;
     if (mb <= 0 || !ps_reserve) return;
-    pthread_attr_t at;
-    pthread_t th;
-    int rc = pthread_attr_init(&at);
-    if (!rc) rc = pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    if (!rc) rc = pthread_create(&th, &at, reserve_main, (void *)(uintptr_t)mb);
-    pthread_attr_destroy(&at);
-    if (rc) log_msg(LOG_WARN, "adapters: no adapter memory reserve (cannot start a thread)");
+    if (pthread_create(&st->reserve_th, NULL, reserve_main, (void *)(uintptr_t)mb) == 0)
+        st->reserve_started = 1;
+    else
+        log_msg(LOG_WARN, "adapters: no adapter memory reserve (cannot start a thread)");
 }
 
 int ctl_run(const cli_config *cfg, const lora_api_ops *aops)
@@ -260,7 +261,7 @@ int ctl_run(const cli_config *cfg, const lora_api_ops *aops)
                 "started in %.0f ms",
                 cfg->n_adapter_dirs, cfg->max_loaded_adapters, (long long)cfg->adapter_cache_mb,
                 cfg->max_lora_rank, ms_since(&t0));
-        start_reserve(cfg);
+        start_reserve(&st);
     }
     clock_gettime(CLOCK_MONOTONIC, &t0);
     eng_params ep = {
@@ -380,6 +381,7 @@ out:
     st.api.eng = NULL;
     /* After the engine: every job has had its final event and released its adapter. */
     if (st.aops && st.aops->destroy) st.aops->destroy(st.aops_user);
+    if (st.reserve_started) pthread_join(st.reserve_th, NULL);
     if (loop_ok) {
         uv_close((uv_handle_t *)&st.sig_term, close_cb);
         uv_close((uv_handle_t *)&st.sig_int, close_cb);
