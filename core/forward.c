@@ -14,6 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Spans of adapter memory a linear's LoRA pieces read, gathered for the GEMM to prefetch (16
+ * adapters × A, B and a bias; beyond that the rest simply is not prefetched). */
+#define FWD_MAX_READS 48
+
 struct fwd_ctx {
     fwd_params par;
     const lr_model *m;
@@ -48,6 +52,7 @@ struct fwd_ctx {
     /* LoRA hook pieces of the current linear: rows [p_t0[i], p_t1[i]) share adapter p_ad[i]. */
     int *p_t0, *p_t1;   // (T)
     const void **p_ad;  // (T)
+    kern_span reads[FWD_MAX_READS]; // what the pieces' adapters read (prefetch advice)
     int n_pieces;
     lr_module h_mod;    // hook task context: module, input and output of the linear
     const float *h_x, *h_bias;
@@ -260,7 +265,12 @@ static void fwd_linear(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod,
         c->h_y = c->dy;
         c->h_ldy = (int)W->rows;
         c->h_bias = NULL;
-        kern_matmul_ex(c->par.pool, y, ldy, x, ldx, b->n, W, c->panel, fwd_hook_dy_task, c, np);
+        kern_extra ex = {fwd_hook_dy_task, c, np, c->reads, 0};
+        for (int i = 0; i < np && d->reads; i++)
+            if (i == 0 || c->p_ad[i] != c->p_ad[i - 1])
+                ex.n_reads += d->reads(c->p_ad[i], layer, mod, c->reads + ex.n_reads,
+                                       FWD_MAX_READS - ex.n_reads);
+        kern_matmul_ex(c->par.pool, y, ldy, x, ldx, b->n, W, c->panel, &ex);
         if (bias) kern_add_bias(y, ldy, bias, b->n, (int)W->rows);
         for (int i = 0; i < np; i++)
             for (int t = c->p_t0[i]; t < c->p_t1[i]; t++)

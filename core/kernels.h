@@ -79,13 +79,26 @@ float kern_dot_bf16(const float *a, const void *b, int64_t n);
 size_t kern_matmul_scratch_floats(int64_t cols);
 void kern_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T, const lr_mat *W,
                  float *scratch);
-/* kern_matmul that also runs extra(extra_ctx, i, n_extra) for i < n_extra in the same dispatch
- * of the pool (claimed first, then the matmul's chunks), so small independent work — a LoRA
- * delta into its own buffer — fills the threads while the GEMM streams W instead of running
- * alone after it. extra must not touch y or x's rows the matmul writes. */
+/* Small independent work run in the same dispatch of the pool as a matmul — a LoRA delta into
+ * its own buffer: fn(ctx, i, n) for i < n. reads lists memory fn will read (the adapters'
+ * matrices); for T <= 16 the matmul prefetches it into cache, spread over its tiles, while it
+ * streams W, and the threads run fn after the tiles: the delta's reads then overlap the GEMM
+ * instead of adding a cold, prefetch-less stream of their own. Advice only: reads may be
+ * empty or partial. */
+typedef struct kern_span {
+    const void *p;
+    size_t bytes;
+} kern_span;
+typedef struct kern_extra {
+    kern_task fn;
+    void *ctx;
+    int n;
+    const kern_span *reads;
+    int n_reads;
+} kern_extra;
+/* kern_matmul plus ex (NULL or n = 0: kern_matmul). fn must not touch y or the rows of x. */
 void kern_matmul_ex(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T,
-                    const lr_mat *W, float *scratch, kern_task extra, void *extra_ctx,
-                    int n_extra);
+                    const lr_mat *W, float *scratch, const kern_extra *ex);
 
 /* ---- row-wise operations ---- */
 /* out[t, j] = w[j] · x[t, j] / sqrt(mean_j(x[t, j]²) + eps)   (RMSNorm, fp32 statistics). */

@@ -427,6 +427,69 @@ START_TEST(test_pool_chunks)
 }
 END_TEST
 
+/* kern_matmul_ex: y is bitwise kern_matmul's whatever the extra work, threads or T, and every
+ * extra chunk runs exactly once (its reads are prefetch advice: a span past the end of the
+ * buffer it names, or one of zero bytes, must be harmless). */
+static void extra_task(void *ctx, int c, int nc)
+{
+    struct chunks *k = ctx;
+    chunk_task(ctx, c, nc);
+    if (c == 0 && k->n > 1) usleep(200); /* one slow piece: the other threads steal tiles */
+}
+
+START_TEST(test_matmul_ex)
+{
+    enum { ROWS = 1000, COLS = 96, TMAX = 40 };
+    float *wf = malloc(sizeof(float) * ROWS * COLS), *x = malloc(sizeof(float) * TMAX * COLS);
+    uint16_t *wb = malloc(2 * ROWS * COLS);
+    float *y = malloc(sizeof(float) * TMAX * ROWS), *y1 = malloc(sizeof(float) * TMAX * ROWS);
+    float *scratch = malloc(sizeof(float) * kern_matmul_scratch_floats(COLS));
+    float side[4000];
+    for (int i = 0; i < ROWS * COLS; i++) {
+        wf[i] = frand();
+        wb[i] = (uint16_t)(0x3f80 + (frand() > 0 ? 0 : 0x8000) + ((int)(fabsf(frand()) * 127)));
+    }
+    for (int i = 0; i < TMAX * COLS; i++)
+        x[i] = frand();
+    const kern_span reads[3] = {{side, sizeof side}, {side + 100, 0}, {wf, 5000}};
+    const int Ts[] = {1, 3, 8, 16, 17, 40};
+    const int threads[] = {1, 2, 4};
+    for (int th = 0; th < 3; th++) {
+        kern_pool *pool;
+        ck_assert_int_eq(kern_pool_create(threads[th], NULL, &pool), 0);
+        for (int dt = 0; dt < 3; dt += 2) {
+            lr_mat W = {(lr_dtype)dt, dt == 0 ? (const void *)wf : (const void *)wb, ROWS, COLS};
+            for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+                int T = Ts[ti];
+                kern_matmul(pool, y1, ROWS, x, COLS, T, &W, scratch);
+                for (int n = 0; n <= 9; n += 3) {
+                    struct chunks k;
+                    memset(&k, 0, sizeof k);
+                    k.n = n;
+                    kern_extra ex = {extra_task, &k, n, reads, (int)(ti % 4)};
+                    memset(y, 0, sizeof(float) * TMAX * ROWS);
+                    kern_matmul_ex(pool, y, ROWS, x, COLS, T, &W, scratch, &ex);
+                    ck_assert_msg(memcmp(y, y1, sizeof(float) * (size_t)T * ROWS) == 0,
+                                  "threads %d dtype %d T %d extra %d: y differs from kern_matmul",
+                                  threads[th], dt, T, n);
+                    ck_assert_int_eq(k.nth_bad, 0);
+                    for (int c = 0; c < 256; c++)
+                        ck_assert_msg(k.hits[c] == (c < n), "T %d: extra chunk %d ran %d times",
+                                      T, c, k.hits[c]);
+                }
+            }
+        }
+        kern_pool_destroy(pool);
+    }
+    free(wf);
+    free(wb);
+    free(x);
+    free(y);
+    free(y1);
+    free(scratch);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("kernels");
@@ -450,6 +513,7 @@ int main(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_pool);
     tcase_add_test(tc, test_pool_chunks);
+    tcase_add_test(tc, test_matmul_ex);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
