@@ -563,11 +563,11 @@ static void build_model(void)
     for (int j = 0; j < 7; j++) {
         for (int i = 0; i < rows[j] * cols[j]; i++)
             wbuf[j][i] = val(&s) + 0.5f;
-        *m[j] = (lr_mat){LR_DT_F32, wbuf[j], rows[j], cols[j]};
+        *m[j] = (lr_mat){.dtype = LR_DT_F32, .data = wbuf[j], .rows = rows[j], .cols = cols[j]};
     }
     for (int i = 0; i < V * H; i++)
         embed_w[i] = val(&s);
-    model.embed = (lr_mat){LR_DT_F32, embed_w, V, H};
+    model.embed = (lr_mat){.dtype = LR_DT_F32, .data = embed_w, .rows = V, .cols = H};
     model.lm_head = model.embed;
     model.layers = &layer;
 }
