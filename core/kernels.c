@@ -404,8 +404,66 @@ void kern_bf16_to_f32(const void *src, float *dst, int64_t n)
     }
 }
 
+/* ---- packed layout (kern_mat_pack): tiles of KERN_PACK_ROWS rows, k-major ---- */
+
+static int64_t pk_cols_stored(const lr_mat *W)
+{
+    return W->dtype == LR_DT_BF16 ? (W->cols + 1) / 2 * 2 : W->cols;
+}
+
+/* Element index of W[r][k] in the packed buffer (in elements of W's dtype). */
+static size_t pk_index(const lr_mat *W, int64_t r, int64_t k)
+{
+    size_t tile = (size_t)(r / KERN_PACK_ROWS), i = (size_t)(r % KERN_PACK_ROWS);
+    size_t base = tile * (size_t)pk_cols_stored(W) * KERN_PACK_ROWS;
+    if (W->dtype == LR_DT_BF16) return base + (size_t)(k / 2) * 2 * KERN_PACK_ROWS + 2 * i + (size_t)(k & 1);
+    return base + (size_t)k * KERN_PACK_ROWS + i;
+}
+
+static float pk_value(const lr_mat *W, int64_t r, int64_t k)
+{
+    size_t i = pk_index(W, r, k);
+    if (W->dtype == LR_DT_F32) return ((const float *)W->data)[i];
+    uint16_t h = ((const uint16_t *)W->data)[i];
+    return W->dtype == LR_DT_F16 ? f16_scalar(h) : bf16_scalar(h);
+}
+
+int kern_pack_wanted(void)
+{
+    return kern_get_isa() == KERN_ISA_AVX512;
+}
+
+size_t kern_pack_bytes(const lr_mat *W)
+{
+    size_t tiles = (size_t)((W->rows + KERN_PACK_ROWS - 1) / KERN_PACK_ROWS);
+    size_t es = W->dtype == LR_DT_F32 ? 4 : 2;
+    return tiles * KERN_PACK_ROWS * (size_t)pk_cols_stored(W) * es;
+}
+
+void kern_mat_pack(const lr_mat *W, void *dst, lr_mat *out)
+{
+    LR_ASSERT(!W->packed);
+    *out = *W;
+    out->data = dst;
+    out->packed = 1;
+    memset(dst, 0, kern_pack_bytes(W)); /* padding rows and the odd BF16 column are zeros */
+    for (int64_t r = 0; r < W->rows; r++)
+        for (int64_t k = 0; k < W->cols; k++) {
+            size_t from = (size_t)r * (size_t)W->cols + (size_t)k, to = pk_index(out, r, k);
+            if (W->dtype == LR_DT_F32)
+                memcpy((float *)dst + to, (const float *)W->data + from, 4);
+            else
+                ((uint16_t *)dst)[to] = load_u16(W->data, (int64_t)from);
+        }
+}
+
 void kern_mat_row(const lr_mat *W, int64_t r, float *dst)
 {
+    if (W->packed) {
+        for (int64_t k = 0; k < W->cols; k++)
+            dst[k] = pk_value(W, r, k);
+        return;
+    }
     const char *row = (const char *)W->data;
     switch (W->dtype) {
     case LR_DT_F32:
@@ -883,6 +941,134 @@ static mt_fn mt_pick(lr_dtype dt, int g, int mr, int *nr)
     return tab[d][3 + mr - 1];
 }
 
+/* ---- AVX-512, packed weights: the kernel of kern_mat_pack'ed matrices ----
+ * W is stored in tiles of PK_ROWS = 48 rows, each k-major (the 48 values of column k, or of the
+ * column pair k, k+1 for BF16, side by side), so a tile is one contiguous stream and the kernel
+ * needs no horizontal sums: for a group of up to PK_MR activation rows,
+ *   acc[t][v] += x_t[k] · W[48·tile + 16·v .. +16][k]   for k = 0, 1, 2 … in order (v < 3),
+ * the activation a broadcast operand of the FMA. Each output is one running sum over k in
+ * order, the same sequence of FMAs whatever the group, tile, thread or T: bitwise
+ * batch-invariant. Per k the loop does 3 W loads for 3·MR FMAs (vs. the dot-product tiles'
+ * loads of both operands plus a lane reduction per tile). */
+#define PK_ROWS KERN_PACK_ROWS
+#define PK_MR 8 /* activation rows per group: 24 accumulators + 6 W registers */
+
+/* Bytes of one packed tile of W (K columns). */
+static size_t pk_tile_bytes(lr_dtype dt, int64_t K)
+{
+    if (dt == LR_DT_F32) return (size_t)K * PK_ROWS * 4;
+    if (dt == LR_DT_F16) return (size_t)K * PK_ROWS * 2;
+    return (size_t)((K + 1) / 2 * 2) * PK_ROWS * 2;
+}
+
+/* acc[t·3 + v] over one tile for MR activation rows xr[t]; pf: bytes ahead to prefetch
+ * (0: none). out[t][48] gets the sums. */
+TGT_AVX512 static inline __attribute__((always_inline)) void
+pk_tile(const float *const *xr, const char *w, lr_dtype dt, int64_t K, int MR, ptrdiff_t pf,
+        float *out)
+{
+    __m512 acc[3 * PK_MR];
+#pragma GCC unroll 24
+    for (int a = 0; a < 3 * MR; a++)
+        acc[a] = _mm512_setzero_ps();
+    if (dt == LR_DT_BF16) {
+        const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+        int64_t k = 0;
+        for (; k + 2 <= K; k += 2, w += 192) {
+            if (pf) {
+                _mm_prefetch(w + pf, _MM_HINT_T0);
+                _mm_prefetch(w + pf + 64, _MM_HINT_T0);
+                _mm_prefetch(w + pf + 128, _MM_HINT_T0);
+            }
+            __m512 we[3], wo[3];
+#pragma GCC unroll 3
+            for (int v = 0; v < 3; v++) {
+                __m512i wv = _mm512_loadu_si512(w + 64 * v);
+                we[v] = _mm512_castsi512_ps(_mm512_slli_epi32(wv, 16));
+                wo[v] = _mm512_castsi512_ps(_mm512_and_si512(wv, hi));
+            }
+#pragma GCC unroll 8
+            for (int t = 0; t < MR; t++) {
+                __m512 xe = _mm512_set1_ps(xr[t][k]), xo = _mm512_set1_ps(xr[t][k + 1]);
+#pragma GCC unroll 3
+                for (int v = 0; v < 3; v++) {
+                    acc[3 * t + v] = _mm512_fmadd_ps(xe, we[v], acc[3 * t + v]);
+                    acc[3 * t + v] = _mm512_fmadd_ps(xo, wo[v], acc[3 * t + v]);
+                }
+            }
+        }
+        if (k < K) { /* odd K: the last column, its pair partner is padding */
+            __m512 we[3];
+#pragma GCC unroll 3
+            for (int v = 0; v < 3; v++)
+                we[v] = _mm512_castsi512_ps(
+                    _mm512_slli_epi32(_mm512_loadu_si512(w + 64 * v), 16));
+#pragma GCC unroll 8
+            for (int t = 0; t < MR; t++) {
+                __m512 xe = _mm512_set1_ps(xr[t][k]);
+#pragma GCC unroll 3
+                for (int v = 0; v < 3; v++)
+                    acc[3 * t + v] = _mm512_fmadd_ps(xe, we[v], acc[3 * t + v]);
+            }
+        }
+    } else {
+        const size_t step = dt == LR_DT_F32 ? 192 : 96;
+        for (int64_t k = 0; k < K; k++, w += step) {
+            if (pf) {
+                _mm_prefetch(w + pf, _MM_HINT_T0);
+                if (dt == LR_DT_F32) {
+                    _mm_prefetch(w + pf + 64, _MM_HINT_T0);
+                    _mm_prefetch(w + pf + 128, _MM_HINT_T0);
+                } else if (k & 1) {
+                    _mm_prefetch(w + pf + 64, _MM_HINT_T0);
+                }
+            }
+            __m512 wv[3];
+#pragma GCC unroll 3
+            for (int v = 0; v < 3; v++)
+                wv[v] = dt == LR_DT_F32
+                            ? _mm512_loadu_ps((const float *)w + 16 * v)
+                            : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 32 * v)));
+#pragma GCC unroll 8
+            for (int t = 0; t < MR; t++) {
+                __m512 xb = _mm512_set1_ps(xr[t][k]);
+#pragma GCC unroll 3
+                for (int v = 0; v < 3; v++)
+                    acc[3 * t + v] = _mm512_fmadd_ps(xb, wv[v], acc[3 * t + v]);
+            }
+        }
+    }
+#pragma GCC unroll 24
+    for (int a = 0; a < 3 * MR; a++)
+        _mm512_storeu_ps(out + 16 * a, acc[a]);
+}
+
+#define PK_FN(DT, MR)                                                                           \
+    TGT_AVX512 static void pk_##DT##_##MR(const float *const *xr, const char *w, int64_t K,    \
+                                          ptrdiff_t pf, float *out)                            \
+    {                                                                                          \
+        pk_tile(xr, w, LR_DT_##DT, K, MR, pf, out);                                            \
+    }
+#define PK_SET(DT)                                                                               \
+    PK_FN(DT, 1) PK_FN(DT, 2) PK_FN(DT, 3) PK_FN(DT, 4) PK_FN(DT, 5) PK_FN(DT, 6) PK_FN(DT, 7)  \
+        PK_FN(DT, 8)
+PK_SET(F32)
+PK_SET(F16)
+PK_SET(BF16)
+
+typedef void (*pk_fn)(const float *const *xr, const char *w, int64_t K, ptrdiff_t pf,
+                      float *out);
+
+static pk_fn pk_pick(lr_dtype dt, int mr)
+{
+#define PK_ROW(DT)                                                                               \
+    {pk_##DT##_1, pk_##DT##_2, pk_##DT##_3, pk_##DT##_4, pk_##DT##_5, pk_##DT##_6, pk_##DT##_7, \
+     pk_##DT##_8}
+    static const pk_fn tab[3][PK_MR] = {PK_ROW(F32), PK_ROW(F16), PK_ROW(BF16)};
+#undef PK_ROW
+    return tab[dt == LR_DT_F32 ? 0 : dt == LR_DT_F16 ? 1 : 2][mr - 1];
+}
+
 typedef struct mt_job {
     float *y;
     int ldy;
@@ -969,10 +1155,35 @@ static void mt_prefetch_share(const mt_job *j, int64_t tile)
     }
 }
 
+/* Packed W: activation rows [t0, t1) × tile `tile` (48 rows), in groups of PK_MR; pf: prefetch
+ * the next (1) or previous (-1) tile during the first group. */
+static void pk_rows(const mt_job *j, int64_t tile, int t0, int t1, int pf)
+{
+    const lr_mat *W = j->W;
+    size_t tb = pk_tile_bytes(W->dtype, W->cols);
+    const char *w = (const char *)W->data + (size_t)tile * tb;
+    int64_t o = tile * PK_ROWS, n = W->rows - o < PK_ROWS ? W->rows - o : PK_ROWS;
+    float out[PK_MR * PK_ROWS];
+    for (int t = t0; t < t1; t += PK_MR) {
+        int mr = t1 - t < PK_MR ? t1 - t : PK_MR;
+        const float *xr[PK_MR];
+        for (int i = 0; i < mr; i++)
+            xr[i] = j->x + (size_t)(t + i) * (size_t)j->ldx;
+        pk_pick(W->dtype, mr)(xr, w, W->cols, t == t0 ? (ptrdiff_t)pf * (ptrdiff_t)tb : 0, out);
+        for (int i = 0; i < mr; i++)
+            memcpy(j->y + (size_t)(t + i) * (size_t)j->ldy + (size_t)o, out + i * PK_ROWS,
+                   sizeof(float) * (size_t)n);
+    }
+}
+
 /* All activation rows × weight rows [o, o + nr) of tile `tile`; pf as in mt_one. */
 static void mt_tile_rows(const mt_job *j, int64_t tile, int nr, size_t rowb, int pf)
 {
     if (j->pf_lines) mt_prefetch_share(j, tile);
+    if (j->W->packed) {
+        pk_rows(j, tile, 0, j->T, pf);
+        return;
+    }
     int64_t o = tile * nr, o1 = o + nr;
     if (o1 > j->W->rows) o1 = j->W->rows;
     for (int t = 0; t < j->T; t += j->g)
@@ -1011,8 +1222,8 @@ static void mt_task(void *ctx, int c, int nc)
     if (!j->sl) c -= j->ex.n;
     const lr_mat *W = j->W;
     size_t rowb = (size_t)W->cols * (W->dtype == LR_DT_F32 ? 4 : 2);
-    int nr;
-    mt_pick(W->dtype, j->g, j->g, &nr);
+    int nr = PK_ROWS;
+    if (!W->packed) mt_pick(W->dtype, j->g, j->g, &nr);
     if (j->sl) {
         mt_slice_task(j, c, nr, rowb);
         return;
@@ -1021,6 +1232,11 @@ static void mt_task(void *ctx, int c, int nc)
     int t0 = (c / j->n_nb) * j->tb, t1 = t0 + j->tb;
     if (o1 > W->rows) o1 = W->rows;
     if (t1 > j->T) t1 = j->T;
+    if (W->packed) { /* a tile (≤ 48 · K values) stays in L2 while the groups pass */
+        for (int64_t o = o0; o < o1; o += PK_ROWS)
+            pk_rows(j, o / PK_ROWS, t0, t1, 1);
+        return;
+    }
     /* a tile's weight rows stay in L1 while every group of activation rows passes */
     for (int64_t o = o0; o < o1; o += nr)
         for (int t = t0; t < t1; t += j->g)
@@ -1058,8 +1274,8 @@ static void mt_run(kern_pool *p, float *y, int ldy, const float *x, int ldx, int
 {
     static const kern_extra none = {0};
     mt_job j = {y, ldy, x, ldx, T, W, T < 4 ? T : 4, 0, 0, 0, ex ? *ex : none, NULL, 0, 0, 0};
-    int nr;
-    mt_pick(W->dtype, j.g, j.g, &nr);
+    int nr = PK_ROWS;
+    if (!W->packed) mt_pick(W->dtype, j.g, j.g, &nr);
     if (T <= 16) {
         /* decode: every activation row in every tile; one slice of tiles per thread */
         mt_slice sl[MT_MAX_SLICES];
@@ -1090,7 +1306,7 @@ static void mt_run(kern_pool *p, float *y, int ldy, const float *x, int ldx, int
 static void mt_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T,
                       const lr_mat *W, float *scratch, const kern_extra *ex)
 {
-    if (W->dtype != LR_DT_BF16) {
+    if (W->dtype != LR_DT_BF16 || W->packed) {
         mt_run(p, y, ldy, x, ldx, T, W, ex);
         return;
     }
@@ -1112,12 +1328,34 @@ size_t kern_matmul_scratch_floats(int64_t cols)
     return (size_t)KERN_PANEL_ROWS * (size_t)cols;
 }
 
+/* A packed W on an ISA below AVX-512 (kern_set_isa after the model was packed): plain loops,
+ * each output one running sum over k in order like the AVX-512 kernel. */
+static void pk_scalar_task(void *ctx, int c, int nc)
+{
+    const mm_job *j = ctx;
+    int64_t o0, o1;
+    kern_slice(j->W->rows, c, nc, &o0, &o1);
+    for (int t = 0; t < j->T; t++)
+        for (int64_t o = o0; o < o1; o++) {
+            const float *x = j->x + (size_t)t * (size_t)j->ldx;
+            float acc = 0;
+            for (int64_t k = 0; k < j->W->cols; k++)
+                acc = fmaf(x[k], pk_value(j->W, o, k), acc);
+            j->y[(size_t)t * (size_t)j->ldy + (size_t)o] = acc;
+        }
+}
+
 void kern_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T, const lr_mat *W,
                  float *scratch)
 {
     if (T <= 0 || W->rows == 0) return;
     if (kern_get_isa() == KERN_ISA_AVX512) {
         mt_matmul(p, y, ldy, x, ldx, T, W, scratch, NULL);
+        return;
+    }
+    if (W->packed) {
+        mm_job pj = {y, ldy, x, ldx, T, W, scratch, 0, 0, 0};
+        kern_pool_run_chunks(p, pk_scalar_task, &pj, mm_chunks(p, W->rows));
         return;
     }
     mm_job j = {y, ldy, x, ldx, T, W, scratch, 0, 0, 0};

@@ -54,6 +54,18 @@ void kern_bf16_to_f32(const void *src, float *dst, int64_t n);
 /* Row r of W (any dtype) as f32 into dst[W->cols]. */
 void kern_mat_row(const lr_mat *W, int64_t r, float *dst);
 
+/* ---- packed weights ----
+ * kern_mat_pack copies W (row-major) into the layout the AVX-512 matmul streams best: tiles of
+ * KERN_PACK_ROWS rows, each tile k-major — F32 / F16: [k][48 rows]; BF16: [k / 2][48 rows][2]
+ * (columns padded to even) — rows padded with zeros to whole tiles. Values are copied bit for
+ * bit; the packed view (out: same dtype, rows, cols, packed = 1, data = dst) works with every
+ * function here (other ISAs fall back to plain loops). dst: kern_pack_bytes(W) bytes, 64-byte
+ * aligned. kern_pack_wanted: 1 when the current ISA's matmul reads packed weights. */
+#define KERN_PACK_ROWS 48
+int kern_pack_wanted(void);
+size_t kern_pack_bytes(const lr_mat *W);
+void kern_mat_pack(const lr_mat *W, void *dst, lr_mat *out);
+
 /* ---- dot products ---- */
 /* Σ_i a[i]·b[i] with f32 accumulation; b in f32 / f16 / bf16 (b may be unaligned). */
 float kern_dot_f32(const float *a, const float *b, int64_t n);

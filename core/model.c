@@ -4,7 +4,9 @@
  * config with HuggingFace's per-class defaults (SPEC-HF.md B.1, C.1), computes the RoPE inverse
  * frequencies in fp32 exactly as transformers does (B.4), and binds every expected weight
  * (B.2, C.2) to a view into the mmapped safetensors, checking presence, dtype and exact shape.
- * F32/F16/BF16 matrices stay in the mapping in their own dtype; 1-D tensors (norms, biases) and
+ * F32/F16/BF16 matrices stay in their own dtype — in the mapping, or, when the CPU's matmul
+ * wants it (AVX-512), copied bit for bit into the kernels' packed tile layout in one huge-page
+ * region (pack_weights; LR_PACK=0 in the environment keeps the mapping); 1-D tensors (norms, biases) and
  * the T5 relative-bias tables are copied to owned f32 buffers so the kernels can read them
  * directly and aligned. It does no arithmetic on weights besides those conversions, and never
  * logs: every problem is returned as an lr_error naming the file, the field or tensor, and what
@@ -21,8 +23,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
+#include "kernels.h"
 #include "safetensors.h"
 #include "util.h"
 
@@ -630,6 +634,8 @@ typedef struct {
     st_set *set;
     void **bufs; /* owned f32 copies of 1-D tensors */
     int nbufs, capbufs;
+    void *pack; /* the packed weight matrices (pack_weights), one mapping of pack_len bytes */
+    size_t pack_len;
 } model_priv;
 
 typedef struct {
@@ -885,6 +891,85 @@ static int read_text(const char *dir, const char *name, char **out, lr_error *er
     return 0;
 }
 
+/* Every weight matrix the matmul reads (embed only through lm_head when tied: the gather
+ * reads rows of the packed layout then). Returns the count; mats NULL just counts. */
+static int matmul_mats(lr_model *m, lr_mat **mats)
+{
+    int n = 0;
+#define ADD(M)                                                                                   \
+    do {                                                                                         \
+        if ((M)->data) {                                                                         \
+            if (mats) mats[n] = (M);                                                             \
+            n++;                                                                                 \
+        }                                                                                        \
+    } while (0)
+    for (int pass = 0; pass < 2; pass++) {
+        lr_layer *ls = pass ? m->dec_layers : m->layers;
+        int nl = pass ? (ls ? m->cfg.n_dec_layers : 0) : m->cfg.n_layers;
+        for (int l = 0; l < nl; l++) {
+            lr_layer *L = &ls[l];
+            lr_mat *all[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down,
+                             &L->xq, &L->xk, &L->xv, &L->xo};
+            for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+                ADD(all[i]);
+        }
+    }
+    ADD(&m->lm_head);
+#undef ADD
+    return n;
+}
+
+/* Drop the whole pages inside [p, p + n) from this process (a private read-only file mapping:
+ * the page cache keeps them, the process's resident set no longer counts them). */
+static void drop_pages(const void *p, size_t n)
+{
+    uintptr_t a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095, b = ((uintptr_t)p + n) & ~(uintptr_t)4095;
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+/* Copy every matmul weight into the kernels' packed layout (kernels.h), in one 2 MiB-aligned
+ * anonymous region advised for huge pages: W then streams as one contiguous run per tile of
+ * 48 rows, and the TLB covers it. The mapped originals are dropped from the resident set. A
+ * tied lm_head is packed once and the embedding view follows it. */
+static int pack_weights(lr_model *m, model_priv *p, lr_error *err)
+{
+    int n = matmul_mats(m, NULL);
+    lr_mat **mats = calloc((size_t)n + 1, sizeof *mats);
+    if (!mats) return lr_error_set(err, LR_ENOMEM, "out of memory");
+    matmul_mats(m, mats);
+    int tied = m->lm_head.data && m->lm_head.data == m->embed.data;
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += (kern_pack_bytes(mats[i]) + 63) & ~(size_t)63;
+    size_t huge = (size_t)2 << 20, span = total + huge;
+    char *base = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) {
+        free(mats);
+        return lr_error_set(err, LR_ENOMEM, "%s: cannot map %zu MiB for the packed weights",
+                            m->dir, total >> 20);
+    }
+    char *at = (char *)(((uintptr_t)base + huge - 1) & ~(uintptr_t)(huge - 1));
+    if (at > base) munmap(base, (size_t)(at - base));
+    size_t tail = (size_t)(base + span - (at + total));
+    if (tail) munmap(at + total, tail);
+    madvise(at, total, MADV_HUGEPAGE);
+    p->pack = at;
+    p->pack_len = total;
+    for (int i = 0; i < n; i++) {
+        lr_mat packed;
+        kern_mat_pack(mats[i], at, &packed);
+        drop_pages(mats[i]->data, kern_pack_bytes(mats[i]) > 0
+                                      ? (size_t)mats[i]->rows * (size_t)mats[i]->cols *
+                                            (mats[i]->dtype == LR_DT_F32 ? 4 : 2)
+                                      : 0);
+        *mats[i] = packed;
+        at += (kern_pack_bytes(mats[i]) + 63) & ~(size_t)63;
+    }
+    if (tied) m->embed = m->lm_head;
+    free(mats);
+    return 0;
+}
+
 int lr_model_load(const char *dir, lr_error *err, lr_model **out)
 {
     *out = NULL;
@@ -912,6 +997,9 @@ int lr_model_load(const char *dir, lr_error *err, lr_model **out)
     if ((rc = st_set_open_dir(dir, err, &p->set))) goto fail;
     loader L = {m, p, err};
     if ((rc = m->cfg.arch == LR_ARCH_T5 ? load_t5(&L) : load_llama(&L))) goto fail;
+    const char *pk = getenv("LR_PACK");
+    if (kern_pack_wanted() && !(pk && strcmp(pk, "0") == 0) && (rc = pack_weights(m, p, err)))
+        goto fail;
     if (m->cfg.arch != LR_ARCH_T5) {
         m->rope_inv_freq = malloc((size_t)(m->cfg.head_dim / 2) * sizeof(float));
         if (!m->rope_inv_freq) {
@@ -939,6 +1027,7 @@ void lr_model_free(lr_model *m)
         for (int i = 0; i < p->nbufs; i++)
             free(p->bufs[i]);
         free(p->bufs);
+        if (p->pack) munmap(p->pack, p->pack_len);
         st_set_close(p->set);
         free(p);
     }

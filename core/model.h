@@ -19,12 +19,15 @@
 
 typedef enum { LR_DT_F32 = 0, LR_DT_F16 = 1, LR_DT_BF16 = 2 } lr_dtype;
 
-/* A 2-D weight view [rows, cols], row-major, rows = out_features, cols = in_features.
- * data may be unaligned (mmap offsets) — kernels must not assume alignment. */
+/* A 2-D weight view [rows, cols], rows = out_features, cols = in_features. Row-major (HF
+ * layout) unless packed: then data is in the kernels' tile layout (kernels.h, kern_mat_pack),
+ * read only through kernels.h. data may be unaligned (mmap offsets) — kernels must not assume
+ * alignment of a row-major view. */
 typedef struct lr_mat {
     lr_dtype dtype;
     const void *data;
     int64_t rows, cols;
+    int packed;
 } lr_mat;
 
 typedef enum {

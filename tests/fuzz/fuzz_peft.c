@@ -58,15 +58,15 @@ static void build_model(void)
         for (int j = 0; j < 7; j++) {
             for (int i = 0; i < rows[j] * cols[j]; i++)
                 wbuf[l][j][i] = frand(&seed);
-            *m[j] = (lr_mat){LR_DT_F32, wbuf[l][j], rows[j], cols[j]};
+            *m[j] = (lr_mat){LR_DT_F32, wbuf[l][j], rows[j], cols[j], 0};
         }
     }
     for (int i = 0; i < H * H; i++)
         q_bf16[i] = (uint16_t)(0x3f00u + (unsigned)(i % 64)); /* bf16 around 0.5 */
-    layers[1].q = (lr_mat){LR_DT_BF16, q_bf16, H, H};
+    layers[1].q = (lr_mat){LR_DT_BF16, q_bf16, H, H, 0};
     for (int i = 0; i < V * H; i++)
         embed_w[i] = frand(&seed);
-    model.embed = (lr_mat){LR_DT_F32, embed_w, V, H};
+    model.embed = (lr_mat){LR_DT_F32, embed_w, V, H, 0};
     model.lm_head = model.embed;
     model.layers = layers;
 }

@@ -83,7 +83,7 @@ static void tmat_make(tmat *t, int rows, int cols, lr_dtype dt, float gain)
             t->ref[i] = e <= 0 ? 0.0 : ldexp(1024 + m, e - 25) * (s ? -1 : 1);
         }
     }
-    t->m = (lr_mat){dt, data, rows, cols};
+    t->m = (lr_mat){dt, data, rows, cols, 0};
 }
 
 static float *tvec(tmodel *tm, int n, float base, float gain)

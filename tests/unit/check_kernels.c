@@ -116,12 +116,25 @@ START_TEST(test_matmul)
         ck_assert_int_eq(kern_pool_create(threads[th], NULL, &pool), 0);
         for (int k = 0; k < 3; k++) {
             if (kern_set_isa(isas[k]) != isas[k]) continue;
-            for (int dt = 0; dt < 3; dt++) {
-                lr_mat W = {(lr_dtype)dt,
-                            dt == 0   ? (const void *)wf
-                            : dt == 1 ? (const void *)(wh + 1)
-                                      : (const void *)wb,
-                            ROWS, COLS};
+            for (int dt = 0; dt < 6; dt++) {
+                lr_mat W = {(lr_dtype)(dt % 3),
+                            dt % 3 == 0   ? (const void *)wf
+                            : dt % 3 == 1 ? (const void *)(wh + 1)
+                                          : (const void *)wb,
+                            ROWS, COLS, 0};
+                void *pbuf = NULL;
+                if (dt >= 3) { /* the same matrix packed (kern_mat_pack) */
+                    pbuf = aligned_alloc(64, (kern_pack_bytes(&W) + 63) / 64 * 64);
+                    lr_mat P;
+                    kern_mat_pack(&W, pbuf, &P);
+                    float r0[COLS], r1[COLS];
+                    for (int o = 0; o < ROWS; o += 7) {
+                        kern_mat_row(&W, o, r0);
+                        kern_mat_row(&P, o, r1);
+                        ck_assert_msg(memcmp(r0, r1, sizeof r0) == 0, "packed row %d differs", o);
+                    }
+                    W = P;
+                }
                 for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
                     int T = Ts[ti];
                     memset(y, 0, sizeof(float) * TMAX * (ROWS + 5));
@@ -130,20 +143,22 @@ START_TEST(test_matmul)
                         for (int o = 0; o < ROWS; o++) {
                             double s = 0, a = 0;
                             for (int i = 0; i < COLS; i++) {
-                                double w = dt == 0   ? wf[o * COLS + i]
-                                           : dt == 1 ? ref_f16(wh[1 + o * COLS + i])
-                                                     : ref_bf16(wb[o * COLS + i]);
+                                double w = dt % 3 == 0   ? wf[o * COLS + i]
+                                           : dt % 3 == 1 ? ref_f16(wh[1 + o * COLS + i])
+                                                         : ref_bf16(wb[o * COLS + i]);
                                 s += (double)x[t * (COLS + 3) + i] * w;
                                 a += fabs((double)x[t * (COLS + 3) + i] * w);
                             }
                             double got = y[t * (ROWS + 5) + o];
                             if (fabs(got - s) <= 1e-5 * (a + 1e-30)) continue;
                             ck_assert_msg(0,
-                                          "dtype %d isa %s threads %d T %d: y[%d,%d] = %.9g, "
+                                          "dtype %d%s isa %s threads %d T %d: y[%d,%d] = %.9g, "
                                           "expected %.9g",
-                                          dt, kern_isa_name(isas[k]), threads[th], T, t, o, got, s);
+                                          dt % 3, dt >= 3 ? " packed" : "", kern_isa_name(isas[k]),
+                                          threads[th], T, t, o, got, s);
                         }
                 }
+                free(pbuf);
             }
         }
         kern_pool_destroy(pool);
@@ -178,9 +193,17 @@ START_TEST(test_direct_batch_invariant)
     ck_assert_int_eq(kern_pool_create(2, NULL, &pool), 0);
     for (int k = 0; k < 3; k++) {
         if (kern_set_isa(isas[k]) != isas[k]) continue;
-        for (int dt = 0; dt < 3; dt++) {
-            lr_mat W = {(lr_dtype)dt, dt == 0 ? (const void *)wf : (const void *)wh, ROWS, COLS};
-            int tmax = isas[k] == KERN_ISA_AVX512 ? TMAX : KERN_DIRECT_T;
+        for (int dt = 0; dt < 6; dt++) {
+            lr_mat W = {(lr_dtype)(dt % 3), dt % 3 == 0 ? (const void *)wf : (const void *)wh, ROWS,
+                        COLS, 0};
+            void *pbuf = NULL;
+            if (dt >= 3) { /* packed: every ISA, every T (one running sum per output) */
+                pbuf = aligned_alloc(64, (kern_pack_bytes(&W) + 63) / 64 * 64);
+                lr_mat P;
+                kern_mat_pack(&W, pbuf, &P);
+                W = P;
+            }
+            int tmax = isas[k] == KERN_ISA_AVX512 || dt >= 3 ? TMAX : KERN_DIRECT_T;
             for (int T = 1; T <= tmax; T++) {
                 kern_matmul(pool, y, ROWS, x, COLS, T, &W, scratch);
                 for (int t = 0; t < T; t++) {
@@ -190,6 +213,7 @@ START_TEST(test_direct_batch_invariant)
                                   kern_isa_name(isas[k]), dt, t, T);
                 }
             }
+            free(pbuf);
         }
     }
     kern_set_isa(kern_cpu_isa());
@@ -457,8 +481,16 @@ START_TEST(test_matmul_ex)
     for (int th = 0; th < 3; th++) {
         kern_pool *pool;
         ck_assert_int_eq(kern_pool_create(threads[th], NULL, &pool), 0);
-        for (int dt = 0; dt < 3; dt += 2) {
-            lr_mat W = {(lr_dtype)dt, dt == 0 ? (const void *)wf : (const void *)wb, ROWS, COLS};
+        for (int dt = 0; dt < 6; dt += 2) {
+            lr_mat W = {(lr_dtype)(dt % 3), dt % 3 == 0 ? (const void *)wf : (const void *)wb, ROWS,
+                        COLS, 0};
+            void *pbuf = NULL;
+            if (dt >= 3) {
+                pbuf = aligned_alloc(64, (kern_pack_bytes(&W) + 63) / 64 * 64);
+                lr_mat P;
+                kern_mat_pack(&W, pbuf, &P);
+                W = P;
+            }
             for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
                 int T = Ts[ti];
                 kern_matmul(pool, y1, ROWS, x, COLS, T, &W, scratch);
@@ -478,6 +510,7 @@ START_TEST(test_matmul_ex)
                                       T, c, k.hits[c]);
                 }
             }
+            free(pbuf);
         }
         kern_pool_destroy(pool);
     }

@@ -46,13 +46,13 @@ static void setup(void)
             W0[l][i] = frand();
         for (int i = 0; i < I * H; i++)
             W1[l][i] = frand();
-        layers[l].q = (lr_mat){LR_DT_F32, W0[l], H, H};
-        layers[l].gate = (lr_mat){LR_DT_F32, W1[l], I, H};
+        layers[l].q = (lr_mat){LR_DT_F32, W0[l], H, H, 0};
+        layers[l].gate = (lr_mat){LR_DT_F32, W1[l], I, H, 0};
     }
     model.layers = layers;
     for (int i = 0; i < V * H; i++)
         E[i] = frand();
-    model.embed = (lr_mat){LR_DT_F32, E, V, H};
+    model.embed = (lr_mat){LR_DT_F32, E, V, H, 0};
 }
 
 static float *rnd(int n)

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "kernels.h"
 #include "model.h"
 
 /* ---- helpers ---------------------------------------------------------------------------- */
@@ -803,6 +804,24 @@ static void check_mat(const lr_mat *m, const char *name, lr_dtype dt, int64_t r,
     ck_assert_int_eq(m->dtype, dt);
     ck_assert_int_eq(m->rows, r);
     ck_assert_int_eq(m->cols, c);
+    /* AVX-512: the loader packs every matmul weight (kernels.h); read it back through the
+     * kernels' row accessor, which must give the written values bit for bit. */
+    if (m->packed) {
+        float *row = malloc(sizeof(float) * (size_t)c);
+        for (int64_t i = 0; i < r; i += 3) {
+            kern_mat_row(m, i, row);
+            for (int64_t k = 0; k < c; k++) {
+                float want = wval(name, i * c + k);
+                if (dt == LR_DT_F16) {
+                    uint16_t h = to_f16(want);
+                    kern_f16_to_f32(&h, &want, 1);
+                }
+                ck_assert_msg(row[k] == want, "%s[%lld] (packed)", name, (long long)(i * c + k));
+            }
+        }
+        free(row);
+        return;
+    }
     const unsigned char *p = m->data;
     for (int64_t j = 0; j < r * c; j += 5) {
         float got;
@@ -854,6 +873,8 @@ static void check_llama_model(const lr_model *m, const spec *s, int64_t matrix_b
     check_mat(&m->embed, "model.embed_tokens.weight", dt, V, H);
     if (s->tie) {
         ck_assert_ptr_eq(m->lm_head.data, m->embed.data);
+        const char *pk = getenv("LR_PACK"); /* LR_PACK=0 keeps the mapped row-major views */
+        ck_assert_int_eq(m->layers[0].q.packed, kern_pack_wanted() && !(pk && !strcmp(pk, "0")));
         ck_assert_int_eq(m->lm_head.rows, V);
     } else {
         check_mat(&m->lm_head, "lm_head.weight", dt, V, H);

@@ -52,7 +52,7 @@ static void build_model(void)
         for (int j = 0; j < 7; j++) {
             for (int i = 0; i < rows[j] * cols[j]; i++)
                 wbuf[l][j][i] = frand(&seed);
-            *m[j] = (lr_mat){LR_DT_F32, wbuf[l][j], rows[j], cols[j]};
+            *m[j] = (lr_mat){LR_DT_F32, wbuf[l][j], rows[j], cols[j], 0};
         }
     }
     /* layer 1 q in BF16: the DoRA norm must read it through the base's dtype */
@@ -63,10 +63,10 @@ static void build_model(void)
         b &= 0xffff0000u;
         memcpy(&wbuf[1][0][i], &b, 4); /* keep the exact value for the naive check */
     }
-    layers[1].q = (lr_mat){LR_DT_BF16, q_bf16, H, H};
+    layers[1].q = (lr_mat){LR_DT_BF16, q_bf16, H, H, 0};
     for (int i = 0; i < V * H; i++)
         embed_w[i] = frand(&seed);
-    model.embed = (lr_mat){LR_DT_F32, embed_w, V, H};
+    model.embed = (lr_mat){LR_DT_F32, embed_w, V, H, 0};
     model.lm_head = model.embed;
     model.layers = layers;
 }

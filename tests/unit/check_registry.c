@@ -38,7 +38,7 @@ static void build_model(void)
     for (int l = 0; l < L; l++) {
         for (int i = 0; i < H * H; i++)
             wq[l][i] = (float)((i * 7 + l) % 13) / 13.0f - 0.5f;
-        layers[l].q = (lr_mat){LR_DT_F32, wq[l], H, H};
+        layers[l].q = (lr_mat){LR_DT_F32, wq[l], H, H, 0};
     }
     model.layers = layers;
 }

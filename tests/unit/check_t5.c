@@ -105,7 +105,7 @@ static lr_mat tmat(tmodel *tm, int rows, int cols, float gain)
         }
     }
     tm->bufs[tm->nb++] = d;
-    return (lr_mat){tm->bf16 ? LR_DT_BF16 : LR_DT_F32, d, rows, cols};
+    return (lr_mat){tm->bf16 ? LR_DT_BF16 : LR_DT_F32, d, rows, cols, 0};
 }
 
 static float *tvec(tmodel *tm, int n, float base, float gain)
