@@ -45,13 +45,18 @@ struct fwd_ctx {
     int *job_t0, *job_nq, *job_kvh; // (T * nKV)
     float *panel;    // matmul panel scratch (KERN_PANEL_ROWS, max in-dim)
     float *dscratch; // (T, delta->scratch_per_token) LoRA scratch
-    float *dy;       // (T, widest linear output) LoRA deltas computed alongside the GEMM
+    float *dy;       // KERN_GROUP_MAX × (T, widest linear output): LoRA deltas computed alongside
+    size_t dy_stride; // the GEMM, one region per matrix of a group
     float *gath;     // (max_logit_rows, H) rows gathered for the lm_head
     int layer;       // layer being attended (task context)
     const fwd_batch *batch;
     /* LoRA hook pieces of the current linear: rows [p_t0[i], p_t1[i]) share adapter p_ad[i]. */
-    int *p_t0, *p_t1;   // (T)
-    const void **p_ad;  // (T)
+    int *p_t0, *p_t1;   // (KERN_GROUP_MAX · T)
+    const void **p_ad;  // (KERN_GROUP_MAX · T)
+    int *p_g;           // (KERN_GROUP_MAX · T) fwd_linears: the piece's matrix in the group
+    lr_module g_mod[KERN_GROUP_MAX]; // fwd_linears: the group's modules and delta buffers
+    float *g_dy[KERN_GROUP_MAX];
+    int g_ldy[KERN_GROUP_MAX];
     kern_span reads[FWD_MAX_READS]; // what the pieces' adapters read (prefetch advice)
     int n_pieces;
     lr_module h_mod;    // hook task context: module, input and output of the linear
@@ -134,16 +139,19 @@ int fwd_create(const fwd_params *p, lr_error *err, fwd_ctx **out)
     if (c->qd > maxin) maxin = c->qd;
     c->panel = fwd_alloc(kern_matmul_scratch_floats(maxin), &fail);
     int spt = p->delta ? p->delta->scratch_per_token : 0;
-    c->dscratch = fwd_alloc(T * (size_t)(spt > 0 ? spt : 0), &fail);
+    /* one scratch per matrix of a group: a group's pieces for the same rows run at once */
+    c->dscratch = fwd_alloc(KERN_GROUP_MAX * T * (size_t)(spt > 0 ? spt : 0), &fail);
     if (p->delta) {
         int64_t outmax = maxin > c->kvd ? maxin : c->kvd; /* H, I, qd, kvd */
-        c->dy = fwd_alloc(T * (size_t)outmax, &fail);
+        c->dy = fwd_alloc(KERN_GROUP_MAX * T * (size_t)outmax, &fail);
+        c->dy_stride = T * (size_t)outmax;
     }
     c->gath = fwd_alloc((size_t)p->max_logit_rows * c->H, &fail);
-    c->p_t0 = calloc(T, sizeof(int));
-    c->p_t1 = calloc(T, sizeof(int));
-    c->p_ad = calloc(T, sizeof(void *));
-    if (!c->p_t0 || !c->p_t1 || !c->p_ad) fail = 1;
+    c->p_t0 = calloc(KERN_GROUP_MAX * T, sizeof(int));
+    c->p_t1 = calloc(KERN_GROUP_MAX * T, sizeof(int));
+    c->p_ad = calloc(KERN_GROUP_MAX * T, sizeof(void *));
+    c->p_g = calloc(KERN_GROUP_MAX * T, sizeof(int));
+    if (!c->p_t0 || !c->p_t1 || !c->p_ad || !c->p_g) fail = 1;
     if (fail) {
         fwd_destroy(c);
         return lr_error_set(err, LR_ENOMEM,
@@ -164,6 +172,7 @@ void fwd_destroy(fwd_ctx *c)
     free(c->p_t0);
     free(c->p_t1);
     free(c->p_ad);
+    free(c->p_g);
     free(c->attn_blk);
     free(c->attn_busy);
     free(c->job_t0);
@@ -193,8 +202,10 @@ static void fwd_hook_task(void *ctx, int i, int n)
  * threads, 8 rows on 8 adapters eight pieces of 1, and a 512-row prefill run two sgemm halves.
  * The delta of a row depends only on that row, so the cut changes no result. All pieces of the
  * linear, whatever mix of adapters, are claimed dynamically by the pool's threads. */
-static int fwd_hook_plan(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod)
+static int fwd_hook_plan(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod, int base)
 {
+    int *p_t0 = c->p_t0 + base, *p_t1 = c->p_t1 + base;
+    const void **p_ad = c->p_ad + base;
     const eng_delta_ops *d = c->par.delta;
     if (!d || !b->adapter) return 0;
     // First the runs (into the piece arrays), then cut them in place from the last one.
@@ -205,9 +216,9 @@ static int fwd_hook_plan(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mo
         while (t1 < b->n && b->adapter[t1] == a)
             t1++;
         if (a && d->has_module(a, layer, mod)) {
-            c->p_t0[nr] = t;
-            c->p_t1[nr] = t1;
-            c->p_ad[nr++] = a;
+            p_t0[nr] = t;
+            p_t1[nr] = t1;
+            p_ad[nr++] = a;
             rows += t1 - t;
         }
         t = t1;
@@ -216,19 +227,19 @@ static int fwd_hook_plan(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mo
     int share = (rows + c->nth - 1) / c->nth;
     int np = 0;
     for (int i = 0; i < nr; i++)
-        np += (c->p_t1[i] - c->p_t0[i] + share - 1) / share;
+        np += (p_t1[i] - p_t0[i] + share - 1) / share;
     // Pieces never outnumber rows, so the arrays (max_tokens) hold them; writing from the end
     // backwards never overwrites a run not yet cut.
     int w = np;
     for (int i = nr - 1; i >= 0; i--) {
-        int t0 = c->p_t0[i], n = c->p_t1[i] - t0;
-        const void *a = c->p_ad[i];
+        int t0 = p_t0[i], n = p_t1[i] - t0;
+        const void *a = p_ad[i];
         int k = (n + share - 1) / share;
         for (int j = k - 1; j >= 0; j--) {
             w--;
-            c->p_t0[w] = t0 + (int)((int64_t)n * j / k);
-            c->p_t1[w] = t0 + (int)((int64_t)n * (j + 1) / k);
-            c->p_ad[w] = a;
+            p_t0[w] = t0 + (int)((int64_t)n * j / k);
+            p_t1[w] = t0 + (int)((int64_t)n * (j + 1) / k);
+            p_ad[w] = a;
         }
     }
     return np;
@@ -253,7 +264,7 @@ static void fwd_linear(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod,
                        const float *bias, const float *x, int ldx, float *y, int ldy)
 {
     const eng_delta_ops *d = c->par.delta;
-    int np = fwd_hook_plan(c, b, layer, mod);
+    int np = fwd_hook_plan(c, b, layer, mod, 0);
     int after = 0;
     for (int i = 0; i < np && !after; i++)
         after = !d->needs_base || d->needs_base(c->p_ad[i], layer, mod);
@@ -285,6 +296,68 @@ static void fwd_linear(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod,
     c->h_ldy = ldy;
     c->h_bias = bias;
     kern_pool_run_chunks(c->par.pool, fwd_hook_task, c, np);
+}
+
+/* A piece of a group (fwd_linears): its rows of its matrix's delta buffer are zeroed, then get
+ * the delta alone. Each matrix of the group has its own scratch, as the group's pieces for the
+ * same rows run at the same time. */
+static void fwd_group_task(void *ctx, int i, int n)
+{
+    fwd_ctx *c = ctx;
+    const eng_delta_ops *d = c->par.delta;
+    int g = c->p_g[i], t0 = c->p_t0[i], t1 = c->p_t1[i];
+    float *dy = c->g_dy[g];
+    int ldy = c->g_ldy[g];
+    memset(dy + (size_t)t0 * (size_t)ldy, 0, sizeof(float) * (size_t)(t1 - t0) * (size_t)ldy);
+    size_t spt = (size_t)d->scratch_per_token, T = (size_t)c->par.max_tokens;
+    d->apply(c->p_ad[i], c->layer, c->g_mod[g], c->h_x, c->h_ldx, dy, ldy, NULL, t0, t1,
+             c->dscratch + ((size_t)g * T + (size_t)t0) * spt);
+}
+
+/* The linears of one input — q, k, v; gate, up — as one kern_matmul_group: one dispatch for
+ * their GEMMs and every LoRA piece of each (the pieces into per-matrix delta buffers, added
+ * after). A DoRA piece needs the base output first: then each runs as fwd_linear. */
+static void fwd_linears(fwd_ctx *c, const fwd_batch *b, int layer, int n, const lr_module *mods,
+                        const lr_mat *const *W, const float *const *bias, const float *x,
+                        int ldx, float *const *y, const int *ldy)
+{
+    const eng_delta_ops *d = c->par.delta;
+    int np = 0, after = 0;
+    for (int g = 0; g < n; g++) {
+        int k = fwd_hook_plan(c, b, layer, mods[g], np);
+        for (int i = np; i < np + k; i++) {
+            c->p_g[i] = g;
+            after |= !d->needs_base || d->needs_base(c->p_ad[i], layer, mods[g]);
+        }
+        np += k;
+    }
+    if (after) {
+        for (int g = 0; g < n; g++)
+            fwd_linear(c, b, layer, mods[g], W[g], bias[g], x, ldx, y[g], ldy[g]);
+        return;
+    }
+    c->layer = layer;
+    c->h_x = x;
+    c->h_ldx = ldx;
+    kern_extra ex = {fwd_group_task, c, np, c->reads, 0};
+    for (int g = 0; g < n; g++) {
+        c->g_mod[g] = mods[g];
+        c->g_dy[g] = c->dy + (size_t)g * c->dy_stride;
+        c->g_ldy[g] = (int)W[g]->rows;
+    }
+    for (int i = 0; i < np && d && d->reads; i++)
+        if (i == 0 || c->p_ad[i] != c->p_ad[i - 1] || c->p_g[i] != c->p_g[i - 1])
+            ex.n_reads += d->reads(c->p_ad[i], layer, mods[c->p_g[i]], c->reads + ex.n_reads,
+                                   FWD_MAX_READS - ex.n_reads);
+    kern_matmul_group(c->par.pool, n, W, y, ldy, x, ldx, b->n, c->panel, np ? &ex : NULL);
+    for (int g = 0; g < n; g++)
+        if (bias[g]) kern_add_bias(y[g], ldy[g], bias[g], b->n, (int)W[g]->rows);
+    for (int i = 0; i < np; i++) {
+        int g = c->p_g[i];
+        for (int t = c->p_t0[i]; t < c->p_t1[i]; t++)
+            kern_add(y[g] + (size_t)t * (size_t)ldy[g], c->g_dy[g] + (size_t)t * (size_t)c->g_ldy[g],
+                     W[g]->rows);
+    }
 }
 
 /* Attention, one job per (run of consecutive rows of one sequence, up to FWD_ATTN_QB of them;
@@ -428,9 +501,14 @@ int fwd_forward(fwd_ctx *c, const fwd_batch *b, lr_error *err)
         const lr_layer *L = &m->layers[l];
         // Attention block.
         kern_rmsnorm(c->xn, c->h, L->attn_norm, n, H, cf->norm_eps);
-        fwd_linear(c, b, l, LR_MOD_Q, &L->q, L->bq, c->xn, H, c->q, c->qd);
-        fwd_linear(c, b, l, LR_MOD_K, &L->k, L->bk, c->xn, H, c->k, c->kvd);
-        fwd_linear(c, b, l, LR_MOD_V, &L->v, L->bv, c->xn, H, c->v, c->kvd);
+        {
+            const lr_module mods[3] = {LR_MOD_Q, LR_MOD_K, LR_MOD_V};
+            const lr_mat *W[3] = {&L->q, &L->k, &L->v};
+            const float *bias[3] = {L->bq, L->bk, L->bv};
+            float *y[3] = {c->q, c->k, c->v};
+            const int ldy[3] = {c->qd, c->kvd, c->kvd};
+            fwd_linears(c, b, l, 3, mods, W, bias, c->xn, H, y, ldy);
+        }
         // RoPE, then post-RoPE keys and the values to the rows' sequence blocks.
         c->layer = l;
         if (n >= FWD_ROPE_PAR_ROWS)
@@ -442,8 +520,14 @@ int fwd_forward(fwd_ctx *c, const fwd_batch *b, lr_error *err)
         kern_add(c->h, c->x, (int64_t)n * H);
         // MLP block.
         kern_rmsnorm(c->xn, c->h, L->mlp_norm, n, H, cf->norm_eps);
-        fwd_linear(c, b, l, LR_MOD_GATE, &L->gate, L->bgate, c->xn, H, c->g, c->I);
-        fwd_linear(c, b, l, LR_MOD_UP, &L->up, L->bup, c->xn, H, c->u, c->I);
+        {
+            const lr_module mods[2] = {LR_MOD_GATE, LR_MOD_UP};
+            const lr_mat *W[2] = {&L->gate, &L->up};
+            const float *bias[2] = {L->bgate, L->bup};
+            float *y[2] = {c->g, c->u};
+            const int ldy[2] = {c->I, c->I};
+            fwd_linears(c, b, l, 2, mods, W, bias, c->xn, H, y, ldy);
+        }
         kern_act_mul(c->g, c->u, (int64_t)n * c->I, cf->act);
         fwd_linear(c, b, l, LR_MOD_DOWN, &L->down, L->bdown, c->g, c->I, c->x, H);
         kern_add(c->h, c->x, (int64_t)n * H);

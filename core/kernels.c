@@ -1084,6 +1084,13 @@ typedef struct mt_job {
     int n_sl;
     int64_t n_tiles;     /* T <= 16: tiles of nr weight rows */
     int64_t pf_lines;    /* cache lines of ex.reads, prefetched n_tiles-th by n_tiles-th */
+    /* kern_matmul_group (packed, T <= 16): n_g matrices; tiles [g_tile0[i], g_tile0[i+1]) of
+     * the slices' index space are g_W[i]'s, written to g_y[i] (row stride g_ldy[i]). */
+    int n_g;
+    const lr_mat *g_W[KERN_GROUP_MAX];
+    float *g_y[KERN_GROUP_MAX];
+    int g_ldy[KERN_GROUP_MAX];
+    int64_t g_tile0[KERN_GROUP_MAX + 1];
 } mt_job;
 
 /* A thread's slice of a decode matmul: tiles [front, back) still to do, packed as
@@ -1157,9 +1164,9 @@ static void mt_prefetch_share(const mt_job *j, int64_t tile)
 
 /* Packed W: activation rows [t0, t1) × tile `tile` (48 rows), in groups of PK_MR; pf: prefetch
  * the next (1) or previous (-1) tile during the first group. */
-static void pk_rows(const mt_job *j, int64_t tile, int t0, int t1, int pf)
+static void pk_rows(const mt_job *j, const lr_mat *W, float *y, int ldy, int64_t tile, int t0,
+                    int t1, int pf)
 {
-    const lr_mat *W = j->W;
     size_t tb = pk_tile_bytes(W->dtype, W->cols);
     const char *w = (const char *)W->data + (size_t)tile * tb;
     int64_t o = tile * PK_ROWS, n = W->rows - o < PK_ROWS ? W->rows - o : PK_ROWS;
@@ -1171,7 +1178,7 @@ static void pk_rows(const mt_job *j, int64_t tile, int t0, int t1, int pf)
             xr[i] = j->x + (size_t)(t + i) * (size_t)j->ldx;
         pk_pick(W->dtype, mr)(xr, w, W->cols, t == t0 ? (ptrdiff_t)pf * (ptrdiff_t)tb : 0, out);
         for (int i = 0; i < mr; i++)
-            memcpy(j->y + (size_t)(t + i) * (size_t)j->ldy + (size_t)o, out + i * PK_ROWS,
+            memcpy(y + (size_t)(t + i) * (size_t)ldy + (size_t)o, out + i * PK_ROWS,
                    sizeof(float) * (size_t)n);
     }
 }
@@ -1180,8 +1187,15 @@ static void pk_rows(const mt_job *j, int64_t tile, int t0, int t1, int pf)
 static void mt_tile_rows(const mt_job *j, int64_t tile, int nr, size_t rowb, int pf)
 {
     if (j->pf_lines) mt_prefetch_share(j, tile);
+    if (j->n_g) {
+        int i = 0;
+        while (tile >= j->g_tile0[i + 1])
+            i++;
+        pk_rows(j, j->g_W[i], j->g_y[i], j->g_ldy[i], tile - j->g_tile0[i], 0, j->T, pf);
+        return;
+    }
     if (j->W->packed) {
-        pk_rows(j, tile, 0, j->T, pf);
+        pk_rows(j, j->W, j->y, j->ldy, tile, 0, j->T, pf);
         return;
     }
     int64_t o = tile * nr, o1 = o + nr;
@@ -1234,7 +1248,7 @@ static void mt_task(void *ctx, int c, int nc)
     if (t1 > j->T) t1 = j->T;
     if (W->packed) { /* a tile (≤ 48 · K values) stays in L2 while the groups pass */
         for (int64_t o = o0; o < o1; o += PK_ROWS)
-            pk_rows(j, o / PK_ROWS, t0, t1, 1);
+            pk_rows(j, W, j->y, j->ldy, o / PK_ROWS, t0, t1, 1);
         return;
     }
     /* a tile's weight rows stay in L1 while every group of activation rows passes */
@@ -1269,30 +1283,35 @@ static void mt_perm_task(void *ctx, int c, int nc)
 }
 
 /* y[t0..t0+T) = x·Wᵀ with the tiled kernel; x already in the layout W's dtype wants. */
+/* Decode: every activation row in every tile; n_tiles tiles in one slice per thread. */
+static void mt_run_slices(kern_pool *p, mt_job *j, int64_t n_tiles)
+{
+    mt_slice sl[MT_MAX_SLICES];
+    int n_sl = kern_pool_threads(p);
+    if (n_sl > MT_MAX_SLICES) n_sl = MT_MAX_SLICES;
+    if (n_sl > n_tiles) n_sl = (int)n_tiles;
+    for (int s = 0; s < n_sl; s++) {
+        uint64_t f = (uint64_t)(n_tiles * s / n_sl), b = (uint64_t)(n_tiles * (s + 1) / n_sl);
+        __atomic_store_n(&sl[s].fb, f | b << 32, __ATOMIC_RELAXED);
+    }
+    j->sl = sl;
+    j->n_sl = n_sl;
+    j->n_tiles = n_tiles;
+    for (int r = 0; r < j->ex.n_reads && j->ex.n > 0; r++)
+        j->pf_lines += (int64_t)((j->ex.reads[r].bytes + 63) / 64);
+    kern_pool_run_chunks(p, mt_task, j, n_sl + j->ex.n);
+}
+
 static void mt_run(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T,
                    const lr_mat *W, const kern_extra *ex)
 {
     static const kern_extra none = {0};
-    mt_job j = {y, ldy, x, ldx, T, W, T < 4 ? T : 4, 0, 0, 0, ex ? *ex : none, NULL, 0, 0, 0};
+    mt_job j = {y, ldy, x, ldx, T, W, T < 4 ? T : 4, 0, 0, 0, ex ? *ex : none, NULL, 0, 0, 0, 0,
+                {NULL}, {NULL}, {0}, {0}};
     int nr = PK_ROWS;
     if (!W->packed) mt_pick(W->dtype, j.g, j.g, &nr);
     if (T <= 16) {
-        /* decode: every activation row in every tile; one slice of tiles per thread */
-        mt_slice sl[MT_MAX_SLICES];
-        int64_t n_tiles = (W->rows + nr - 1) / nr;
-        int n_sl = kern_pool_threads(p);
-        if (n_sl > MT_MAX_SLICES) n_sl = MT_MAX_SLICES;
-        if (n_sl > n_tiles) n_sl = (int)n_tiles;
-        for (int s = 0; s < n_sl; s++) {
-            uint64_t f = (uint64_t)(n_tiles * s / n_sl), b = (uint64_t)(n_tiles * (s + 1) / n_sl);
-            __atomic_store_n(&sl[s].fb, f | b << 32, __ATOMIC_RELAXED);
-        }
-        j.sl = sl;
-        j.n_sl = n_sl;
-        j.n_tiles = n_tiles;
-        for (int r = 0; r < j.ex.n_reads && j.ex.n > 0; r++)
-            j.pf_lines += (int64_t)((j.ex.reads[r].bytes + 63) / 64);
-        kern_pool_run_chunks(p, mt_task, &j, n_sl + j.ex.n);
+        mt_run_slices(p, &j, (W->rows + nr - 1) / nr);
         return;
     }
     /* prefill: chunks of MT_TB activation rows × MT_NB weight rows */
@@ -1390,4 +1409,30 @@ void kern_matmul_ex(kern_pool *p, float *y, int ldy, const float *x, int ldx, in
     }
     kern_matmul(p, y, ldy, x, ldx, T, W, scratch);
     if (ex) kern_pool_run_chunks(p, ex->fn, ex->ctx, ex->n);
+}
+
+void kern_matmul_group(kern_pool *p, int n, const lr_mat *const *W, float *const *y,
+                       const int *ldy, const float *x, int ldx, int T, float *scratch,
+                       const kern_extra *ex)
+{
+    LR_ASSERT(n >= 1 && n <= KERN_GROUP_MAX);
+    int one = n == 1 || T > 16 || T <= 0 || kern_get_isa() != KERN_ISA_AVX512;
+    for (int i = 0; i < n && !one; i++)
+        one = !W[i]->packed || W[i]->rows == 0 || W[i]->cols != W[0]->cols;
+    if (one) {
+        kern_matmul_ex(p, y[0], ldy[0], x, ldx, T, W[0], scratch, ex);
+        for (int i = 1; i < n; i++)
+            kern_matmul(p, y[i], ldy[i], x, ldx, T, W[i], scratch);
+        return;
+    }
+    static const kern_extra none = {0};
+    mt_job j = {y[0], ldy[0], x, ldx, T, W[0], 0, 0, 0, 0, ex ? *ex : none, NULL, 0, 0, 0, n,
+                {NULL}, {NULL}, {0}, {0}};
+    for (int i = 0; i < n; i++) {
+        j.g_W[i] = W[i];
+        j.g_y[i] = y[i];
+        j.g_ldy[i] = ldy[i];
+        j.g_tile0[i + 1] = j.g_tile0[i] + (W[i]->rows + PK_ROWS - 1) / PK_ROWS;
+    }
+    mt_run_slices(p, &j, j.g_tile0[n]);
 }

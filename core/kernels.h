@@ -111,6 +111,16 @@ typedef struct kern_extra {
 /* kern_matmul plus ex (NULL or n = 0: kern_matmul). fn must not touch y or the rows of x. */
 void kern_matmul_ex(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T,
                     const lr_mat *W, float *scratch, const kern_extra *ex);
+/* y[i] = x·W[i]ᵀ for i < n (n <= KERN_GROUP_MAX) matrices of the same cols that read the same
+ * x — q, k and v; gate and up — plus ex, in ONE dispatch of the pool when T <= 16 and every W
+ * is packed (AVX-512): the threads' slices run over all the matrices' tiles, so the group pays
+ * one start and one end of a dispatch instead of n, and ex's pieces for every matrix balance
+ * against all of their tiles. Otherwise one kern_matmul_ex (ex with W[0]) then kern_matmul
+ * each. Results are those of kern_matmul. */
+#define KERN_GROUP_MAX 3
+void kern_matmul_group(kern_pool *p, int n, const lr_mat *const *W, float *const *y,
+                       const int *ldy, const float *x, int ldx, int T, float *scratch,
+                       const kern_extra *ex);
 
 /* ---- row-wise operations ---- */
 /* out[t, j] = w[j] · x[t, j] / sqrt(mean_j(x[t, j]²) + eps)   (RMSNorm, fp32 statistics). */

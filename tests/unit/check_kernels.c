@@ -523,6 +523,70 @@ START_TEST(test_matmul_ex)
 }
 END_TEST
 
+/* kern_matmul_group: each matrix's y is bitwise its own kern_matmul's — packed or not (the
+ * fallback), every T, thread count — and every extra chunk runs exactly once. */
+START_TEST(test_matmul_group)
+{
+    enum { COLS = 80, TMAX = 20 };
+    const int rows[3] = {150, 48, 97};
+    float *w[3], *pw[3], *y[3], *y1[3];
+    float *x = malloc(sizeof(float) * TMAX * COLS);
+    for (int i = 0; i < TMAX * COLS; i++)
+        x[i] = frand();
+    lr_mat W[3], P[3];
+    for (int g = 0; g < 3; g++) {
+        w[g] = malloc(sizeof(float) * (size_t)rows[g] * COLS);
+        for (int i = 0; i < rows[g] * COLS; i++)
+            w[g][i] = frand();
+        W[g] = (lr_mat){LR_DT_F32, w[g], rows[g], COLS, 0};
+        pw[g] = aligned_alloc(64, (kern_pack_bytes(&W[g]) + 63) / 64 * 64);
+        kern_mat_pack(&W[g], pw[g], &P[g]);
+        y[g] = malloc(sizeof(float) * TMAX * (size_t)(rows[g] + 3));
+        y1[g] = malloc(sizeof(float) * TMAX * (size_t)(rows[g] + 3));
+    }
+    const int threads[] = {1, 2, 3};
+    const int Ts[] = {1, 2, 7, 8, 9, 16, 17, 20};
+    for (int th = 0; th < 3; th++) {
+        kern_pool *pool;
+        ck_assert_int_eq(kern_pool_create(threads[th], NULL, &pool), 0);
+        for (int packed = 0; packed < 2; packed++)
+            for (int n = 1; n <= 3; n++)
+                for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+                    int T = Ts[ti], ldy[3];
+                    const lr_mat *Wg[3];
+                    for (int g = 0; g < n; g++) {
+                        Wg[g] = packed ? &P[g] : &W[g];
+                        ldy[g] = rows[g] + 3;
+                        kern_matmul(pool, y1[g], ldy[g], x, COLS, T, Wg[g], NULL);
+                        memset(y[g], 0, sizeof(float) * TMAX * (size_t)ldy[g]);
+                    }
+                    struct chunks k;
+                    memset(&k, 0, sizeof k);
+                    k.n = 2 * n;
+                    kern_extra ex = {extra_task, &k, k.n, NULL, 0};
+                    kern_matmul_group(pool, n, Wg, y, ldy, x, COLS, T, NULL, &ex);
+                    for (int g = 0; g < n; g++)
+                        for (int t = 0; t < T; t++)
+                            ck_assert_msg(memcmp(y[g] + t * ldy[g], y1[g] + t * ldy[g],
+                                                 sizeof(float) * (size_t)rows[g]) == 0,
+                                          "threads %d packed %d n %d T %d: matrix %d row %d",
+                                          threads[th], packed, n, T, g, t);
+                    ck_assert_int_eq(k.nth_bad, 0);
+                    for (int c = 0; c < 256; c++)
+                        ck_assert_int_eq(k.hits[c], c < k.n);
+                }
+        kern_pool_destroy(pool);
+    }
+    for (int g = 0; g < 3; g++) {
+        free(w[g]);
+        free(pw[g]);
+        free(y[g]);
+        free(y1[g]);
+    }
+    free(x);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("kernels");
@@ -547,6 +611,7 @@ int main(void)
     tcase_add_test(tc, test_pool);
     tcase_add_test(tc, test_pool_chunks);
     tcase_add_test(tc, test_matmul_ex);
+    tcase_add_test(tc, test_matmul_group);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
