@@ -13,7 +13,6 @@
  */
 #include "lora.h"
 
-#include "kernels.h"
 #include "lora_kern.h"
 
 #include <cblas.h>
@@ -141,7 +140,6 @@ void lora_ops(const lr_model *m, int max_rank, eng_delta_ops *ops)
     ops->apply = lora_apply;
     ops->embed = lora_embed;
     ops->needs_base = lora_needs_base;
-    ops->reads = lora_reads;
     // Scratch per row: tmp (r), the member's delta (out) and the base snapshot (out).
     ops->scratch_per_token = max_rank + 2 * model_outmax(m);
 }
@@ -156,28 +154,6 @@ int lora_needs_base(const void *set, int layer, lr_module mod)
         if (md && md->dora) return 1;
     }
     return 0;
-}
-
-int lora_reads(const void *set, int layer, lr_module mod, kern_span *out, int max)
-{
-    const lora_set *s = set;
-    if (!lora_has_module(s, layer, mod)) return 0;
-    int n = 0;
-    for (int i = 0; i < s->n; i++) {
-        const peft_module *md = s->mem[i].a->mods[layer * LR_MOD_COUNT + mod];
-        if (!md) continue;
-        size_t es = md->A16 ? 2 : 4;
-        const void *a = md->A16 ? (const void *)md->A16 : (const void *)md->A;
-        const void *b = md->Bt16 ? (const void *)md->Bt16
-                        : md->Bt ? (const void *)md->Bt
-                                 : (const void *)md->B;
-        const kern_span sp[3] = {{a, es * (size_t)md->r * (size_t)md->in},
-                                 {b, es * (size_t)md->r * (size_t)md->out},
-                                 {md->bias_b, md->bias_b ? sizeof(float) * (size_t)md->out : 0}};
-        for (int k = 0; k < 3; k++)
-            if (sp[k].p && n < max) out[n++] = sp[k];
-    }
-    return n;
 }
 
 int lora_has_module(const void *set, int layer, lr_module mod)

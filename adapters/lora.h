@@ -40,7 +40,5 @@ void lora_embed(const void *set, int32_t id, float *out_row);
 int lora_has_module(const void *set, int layer, lr_module mod);
 /* 1 when a member's module at (layer, mod) is DoRA: its apply needs the base output in y. */
 int lora_needs_base(const void *set, int layer, lr_module mod);
-/* eng_delta_ops.reads: the members' A and B (and lora_B.bias) for (layer, mod). */
-int lora_reads(const void *set, int layer, lr_module mod, struct kern_span *out, int max);
 
 #endif

@@ -18,8 +18,6 @@
 #include "err.h"
 #include "model.h"
 
-struct kern_span;
-
 typedef struct eng_engine eng_engine;
 
 /* Sampling parameters (core/sampler). temperature 0 = greedy. */
@@ -55,9 +53,6 @@ typedef struct eng_delta_ops {
      * engine may run apply concurrently with the GEMM on rows of a zeroed buffer (bias NULL)
      * and add that buffer to y afterwards — the delta does not depend on the base output. */
     int (*needs_base)(const void *adapter, int layer, lr_module mod);
-    /* The memory apply will read for (layer, mod): at most max spans into out (kernels.h's
-     * kern_span); returns how many. Advice for prefetching only. May be NULL. */
-    int (*reads)(const void *adapter, int layer, lr_module mod, struct kern_span *out, int max);
 } eng_delta_ops;
 
 typedef enum {

@@ -14,10 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Spans of adapter memory a linear's LoRA pieces read, gathered for the GEMM to prefetch (16
- * adapters × A, B and a bias; beyond that the rest simply is not prefetched). */
-#define FWD_MAX_READS 48
-
 struct fwd_ctx {
     fwd_params par;
     const lr_model *m;
@@ -57,7 +53,6 @@ struct fwd_ctx {
     lr_module g_mod[KERN_GROUP_MAX]; // fwd_linears: the group's modules and delta buffers
     float *g_dy[KERN_GROUP_MAX];
     int g_ldy[KERN_GROUP_MAX];
-    kern_span reads[FWD_MAX_READS]; // what the pieces' adapters read (prefetch advice)
     int n_pieces;
     lr_module h_mod;    // hook task context: module, input and output of the linear
     const float *h_x, *h_bias;
@@ -276,11 +271,7 @@ static void fwd_linear(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod,
         c->h_y = c->dy;
         c->h_ldy = (int)W->rows;
         c->h_bias = NULL;
-        kern_extra ex = {fwd_hook_dy_task, c, np, c->reads, 0};
-        for (int i = 0; i < np && d->reads; i++)
-            if (i == 0 || c->p_ad[i] != c->p_ad[i - 1])
-                ex.n_reads += d->reads(c->p_ad[i], layer, mod, c->reads + ex.n_reads,
-                                       FWD_MAX_READS - ex.n_reads);
+        kern_extra ex = {fwd_hook_dy_task, c, np};
         kern_matmul_ex(c->par.pool, y, ldy, x, ldx, b->n, W, c->panel, &ex);
         if (bias) kern_add_bias(y, ldy, bias, b->n, (int)W->rows);
         for (int i = 0; i < np; i++)
@@ -339,16 +330,12 @@ static void fwd_linears(fwd_ctx *c, const fwd_batch *b, int layer, int n, const 
     c->layer = layer;
     c->h_x = x;
     c->h_ldx = ldx;
-    kern_extra ex = {fwd_group_task, c, np, c->reads, 0};
+    kern_extra ex = {fwd_group_task, c, np};
     for (int g = 0; g < n; g++) {
         c->g_mod[g] = mods[g];
         c->g_dy[g] = c->dy + (size_t)g * c->dy_stride;
         c->g_ldy[g] = (int)W[g]->rows;
     }
-    for (int i = 0; i < np && d && d->reads; i++)
-        if (i == 0 || c->p_ad[i] != c->p_ad[i - 1] || c->p_g[i] != c->p_g[i - 1])
-            ex.n_reads += d->reads(c->p_ad[i], layer, mods[c->p_g[i]], c->reads + ex.n_reads,
-                                   FWD_MAX_READS - ex.n_reads);
     kern_matmul_group(c->par.pool, n, W, y, ldy, x, ldx, b->n, c->panel, np ? &ex : NULL);
     for (int g = 0; g < n; g++)
         if (bias[g]) kern_add_bias(y[g], ldy[g], bias[g], b->n, (int)W[g]->rows);

@@ -1083,7 +1083,6 @@ typedef struct mt_job {
     struct mt_slice *sl; /* T <= 16: one contiguous slice of tiles per thread (else NULL) */
     int n_sl;
     int64_t n_tiles;     /* T <= 16: tiles of nr weight rows */
-    int64_t pf_lines;    /* cache lines of ex.reads, prefetched n_tiles-th by n_tiles-th */
     /* kern_matmul_group (packed, T <= 16): n_g matrices; tiles [g_tile0[i], g_tile0[i+1]) of
      * the slices' index space are g_W[i]'s, written to g_y[i] (row stride g_ldy[i]). */
     int n_g;
@@ -1143,25 +1142,6 @@ static int64_t mt_claim(mt_slice *s, int back)
     }
 }
 
-/* Prefetch tile `tile`'s share of the extra work's reads — lines [L·tile/n, L·(tile+1)/n) of
- * the spans laid end to end — into L2 (AMD's L3 keeps what L2 then evicts). */
-static void mt_prefetch_share(const mt_job *j, int64_t tile)
-{
-    int64_t a = j->pf_lines * tile / j->n_tiles, b = j->pf_lines * (tile + 1) / j->n_tiles;
-    int s = 0;
-    int64_t base = 0; /* first line of span s */
-    while (a < b && s < j->ex.n_reads) {
-        int64_t n = (int64_t)((j->ex.reads[s].bytes + 63) / 64);
-        if (a >= base + n) {
-            base += n;
-            s++;
-            continue;
-        }
-        _mm_prefetch((const char *)j->ex.reads[s].p + (size_t)(a - base) * 64, _MM_HINT_T1);
-        a++;
-    }
-}
-
 /* Packed W: activation rows [t0, t1) × tile `tile` (48 rows), in groups of PK_MR; pf: prefetch
  * the next (1) or previous (-1) tile during the first group. */
 static void pk_rows(const mt_job *j, const lr_mat *W, float *y, int ldy, int64_t tile, int t0,
@@ -1186,7 +1166,6 @@ static void pk_rows(const mt_job *j, const lr_mat *W, float *y, int ldy, int64_t
 /* All activation rows × weight rows [o, o + nr) of tile `tile`; pf as in mt_one. */
 static void mt_tile_rows(const mt_job *j, int64_t tile, int nr, size_t rowb, int pf)
 {
-    if (j->pf_lines) mt_prefetch_share(j, tile);
     if (j->n_g) {
         int i = 0;
         while (tile >= j->g_tile0[i + 1])
@@ -1222,7 +1201,7 @@ static void mt_slice_task(const mt_job *j, int c, int nr, size_t rowb)
 }
 
 /* Chunk c. Decode (slices): chunks 0..n_sl-1 are the slices, then ex's — the threads reach the
- * extra work once the tiles are done, and find its reads prefetched. Prefill: ex's chunks come
+ * extra work once their tiles are done. Prefill: ex's chunks come
  * first (they then overlap the long GEMM), then the tile blocks. */
 static void mt_task(void *ctx, int c, int nc)
 {
@@ -1297,8 +1276,6 @@ static void mt_run_slices(kern_pool *p, mt_job *j, int64_t n_tiles)
     j->sl = sl;
     j->n_sl = n_sl;
     j->n_tiles = n_tiles;
-    for (int r = 0; r < j->ex.n_reads && j->ex.n > 0; r++)
-        j->pf_lines += (int64_t)((j->ex.reads[r].bytes + 63) / 64);
     kern_pool_run_chunks(p, mt_task, j, n_sl + j->ex.n);
 }
 
@@ -1306,7 +1283,7 @@ static void mt_run(kern_pool *p, float *y, int ldy, const float *x, int ldx, int
                    const lr_mat *W, const kern_extra *ex)
 {
     static const kern_extra none = {0};
-    mt_job j = {y, ldy, x, ldx, T, W, T < 4 ? T : 4, 0, 0, 0, ex ? *ex : none, NULL, 0, 0, 0, 0,
+    mt_job j = {y, ldy, x, ldx, T, W, T < 4 ? T : 4, 0, 0, 0, ex ? *ex : none, NULL, 0, 0, 0,
                 {NULL}, {NULL}, {0}, {0}};
     int nr = PK_ROWS;
     if (!W->packed) mt_pick(W->dtype, j.g, j.g, &nr);
@@ -1426,7 +1403,7 @@ void kern_matmul_group(kern_pool *p, int n, const lr_mat *const *W, float *const
         return;
     }
     static const kern_extra none = {0};
-    mt_job j = {y[0], ldy[0], x, ldx, T, W[0], 0, 0, 0, 0, ex ? *ex : none, NULL, 0, 0, 0, n,
+    mt_job j = {y[0], ldy[0], x, ldx, T, W[0], 0, 0, 0, 0, ex ? *ex : none, NULL, 0, 0, n,
                 {NULL}, {NULL}, {0}, {0}};
     for (int i = 0; i < n; i++) {
         j.g_W[i] = W[i];

@@ -92,21 +92,15 @@ size_t kern_matmul_scratch_floats(int64_t cols);
 void kern_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T, const lr_mat *W,
                  float *scratch);
 /* Small independent work run in the same dispatch of the pool as a matmul — a LoRA delta into
- * its own buffer: fn(ctx, i, n) for i < n. reads lists memory fn will read (the adapters'
- * matrices); for T <= 16 the matmul prefetches it into cache, spread over its tiles, while it
- * streams W, and the threads run fn after the tiles: the delta's reads then overlap the GEMM
- * instead of adding a cold, prefetch-less stream of their own. Advice only: reads may be
- * empty or partial. */
-typedef struct kern_span {
-    const void *p;
-    size_t bytes;
-} kern_span;
+ * its own buffer: fn(ctx, i, n) for i < n. For T <= 16 the threads take it after the matmul's
+ * tiles (a thread that finishes its slice first starts on it while the other streams W); for
+ * prefill before them. (Prefetching the adapters' matrices spread over the tiles, so the
+ * delta's reads would overlap the GEMM, measured 5-10 % slower at 8 and 16 streams: the
+ * extra prefetches competed with W's own stream.) */
 typedef struct kern_extra {
     kern_task fn;
     void *ctx;
     int n;
-    const kern_span *reads;
-    int n_reads;
 } kern_extra;
 /* kern_matmul plus ex (NULL or n = 0: kern_matmul). fn must not touch y or the rows of x. */
 void kern_matmul_ex(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T,

@@ -291,7 +291,7 @@ static void fake_embed(const void *ad, int32_t id, float *row)
             row[j] += a->E[id * H + j];
 }
 
-static const eng_delta_ops fake_ops = {fake_has, fake_apply, fake_embed, R, NULL, NULL};
+static const eng_delta_ops fake_ops = {fake_has, fake_apply, fake_embed, R, NULL};
 
 /* ---- the naive double reference (SPEC-HF B.3-B.5) ----------------------------------------- */
 

@@ -452,8 +452,7 @@ START_TEST(test_pool_chunks)
 END_TEST
 
 /* kern_matmul_ex: y is bitwise kern_matmul's whatever the extra work, threads or T, and every
- * extra chunk runs exactly once (its reads are prefetch advice: a span past the end of the
- * buffer it names, or one of zero bytes, must be harmless). */
+ * extra chunk runs exactly once. */
 static void extra_task(void *ctx, int c, int nc)
 {
     struct chunks *k = ctx;
@@ -468,14 +467,12 @@ START_TEST(test_matmul_ex)
     uint16_t *wb = malloc(2 * ROWS * COLS);
     float *y = malloc(sizeof(float) * TMAX * ROWS), *y1 = malloc(sizeof(float) * TMAX * ROWS);
     float *scratch = malloc(sizeof(float) * kern_matmul_scratch_floats(COLS));
-    float side[4000];
     for (int i = 0; i < ROWS * COLS; i++) {
         wf[i] = frand();
         wb[i] = (uint16_t)(0x3f80 + (frand() > 0 ? 0 : 0x8000) + ((int)(fabsf(frand()) * 127)));
     }
     for (int i = 0; i < TMAX * COLS; i++)
         x[i] = frand();
-    const kern_span reads[3] = {{side, sizeof side}, {side + 100, 0}, {wf, 5000}};
     const int Ts[] = {1, 3, 8, 16, 17, 40};
     const int threads[] = {1, 2, 4};
     for (int th = 0; th < 3; th++) {
@@ -498,7 +495,7 @@ START_TEST(test_matmul_ex)
                     struct chunks k;
                     memset(&k, 0, sizeof k);
                     k.n = n;
-                    kern_extra ex = {extra_task, &k, n, reads, (int)(ti % 4)};
+                    kern_extra ex = {extra_task, &k, n};
                     memset(y, 0, sizeof(float) * TMAX * ROWS);
                     kern_matmul_ex(pool, y, ROWS, x, COLS, T, &W, scratch, &ex);
                     ck_assert_msg(memcmp(y, y1, sizeof(float) * (size_t)T * ROWS) == 0,
@@ -563,7 +560,7 @@ START_TEST(test_matmul_group)
                     struct chunks k;
                     memset(&k, 0, sizeof k);
                     k.n = 2 * n;
-                    kern_extra ex = {extra_task, &k, k.n, NULL, 0};
+                    kern_extra ex = {extra_task, &k, k.n};
                     kern_matmul_group(pool, n, Wg, y, ldy, x, COLS, T, NULL, &ex);
                     for (int g = 0; g < n; g++)
                         for (int t = 0; t < T; t++)

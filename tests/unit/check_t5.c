@@ -548,7 +548,7 @@ START_TEST(test_lora_layers)
 {
     for (int v = 0; v < 2; v++) {
         tmodel *tm = tmodel_new(v, 9);
-        eng_delta_ops ops = {rec_has, rec_apply, NULL, 8, NULL, NULL};
+        eng_delta_ops ops = {rec_has, rec_apply, NULL, 8, NULL};
         eng_params p = params_for(&tm->m);
         p.delta = &ops;
         memset(seen, 0, sizeof seen);
