@@ -92,9 +92,9 @@ size_t kern_matmul_scratch_floats(int64_t cols);
 void kern_matmul(kern_pool *p, float *y, int ldy, const float *x, int ldx, int T, const lr_mat *W,
                  float *scratch);
 /* Small independent work run in the same dispatch of the pool as a matmul — a LoRA delta into
- * its own buffer: fn(ctx, i, n) for i < n. For T <= 16 the threads take it after the matmul's
- * tiles (a thread that finishes its slice first starts on it while the other streams W); for
- * prefill before them. (Prefetching the adapters' matrices spread over the tiles, so the
+ * its own buffer: fn(ctx, i, n) for i < n. For T <= 16 the first thread starts on W's tiles and
+ * the others on this work, then on their slices of tiles (kernels.c, mt_task); for prefill it
+ * is claimed before the tiles. (Prefetching the adapters' matrices spread over the tiles, so the
  * delta's reads would overlap the GEMM, measured 5-10 % slower at 8 and 16 streams: the
  * extra prefetches competed with W's own stream.) */
 typedef struct kern_extra {
