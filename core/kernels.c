@@ -961,6 +961,19 @@ static size_t pk_tile_bytes(lr_dtype dt, int64_t K)
     return (size_t)((K + 1) / 2 * 2) * PK_ROWS * 2;
 }
 
+/* acc[t·3 + v] += x_t[k] · w[v] for t < MR, v < 3: one column k of a tile. */
+TGT_AVX512 static inline __attribute__((always_inline)) void
+pk_col(__m512 *acc, const float *const *xr, int64_t k, const __m512 *w, int MR)
+{
+#pragma GCC unroll 8
+    for (int t = 0; t < MR; t++) {
+        __m512 xb = _mm512_set1_ps(xr[t][k]);
+#pragma GCC unroll 3
+        for (int v = 0; v < 3; v++)
+            acc[3 * t + v] = _mm512_fmadd_ps(xb, w[v], acc[3 * t + v]);
+    }
+}
+
 /* acc[t·3 + v] over one tile for MR activation rows xr[t]; pf: bytes ahead to prefetch
  * (0: none). out[t][48] gets the sums. */
 TGT_AVX512 static inline __attribute__((always_inline)) void
@@ -987,15 +1000,8 @@ pk_tile(const float *const *xr, const char *w, lr_dtype dt, int64_t K, int MR, p
                 we[v] = _mm512_castsi512_ps(_mm512_slli_epi32(wv, 16));
                 wo[v] = _mm512_castsi512_ps(_mm512_and_si512(wv, hi));
             }
-#pragma GCC unroll 8
-            for (int t = 0; t < MR; t++) {
-                __m512 xe = _mm512_set1_ps(xr[t][k]), xo = _mm512_set1_ps(xr[t][k + 1]);
-#pragma GCC unroll 3
-                for (int v = 0; v < 3; v++) {
-                    acc[3 * t + v] = _mm512_fmadd_ps(xe, we[v], acc[3 * t + v]);
-                    acc[3 * t + v] = _mm512_fmadd_ps(xo, wo[v], acc[3 * t + v]);
-                }
-            }
+            pk_col(acc, xr, k, we, MR);
+            pk_col(acc, xr, k + 1, wo, MR);
         }
         if (k < K) { /* odd K: the last column, its pair partner is padding */
             __m512 we[3];
@@ -1003,13 +1009,7 @@ pk_tile(const float *const *xr, const char *w, lr_dtype dt, int64_t K, int MR, p
             for (int v = 0; v < 3; v++)
                 we[v] = _mm512_castsi512_ps(
                     _mm512_slli_epi32(_mm512_loadu_si512(w + 64 * v), 16));
-#pragma GCC unroll 8
-            for (int t = 0; t < MR; t++) {
-                __m512 xe = _mm512_set1_ps(xr[t][k]);
-#pragma GCC unroll 3
-                for (int v = 0; v < 3; v++)
-                    acc[3 * t + v] = _mm512_fmadd_ps(xe, we[v], acc[3 * t + v]);
-            }
+            pk_col(acc, xr, k, we, MR);
         }
     } else {
         const size_t step = dt == LR_DT_F32 ? 192 : 96;
@@ -1029,13 +1029,7 @@ pk_tile(const float *const *xr, const char *w, lr_dtype dt, int64_t K, int MR, p
                 wv[v] = dt == LR_DT_F32
                             ? _mm512_loadu_ps((const float *)w + 16 * v)
                             : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 32 * v)));
-#pragma GCC unroll 8
-            for (int t = 0; t < MR; t++) {
-                __m512 xb = _mm512_set1_ps(xr[t][k]);
-#pragma GCC unroll 3
-                for (int v = 0; v < 3; v++)
-                    acc[3 * t + v] = _mm512_fmadd_ps(xb, wv[v], acc[3 * t + v]);
-            }
+            pk_col(acc, xr, k, wv, MR);
         }
     }
 #pragma GCC unroll 24
