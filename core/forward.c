@@ -331,7 +331,7 @@ static void fwd_linears(fwd_ctx *c, const fwd_batch *b, int layer, int n, const 
     c->h_x = x;
     c->h_ldx = ldx;
     kern_extra ex = {fwd_group_task, c, np};
-    for (int g = 0; g < n; g++) {
+    for (int g = 0; g < n && np > 0; g++) { /* dy exists only with delta ops */
         c->g_mod[g] = mods[g];
         c->g_dy[g] = c->dy + (size_t)g * c->dy_stride;
         c->g_ldy[g] = (int)W[g]->rows;
