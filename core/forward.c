@@ -240,49 +240,20 @@ static int fwd_hook_plan(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mo
     return np;
 }
 
-/* A piece computed alongside the GEMM: its rows of dy are zeroed, then get the delta alone. */
-static void fwd_hook_dy_task(void *ctx, int i, int n)
+/* y[n, W.rows] = x·Wᵀ (+ bias), then the LoRA pieces in place, after the GEMM: the path for
+ * deltas that need the base output (DoRA rescales it). */
+static void fwd_linear_inplace(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod,
+                               const lr_mat *W, const float *bias, const float *x, int ldx,
+                               float *y, int ldy)
 {
-    fwd_ctx *c = ctx;
-    int t0 = c->p_t0[i], t1 = c->p_t1[i];
-    memset(c->h_y + (size_t)t0 * (size_t)c->h_ldy, 0,
-           sizeof(float) * (size_t)(t1 - t0) * (size_t)c->h_ldy);
-    fwd_hook_task(ctx, i, n);
-}
-
-/* y[n, W.rows] = x·Wᵀ (+ bias) (+ LoRA delta). When no piece's delta needs the base output
- * (no DoRA), the pieces run in the GEMM's own dispatch into dy — a thread that finishes its
- * piece takes GEMM chunks, so a single decode row's delta no longer runs on one thread while the
- * other waits — and dy is added to y afterwards. Otherwise the pieces run after the GEMM, in
- * place (DoRA rescales the base output). */
-static void fwd_linear(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod, const lr_mat *W,
-                       const float *bias, const float *x, int ldx, float *y, int ldy)
-{
-    const eng_delta_ops *d = c->par.delta;
     int np = fwd_hook_plan(c, b, layer, mod, 0);
-    int after = 0;
-    for (int i = 0; i < np && !after; i++)
-        after = !d->needs_base || d->needs_base(c->p_ad[i], layer, mod);
+    kern_matmul(c->par.pool, y, ldy, x, ldx, b->n, W, c->panel);
+    if (bias) kern_add_bias(y, ldy, bias, b->n, (int)W->rows);
+    if (np == 0) return;
     c->layer = layer;
     c->h_mod = mod;
     c->h_x = x;
     c->h_ldx = ldx;
-    if (np > 0 && !after) {
-        c->h_y = c->dy;
-        c->h_ldy = (int)W->rows;
-        c->h_bias = NULL;
-        kern_extra ex = {fwd_hook_dy_task, c, np};
-        kern_matmul_ex(c->par.pool, y, ldy, x, ldx, b->n, W, c->panel, &ex);
-        if (bias) kern_add_bias(y, ldy, bias, b->n, (int)W->rows);
-        for (int i = 0; i < np; i++)
-            for (int t = c->p_t0[i]; t < c->p_t1[i]; t++)
-                kern_add(y + (size_t)t * (size_t)ldy, c->dy + (size_t)t * (size_t)W->rows,
-                         W->rows);
-        return;
-    }
-    kern_matmul(c->par.pool, y, ldy, x, ldx, b->n, W, c->panel);
-    if (bias) kern_add_bias(y, ldy, bias, b->n, (int)W->rows);
-    if (np == 0) return;
     c->h_y = y;
     c->h_ldy = ldy;
     c->h_bias = bias;
@@ -305,9 +276,12 @@ static void fwd_group_task(void *ctx, int i, int n)
              c->dscratch + ((size_t)g * T + (size_t)t0) * spt);
 }
 
-/* The linears of one input — q, k, v; gate, up — as one kern_matmul_group: one dispatch for
- * their GEMMs and every LoRA piece of each (the pieces into per-matrix delta buffers, added
- * after). A DoRA piece needs the base output first: then each runs as fwd_linear. */
+/* y[g] = x·W[g]ᵀ (+ bias[g]) (+ LoRA delta) for the n linears of one input — q, k, v; gate,
+ * up; or one alone — as one kern_matmul_group: one dispatch for their GEMMs and every LoRA
+ * piece of each, the pieces into per-matrix delta buffers added to y afterwards (a thread that
+ * finishes the pieces takes GEMM tiles, so a single decode row's delta does not leave the other
+ * thread waiting). A DoRA piece needs the base output first: then each runs in place
+ * (fwd_linear_inplace). */
 static void fwd_linears(fwd_ctx *c, const fwd_batch *b, int layer, int n, const lr_module *mods,
                         const lr_mat *const *W, const float *const *bias, const float *x,
                         int ldx, float *const *y, const int *ldy)
@@ -324,7 +298,7 @@ static void fwd_linears(fwd_ctx *c, const fwd_batch *b, int layer, int n, const 
     }
     if (after) {
         for (int g = 0; g < n; g++)
-            fwd_linear(c, b, layer, mods[g], W[g], bias[g], x, ldx, y[g], ldy[g]);
+            fwd_linear_inplace(c, b, layer, mods[g], W[g], bias[g], x, ldx, y[g], ldy[g]);
         return;
     }
     c->layer = layer;
@@ -345,6 +319,12 @@ static void fwd_linears(fwd_ctx *c, const fwd_batch *b, int layer, int n, const 
             kern_add(y[g] + (size_t)t * (size_t)ldy[g], c->g_dy[g] + (size_t)t * (size_t)c->g_ldy[g],
                      W[g]->rows);
     }
+}
+
+static void fwd_linear(fwd_ctx *c, const fwd_batch *b, int layer, lr_module mod, const lr_mat *W,
+                       const float *bias, const float *x, int ldx, float *y, int ldy)
+{
+    fwd_linears(c, b, layer, 1, &mod, &W, &bias, x, ldx, &y, &ldy);
 }
 
 /* Attention, one job per (run of consecutive rows of one sequence, up to FWD_ATTN_QB of them;
