@@ -74,18 +74,23 @@ float kern_dot_bf16(const float *a, const void *b, int64_t n);
 
 /* ---- matmul ----
  * y[t, o] = Σ_i x[t, i] · W[o, i]   for t < T, o < W->rows, i < W->cols   (y = x·Wᵀ)
- * AVX-512: one register-tiled kernel for every T (kernels.c, "tiled kernel"): W is read in its
- * own dtype (BF16/F16 widened in registers, never converted to memory), rows of W — and, for
- * T > 16, blocks of activation rows — split into chunks claimed by the pool's threads. Every
- * (row, output) pair gets the same operations whatever T, so a row's result is bitwise
- * independent of the other rows of the batch for every T (batch-invariant).
+ * AVX-512: W is read in its own dtype (BF16/F16 widened in registers, never converted to
+ * memory). A packed W (kern_mat_pack, what the loader makes) goes through the packed kernel —
+ * one running sum over k per output, the activation a broadcast operand; a row-major W through
+ * the register-tiled dot-product kernel (lane sums reduced per tile). For T <= 16 each thread
+ * streams one slice of W's tiles and steals from the others' ends; for T > 16 blocks of
+ * activation rows × weight rows are claimed by the pool's threads. Either kernel gives every
+ * (row, output) pair the same operations whatever T, so a row's result is bitwise independent
+ * of the other rows of the batch for every T (batch-invariant); the two kernels differ from
+ * each other in the last bits.
  * AVX2 / scalar: for T <= KERN_DIRECT_T a direct kernel reads W once in its own dtype,
  * activation rows four at a time (batch-invariant for those T); otherwise single-threaded
  * cblas_sgemm calls on chunks of W's rows spread over the pool (F16/BF16: panels of
  * KERN_PANEL_ROWS rows converted to f32 in `scratch`), whose per-row results depend on T in the
  * last bits.
- * scratch: kern_matmul_scratch_floats(W->cols) floats, required for F16/BF16 (the AVX-512 BF16
- * path permutes the activations into it), NULL allowed for F32. x, y must not overlap. */
+ * scratch: kern_matmul_scratch_floats(W->cols) floats, required for a row-major F16/BF16 W
+ * (the AVX-512 BF16 dot-product path permutes the activations into it), NULL allowed for F32
+ * and packed W. x, y must not overlap. */
 #define KERN_DIRECT_T 8
 #define KERN_PANEL_ROWS 256
 size_t kern_matmul_scratch_floats(int64_t cols);
