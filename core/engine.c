@@ -78,6 +78,7 @@ struct eng_engine {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int stop, draining;
+    int held; /* eng_hold: the engine thread starts no step */
     uint64_t next_id, next_order;
     eng_seq *wait_head, *wait_tail;
     int n_waiting;
@@ -498,7 +499,7 @@ static void *engine_main(void *arg)
     eng_engine *e = arg;
     for (;;) {
         pthread_mutex_lock(&e->mu);
-        while (!e->stop && !e->wait_head && e->n_running == 0)
+        while (!e->stop && (e->held || (!e->wait_head && e->n_running == 0)))
             pthread_cond_wait(&e->cv, &e->mu);
         int stop = e->stop;
         pthread_mutex_unlock(&e->mu);
@@ -737,6 +738,14 @@ int eng_submit(eng_engine *e, const eng_request_params *p, lr_error *err, uint64
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
     return 0;
+}
+
+void eng_hold(eng_engine *e, int on)
+{
+    pthread_mutex_lock(&e->mu);
+    e->held = on != 0;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
 }
 
 void eng_cancel(eng_engine *e, uint64_t id)

@@ -142,6 +142,11 @@ void eng_destroy(eng_engine *e);
  * LR_EINVAL (bad params, e.g. prompt longer than the context: message says so), LR_EBUSY (queue
  * full), LR_ESHUTDOWN. On error the callback is never called. */
 int eng_submit(eng_engine *e, const eng_request_params *p, lr_error *err, uint64_t *id_out);
+/* Hold (on = 1) or release (0) the engine (thread-safe): while held the engine thread starts no
+ * forward pass — a pass already under way finishes — so requests submitted meanwhile all wait
+ * for the first pass after the release. A set of requests then starts together whatever the
+ * scheduling of the submitting thread (lr-generate --batch). eng_destroy works while held. */
+void eng_hold(eng_engine *e, int on);
 /* Cancel a request (thread-safe, idempotent, unknown ids ignored): it gets an ABORT event soon,
  * from the engine thread, unless it already finished. */
 void eng_cancel(eng_engine *e, uint64_t id);

@@ -354,6 +354,8 @@ int main(int argc, char **argv)
     }
     int rc = 0;
     double t_gen = now_s();
+    /* --batch: every prompt is queued before the first pass, whenever this thread runs */
+    if (batch) eng_hold(e, 1);
     for (int i = 0; i < n_req && rc == 0; i++) {
         eng_request_params q;
         memset(&q, 0, sizeof q);
@@ -375,6 +377,7 @@ int main(int argc, char **argv)
         }
         if (!batch) wait_done(&reqs[i]);
     }
+    if (batch) eng_hold(e, 0);
     if (rc == 0) {
         for (int i = 0; i < n_req; i++) {
             wait_done(&reqs[i]);

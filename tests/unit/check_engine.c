@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engine.h"
 
@@ -720,14 +721,21 @@ START_TEST(test_lora_hook)
         make_prompt(prompts[i], 10, i + 3);
         memset(&r[i], 0, sizeof r[i]);
     }
+    /* Held while submitting: all five start in the same pass (and nothing runs while held). */
+    eng_hold(e, 1);
     for (int i = 0; i < N; i++) {
         eng_request_params q = greedy_req(prompts[i], 10, 6, &r[i]);
         q.prompt_logprobs = 1;
         q.adapter = ads[i];
         submit_ok(e, &q);
     }
-    wait_finished(N);
+    usleep(20000);
     eng_stats st;
+    eng_get_stats(e, &st);
+    ck_assert_uint_eq(st.steps, 0);
+    ck_assert_int_eq(st.waiting, N);
+    eng_hold(e, 0);
+    wait_finished(N);
     wait_idle(e, &st);
     ck_assert_uint_ge(st.mixed_adapter_steps, 1);
     ck_assert_uint_eq(st.max_adapters_in_step, 2);
