@@ -102,6 +102,42 @@ TGT_AVX512 INLINE void shrink_blk512(const float *x, int ldx, const void *A, int
             tmp[(size_t)a * ldt + b] = _mm512_reduce_add_ps(acc[a][b]);
 }
 
+/* One row of x against NJ (8 or 16) rows of A: a decode row's piece reads all of a rank-16 A
+ * as 16 streams in one pass — one cold start instead of four 4-row tiles each starting cold
+ * (measured: 18.5 → 23 GB/s F32, 11 → 15 GB/s BF16 for the 8 different adapters of a decode
+ * step). Per output the same FMAs in the same order as shrink_blk512, so the sums agree bit
+ * for bit whichever of the two a row goes through. */
+TGT_AVX512 INLINE void shrink_row512(const float *x, const void *A, int in, float *tmp,
+                                     const int BF, const int NJ)
+{
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int b = 0; b < NJ; b++)
+        acc[b] = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= in; i += 16) {
+        __m512 xv = _mm512_loadu_ps(x + i);
+#pragma GCC unroll 16
+        for (int b = 0; b < NJ; b++) {
+            if (!BF || (i & 31) == 0)
+                _mm_prefetch((const char *)A + (BF ? 2 : 4) * ((size_t)b * in + i) + 512,
+                             _MM_HINT_T0);
+            acc[b] = _mm512_fmadd_ps(xv, ld512(A, (size_t)b * in + i, (__mmask16)0xffff, BF),
+                                     acc[b]);
+        }
+    }
+    if (i < in) {
+        __mmask16 m = (__mmask16)((1u << (in - i)) - 1u);
+        __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
+#pragma GCC unroll 16
+        for (int b = 0; b < NJ; b++)
+            acc[b] = _mm512_fmadd_ps(xv, ld512(A, (size_t)b * in + i, m, BF), acc[b]);
+    }
+#pragma GCC unroll 16
+    for (int b = 0; b < NJ; b++)
+        tmp[b] = _mm512_reduce_add_ps(acc[b]);
+}
+
 TGT_AVX512 static void shrink_avx512(const float *x, int ldx, int T, const void *A, int BF, int r,
                                      int in, float *tmp, int ldt)
 {
@@ -110,7 +146,19 @@ TGT_AVX512 static void shrink_avx512(const float *x, int ldx, int T, const void 
         int nt = T - t < T512 ? T - t : T512;
         const float *xp = x + (size_t)t * ldx;
         float *tp = tmp + (size_t)t * ldt;
-        for (int j = 0; j < r; j += J512) {
+        int j = 0;
+        if (nt == 1) { /* a lone row: 16 (then 8) rows of A per pass */
+            for (; j + 8 <= r; j += r - j >= 16 ? 16 : 8) {
+                const void *ap = (const char *)A + (size_t)j * in * es;
+                if (r - j >= 16)
+                    BF ? shrink_row512(xp, ap, in, tp + j, 1, 16)
+                       : shrink_row512(xp, ap, in, tp + j, 0, 16);
+                else
+                    BF ? shrink_row512(xp, ap, in, tp + j, 1, 8)
+                       : shrink_row512(xp, ap, in, tp + j, 0, 8);
+            }
+        }
+        for (; j < r; j += J512) {
             int nj = r - j < J512 ? r - j : J512;
             const void *ap = (const char *)A + (size_t)j * in * es;
             if (BF) {
