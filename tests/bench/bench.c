@@ -2,6 +2,7 @@
  * shaped model, printed next to the machine's own limits measured in the same run.
  *
  *   lr-bench --root DIR [--lorad PATH] [--threads N] [--tokens N] [--reps N] [--dtypes f32,bf16]
+ *            [--only single,streams,prefill,load,server]
  *
  * DIR holds smol135/ (F32), smol135_bf16/ and adapters/b0..b7 (tests/bench/gen_bench.py). The
  * engine runs in this process exactly as lorad runs it (eng_create + lora_ops); every figure is
@@ -199,8 +200,7 @@ static double bench_sgemm(int reps, int threads, double *cpu_gf)
     double best = 0;
     for (int r = 0; r < reps + 1; r++) {
         double t = now_s(), c0 = proc_cpu_s();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c,
-                    n);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
         t = now_s() - t;
         double gf = 2.0 * n * n * n / t / 1e9;
         double gc = 2.0 * n * n * n / ((proc_cpu_s() - c0) / threads) / 1e9;
@@ -358,8 +358,8 @@ static pid_t start_lorad(const char *lorad, const char *model, int threads, int 
         dup2(lfd, 2);
         int dn = open("/dev/null", O_WRONLY);
         if (dn >= 0) dup2(dn, 1);
-        execl(lorad, lorad, "--model", model, "--port", "0", "--threads", th, "--log-level",
-              "warn", (char *)NULL);
+        execl(lorad, lorad, "--model", model, "--port", "0", "--threads", th, "--log-level", "warn",
+              (char *)NULL);
         _exit(127);
     }
     close(lfd);
@@ -391,6 +391,7 @@ static pid_t start_lorad(const char *lorad, const char *model, int threads, int 
 
 typedef struct bench_cfg {
     const char *root, *lorad;
+    const char *only; /* comma-separated sections to run (NULL: all) — for A/B runs of one figure */
     int threads, tokens, reps;
     double bw_gbs, sgemm_gflops, sgemm_cpu;
 } bench_cfg;
@@ -425,6 +426,16 @@ static double prefill_flops(const lr_model *m, int n)
     return c->n_layers * (2.0 * n * lin + att) + 2.0 * c->vocab * c->hidden;
 }
 
+/* Whether section `name` runs (--only). */
+static int want(const bench_cfg *bc, const char *name)
+{
+    if (!bc->only) return 1;
+    size_t n = strlen(name);
+    for (const char *p = bc->only; (p = strstr(p, name)) != NULL; p += n)
+        if ((p == bc->only || p[-1] == ',') && (p[n] == 0 || p[n] == ',')) return 1;
+    return 0;
+}
+
 static void bench_model(const bench_cfg *bc, const char *name, int is_f32, double *f32_tps)
 {
     char dir[4096], adir[4096];
@@ -445,8 +456,8 @@ static void bench_model(const bench_cfg *bc, const char *name, int is_f32, doubl
         double t = now_s();
         int rc = ps_reserve((size_t)B_RESERVE_MB << 20);
         if (rc)
-            printf("[%s] adapter reserve %d MiB FAILED (%s): loads below map fresh memory\n",
-                   name, B_RESERVE_MB, lr_strerror(rc));
+            printf("[%s] adapter reserve %d MiB FAILED (%s): loads below map fresh memory\n", name,
+                   B_RESERVE_MB, lr_strerror(rc));
         else
             printf("[%s] adapter reserve %d MiB pre-faulted in %.1f ms (daemon startup, "
                    "background)\n",
@@ -522,7 +533,10 @@ static void bench_model(const bench_cfg *bc, const char *name, int is_f32, doubl
     for (int i = B_ADAPTERS; i < B_MAX_STREAMS; i++)
         diff[i] = set2[i - B_ADAPTERS];
 
-    run_reqs(e, r, 1, 8, 4, NULL); /* warm-up */
+    /* Warm-up: the largest run once, so the KV blocks every figure below uses have been touched
+     * (the pool is calloc'd; its pages fault in on first use, as in a daemon's first minutes)
+     * and no figure pays for them — before this, the first measured run (8 base streams) did. */
+    run_reqs(e, r, B_MAX_STREAMS, 8, N, diff);
 
     /* Single stream, base and one adapter alternating. */
     double *base1 = calloc((size_t)R, sizeof(double)), *lora1 = calloc((size_t)R, sizeof(double));
@@ -532,7 +546,7 @@ static void bench_model(const bench_cfg *bc, const char *name, int is_f32, doubl
      * the targets are judged on these; wall figures are printed next to them. */
     double *cpu_b = calloc((size_t)R, sizeof(double)), *cpu_l = calloc((size_t)R, sizeof(double));
     int TH = bc->threads;
-    for (int k = 0; k < R; k++) {
+    for (int k = 0; k < R && want(bc, "single"); k++) {
         run_reqs(e, r, 1, 8, N, NULL);
         cpu_b[k] = N * TH / g_run_cpu;
         base1[k] = decode_rate(r, 1, NULL, NULL);
@@ -545,11 +559,13 @@ static void bench_model(const bench_cfg *bc, const char *name, int is_f32, doubl
     double wb = weight_bytes(m);
     double ceil_tps = bc->bw_gbs * 1e9 / wb;
     printf("[%s] weights/token %.1f MB; model RSS %.0f MiB\n", name, wb / 1e6, rss_model);
-    printf("[%s] decode 1 stream: base %.2f tok/s, 1 adapter %.2f tok/s (%.1f%% of base) "
-           "CPU-normalised; wall %.2f / %.2f tok/s (%.1f%%)\n",
-           name, cb, cl, 100 * cl / cb, tb, tl, 100 * tl / tb);
-    printf("[%s] bandwidth ceiling %.2f tok/s; base = %.1f%% of it (wall: %.1f%%)\n", name,
-           ceil_tps, 100 * cb / ceil_tps, 100 * tb / ceil_tps);
+    if (want(bc, "single"))
+        printf("[%s] decode 1 stream: base %.2f tok/s, 1 adapter %.2f tok/s (%.1f%% of base) "
+               "CPU-normalised; wall %.2f / %.2f tok/s (%.1f%%)\n",
+               name, cb, cl, 100 * cl / cb, tb, tl, 100 * tl / tb);
+    if (want(bc, "single"))
+        printf("[%s] bandwidth ceiling %.2f tok/s; base = %.1f%% of it (wall: %.1f%%)\n", name,
+               ceil_tps, 100 * cb / ceil_tps, 100 * tb / ceil_tps);
     free(cpu_b);
     free(cpu_l);
     if (is_f32)
@@ -561,7 +577,7 @@ static void bench_model(const bench_cfg *bc, const char *name, int is_f32, doubl
     /* Concurrent streams. */
     static const char *kind[3] = {"all base", "same adapter", "different adapters"};
     double *lat = malloc(sizeof(double) * (size_t)B_MAX_STREAMS * g_cap * R);
-    for (int ns = 8; ns <= 16; ns += 8) {
+    for (int ns = 8; ns <= 16 && want(bc, "streams"); ns += 8) {
         double agg[3];
         for (int kd = 0; kd < 3; kd++) {
             const void *const *ads = kd == 0 ? NULL : kd == 1 ? same : diff;
@@ -577,7 +593,7 @@ static void bench_model(const bench_cfg *bc, const char *name, int is_f32, doubl
             double p50 = quantile(lat, n_lat, 0.5), p99 = quantile(lat, n_lat, 0.99);
             printf("[%s] %2d streams, %-18s: %7.2f tok/s aggregate CPU-normalised (%.2fx one "
                    "stream), wall %.2f tok/s, per-token wall p50 %.1f ms p99 %.1f ms\n",
-                   name, ns, kind[kd], agg[kd], agg[kd] / cb, aw, p50 * 1e3, p99 * 1e3);
+                   name, ns, kind[kd], agg[kd], cb > 0 ? agg[kd] / cb : NAN, aw, p50 * 1e3, p99 * 1e3);
             free(v);
             free(vc);
         }
@@ -588,74 +604,81 @@ static void bench_model(const bench_cfg *bc, const char *name, int is_f32, doubl
     free(lat);
 
     /* Prefill of 512 tokens (one forward pass of 512 rows). */
-    double *pf = calloc((size_t)R, sizeof(double)), *pfc = calloc((size_t)R, sizeof(double));
-    for (int k = 0; k < R; k++) {
-        run_reqs(e, r, 1, 512, 1, NULL);
-        pf[k] = r[0].t_tok[0] - r[0].t_submit;
-        pfc[k] = g_run_cpu / TH;
+    if (want(bc, "prefill")) {
+        double *pf = calloc((size_t)R, sizeof(double)), *pfc = calloc((size_t)R, sizeof(double));
+        for (int k = 0; k < R; k++) {
+            run_reqs(e, r, 1, 512, 1, NULL);
+            pf[k] = r[0].t_tok[0] - r[0].t_submit;
+            pfc[k] = g_run_cpu / TH;
+        }
+        double pt = median(pf, R), ptc = median(pfc, R);
+        double gfl = prefill_flops(m, 512) / ptc / 1e9;
+        printf(
+            "[%s] prefill 512: %.1f tok/s, %.1f GFLOP/s = %.1f%% of sgemm peak (CPU-normalised); "
+            "wall %.1f tok/s = %.1f%%\n",
+            name, 512 / ptc, gfl, 100 * gfl / bc->sgemm_cpu, 512 / pt,
+            100 * prefill_flops(m, 512) / pt / 1e9 / bc->sgemm_gflops);
+        free(pf);
+        free(pfc);
     }
-    double pt = median(pf, R), ptc = median(pfc, R);
-    double gfl = prefill_flops(m, 512) / ptc / 1e9;
-    printf("[%s] prefill 512: %.1f tok/s, %.1f GFLOP/s = %.1f%% of sgemm peak (CPU-normalised); "
-           "wall %.1f tok/s = %.1f%%\n",
-           name, 512 / ptc, gfl, 100 * gfl / bc->sgemm_cpu, 512 / pt,
-           100 * prefill_flops(m, 512) / pt / 1e9 / bc->sgemm_gflops);
-    free(pf);
-    free(pfc);
 
     /* Adapter cold load, and TTFT with a cold adapter (load + set + first token) vs a warm one. */
-    double lt = median(load_t, B_ADAPTERS);
-    double *cold = calloc((size_t)R, sizeof(double)), *warm = calloc((size_t)R, sizeof(double));
-    double *reload = calloc((size_t)R, sizeof(double));
-    for (int k = 0; k < R; k++) {
-        snprintf(adir, sizeof adir, "%s/adapters/b%d", bc->root, k % B_ADAPTERS);
-        double t = now_s();
-        peft_adapter *a = NULL;
-        lora_set *s = NULL;
-        if (peft_load(adir, m, NULL, &err, &a) != 0) die("adapter", &err);
-        reload[k] = now_s() - t;
-        const peft_adapter *one = a;
-        if (lora_set_create(m, &one, NULL, 1, &err, &s) != 0) die("lora set", &err);
-        const void *sp[1] = {s};
-        run_reqs(e, r, 1, 16, 1, sp);
-        cold[k] = r[0].t_tok[0] - t;
-        lora_set_destroy(s);
-        peft_free(a);
-        run_reqs(e, r, 1, 16, 1, same);
-        warm[k] = r[0].t_tok[0] - r[0].t_submit;
+    if (want(bc, "load")) {
+        double lt = median(load_t, B_ADAPTERS);
+        double *cold = calloc((size_t)R, sizeof(double)), *warm = calloc((size_t)R, sizeof(double));
+        double *reload = calloc((size_t)R, sizeof(double));
+        for (int k = 0; k < R; k++) {
+            snprintf(adir, sizeof adir, "%s/adapters/b%d", bc->root, k % B_ADAPTERS);
+            double t = now_s();
+            peft_adapter *a = NULL;
+            lora_set *s = NULL;
+            if (peft_load(adir, m, NULL, &err, &a) != 0) die("adapter", &err);
+            reload[k] = now_s() - t;
+            const peft_adapter *one = a;
+            if (lora_set_create(m, &one, NULL, 1, &err, &s) != 0) die("lora set", &err);
+            const void *sp[1] = {s};
+            run_reqs(e, r, 1, 16, 1, sp);
+            cold[k] = r[0].t_tok[0] - t;
+            lora_set_destroy(s);
+            peft_free(a);
+            run_reqs(e, r, 1, 16, 1, same);
+            warm[k] = r[0].t_tok[0] - r[0].t_submit;
+        }
+        /* For honesty: loads into memory the process never touched (the pool bypassed), what every
+         * first load cost before the reserve. */
+        double *fresh = calloc((size_t)R, sizeof(double));
+        ps_pool_bypass(1);
+        for (int k = 0; k < R; k++) {
+            snprintf(adir, sizeof adir, "%s/adapters/b%d", bc->root, k % B_ADAPTERS);
+            peft_adapter *a = NULL;
+            double t = now_s();
+            if (peft_load(adir, m, NULL, &err, &a) != 0) die("adapter", &err);
+            fresh[k] = now_s() - t;
+            peft_free(a);
+        }
+        ps_pool_bypass(0);
+        printf(
+            "[%s] adapter cold load (page cache warm, rank %d, 7 modules x %d layers, %.1f MiB): "
+            "%.1f ms median of the %d first loads (into reserved memory), %.1f ms after an adapter "
+            "was unloaded (released memory reused), %.1f ms into never-touched memory (pool "
+            "bypassed, as without a reserve)\n",
+            name, max_rank, m->cfg.n_layers, ad_mib, lt * 1e3, B_ADAPTERS, median(reload, R) * 1e3,
+            median(fresh, R) * 1e3);
+        free(fresh);
+        printf("[%s] TTFT 16-token prompt: cold adapter %.1f ms, warm adapter %.1f ms\n", name,
+               median(cold, R) * 1e3, median(warm, R) * 1e3);
+        printf(
+            "[%s] RSS total %.0f MiB (engine + model + adapter reserve + %d adapters); per loaded "
+            "adapter %.1f MiB of regions (RSS grew %.1f MiB per adapter: the loads landed in the "
+            "pre-faulted reserve)\n",
+            name, rss_total, B_ADAPTERS, ps_per_ad, rss_per_ad);
+        free(cold);
+        free(reload);
+        free(warm);
     }
-    /* For honesty: loads into memory the process never touched (the pool bypassed), what every
-     * first load cost before the reserve. */
-    double *fresh = calloc((size_t)R, sizeof(double));
-    ps_pool_bypass(1);
-    for (int k = 0; k < R; k++) {
-        snprintf(adir, sizeof adir, "%s/adapters/b%d", bc->root, k % B_ADAPTERS);
-        peft_adapter *a = NULL;
-        double t = now_s();
-        if (peft_load(adir, m, NULL, &err, &a) != 0) die("adapter", &err);
-        fresh[k] = now_s() - t;
-        peft_free(a);
-    }
-    ps_pool_bypass(0);
-    printf("[%s] adapter cold load (page cache warm, rank %d, 7 modules x %d layers, %.1f MiB): "
-           "%.1f ms median of the %d first loads (into reserved memory), %.1f ms after an adapter "
-           "was unloaded (released memory reused), %.1f ms into never-touched memory (pool "
-           "bypassed, as without a reserve)\n",
-           name, max_rank, m->cfg.n_layers, ad_mib, lt * 1e3, B_ADAPTERS,
-           median(reload, R) * 1e3, median(fresh, R) * 1e3);
-    free(fresh);
-    printf("[%s] TTFT 16-token prompt: cold adapter %.1f ms, warm adapter %.1f ms\n", name,
-           median(cold, R) * 1e3, median(warm, R) * 1e3);
-    printf("[%s] RSS total %.0f MiB (engine + model + adapter reserve + %d adapters); per loaded "
-           "adapter %.1f MiB of regions (RSS grew %.1f MiB per adapter: the loads landed in the "
-           "pre-faulted reserve)\n",
-           name, rss_total, B_ADAPTERS, ps_per_ad, rss_per_ad);
-    free(cold);
-    free(reload);
-    free(warm);
 
     /* Server overhead: a 1-token request over HTTP vs the engine's own submit-to-token time. */
-    if (is_f32 && bc->lorad) {
+    if (is_f32 && bc->lorad && want(bc, "server")) {
         double *eng_t = calloc((size_t)R * 4, sizeof(double));
         for (int k = 0; k < R * 4; k++) {
             run_reqs(e, r, 1, 4, 1, NULL);
@@ -706,7 +729,7 @@ static void bench_model(const bench_cfg *bc, const char *name, int is_f32, doubl
 
 int main(int argc, char **argv)
 {
-    bench_cfg bc = {NULL, NULL, 2, 48, 3, 0, 0, 0};
+    bench_cfg bc = {NULL, NULL, NULL, 2, 48, 3, 0, 0, 0};
     const char *dtypes = "f32,bf16";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--root"))
@@ -721,12 +744,15 @@ int main(int argc, char **argv)
             bc.reps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--dtypes"))
             dtypes = argv[i + 1];
+        else if (!strcmp(argv[i], "--only"))
+            bc.only = argv[i + 1];
         else
             break;
     }
     if (!bc.root || bc.threads < 1 || bc.tokens < 4 || bc.reps < 1) {
         fprintf(stderr, "usage: lr-bench --root DIR [--lorad PATH] [--threads N] [--tokens N] "
-                        "[--reps N] [--dtypes f32,bf16]\n");
+                        "[--reps N] [--dtypes f32,bf16] [--only single,streams,prefill,load,"
+                        "server]\n");
         return 2;
     }
     lr_error err;
@@ -743,7 +769,8 @@ int main(int argc, char **argv)
     /* The ceiling uses the larger of the two: a figure that is too high only makes our ratio
      * look worse, never better. */
     bc.bw_gbs = bw_cpu > bw_wall ? bw_cpu : bw_wall;
-    printf("machine: read bandwidth %.2f GB/s (best of 1 and 16 streams per thread; wall %.2f, per-thread CPU time %.2f), "
+    printf("machine: read bandwidth %.2f GB/s (best of 1 and 16 streams per thread; wall %.2f, "
+           "per-thread CPU time %.2f), "
            "OpenBLAS sgemm peak %.1f GFLOP/s CPU-normalised (wall %.1f; 1024^3, %d threads)\n",
            bc.bw_gbs, bw_wall, bw_cpu, bc.sgemm_cpu, bc.sgemm_gflops, bc.threads);
     fflush(stdout);
