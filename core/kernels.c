@@ -1145,12 +1145,17 @@ static int64_t mt_claim(mt_slice *s, int back)
 #define PK_PF_AHEAD 2048
 
 /* Packed W: activation rows [t0, t1) × tile `tile` (48 rows), in groups of PK_MR; pf: the first
- * group prefetches PK_PF_AHEAD bytes ahead (0: none, W is in cache already). */
+ * group prefetches PK_PF_AHEAD bytes ahead (0: none, W is in cache already); -1 (a thread
+ * stealing tiles from the back of a slice) also fetches the start of the tile before this one,
+ * the next it will take, which the forward prefetch never reaches. */
 static void pk_rows(const mt_job *j, const lr_mat *W, float *y, int ldy, int64_t tile, int t0,
                     int t1, int pf)
 {
     size_t tb = pk_tile_bytes(W->dtype, W->cols);
     const char *w = (const char *)W->data + (size_t)tile * tb;
+    if (pf < 0 && tile > 0)
+        for (int b = 0; b < PK_PF_AHEAD; b += 64)
+            _mm_prefetch(w - tb + b, _MM_HINT_T0);
     int64_t o = tile * PK_ROWS, n = W->rows - o < PK_ROWS ? W->rows - o : PK_ROWS;
     float out[PK_MR * PK_ROWS];
     for (int t = t0; t < t1; t += PK_MR) {
