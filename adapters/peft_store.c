@@ -16,11 +16,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Linux 5.14; older headers lack the name, older kernels answer EINVAL (see prefault). */
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
-
 #define PS_HUGE ((size_t)2 << 20)
 #define PS_PAGE ((size_t)4096)
 
@@ -181,25 +176,6 @@ static void pool_put(ps_region r, ps_evicted *ev)
     }
 }
 
-/* A fresh anonymous mapping of len bytes (a multiple of PS_PAGE) starting on a 2 MiB boundary,
- * or NULL. Over-allocates by one huge page and trims, so the kernel can back all of it with
- * huge pages. */
-static char *map_aligned(size_t len)
-{
-    size_t span = len + PS_HUGE;
-    char *base = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base == MAP_FAILED) return NULL;
-    char *p = (char *)(((uintptr_t)base + PS_HUGE - 1) & ~(uintptr_t)(PS_HUGE - 1));
-    if (p > base) munmap(base, (size_t)(p - base));
-    size_t tail = (size_t)(base + span - (p + len));
-    if (tail) munmap(p + len, tail);
-#ifdef MADV_HUGEPAGE
-    /* Advice only: without transparent huge pages this is plain 4 KiB pages. */
-    if (len >= PS_HUGE) madvise(p, len, MADV_HUGEPAGE);
-#endif
-    return p;
-}
-
 int ps_alloc(size_t n, ps_region *reg)
 {
     reg->p = NULL;
@@ -212,7 +188,8 @@ int ps_alloc(size_t n, ps_region *reg)
     if (hit) ps_in_use += reg->len;
     pthread_mutex_unlock(&ps_mu);
     if (hit) return 0;
-    char *p = map_aligned(len);
+    size_t mapped; /* == len: len is a multiple of PS_PAGE */
+    char *p = lr_map_huge(len, &mapped);
     if (!p) return LR_ENOMEM;
     reg->p = p;
     reg->len = len;
@@ -238,34 +215,15 @@ void ps_release(ps_region *reg)
     reg->len = 0;
 }
 
-/* Fault every page of [p, p + len) in for writing, one huge page at a time.
- * MADV_POPULATE_WRITE (Linux 5.14) reports a failure instead of leaving it to the OOM killer;
- * elsewhere we write one byte per 4 KiB page. Measured here for 256 MiB with huge pages:
- * ~15-40 ms either way. Per 2 MiB, because one call over the whole range holds the process's
- * mmap lock throughout: the daemon's engine start (which maps its KV cache) waited for it
- * (2 ms -> 350 ms). MAP_POPULATE is no use: on a private mapping it maps the shared zero page,
- * and every later write still faults (35-41 ms to write 20 MiB afterwards, against ~1 ms).
- * Returns 0 or -1. */
-static int prefault(char *p, size_t len)
-{
-    for (size_t off = 0; off < len; off += PS_HUGE) {
-        size_t n = len - off < PS_HUGE ? len - off : PS_HUGE;
-        if (madvise(p + off, n, MADV_POPULATE_WRITE) == 0) continue;
-        if (errno != EINVAL) return -1;
-        for (size_t k = 0; k < n; k += PS_PAGE)
-            ((volatile char *)p)[off + k] = 0;
-    }
-    return 0;
-}
-
 int ps_reserve(size_t bytes)
 {
     if (bytes == 0) return 0;
     if (bytes > SIZE_MAX / 4) return LR_ENOMEM;
     size_t len = (bytes + PS_HUGE - 1) & ~(PS_HUGE - 1);
-    char *p = map_aligned(len);
+    size_t mapped; /* == len: len is a multiple of PS_PAGE */
+    char *p = lr_map_huge(len, &mapped);
     if (!p) return LR_ENOMEM;
-    if (prefault(p, len) != 0) {
+    if (lr_prefault(p, len) != 0) { /* ~15-40 ms for 256 MiB with huge pages, measured */
         munmap(p, len);
         return LR_ENOMEM;
     }

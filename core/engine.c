@@ -610,7 +610,7 @@ int eng_create(const eng_params *params, lr_error *err, eng_engine **out)
     kv_params kp = {is_t5 ? m->cfg.n_dec_layers : m->cfg.n_layers,
                     m->cfg.n_kv_heads * m->cfg.head_dim, p.kv_block_tokens,
                     p.kv_cache_bytes > 0 ? p.kv_cache_bytes : p.kv_cache_mb * 1024 * 1024,
-                    m->cfg.max_pos};
+                    m->cfg.max_pos, p.kv_resident};
     rc = kv_pool_create(&kp, err, &e->kv);
     if (rc) goto fail;
     int64_t pool_tokens = (int64_t)kv_blocks_total(e->kv) * p.kv_block_tokens;

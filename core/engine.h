@@ -118,6 +118,7 @@ typedef struct eng_params {
     const eng_delta_ops *delta; /* may be NULL (no adapters) */
     int64_t kv_cache_bytes;     /* > 0: exact KV pool budget in bytes, overriding kv_cache_mb
                                  * (budgets below 1 MiB, for tests and tiny models) */
+    int kv_resident;            /* fault the KV pool in at creation (kv_params.resident) */
 } eng_params;
 
 /* Statistics for /metrics (a snapshot; counters since start). */

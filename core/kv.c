@@ -10,11 +10,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util.h"
+
 struct kv_pool {
     kv_params par;
     size_t block_floats; /* n_layers * 2 * block_tokens * kv_dim */
     int n_blocks;
-    float *data;    /* (n_blocks, n_layers, 2, block_tokens, kv_dim) */
+    float *data;    /* (n_blocks, n_layers, 2, block_tokens, kv_dim), lr_map_huge */
+    size_t mapped;  /* bytes of the mapping */
     int32_t *free_; /* stack of free block ids [n_blocks] */
     int n_free;
     int max_blocks; /* per table: ceil(max_tokens / block_tokens) */
@@ -43,14 +46,20 @@ int kv_pool_create(const kv_params *p, lr_error *err, kv_pool **out)
     kp->block_floats = bf;
     kp->n_blocks = (int)n;
     kp->max_blocks = (p->max_tokens + p->block_tokens - 1) / p->block_tokens;
-    /* calloc: pages of blocks never used are never touched, so an oversized budget costs address
-     * space, not resident memory. */
-    kp->data = calloc((size_t)n, bbytes);
+    /* Fresh anonymous memory reads as zeros; not resident, pages of blocks never used are never
+     * touched, so an oversized budget costs address space, not memory. */
+    kp->data = lr_map_huge((size_t)n * bbytes, &kp->mapped);
     kp->free_ = malloc((size_t)n * sizeof *kp->free_);
     if (!kp->data || !kp->free_) {
         kv_pool_destroy(kp);
         return lr_error_set(err, LR_ENOMEM, "kv cache: cannot allocate %lld blocks of %zu bytes",
                             (long long)n, bbytes);
+    }
+    if (p->resident && lr_prefault(kp->data, kp->mapped) != 0) {
+        kv_pool_destroy(kp);
+        return lr_error_set(err, LR_ENOMEM,
+                            "kv cache: cannot make %lld MiB resident (lower --kv-cache-mb)",
+                            (long long)(((int64_t)n * (int64_t)bbytes) >> 20));
     }
     /* Lowest ids on top of the stack, so a fresh pool hands out blocks 0, 1, 2… */
     for (int i = 0; i < kp->n_blocks; i++)
@@ -63,7 +72,7 @@ int kv_pool_create(const kv_params *p, lr_error *err, kv_pool **out)
 void kv_pool_destroy(kv_pool *p)
 {
     if (!p) return;
-    free(p->data);
+    lr_unmap(p->data, p->mapped);
     free(p->free_);
     free(p);
 }

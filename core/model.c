@@ -972,20 +972,15 @@ static int pack_weights(lr_model *m, model_priv *p, lr_error *err)
     size_t total = 0;
     for (int i = 0; i < n; i++)
         total += (kern_pack_bytes(mats[i]) + 63) & ~(size_t)63;
-    size_t huge = (size_t)2 << 20, span = total + huge;
-    char *base = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base == MAP_FAILED) { /* no room for a copy: serve from the mapped row-major views */
+    size_t mapped;
+    char *at = lr_map_huge(total, &mapped);
+    if (!at) { /* no room for a copy: serve from the mapped row-major views */
         free(mats);
         free(dst);
         return 0;
     }
-    char *at = (char *)(((uintptr_t)base + huge - 1) & ~(uintptr_t)(huge - 1));
-    if (at > base) munmap(base, (size_t)(at - base));
-    size_t tail = (size_t)(base + span - (at + total));
-    if (tail) munmap(at + total, tail);
-    madvise(at, total, MADV_HUGEPAGE);
     p->pack = at;
-    p->pack_len = total;
+    p->pack_len = mapped;
     for (int i = 0; i < n; i++) {
         dst[i] = at;
         at += (kern_pack_bytes(mats[i]) + 63) & ~(size_t)63;
@@ -1062,7 +1057,7 @@ void lr_model_free(lr_model *m)
         for (int i = 0; i < p->nbufs; i++)
             free(p->bufs[i]);
         free(p->bufs);
-        if (p->pack) munmap(p->pack, p->pack_len);
+        lr_unmap(p->pack, p->pack_len);
         st_set_close(p->set);
         free(p);
     }

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -102,4 +103,50 @@ int lr_read_file(const char *path, const char *label, size_t max, char **out, si
 {
     const lr_read_alloc heap = {heap_alloc, heap_release, NULL};
     return lr_read_file_with(path, label, max, &heap, out, len, err);
+}
+
+/* Linux 5.14; older headers lack the name, older kernels answer EINVAL (see lr_prefault). */
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+#define LR_HUGE ((size_t)2 << 20)
+#define LR_PAGE ((size_t)4096)
+
+void *lr_map_huge(size_t len, size_t *mapped)
+{
+    *mapped = 0;
+    if (len == 0 || len > SIZE_MAX / 2) return NULL;
+    len = (len + LR_PAGE - 1) & ~(LR_PAGE - 1);
+    size_t span = len + LR_HUGE;
+    char *base = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return NULL;
+    char *p = (char *)(((uintptr_t)base + LR_HUGE - 1) & ~(uintptr_t)(LR_HUGE - 1));
+    if (p > base) munmap(base, (size_t)(p - base));
+    size_t tail = (size_t)(base + span - (p + len));
+    if (tail) munmap(p + len, tail);
+#ifdef MADV_HUGEPAGE
+    /* Advice only: without transparent huge pages this is plain 4 KiB pages. */
+    if (len >= LR_HUGE) madvise(p, len, MADV_HUGEPAGE);
+#endif
+    *mapped = len;
+    return p;
+}
+
+void lr_unmap(void *p, size_t mapped)
+{
+    if (p) munmap(p, mapped);
+}
+
+int lr_prefault(void *p, size_t len)
+{
+    char *c = p;
+    for (size_t off = 0; off < len; off += LR_HUGE) {
+        size_t n = len - off < LR_HUGE ? len - off : LR_HUGE;
+        if (madvise(c + off, n, MADV_POPULATE_WRITE) == 0) continue;
+        if (errno != EINVAL) return -1;
+        for (size_t k = 0; k < n; k += LR_PAGE)
+            ((volatile char *)c)[off + k] = 0;
+    }
+    return 0;
 }

@@ -44,7 +44,10 @@ void cli_usage(FILE *out)
         "  --host H                  address to bind (default 127.0.0.1)\n"
         "  --port P                  TCP port, 0 = pick a free one (default 8080)\n"
         "  --threads N               compute threads, 0 = all cores (default 0)\n"
-        "  --kv-cache-mb N           KV cache pool in MiB (default 256)\n"
+        "  --kv-cache-mb N           KV cache pool in MiB (default 256), made resident at startup\n"
+        "  --kv-cache-lazy           map the KV pool without faulting it in: memory becomes\n"
+        "                            resident as sequences first use it (page faults during\n"
+        "                            decode; for a budget far above what is used)\n"
         "  --max-batch-tokens N      tokens per forward pass (default 512)\n"
         "  --max-seqs N              running sequences at most (default 64)\n"
         "  --max-queue N             waiting requests at most; 429 past it (default 256)\n"
@@ -108,6 +111,10 @@ int cli_parse(int argc, char **argv, cli_config *cfg, FILE *out, lr_error *err)
         }
         if (strcmp(a, "--allow-adapter-paths-anywhere") == 0) {
             cfg->allow_paths_anywhere = 1;
+            continue;
+        }
+        if (strcmp(a, "--kv-cache-lazy") == 0) {
+            cfg->kv_cache_lazy = 1;
             continue;
         }
         if (strcmp(a, "--version") == 0) {

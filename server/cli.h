@@ -20,6 +20,7 @@ typedef struct cli_config {
     int port;                /* --port (default 8080; 0 = ephemeral) */
     int threads;             /* --threads (default 0 = all cores) */
     int64_t kv_cache_mb;     /* --kv-cache-mb (default 256) */
+    int kv_cache_lazy;       /* --kv-cache-lazy: do not fault the KV pool in at startup */
     int max_batch_tokens;    /* --max-batch-tokens (default 512) */
     int max_seqs;            /* --max-seqs (default 64) */
     int max_queue;           /* --max-queue (default 256) */

@@ -277,6 +277,7 @@ int ctl_run(const cli_config *cfg, const lora_api_ops *aops)
         .max_seqs = cfg->max_seqs,
         .max_queue = cfg->max_queue,
         .kv_cache_mb = cfg->kv_cache_mb,
+        .kv_resident = !cfg->kv_cache_lazy,
         .kv_block_tokens = 16,
         .delta = delta,
     };
@@ -287,9 +288,10 @@ int ctl_run(const cli_config *cfg, const lora_api_ops *aops)
     eng_stats es;
     eng_get_stats(eng, &es);
     log_msg(LOG_INFO,
-            "engine: %d KV blocks of %d tokens (%lld MiB), %d batch tokens, %d sequences, "
+            "engine: %d KV blocks of %d tokens (%lld MiB, %s), %d batch tokens, %d sequences, "
             "queue %d, %d threads, started in %.0f ms",
             es.kv_blocks_total, ep.kv_block_tokens, (long long)cfg->kv_cache_mb,
+            cfg->kv_cache_lazy ? "lazy" : "resident",
             cfg->max_batch_tokens, cfg->max_seqs, cfg->max_queue, cfg->threads, ms_since(&t0));
 
     if (!(met = met_create())) {

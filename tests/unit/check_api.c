@@ -521,6 +521,10 @@ START_TEST(test_cli)
     ck_assert_int_eq(c.max_body_bytes, 4096);
     ck_assert_int_eq(c.max_tokens_default, 16);
     ck_assert_int_eq(c.max_queue, 256);
+    ck_assert_int_eq(c.kv_cache_lazy, 0);
+    char *lazy[] = {"lorad", "--model", "/m", "--kv-cache-lazy"};
+    ck_assert_int_eq(run_cli(&c, &e, 4, lazy), CLI_OK);
+    ck_assert_int_eq(c.kv_cache_lazy, 1);
     char *help[] = {"lorad", "--help"};
     ck_assert_int_eq(run_cli(&c, &e, 2, help), CLI_EXIT_OK);
     char *bad[][3] = {{"lorad", "--port", "x"},      {"lorad", "--port", "65536"},

@@ -2,14 +2,16 @@
  * and that distinct positions/layers/sequences map to distinct, stable memory. */
 #include <check.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kv.h"
 
 /* 2 layers, kv_dim 4, 3 tokens per block: one block = 2*2*3*4 floats = 192 bytes. */
 static kv_params small(int64_t bytes)
 {
-    kv_params p = {2, 4, 3, bytes, 10};
+    kv_params p = {2, 4, 3, bytes, 10, 0};
     return p;
 }
 
@@ -117,6 +119,53 @@ START_TEST(test_addressing)
 }
 END_TEST
 
+/* Resident set size in bytes (/proc/self/statm). */
+static int64_t rss_bytes(void)
+{
+    long pages = 0, res = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &res) != 2) res = 0;
+        fclose(f);
+    }
+    return (int64_t)res * sysconf(_SC_PAGESIZE);
+}
+
+/* A lazy pool costs address space only; a resident one is in memory from creation (and reads
+ * as zeros, and holds what is written like any other). */
+START_TEST(test_resident)
+{
+    const int64_t budget = (int64_t)16 << 20;
+    kv_params kp = {4, 256, 16, budget, 64, 0}; /* blocks of 128 KiB */
+    kv_pool *p;
+    int64_t r0 = rss_bytes();
+    ck_assert_int_eq(kv_pool_create(&kp, NULL, &p), 0);
+    int64_t lazy = rss_bytes() - r0;
+    ck_assert_msg(lazy < budget / 4, "a lazy pool made %lld bytes resident", (long long)lazy);
+    kv_pool_destroy(p);
+    kp.resident = 1;
+    r0 = rss_bytes();
+    ck_assert_int_eq(kv_pool_create(&kp, NULL, &p), 0);
+    int64_t res = rss_bytes() - r0;
+    ck_assert_msg(res >= budget - (1 << 20), "a resident pool of %lld bytes made only %lld resident",
+                  (long long)budget, (long long)res);
+    kv_seq s;
+    ck_assert_int_eq(kv_seq_init(p, &s), 0);
+    ck_assert_int_eq(kv_seq_reserve(p, &s, KV_SELF, 64), 0);
+    for (int l = 0; l < 4; l++)
+        for (int pos = 0; pos < 64; pos++) {
+            ck_assert(kv_k(p, &s, KV_SELF, l, pos)[255] == 0.0f);
+            kv_v(p, &s, KV_SELF, l, pos)[7] = (float)(l * 64 + pos);
+        }
+    for (int l = 0; l < 4; l++)
+        for (int pos = 0; pos < 64; pos++)
+            ck_assert(kv_v(p, &s, KV_SELF, l, pos)[7] == (float)(l * 64 + pos));
+    kv_seq_release(p, &s);
+    kv_seq_free(&s);
+    kv_pool_destroy(p);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("kv");
@@ -126,6 +175,7 @@ int main(void)
     tc = tcase_create("blocks");
     tcase_add_test(tc, test_reserve_release);
     tcase_add_test(tc, test_addressing);
+    tcase_add_test(tc, test_resident);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

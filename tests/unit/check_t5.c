@@ -597,7 +597,7 @@ START_TEST(test_validation)
     kern_pool *pool;
     kv_pool *kv;
     ck_assert(kern_pool_create(1, &err, &pool) == 0);
-    kv_params kp = {LD, INNER, 4, 1 << 18, CTX};
+    kv_params kp = {LD, INNER, 4, 1 << 18, CTX, 0};
     ck_assert(kv_pool_create(&kp, &err, &kv) == 0);
     fwd_params fp = {&tm->m, pool, kv, 8, 4, NULL};
     t5_ctx *c;
