@@ -38,7 +38,14 @@ struct fwd_ctx {
     const float **attn_blk;    // (nth, 2, attn_max_blocks) key then value block bases
     int attn_max_blocks;
     int *attn_busy;            // (nth) slot taken
-    int *job_t0, *job_nq, *job_kvh; // (T * nKV)
+    int *job_t0, *job_nq, *job_kvh; // (max_jobs) each job's rows and KV head
+    int *job_k0, *job_k1, *job_part; // key range of a part (split decode row), its part or -1
+    int max_jobs;
+    float *attn_part;  // (max_parts, rep, hd) a part's unnormalised output
+    float *attn_ml;    // (max_parts, rep, 2) its running max and sum per row
+    int max_parts, n_parts;
+    int *grp_job0, *grp_n; // (max_parts) split rows: first part's job and part count
+    int n_grps;
     float *panel;    // matmul panel scratch (KERN_PANEL_ROWS, max in-dim)
     float *dscratch; // (T, delta->scratch_per_token) LoRA scratch
     float *dy;       // KERN_GROUP_MAX × (T, widest linear output): LoRA deltas computed alongside
@@ -63,6 +70,13 @@ struct fwd_ctx {
 /* Query positions per attention job: 16 positions × 3 query heads per KV head (SmolLM) are 48
  * rows, three AVX-512 vectors, whose transposed queries and scores of one key chunk stay in L1. */
 #define FWD_ATTN_QB 16
+/* A decode row whose context holds at least 2·FWD_ATTN_SPLIT_KEYS keys is attended in parts of
+ * at least FWD_ATTN_SPLIT_KEYS keys (at most FWD_ATTN_SPLITS), one job each, combined after
+ * (split decoding): one sequence's 3 KV-head jobs no longer leave one of 2 threads idle for a
+ * third of the time, and each part streams its own keys. The parts depend only on the row's
+ * position, never on the batch, so a row's result is the same alone or batched. */
+#define FWD_ATTN_SPLIT_KEYS 512
+#define FWD_ATTN_SPLITS 8
 /* Batches of at least this many rows split RoPE and the K/V copy across the pool. */
 #define FWD_ROPE_PAR_ROWS 32
 
@@ -126,10 +140,23 @@ int fwd_create(const fwd_params *p, lr_error *err, fwd_ctx **out)
     c->attn_max_blocks = cf->max_pos / (p->kv ? kv_block_tokens(p->kv) : 1) + 1;
     c->attn_blk = calloc((size_t)c->nth * 2 * (size_t)c->attn_max_blocks, sizeof(float *));
     c->attn_busy = calloc((size_t)c->nth, sizeof(int));
-    c->job_t0 = calloc(T * (size_t)c->nKV, sizeof(int));
-    c->job_nq = calloc(T * (size_t)c->nKV, sizeof(int));
-    c->job_kvh = calloc(T * (size_t)c->nKV, sizeof(int));
-    if (!c->attn_blk || !c->attn_busy || !c->job_t0 || !c->job_nq || !c->job_kvh) fail = 1;
+    /* decode rows (at most one per sequence: max_logit_rows of them) may become parts */
+    c->max_parts = p->max_logit_rows * c->nKV * FWD_ATTN_SPLITS;
+    c->max_jobs = (int)T * c->nKV + c->max_parts;
+    int rp = c->nH / c->nKV;
+    c->job_t0 = calloc((size_t)c->max_jobs, sizeof(int));
+    c->job_nq = calloc((size_t)c->max_jobs, sizeof(int));
+    c->job_kvh = calloc((size_t)c->max_jobs, sizeof(int));
+    c->job_k0 = calloc((size_t)c->max_jobs, sizeof(int));
+    c->job_k1 = calloc((size_t)c->max_jobs, sizeof(int));
+    c->job_part = calloc((size_t)c->max_jobs, sizeof(int));
+    c->grp_job0 = calloc((size_t)c->max_parts, sizeof(int));
+    c->grp_n = calloc((size_t)c->max_parts, sizeof(int));
+    c->attn_part = fwd_alloc((size_t)c->max_parts * rp * c->hd, &fail);
+    c->attn_ml = fwd_alloc((size_t)c->max_parts * rp * 2, &fail);
+    if (!c->attn_blk || !c->attn_busy || !c->job_t0 || !c->job_nq || !c->job_kvh ||
+        !c->job_k0 || !c->job_k1 || !c->job_part || !c->grp_job0 || !c->grp_n)
+        fail = 1;
     int64_t maxin = c->H > c->I ? c->H : c->I;
     if (c->qd > maxin) maxin = c->qd;
     c->panel = fwd_alloc(kern_matmul_scratch_floats(maxin), &fail);
@@ -160,8 +187,9 @@ int fwd_create(const fwd_params *p, lr_error *err, fwd_ctx **out)
 void fwd_destroy(fwd_ctx *c)
 {
     if (!c) return;
-    float *bufs[] = {c->h, c->x,   c->xn,  c->q,        c->k,     c->v,        c->att, c->g,
-                     c->u, c->cos, c->sin, c->attn_scr, c->panel, c->dscratch, c->gath, c->dy};
+    float *bufs[] = {c->h,     c->x,     c->xn,        c->q,     c->k,     c->v,
+                     c->att,   c->g,     c->u,         c->cos,   c->sin,   c->attn_scr,
+                     c->panel, c->dscratch, c->gath,   c->dy,    c->attn_part, c->attn_ml};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     free(c->p_t0);
@@ -173,6 +201,11 @@ void fwd_destroy(fwd_ctx *c)
     free(c->job_t0);
     free(c->job_nq);
     free(c->job_kvh);
+    free(c->job_k0);
+    free(c->job_k1);
+    free(c->job_part);
+    free(c->grp_job0);
+    free(c->grp_n);
     free(c);
 }
 
@@ -355,6 +388,7 @@ static void fwd_attn_task(void *ctx, int job, int n_jobs)
         vb[i] = kv_v(kvp, s, KV_SELF, l, i * B) + (size_t)kvh * c->hd;
     }
     size_t off = (size_t)t0 * c->qd + (size_t)kvh * rep * c->hd;
+    int part = c->job_part[job];
     kern_attn_job j = {
         .q = c->q + off,
         .ldq = c->qd,
@@ -373,6 +407,13 @@ static void fwd_attn_task(void *ctx, int job, int n_jobs)
         .block = B,
         .ld = c->kvd,
     };
+    if (part >= 0) { /* one part of a split decode row (fwd_attn_jobs) */
+        j.out = c->attn_part + (size_t)part * rep * c->hd;
+        j.ldo = rep * c->hd;
+        j.key_lo = c->job_k0[job];
+        j.key_hi = c->job_k1[job];
+        j.ml = c->attn_ml + (size_t)part * rep * 2;
+    }
     kern_attn(&j, c->attn_scr + (size_t)slot * c->attn_scr_floats);
     __atomic_store_n(&c->attn_busy[slot], 0, __ATOMIC_RELEASE);
 }
@@ -380,25 +421,90 @@ static void fwd_attn_task(void *ctx, int job, int n_jobs)
 /* Split the batch into attention jobs: maximal runs of rows of one sequence at consecutive
  * positions, cut into blocks of FWD_ATTN_QB rows, times the KV heads. Blocks are listed last
  * first, so the longest jobs of a prefill (the last rows see the most keys) are claimed first
- * and the short ones fill in at the end. Returns the number of jobs. */
+ * and the short ones fill in at the end. A lone row with a long context becomes parts (see
+ * FWD_ATTN_SPLIT_KEYS), each a job, listed before the rest; fwd_attn_combine joins them.
+ * Returns the number of jobs. */
 static int fwd_attn_jobs(fwd_ctx *c, const fwd_batch *b)
 {
-    int nj = 0;
-    for (int t = 0; t < b->n;) {
+    int nj = 0, rep = c->nH / c->nKV;
+    c->n_parts = 0;
+    c->n_grps = 0;
+    for (int t = 0; t < b->n;) { /* split decode rows first: they are the long jobs */
         int t1 = t + 1;
         while (t1 < b->n && b->kv[t1] == b->kv[t] && b->pos[t1] == b->pos[t] + (t1 - t))
             t1++;
-        for (int e = t1; e > t; e -= FWD_ATTN_QB) {
+        int keys = b->pos[t1 - 1] + 1, S = keys / FWD_ATTN_SPLIT_KEYS;
+        if (S > FWD_ATTN_SPLITS) S = FWD_ATTN_SPLITS;
+        if (t1 - t == 1 && S >= 2 && c->n_parts + S * c->nKV <= c->max_parts &&
+            kern_attn_splittable(1, rep, c->hd)) {
+            int size = (keys + S - 1) / S;
+            size = (size + KERN_ATTN_CHUNK - 1) / KERN_ATTN_CHUNK * KERN_ATTN_CHUNK;
+            for (int h = 0; h < c->nKV; h++) {
+                c->grp_job0[c->n_grps] = nj;
+                c->grp_n[c->n_grps++] = S;
+                for (int q = 0; q < S; q++) {
+                    c->job_t0[nj] = t;
+                    c->job_nq[nj] = 1;
+                    c->job_kvh[nj] = h;
+                    c->job_k0[nj] = q * size;
+                    c->job_k1[nj] = (q + 1) * size < keys ? (q + 1) * size : keys;
+                    c->job_part[nj++] = c->n_parts++;
+                }
+            }
+        }
+        t = t1;
+    }
+    for (int t = 0, gi = 0; t < b->n;) {
+        int t1 = t + 1;
+        while (t1 < b->n && b->kv[t1] == b->kv[t] && b->pos[t1] == b->pos[t] + (t1 - t))
+            t1++;
+        /* split above? (the groups are in run order, nKV per split run) */
+        int done = gi < c->n_grps && c->job_t0[c->grp_job0[gi]] == t;
+        if (done) gi += c->nKV;
+        for (int e = t1; e > t && !done; e -= FWD_ATTN_QB) {
             int s0 = e - FWD_ATTN_QB > t ? e - FWD_ATTN_QB : t;
             for (int h = 0; h < c->nKV; h++) {
                 c->job_t0[nj] = s0;
                 c->job_nq[nj] = e - s0;
-                c->job_kvh[nj++] = h;
+                c->job_kvh[nj] = h;
+                c->job_part[nj++] = -1;
             }
         }
         t = t1;
     }
     return nj;
+}
+
+/* Join the parts of each split decode row: per query head, with M the largest part maximum,
+ * out = Σ_q e^(m_q − M)·o_q / Σ_q e^(m_q − M)·l_q, parts in key order. */
+static void fwd_attn_combine(fwd_ctx *c)
+{
+    int rep = c->nH / c->nKV, hd = c->hd;
+    for (int g = 0; g < c->n_grps; g++) {
+        int j0 = c->grp_job0[g], S = c->grp_n[g];
+        int t = c->job_t0[j0], kvh = c->job_kvh[j0];
+        for (int r = 0; r < rep; r++) {
+            float M = -INFINITY;
+            for (int q = 0; q < S; q++) {
+                float m = c->attn_ml[((size_t)c->job_part[j0 + q] * rep + r) * 2];
+                if (m > M) M = m;
+            }
+            float *out = c->att + (size_t)t * c->qd + ((size_t)kvh * rep + r) * hd;
+            memset(out, 0, sizeof(float) * (size_t)hd);
+            float den = 0.0f;
+            for (int q = 0; q < S; q++) {
+                int pi = c->job_part[j0 + q];
+                const float *ml = c->attn_ml + ((size_t)pi * rep + r) * 2;
+                if (ml[0] == -INFINITY) continue; /* a part with no key in the window */
+                float w = expf(ml[0] - M);
+                den += w * ml[1];
+                kern_axpy(out, w, c->attn_part + ((size_t)pi * rep + r) * hd, hd);
+            }
+            float inv = 1.0f / den;
+            for (int d = 0; d < hd; d++)
+                out[d] *= inv;
+        }
+    }
 }
 
 /* RoPE on q and k of rows [t0, t1), and the post-RoPE keys and the values of those rows into their
@@ -483,6 +589,7 @@ int fwd_forward(fwd_ctx *c, const fwd_batch *b, lr_error *err)
         else
             fwd_rope_rows(c, 0, n);
         kern_pool_run_chunks(c->par.pool, fwd_attn_task, c, n_jobs);
+        fwd_attn_combine(c);
         fwd_linear(c, b, l, LR_MOD_O, &L->o, L->bo, c->att, c->qd, c->x, H);
         kern_add(c->h, c->x, (int64_t)n * H);
         // MLP block.

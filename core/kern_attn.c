@@ -17,6 +17,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "err.h"
 #include "kern_simd.h"
 #include "kernels.h"
 
@@ -114,9 +115,11 @@ static KS_TGT_AVX512 void ka_decode_avx512(const kern_attn_job *a, float *scratc
         mrow[r] = -INFINITY;
         lrow[r] = 0.0f;
     }
-    const int hi = a->pos0 + a->nq;
+    const int hi = a->key_hi > 0 ? a->key_hi : a->pos0 + a->nq;
     int lo = a->window > 0 ? a->pos0 - a->window + 1 : 0;
     if (lo < 0) lo = 0;
+    if (a->key_lo > lo) lo = a->key_lo;
+    const __m512 hiv = _mm512_set1_ps((float)hi), klov = _mm512_set1_ps((float)a->key_lo);
     const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
     for (int c0 = lo / KERN_ATTN_CHUNK * KERN_ATTN_CHUNK; c0 < hi; c0 += KERN_ATTN_CHUNK) {
@@ -157,7 +160,9 @@ static KS_TGT_AVX512 void ka_decode_avx512(const kern_attn_job *a, float *scratc
                 /* Masked: after the row's position (this also covers padding keys, which lie
                  * past hi − 1 >= p), or before its window. */
                 __mmask16 bad = _mm512_cmp_ps_mask(jv, pv, _CMP_GT_OQ) |
-                                _mm512_cmp_ps_mask(jv, lov, _CMP_LT_OQ);
+                                _mm512_cmp_ps_mask(jv, lov, _CMP_LT_OQ) |
+                                _mm512_cmp_ps_mask(jv, hiv, _CMP_GE_OQ) |
+                                _mm512_cmp_ps_mask(jv, klov, _CMP_LT_OQ);
                 x = _mm512_mask_mov_ps(x, bad, ninf);
                 sv[b] = x;
                 mx = _mm512_max_ps(mx, x);
@@ -181,6 +186,11 @@ static KS_TGT_AVX512 void ka_decode_avx512(const kern_attn_job *a, float *scratc
                              R - r0 < 4 ? R - r0 : 4);
     }
     for (int r = 0; r < R; r++) {
+        if (a->ml) { /* a part: the caller combines */
+            a->ml[2 * r] = mrow[r];
+            a->ml[2 * r + 1] = lrow[r];
+            continue;
+        }
         float inv = 1.0f / lrow[r];
         for (int d = 0; d < hd; d++)
             o[r][d] *= inv;
@@ -249,11 +259,19 @@ size_t kern_attn_scratch_floats(int nq, int rep, int hd)
     return rp * ((size_t)hd + KERN_ATTN_CHUNK + 5);
 }
 
+int kern_attn_splittable(int nq, int rep, int hd)
+{
+    return kern_get_isa() == KERN_ISA_AVX512 && nq * rep <= KA_DEC_ROWS && hd % 16 == 0 &&
+           hd <= 128;
+}
+
 void kern_attn(const kern_attn_job *job, float *scratch)
 {
+    LR_ASSERT((!job->ml && !job->key_lo && !job->key_hi) ||
+              kern_attn_splittable(job->nq, job->rep, job->hd));
     switch (kern_get_isa()) {
     case KERN_ISA_AVX512:
-        if (job->nq * job->rep <= KA_DEC_ROWS && job->hd % 16 == 0 && job->hd <= 128)
+        if (kern_attn_splittable(job->nq, job->rep, job->hd))
             ka_decode_avx512(job, scratch);
         else
             ka_run_avx512(job, scratch);

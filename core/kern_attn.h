@@ -43,7 +43,18 @@ typedef struct kern_attn_job {
     const float *const *v_blocks; /* value block bases, same layout */
     int block;                    /* positions per cache block (>= 1) */
     int ld;                       /* floats between consecutive positions in a block */
+    /* A part of the keys only (split decoding; kern_attn_splittable must say yes): keys
+     * [key_lo, key_hi) — key_hi 0 means pos0 + nq —, on top of causality and the window; and
+     * with ml set, out gets the unnormalised Σ_j e^(s_j − m)·v_j of each row r (= i·rep + g)
+     * and ml[2r], ml[2r + 1] its running max m and sum l, for the caller to combine the parts
+     * (a part with no key leaves m = −inf, l = 0, out 0). */
+    int key_lo, key_hi;
+    float *ml;
 } kern_attn_job;
+
+/* Whether kern_attn honours key_lo, key_hi and ml for jobs of this shape with the ISA
+ * kern_get_isa() selects (AVX-512's decode path: nq·rep <= 8, hd a multiple of 16 up to 128). */
+int kern_attn_splittable(int nq, int rep, int hd);
 
 /* Floats of scratch kern_attn needs for jobs of up to nq query positions. */
 size_t kern_attn_scratch_floats(int nq, int rep, int hd);

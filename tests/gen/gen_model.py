@@ -66,6 +66,10 @@ PRESETS = {
                         rope_scaling={"type": "linear", "factor": 4.0}, tok_style="gpt2", seed=1008),
     "head_dim": dict(vocab=384, hidden=64, inter=160, layers=2, heads=4, kv_heads=2, head_dim=24,
                      write_head_dim=True, seed=1019),
+    # Contexts past 1024 keys: the decode rows of a long prompt are attended in parts (split
+    # decoding, core/forward.c). GQA 3:1 and head_dim 16, as SmolLM's 3:1 (AVX-512 decode path).
+    "long_ctx": dict(vocab=384, hidden=96, inter=160, layers=2, heads=6, kv_heads=2,
+                     max_pos=2048, seed=1020, test=False),
     "attn_bias": dict(vocab=384, hidden=64, inter=160, layers=2, heads=4, kv_heads=2,
                       attn_bias=True, mlp_bias=True, seed=1010),
     "sharded": dict(vocab=512, hidden=96, inter=256, layers=3, heads=4, kv_heads=4, shards=3,

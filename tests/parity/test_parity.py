@@ -45,6 +45,13 @@ def main():
         prompt = pc.gen_model.long_prompt(pc.gen_model.preset_config(n))
         ok &= pc.check_one(n + " (150-token prompt)", os.path.join(pc.MODELS, n), [prompt],
                            LONG_MAX_TOKENS, modes=("single",), rows=rows)
+    # 1700 keys: each decode row in three parts of 576 keys; batched with a short prompt, whose
+    # rows are not split, and alone (the parts must not depend on the batch).
+    pc.ensure_models(["long_ctx"])
+    lc = pc.gen_model.preset_config("long_ctx")
+    prompts = [pc.gen_model.long_prompt(lc, 1700), pc.gen_model.long_prompt(lc, 20)]
+    ok &= pc.check_one("long_ctx (1700-token prompt: split decoding)",
+                       os.path.join(pc.MODELS, "long_ctx"), prompts, LONG_MAX_TOKENS, rows=rows)
     print()
     pc.print_table(rows)
     bad = [r for r in rows if not r["ok"]]

@@ -471,6 +471,106 @@ START_TEST(test_attn_peaky)
 }
 END_TEST
 
+/* Split decoding: a decode row's keys in parts [bounds[q], bounds[q + 1]), each part one job
+ * with key_lo / key_hi / ml, joined here in double (out = Σ e^(m_q − M)·o_q / Σ e^(m_q − M)·l_q)
+ * and compared with the reference over all keys. A part wholly outside the window must come back
+ * empty: m = −inf, l = 0, out 0. Only where kern_attn_splittable says so (AVX-512). */
+static void attn_parts_case(int pos0, int rep, int hd, int window, int block, const int *bounds,
+                            int n_parts, float qscale)
+{
+    int n_kv = 2, kvh = 0, nh = n_kv * rep;
+    cache c;
+    cache_make(&c, pos0 + 1, n_kv, hd, block, kvh, 1.0f);
+    float *q = malloc(sizeof(float) * (size_t)nh * hd);
+    for (int i = 0; i < nh * hd; i++)
+        q[i] = frand() * qscale;
+    float *part = malloc(sizeof(float) * (size_t)n_parts * rep * hd);
+    float *ml = malloc(sizeof(float) * (size_t)n_parts * rep * 2);
+    float *scr = malloc(sizeof(float) * kern_attn_scratch_floats(1, rep, hd));
+    double *r = malloc(sizeof(double) * hd), *acc = malloc(sizeof(double) * hd);
+    kern_attn_job j = {.q = q,
+                       .ldq = nh * hd,
+                       .ldo = rep * hd,
+                       .nq = 1,
+                       .rep = rep,
+                       .hd = hd,
+                       .pos0 = pos0,
+                       .window = window,
+                       .scale = 1.0f / sqrtf((float)hd),
+                       .k_blocks = c.kb,
+                       .v_blocks = c.vb,
+                       .block = block,
+                       .ld = n_kv * hd};
+    for (int k = 0; k < N_ISAS; k++) {
+        if (kern_set_isa(isas[k]) != isas[k]) continue;
+        if (!kern_attn_splittable(1, rep, hd)) {
+            ck_assert(isas[k] != KERN_ISA_AVX512 || rep > 8 || hd % 16 != 0 || hd > 128);
+            continue;
+        }
+        for (int p = 0; p < n_parts; p++) {
+            kern_attn_job jp = j;
+            jp.out = part + (size_t)p * rep * hd;
+            jp.key_lo = bounds[p];
+            jp.key_hi = bounds[p + 1];
+            jp.ml = ml + (size_t)p * rep * 2;
+            for (int i = 0; i < rep * hd; i++)
+                jp.out[i] = 12345.0f;
+            kern_attn(&jp, scr);
+            int lo = window > 0 ? pos0 - window + 1 : 0;
+            if (bounds[p + 1] <= lo) /* no key of this part is in the window */
+                for (int g = 0; g < rep; g++) {
+                    ck_assert(isinf(jp.ml[2 * g]) && jp.ml[2 * g] < 0 && jp.ml[2 * g + 1] == 0);
+                    for (int x = 0; x < hd; x++)
+                        ck_assert(jp.out[(size_t)g * hd + x] == 0.0f);
+                }
+        }
+        for (int g = 0; g < rep; g++) {
+            double M = -INFINITY, den = 0;
+            for (int p = 0; p < n_parts; p++)
+                if (ml[(p * rep + g) * 2] > M) M = ml[(p * rep + g) * 2];
+            for (int x = 0; x < hd; x++)
+                acc[x] = 0;
+            for (int p = 0; p < n_parts; p++) {
+                double m = ml[(p * rep + g) * 2];
+                if (isinf(m)) continue;
+                double w = exp(m - M);
+                den += w * ml[(p * rep + g) * 2 + 1];
+                for (int x = 0; x < hd; x++)
+                    acc[x] += w * part[((size_t)p * rep + g) * hd + x];
+            }
+            double sabs = ref_attn(&j, &c, 0, g, r);
+            double tol = 2e-6 + 4 * 6e-8 * sabs;
+            for (int x = 0; x < hd; x++)
+                ck_assert_msg(fabs(acc[x] / den - r[x]) <= tol * (1 + fabs(r[x])),
+                              "parts: pos0 %d rep %d hd %d window %d head %d [%d] = %.9g, "
+                              "expected %.9g",
+                              pos0, rep, hd, window, g, x, acc[x] / den, r[x]);
+        }
+    }
+    kern_set_isa(kern_cpu_isa());
+    free(q);
+    free(part);
+    free(ml);
+    free(scr);
+    free(r);
+    free(acc);
+    cache_free(&c);
+}
+
+START_TEST(test_attn_parts)
+{
+    static const int b3[] = {0, 576, 1152, 1701};
+    attn_parts_case(1700, 3, 64, 0, 16, b3, 3, 2.0f);
+    attn_parts_case(1700, 3, 64, 0, 16, b3, 3, 80.0f); /* peaky: one part holds the max */
+    static const int b2[] = {0, 512, 1030};
+    attn_parts_case(1029, 4, 32, 0, 5, b2, 2, 2.0f);
+    attn_parts_case(1029, 1, 128, 300, 16, b2, 2, 2.0f); /* part 0 wholly before the window */
+    attn_parts_case(1029, 8, 16, 600, 16, b2, 2, 2.0f);  /* the window starts inside part 0 */
+    static const int b1[] = {0, 3, 64, 65, 130}; /* odd bounds, a one-key part */
+    attn_parts_case(129, 2, 48, 0, 7, b1, 4, 2.0f);
+}
+END_TEST
+
 /* The scratch size covers the largest job it was sized for, for every ISA: run with the buffer
  * exactly that size (ASan catches an overrun). */
 START_TEST(test_attn_scratch_size)
@@ -500,6 +600,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_attn_shapes);
     tcase_add_test(tc, test_attn_peaky);
+    tcase_add_test(tc, test_attn_parts);
     tcase_add_test(tc, test_attn_scratch_size);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
