@@ -307,6 +307,26 @@ static const float *cache_at(const cache *c, const float *const *b, int pos)
     return b[pos / c->block] + (size_t)(pos % c->block) * c->n_kv * c->hd;
 }
 
+/* A job of nq query rows (stride ldq) at pos0, rep heads per KV head, over cache c (its head
+ * size, blocks and stride); out and ldo are the caller's. */
+static kern_attn_job job_on(const cache *c, const float *q, int ldq, int nq, int rep, int pos0,
+                            int window)
+{
+    kern_attn_job j = {.q = q,
+                       .ldq = ldq,
+                       .nq = nq,
+                       .rep = rep,
+                       .hd = c->hd,
+                       .pos0 = pos0,
+                       .window = window,
+                       .scale = 1.0f / sqrtf((float)c->hd),
+                       .k_blocks = c->kb,
+                       .v_blocks = c->vb,
+                       .block = c->block,
+                       .ld = c->n_kv * c->hd};
+    return j;
+}
+
 /* Naive double attention of query row i, head g of job j into r[hd]. Returns the largest
  * Σ_x |q_x·k_x|·scale over the keys: fp32 scores carry an error of a few ulp of that, which
  * becomes relative error in the softmax weights. */
@@ -361,20 +381,9 @@ static void attn_case(int nq, int pos0, int rep, int hd, int window, int block, 
         q[i] = frand() * qscale;
     float *scr = malloc(sizeof(float) * kern_attn_scratch_floats(nq, rep, hd));
     double *r = malloc(sizeof(double) * hd);
-    kern_attn_job j = {.q = q + (size_t)kvh * rep * hd,
-                       .ldq = ldq,
-                       .out = out + (size_t)kvh * rep * hd,
-                       .ldo = ldo,
-                       .nq = nq,
-                       .rep = rep,
-                       .hd = hd,
-                       .pos0 = pos0,
-                       .window = window,
-                       .scale = 1.0f / sqrtf((float)hd),
-                       .k_blocks = c.kb,
-                       .v_blocks = c.vb,
-                       .block = block,
-                       .ld = n_kv * hd};
+    kern_attn_job j = job_on(&c, q + (size_t)kvh * rep * hd, ldq, nq, rep, pos0, window);
+    j.out = out + (size_t)kvh * rep * hd;
+    j.ldo = ldo;
     for (int k = 0; k < N_ISAS; k++) {
         if (kern_set_isa(isas[k]) != isas[k]) continue;
         for (int i = 0; i < nq * ldo; i++)
@@ -488,19 +497,8 @@ static void attn_parts_case(int pos0, int rep, int hd, int window, int block, co
     float *ml = malloc(sizeof(float) * (size_t)n_parts * rep * 2);
     float *scr = malloc(sizeof(float) * kern_attn_scratch_floats(1, rep, hd));
     double *r = malloc(sizeof(double) * hd), *acc = malloc(sizeof(double) * hd);
-    kern_attn_job j = {.q = q,
-                       .ldq = nh * hd,
-                       .ldo = rep * hd,
-                       .nq = 1,
-                       .rep = rep,
-                       .hd = hd,
-                       .pos0 = pos0,
-                       .window = window,
-                       .scale = 1.0f / sqrtf((float)hd),
-                       .k_blocks = c.kb,
-                       .v_blocks = c.vb,
-                       .block = block,
-                       .ld = n_kv * hd};
+    kern_attn_job j = job_on(&c, q, nh * hd, 1, rep, pos0, window);
+    j.ldo = rep * hd;
     for (int k = 0; k < N_ISAS; k++) {
         if (kern_set_isa(isas[k]) != isas[k]) continue;
         if (!kern_attn_splittable(1, rep, hd)) {
