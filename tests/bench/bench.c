@@ -2,7 +2,7 @@
  * shaped model, printed next to the machine's own limits measured in the same run.
  *
  *   lr-bench --root DIR [--lorad PATH] [--threads N] [--tokens N] [--reps N] [--dtypes f32,bf16]
- *            [--only single,streams,prefill,load,server]
+ *            [--only single,long,streams,prefill,load,server]
  *
  * DIR holds smol135/ (F32), smol135_bf16/ and adapters/b0..b7 (tests/bench/gen_bench.py). The
  * engine runs in this process exactly as lorad runs it (eng_create + lora_ops); every figure is
@@ -575,6 +575,24 @@ static void bench_model(const bench_cfg *bc, const char *name, int is_f32, doubl
         printf("[%s] BF16 / F32 single-stream decode: %.2fx (CPU-normalised)\n", name,
                cb / *f32_tps);
 
+    /* Long contexts: one stream decoding after a long prompt (split decoding from 1024 keys on),
+     * wall rate after the first token, against the 8-token prompt's. */
+    static const int long_prompts[2] = {1024, 1800};
+    for (int li = 0; li < 2 && want(bc, "long"); li++) {
+        int L = long_prompts[li];
+        if (L + N + 1 > m->cfg.max_pos) continue;
+        double *v = calloc((size_t)R, sizeof(double));
+        for (int k = 0; k < R; k++) {
+            run_reqs(e, r, 1, L, N, NULL);
+            v[k] = decode_rate(r, 1, NULL, NULL);
+        }
+        double lw = median(v, R);
+        printf("[%s] decode 1 stream after a %d-token prompt: %.2f tok/s wall", name, L, lw);
+        if (tb > 0) printf(" (%.1f%% of the rate after 8 tokens)", 100 * lw / tb);
+        printf("\n");
+        free(v);
+    }
+
     /* Concurrent streams. */
     static const char *kind[3] = {"all base", "same adapter", "different adapters"};
     double *lat = malloc(sizeof(double) * (size_t)B_MAX_STREAMS * g_cap * R);
@@ -754,8 +772,8 @@ int main(int argc, char **argv)
     }
     if (!bc.root || bc.threads < 1 || bc.tokens < 4 || bc.reps < 1) {
         fprintf(stderr, "usage: lr-bench --root DIR [--lorad PATH] [--threads N] [--tokens N] "
-                        "[--reps N] [--dtypes f32,bf16] [--only single,streams,prefill,load,"
-                        "server]\n");
+                        "[--reps N] [--dtypes f32,bf16] [--only single,long,streams,prefill,"
+                        "load,server]\n");
         return 2;
     }
     lr_error err;
