@@ -7,7 +7,6 @@
 
 #include "util.h"
 
-#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>

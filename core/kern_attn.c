@@ -119,7 +119,7 @@ static KS_TGT_AVX512 void ka_decode_avx512(const kern_attn_job *a, float *scratc
     int lo = a->window > 0 ? a->pos0 - a->window + 1 : 0;
     if (lo < 0) lo = 0;
     if (a->key_lo > lo) lo = a->key_lo;
-    const __m512 hiv = _mm512_set1_ps((float)hi), klov = _mm512_set1_ps((float)a->key_lo);
+    const __m512 hiv = _mm512_set1_ps((float)hi);
     const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
     for (int c0 = lo / KERN_ATTN_CHUNK * KERN_ATTN_CHUNK; c0 < hi; c0 += KERN_ATTN_CHUNK) {
@@ -137,7 +137,9 @@ static KS_TGT_AVX512 void ka_decode_avx512(const kern_attn_job *a, float *scratc
                 qv[v] = _mm512_mul_ps(_mm512_loadu_ps(qr + 16 * v), _mm512_set1_ps(a->scale));
             const int p = a->pos0 + r / rep;
             const __m512 pv = _mm512_set1_ps((float)p);
-            const __m512 lov = _mm512_set1_ps(a->window > 0 ? (float)(p - a->window + 1) : -1.0f);
+            /* the row's first key: its window's, or the part's (key_lo) if later */
+            const int wlo = a->window > 0 ? p - a->window + 1 : -1;
+            const __m512 lov = _mm512_set1_ps((float)(wlo > a->key_lo ? wlo : a->key_lo));
             __m512 sv[KERN_ATTN_CHUNK / 16];
             __m512 mx = ninf;
             for (int b = 0; b < nb; b++) {
@@ -161,8 +163,7 @@ static KS_TGT_AVX512 void ka_decode_avx512(const kern_attn_job *a, float *scratc
                  * past hi − 1 >= p), or before its window. */
                 __mmask16 bad = _mm512_cmp_ps_mask(jv, pv, _CMP_GT_OQ) |
                                 _mm512_cmp_ps_mask(jv, lov, _CMP_LT_OQ) |
-                                _mm512_cmp_ps_mask(jv, hiv, _CMP_GE_OQ) |
-                                _mm512_cmp_ps_mask(jv, klov, _CMP_LT_OQ);
+                                _mm512_cmp_ps_mask(jv, hiv, _CMP_GE_OQ);
                 x = _mm512_mask_mov_ps(x, bad, ninf);
                 sv[b] = x;
                 mx = _mm512_max_ps(mx, x);
