@@ -539,36 +539,45 @@ static void bench_model(const bench_cfg *bc, const char *name, int is_f32, doubl
      * and no figure pays for them — before this, the first measured run (8 base streams) did. */
     run_reqs(e, r, B_MAX_STREAMS, 8, N, diff);
 
-    /* Single stream, base and one adapter alternating. */
-    double *base1 = calloc((size_t)R, sizeof(double)), *lora1 = calloc((size_t)R, sizeof(double));
+    /* Single stream, base and one adapter alternating, RS pairs back to back. The machine's
+     * memory speed drifts by tens of percent within a minute, so the ratio is the median of the
+     * pairs' ratios (each pair measured within a second), not a ratio of two medians. */
+    int RS = 2 * R + 1;
+    double *base1 = calloc((size_t)RS, sizeof(double)), *lora1 = calloc((size_t)RS, sizeof(double));
     /* CPU-normalised rates: tokens over (process CPU time / threads) — what the wall time would
      * be if our threads had the cores to themselves (idle pool threads spin briefly between
      * runs, so this does not hide serial parts). The machine is shared with other builds, so
      * the targets are judged on these; wall figures are printed next to them. */
-    double *cpu_b = calloc((size_t)R, sizeof(double)), *cpu_l = calloc((size_t)R, sizeof(double));
+    double *cpu_b = calloc((size_t)RS, sizeof(double)), *cpu_l = calloc((size_t)RS, sizeof(double));
+    double *pr = calloc((size_t)RS, sizeof(double)), *prw = calloc((size_t)RS, sizeof(double));
     int TH = bc->threads;
-    for (int k = 0; k < R && want(bc, "single"); k++) {
+    for (int k = 0; k < RS && want(bc, "single"); k++) {
         run_reqs(e, r, 1, 8, N, NULL);
         cpu_b[k] = N * TH / g_run_cpu;
         base1[k] = decode_rate(r, 1, NULL, NULL);
         run_reqs(e, r, 1, 8, N, same);
         cpu_l[k] = N * TH / g_run_cpu;
         lora1[k] = decode_rate(r, 1, NULL, NULL);
+        pr[k] = cpu_l[k] / cpu_b[k];
+        prw[k] = lora1[k] / base1[k];
     }
-    double tb = median(base1, R), tl = median(lora1, R);
-    double cb = median(cpu_b, R), cl = median(cpu_l, R);
+    double tb = median(base1, RS), tl = median(lora1, RS);
+    double cb = median(cpu_b, RS), cl = median(cpu_l, RS);
+    double rl = median(pr, RS), rlw = median(prw, RS);
     double wb = weight_bytes(m);
     double ceil_tps = bc->bw_gbs * 1e9 / wb;
     printf("[%s] weights/token %.1f MB; model RSS %.0f MiB\n", name, wb / 1e6, rss_model);
     if (want(bc, "single"))
-        printf("[%s] decode 1 stream: base %.2f tok/s, 1 adapter %.2f tok/s (%.1f%% of base) "
-               "CPU-normalised; wall %.2f / %.2f tok/s (%.1f%%)\n",
-               name, cb, cl, 100 * cl / cb, tb, tl, 100 * tl / tb);
+        printf("[%s] decode 1 stream: base %.2f tok/s, 1 adapter %.2f tok/s (%.1f%% of base: "
+               "median of %d pairs) CPU-normalised; wall %.2f / %.2f tok/s (%.1f%%)\n",
+               name, cb, cl, 100 * rl, RS, tb, tl, 100 * rlw);
     if (want(bc, "single"))
         printf("[%s] bandwidth ceiling %.2f tok/s; base = %.1f%% of it (wall: %.1f%%)\n", name,
                ceil_tps, 100 * cb / ceil_tps, 100 * tb / ceil_tps);
     free(cpu_b);
     free(cpu_l);
+    free(pr);
+    free(prw);
     if (is_f32)
         *f32_tps = cb;
     else if (*f32_tps > 0)
@@ -595,33 +604,42 @@ static void bench_model(const bench_cfg *bc, const char *name, int is_f32, doubl
 
     /* Concurrent streams. */
     static const char *kind[3] = {"all base", "same adapter", "different adapters"};
-    double *lat = malloc(sizeof(double) * (size_t)B_MAX_STREAMS * g_cap * R);
+    /* Base, same adapter and different adapters in turn within each repetition, so the three
+     * kinds meet the same machine; the ratios are medians of the repetitions' ratios. */
+    size_t lat_cap = (size_t)B_MAX_STREAMS * g_cap * R;
+    double *lat = malloc(sizeof(double) * lat_cap * 3);
+    double *vs = calloc((size_t)R * 3, sizeof(double));
+    double *vcs = calloc((size_t)R * 3, sizeof(double));
+    double *rd = calloc((size_t)R, sizeof(double)), *rs = calloc((size_t)R, sizeof(double));
     for (int ns = 8; ns <= 16 && want(bc, "streams"); ns += 8) {
-        double agg[3];
-        for (int kd = 0; kd < 3; kd++) {
-            const void *const *ads = kd == 0 ? NULL : kd == 1 ? same : diff;
-            double *v = calloc((size_t)R, sizeof(double)), *vc = calloc((size_t)R, sizeof(double));
-            int n_lat = 0;
-            for (int k = 0; k < R; k++) {
+        int n_lat[3] = {0, 0, 0};
+        for (int k = 0; k < R; k++) {
+            for (int kd = 0; kd < 3; kd++) {
+                const void *const *ads = kd == 0 ? NULL : kd == 1 ? same : diff;
                 run_reqs(e, r, ns, 8, N, ads);
-                v[k] = decode_rate(r, ns, lat, &n_lat);
-                vc[k] = (double)ns * N * TH / g_run_cpu;
+                vs[kd * R + k] = decode_rate(r, ns, lat + kd * lat_cap, &n_lat[kd]);
+                vcs[kd * R + k] = (double)ns * N * TH / g_run_cpu;
             }
-            agg[kd] = median(vc, R);
-            double aw = median(v, R);
-            double p50 = quantile(lat, n_lat, 0.5), p99 = quantile(lat, n_lat, 0.99);
+            rd[k] = vcs[2 * R + k] / vcs[k];
+            rs[k] = vcs[R + k] / vcs[k];
+        }
+        for (int kd = 0; kd < 3; kd++) {
+            double agg = median(vcs + kd * R, R), aw = median(vs + kd * R, R);
+            double p50 = quantile(lat + kd * lat_cap, n_lat[kd], 0.5);
+            double p99 = quantile(lat + kd * lat_cap, n_lat[kd], 0.99);
             printf("[%s] %2d streams, %-18s: %7.2f tok/s aggregate CPU-normalised (%.2fx one "
                    "stream), wall %.2f tok/s, per-token wall p50 %.1f ms p99 %.1f ms\n",
-                   name, ns, kind[kd], agg[kd], cb > 0 ? agg[kd] / cb : NAN, aw, p50 * 1e3,
-                   p99 * 1e3);
-            free(v);
-            free(vc);
+                   name, ns, kind[kd], agg, cb > 0 ? agg / cb : NAN, aw, p50 * 1e3, p99 * 1e3);
         }
         printf("[%s] %2d streams: different adapters = %.1f%% of base, same adapter = %.1f%% of "
-               "base\n",
-               name, ns, 100 * agg[2] / agg[0], 100 * agg[1] / agg[0]);
+               "base (medians of %d rounds' ratios)\n",
+               name, ns, 100 * median(rd, R), 100 * median(rs, R), R);
     }
     free(lat);
+    free(vs);
+    free(vcs);
+    free(rd);
+    free(rs);
 
     /* Prefill of 512 tokens (one forward pass of 512 rows). */
     if (want(bc, "prefill")) {
