@@ -437,7 +437,7 @@ static int want(const bench_cfg *bc, const char *name)
     return 0;
 }
 
-static void bench_model(const bench_cfg *bc, const char *name, int is_f32, double *f32_tps)
+static void bench_model(const bench_cfg *bc, const char *name, int is_f32)
 {
     char dir[4096], adir[4096];
     snprintf(dir, sizeof dir, "%s/%s", bc->root, name);
@@ -579,11 +579,6 @@ static void bench_model(const bench_cfg *bc, const char *name, int is_f32, doubl
     free(cpu_l);
     free(pr);
     free(prw);
-    if (is_f32)
-        *f32_tps = cb;
-    else if (*f32_tps > 0)
-        printf("[%s] BF16 / F32 single-stream decode: %.2fx (CPU-normalised)\n", name,
-               cb / *f32_tps);
 
     /* Long contexts: one stream decoding after a long prompt (split decoding from 1024 keys on),
      * wall rate after the first token, against the 8-token prompt's. */
@@ -605,21 +600,25 @@ static void bench_model(const bench_cfg *bc, const char *name, int is_f32, doubl
 
     /* Concurrent streams. */
     static const char *kind[3] = {"all base", "same adapter", "different adapters"};
-    /* Base, same adapter and different adapters in turn within each repetition, so the three
-     * kinds meet the same machine; the ratios are medians of the repetitions' ratios. */
+    /* One base stream, then base, same adapter and different adapters in turn within each
+     * round, so all meet the same machine; the ratios are medians of the rounds' ratios. */
     size_t lat_cap = (size_t)B_MAX_STREAMS * g_cap * R;
     double *lat = malloc(sizeof(double) * lat_cap * 3);
     double *vs = calloc((size_t)R * 3, sizeof(double));
     double *vcs = calloc((size_t)R * 3, sizeof(double));
     double *rd = calloc((size_t)R, sizeof(double)), *rs = calloc((size_t)R, sizeof(double));
+    double *one = calloc((size_t)R, sizeof(double)), *x1 = calloc((size_t)R * 3, sizeof(double));
     for (int ns = 8; ns <= 16 && want(bc, "streams"); ns += 8) {
         int n_lat[3] = {0, 0, 0};
         for (int k = 0; k < R; k++) {
+            run_reqs(e, r, 1, 8, N, NULL); /* the one-stream rate these are multiples of */
+            one[k] = N * TH / g_run_cpu;
             for (int kd = 0; kd < 3; kd++) {
                 const void *const *ads = kd == 0 ? NULL : kd == 1 ? same : diff;
                 run_reqs(e, r, ns, 8, N, ads);
                 vs[kd * R + k] = decode_rate(r, ns, lat + kd * lat_cap, &n_lat[kd]);
                 vcs[kd * R + k] = (double)ns * N * TH / g_run_cpu;
+                x1[kd * R + k] = vcs[kd * R + k] / one[k];
             }
             rd[k] = vcs[2 * R + k] / vcs[k];
             rs[k] = vcs[R + k] / vcs[k];
@@ -630,17 +629,20 @@ static void bench_model(const bench_cfg *bc, const char *name, int is_f32, doubl
             double p99 = quantile(lat + kd * lat_cap, n_lat[kd], 0.99);
             printf("[%s] %2d streams, %-18s: %7.2f tok/s aggregate CPU-normalised (%.2fx one "
                    "stream), wall %.2f tok/s, per-token wall p50 %.1f ms p99 %.1f ms\n",
-                   name, ns, kind[kd], agg, cb > 0 ? agg / cb : NAN, aw, p50 * 1e3, p99 * 1e3);
+                   name, ns, kind[kd], agg, median(x1 + kd * R, R), aw, p50 * 1e3, p99 * 1e3);
         }
         printf("[%s] %2d streams: different adapters = %.1f%% of base, same adapter = %.1f%% of "
-               "base (medians of %d rounds' ratios)\n",
-               name, ns, 100 * median(rd, R), 100 * median(rs, R), R);
+               "base (medians of %d rounds' ratios; each round also ran the one stream the "
+               "multiples above are of, %.2f tok/s median)\n",
+               name, ns, 100 * median(rd, R), 100 * median(rs, R), R, median(one, R));
     }
     free(lat);
     free(vs);
     free(vcs);
     free(rd);
     free(rs);
+    free(one);
+    free(x1);
 
     /* Prefill of 512 tokens (one forward pass of 512 rows). */
     if (want(bc, "prefill")) {
@@ -770,6 +772,57 @@ static void bench_model(const bench_cfg *bc, const char *name, int is_f32, doubl
     lr_model_free(m);
 }
 
+/* BF16 against F32 single-stream decode, both models loaded and their engines alternating
+ * (2R+1 pairs, the ratio the median of the pairs' ratios): the two models' own sections run a
+ * minute apart, too far for a ratio on a machine whose memory speed drifts. */
+static void bench_dtype_pairs(const bench_cfg *bc)
+{
+    const char *names[2] = {"smol135", "smol135_bf16"};
+    lr_model *m[2] = {NULL, NULL};
+    eng_engine *e[2] = {NULL, NULL};
+    lr_error err;
+    lr_error_clear(&err);
+    for (int i = 0; i < 2; i++) {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s/%s", bc->root, names[i]);
+        if (lr_model_load(dir, &err, &m[i]) != 0) die("model", &err);
+        eng_params ep;
+        memset(&ep, 0, sizeof ep);
+        ep.model = m[i];
+        ep.threads = bc->threads;
+        ep.max_batch_tokens = 512;
+        ep.max_seqs = 8;
+        ep.max_queue = 8;
+        if (eng_create(&ep, &err, &e[i]) != 0) die("engine", &err);
+    }
+    int N = bc->tokens, RS = 2 * bc->reps + 1;
+    g_cap = N > 2 ? N : 2;
+    b_req r[1];
+    r[0].t_tok = calloc((size_t)g_cap, sizeof(double));
+    double *v[2], *pr = calloc((size_t)RS, sizeof(double));
+    for (int i = 0; i < 2; i++)
+        v[i] = calloc((size_t)RS, sizeof(double));
+    run_reqs(e[0], r, 1, 8, N, NULL); /* warm-up: first-touch of each engine's KV blocks */
+    run_reqs(e[1], r, 1, 8, N, NULL);
+    for (int k = 0; k < RS; k++) {
+        for (int i = 0; i < 2; i++) {
+            run_reqs(e[i], r, 1, 8, N, NULL);
+            v[i][k] = N * bc->threads / g_run_cpu;
+        }
+        pr[k] = v[1][k] / v[0][k];
+    }
+    printf("BF16 / F32 single-stream decode: %.2fx (median of %d pairs, engines alternating; "
+           "F32 %.2f, BF16 %.2f tok/s medians) CPU-normalised\n",
+           median(pr, RS), RS, median(v[0], RS), median(v[1], RS));
+    for (int i = 0; i < 2; i++) {
+        eng_destroy(e[i]);
+        lr_model_free(m[i]);
+        free(v[i]);
+    }
+    free(pr);
+    free(r[0].t_tok);
+}
+
 int main(int argc, char **argv)
 {
     bench_cfg bc = {NULL, NULL, NULL, 2, 48, 3, 0, 0, 0};
@@ -817,9 +870,11 @@ int main(int argc, char **argv)
            "OpenBLAS sgemm peak %.1f GFLOP/s CPU-normalised (wall %.1f; 1024^3, %d threads)\n",
            bc.bw_gbs, bw_wall, bw_cpu, bc.sgemm_cpu, bc.sgemm_gflops, bc.threads);
     fflush(stdout);
-    double f32_tps = 0;
-    if (strstr(dtypes, "f32")) bench_model(&bc, "smol135", 1, &f32_tps);
+    if (strstr(dtypes, "f32")) bench_model(&bc, "smol135", 1);
     fflush(stdout);
-    if (strstr(dtypes, "bf16")) bench_model(&bc, "smol135_bf16", 0, &f32_tps);
+    if (strstr(dtypes, "bf16")) bench_model(&bc, "smol135_bf16", 0);
+    fflush(stdout);
+    if (strstr(dtypes, "f32") && strstr(dtypes, "bf16") && want(&bc, "single"))
+        bench_dtype_pairs(&bc);
     return 0;
 }
