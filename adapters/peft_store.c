@@ -15,9 +15,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define PS_HUGE ((size_t)2 << 20)
-#define PS_PAGE ((size_t)4096)
-
 /* The pool: free spans of memory the process has already touched, for the next loads. Fresh
  * memory costs a page fault and a zeroing per page (per 2 MiB with huge pages; on a VM the
  * host's first touch of guest memory comes on top): measured, ~47-52 ms for the first loads of
@@ -69,7 +66,7 @@ static void span_remove(int i)
     ps_n--;
 }
 
-/* Under ps_mu: the best-fitting free span for len bytes (a multiple of PS_PAGE), split if it is
+/* Under ps_mu: the best-fitting free span for len bytes (a multiple of LR_PAGE), split if it is
  * larger than len rounded up to 2 MiB. Returns 1 and fills *reg, or 0 when no span is large
  * enough. */
 static int pool_take(size_t len, ps_region *reg)
@@ -80,7 +77,7 @@ static int pool_take(size_t len, ps_region *reg)
     if (best < 0) return 0;
     ps_region *s = &ps_free[best];
     /* Hand out whole 2 MiB units, so the rest of the span still starts on a huge page. */
-    size_t take = (len + PS_HUGE - 1) & ~(PS_HUGE - 1);
+    size_t take = (len + LR_HUGE - 1) & ~(LR_HUGE - 1);
     if (take >= s->len) {
         *reg = *s;
         span_remove(best);
@@ -181,13 +178,13 @@ int ps_alloc(size_t n, ps_region *reg)
     reg->len = 0;
     if (n == 0) n = 1;
     if (n > SIZE_MAX / 2) return LR_ENOMEM;
-    size_t len = (n + PS_PAGE - 1) & ~(PS_PAGE - 1);
+    size_t len = (n + LR_PAGE - 1) & ~(LR_PAGE - 1);
     pthread_mutex_lock(&ps_mu);
     int hit = !ps_bypass && pool_take(len, reg);
     if (hit) ps_in_use += reg->len;
     pthread_mutex_unlock(&ps_mu);
     if (hit) return 0;
-    size_t mapped; /* == len: len is a multiple of PS_PAGE */
+    size_t mapped; /* == len: len is a multiple of LR_PAGE */
     char *p = lr_map_huge(len, &mapped);
     if (!p) return LR_ENOMEM;
     reg->p = p;
@@ -218,8 +215,8 @@ int ps_reserve(size_t bytes)
 {
     if (bytes == 0) return 0;
     if (bytes > SIZE_MAX / 4) return LR_ENOMEM;
-    size_t len = (bytes + PS_HUGE - 1) & ~(PS_HUGE - 1);
-    size_t mapped; /* == len: len is a multiple of PS_PAGE */
+    size_t len = (bytes + LR_HUGE - 1) & ~(LR_HUGE - 1);
+    size_t mapped; /* == len: len is a multiple of LR_PAGE */
     char *p = lr_map_huge(len, &mapped);
     if (!p) return LR_ENOMEM;
     if (lr_prefault(p, len) != 0) { /* ~15-40 ms for 256 MiB with huge pages, measured */

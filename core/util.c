@@ -110,9 +110,6 @@ int lr_read_file(const char *path, const char *label, size_t max, char **out, si
 #define MADV_POPULATE_WRITE 23
 #endif
 
-#define LR_HUGE ((size_t)2 << 20)
-#define LR_PAGE ((size_t)4096)
-
 void *lr_map_huge(size_t len, size_t *mapped)
 {
     *mapped = 0;

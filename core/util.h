@@ -34,6 +34,10 @@ typedef struct lr_read_alloc {
 int lr_read_file_with(const char *path, const char *label, size_t max, const lr_read_alloc *a,
                       char **data, size_t *len, lr_error *err);
 
+/* The transparent huge page and base page sizes lr_map_huge and lr_prefault work in. */
+#define LR_HUGE ((size_t)2 << 20)
+#define LR_PAGE ((size_t)4096)
+
 /* A fresh private anonymous mapping of at least len bytes starting on a 2 MiB boundary, with
  * MADV_HUGEPAGE advice, so the kernel can back all of it with transparent huge pages (fewer
  * page faults, and fewer TLB misses for whoever streams through it). Over-allocates by 2 MiB
